@@ -1,0 +1,649 @@
+//! The command line: parses arguments, dispatches to the library, and maps every error to an exit code in one
+//! place ([`main`]). Read commands work without a daemon: they read the audit database and the log files.
+
+use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::config::{self, Config};
+use crate::control::{self, ControlRequest};
+use crate::deploylog;
+use crate::model::{self, DeployId, DeployRequest, State, Trigger};
+use crate::queue::{self, Env};
+use crate::release;
+use crate::store::{self, DeployRow, Enqueued, Store};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "haul",
+    version,
+    about = "A pull-based deploy agent: production pulls, signed triggers, atomic releases, an audit trail."
+)]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(long, global = true, env = "HAUL_CONFIG", default_value = config::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon: webhooks, control socket, one deploy worker per app.
+    Serve,
+    /// Deploy an app now (through the daemon if it runs, in-process otherwise).
+    Deploy {
+        app: String,
+        /// A commit on the configured branch (default: the branch tip).
+        #[arg(long)]
+        sha: Option<String>,
+        /// Queue it and print the deploy id without following the log.
+        #[arg(long)]
+        no_follow: bool,
+    },
+    /// Every app: live release, sha, last outcome and its age, queue.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The audit log, newest first.
+    History {
+        app: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One deploy's log.
+    Logs {
+        deploy_id: String,
+        /// Keep printing until the deploy finishes.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Validate the configuration, keys and secrets without starting anything.
+    Check,
+    /// A self-contained demo: a throw-away repo and config, a signed webhook, a release landing.
+    Demo {
+        /// Port for the demo daemon (default: any free port).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Exit after the first deploy instead of serving until Ctrl-C.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub struct Exit {
+    pub code: i32,
+    pub message: String,
+}
+
+impl Exit {
+    fn usage(m: impl Into<String>) -> Exit {
+        Exit {
+            code: 2,
+            message: m.into(),
+        }
+    }
+    fn failed(m: impl Into<String>) -> Exit {
+        Exit {
+            code: 1,
+            message: m.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Exit {
+    fn from(e: anyhow::Error) -> Exit {
+        Exit {
+            code: 1,
+            message: format!("{e:#}"),
+        }
+    }
+}
+
+impl From<config::ConfigError> for Exit {
+    fn from(e: config::ConfigError) -> Exit {
+        Exit::usage(e.to_string())
+    }
+}
+
+impl From<store::StoreError> for Exit {
+    fn from(e: store::StoreError) -> Exit {
+        Exit::failed(e.to_string())
+    }
+}
+
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    crate::logging::init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("haul: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(()) => 0,
+        Err(e) => {
+            if !e.message.is_empty() {
+                eprintln!("haul: {}", e.message);
+            }
+            e.code
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<(), Exit> {
+    if let Command::Demo { port, once } = cli.command {
+        return crate::demo::run(port, once).await.map_err(Exit::from);
+    }
+    let cfg = Config::load(&cli.config)?;
+    match cli.command {
+        Command::Serve => crate::daemon::run(cfg).await.map_err(Exit::from),
+        Command::Deploy {
+            app,
+            sha,
+            no_follow,
+        } => deploy(&cfg, &app, sha, no_follow).await,
+        Command::Status { json } => status(&cfg, json),
+        Command::History { app, limit, json } => history(&cfg, app.as_deref(), limit, json),
+        Command::Logs { deploy_id, follow } => logs(&cfg, &deploy_id, follow).await,
+        Command::Check => check(&cfg),
+        Command::Demo { .. } => Ok(()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// deploy
+
+async fn deploy(cfg: &Config, app: &str, sha: Option<String>, no_follow: bool) -> Result<(), Exit> {
+    cfg.app(app).map_err(Exit::usage)?;
+    if let Some(s) = &sha {
+        if !model::is_sha_prefix(s) {
+            return Err(Exit::usage(format!(
+                "--sha {s:?} is not a commit sha (4 to 64 hex digits)"
+            )));
+        }
+    }
+    let req = ControlRequest::Deploy {
+        app: app.to_string(),
+        sha: sha.clone(),
+    };
+    match control::request(&cfg.socket_path(), &req)
+        .await
+        .map_err(Exit::failed)?
+    {
+        Some(reply) => {
+            let id = match (
+                reply.ok,
+                reply.deploy_id.as_deref().and_then(DeployId::parse),
+            ) {
+                (true, Some(id)) => id,
+                _ => {
+                    return Err(Exit::failed(
+                        reply
+                            .error
+                            .unwrap_or_else(|| "the daemon refused the deploy".into()),
+                    ))
+                }
+            };
+            eprintln!("queued {id} on the running daemon");
+            if no_follow {
+                println!("{id}");
+                return Ok(());
+            }
+            let row = follow(cfg, &id, true).await?;
+            finish_line(&row)
+        }
+        None => deploy_in_process(cfg, app, sha).await,
+    }
+}
+
+/// No daemon: run the same pipeline here, under the same per-app lock.
+async fn deploy_in_process(cfg: &Config, app: &str, sha: Option<String>) -> Result<(), Exit> {
+    eprintln!("no daemon is running; deploying in this process");
+    for dir in [
+        cfg.state_dir.clone(),
+        cfg.logs_dir(),
+        cfg.mirrors_dir(),
+        cfg.locks_dir(),
+    ] {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Exit::failed(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let store = Store::open(&cfg.db_path())?;
+    let env = Env::new(cfg, store.clone());
+    let branch = cfg.app(app).map_err(Exit::usage)?.branch.clone();
+    let req = DeployRequest {
+        app: app.to_string(),
+        trigger: Trigger::Manual,
+        provider: None,
+        delivery_id: None,
+        git_ref: Some(format!("refs/heads/{branch}")),
+        sha: sha.map(|s| s.to_ascii_lowercase()),
+        actor: control::local_actor(),
+    };
+    let now = model::now_ms();
+    let Enqueued::Recorded { id, .. } = store.call(move |c| store::enqueue(c, &req, now)).await?
+    else {
+        return Err(Exit::failed("the request was not recorded"));
+    };
+    // Follow our own log while the pipeline runs.
+    let follower = {
+        let cfg = cfg.clone();
+        let id = id.clone();
+        tokio::spawn(async move { follow(&cfg, &id, true).await })
+    };
+    let ran = queue::run_next(&env, app).await.map_err(Exit::failed)?;
+    let row = follower.await.map_err(|e| Exit::failed(e.to_string()))??;
+    if ran.is_none() {
+        return Err(Exit::failed("the deploy was taken by another haul process"));
+    }
+    finish_line(&row)
+}
+
+fn finish_line(row: &DeployRow) -> Result<(), Exit> {
+    let took = match (row.started_at, row.finished_at) {
+        (Some(s), Some(f)) => format!(" in {:.1}s", (f - s) as f64 / 1000.0),
+        _ => String::new(),
+    };
+    let reason = row.reason.as_deref().unwrap_or("");
+    let color = std::io::stderr().is_terminal();
+    let paint = |code: &str, s: &str| {
+        if color {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
+    };
+    if row.state == State::Succeeded {
+        eprintln!(
+            "{} {}: {reason}{took} (deploy {})",
+            paint("1;32", "deployed"),
+            row.app,
+            row.id
+        );
+        Ok(())
+    } else {
+        eprintln!(
+            "{} {}: {reason}{took} (deploy {}; full log: haul logs {})",
+            paint("1;31", row.state.as_str()),
+            row.app,
+            row.id,
+            row.id
+        );
+        Err(Exit {
+            code: 1,
+            message: String::new(),
+        })
+    }
+}
+
+/// Prints a deploy's log as it grows until the deploy reaches a final state; follows the deploy that
+/// superseded it, if any. Returns the final row.
+async fn follow(cfg: &Config, id: &DeployId, pretty: bool) -> Result<DeployRow, Exit> {
+    let mut id = id.clone();
+    let color = pretty && std::io::stderr().is_terminal();
+    loop {
+        let path = deploylog::path_for(&cfg.logs_dir(), &id);
+        let mut offset = 0u64;
+        let mut partial = String::new();
+        loop {
+            let row = store::get(&store::open_read(&cfg.db_path())?, &id)?
+                .ok_or_else(|| Exit::failed(format!("no deploy {id} in the audit log")))?;
+            // Read what the log has now; if the deploy is final, this is the last read.
+            if let Ok(mut f) = std::fs::File::open(&path) {
+                if f.seek(SeekFrom::Start(offset)).is_ok() {
+                    let mut buf = String::new();
+                    if let Ok(n) = f.read_to_string(&mut buf) {
+                        offset += n as u64;
+                        partial.push_str(&buf);
+                        while let Some(i) = partial.find('\n') {
+                            let line: String = partial.drain(..=i).collect();
+                            print_log_line(line.trim_end(), color);
+                        }
+                    }
+                }
+            }
+            if row.state == State::Superseded {
+                if let Some(next) = row.superseded_by.clone() {
+                    eprintln!("{id} was superseded by {next} before it started; following {next}");
+                    id = next;
+                    break;
+                }
+            }
+            if row.state.is_final() {
+                return Ok(row);
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+}
+
+fn print_log_line(line: &str, color: bool) {
+    let mut err = std::io::stderr().lock();
+    // `2026-11-26T15:32:15Z ==> fetch ...`: show the time short and the stage bold.
+    let (stamp, rest) = line.split_once(' ').unwrap_or(("", line));
+    let time = stamp.get(11..19).unwrap_or(stamp);
+    let _ = if !color {
+        writeln!(err, "{time} {rest}")
+    } else if rest.starts_with("==>") {
+        writeln!(err, "\x1b[2m{time}\x1b[0m \x1b[1;36m{rest}\x1b[0m")
+    } else {
+        writeln!(err, "\x1b[2m{time}\x1b[0m {rest}")
+    };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// status, history, logs
+
+/// `haul status --json`: the wire type.
+#[derive(Serialize)]
+struct AppStatus {
+    app: String,
+    live_release: Option<String>,
+    live_sha: Option<String>,
+    last_outcome: Option<String>,
+    last_deploy_id: Option<String>,
+    last_finished_at: Option<i64>,
+    last_reason: Option<String>,
+    running: Option<String>,
+    queued: usize,
+}
+
+fn status(cfg: &Config, json: bool) -> Result<(), Exit> {
+    let conn = store::open_read(&cfg.db_path()).ok();
+    let mut rows = Vec::new();
+    for app in cfg.apps.values() {
+        let live = release::current(&app.path);
+        let summary = match &conn {
+            Some(c) => store::summary(c, &app.name)?,
+            None => store::AppSummary::default(),
+        };
+        let live_sha = match (&conn, &live) {
+            (Some(c), Some(r)) => store::release_sha(c, &app.name, r)?,
+            _ => None,
+        };
+        rows.push(AppStatus {
+            app: app.name.clone(),
+            live_release: live,
+            live_sha,
+            last_outcome: summary.last.as_ref().map(|r| r.state.to_string()),
+            last_deploy_id: summary.last.as_ref().map(|r| r.id.to_string()),
+            last_finished_at: summary.last.as_ref().and_then(|r| r.finished_at),
+            last_reason: summary.last.as_ref().and_then(|r| r.reason.clone()),
+            running: summary.running.as_ref().map(|r| r.id.to_string()),
+            queued: summary.queued,
+        });
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).map_err(|e| Exit::failed(e.to_string()))?
+        );
+        return Ok(());
+    }
+    let now = model::now_ms();
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.app.clone(),
+                r.live_release.clone().unwrap_or_else(|| "-".into()),
+                r.live_sha.as_deref().map(short).unwrap_or("-").to_string(),
+                r.last_outcome.clone().unwrap_or_else(|| "-".into()),
+                r.last_finished_at
+                    .map(|t| age(now - t))
+                    .unwrap_or_else(|| "-".into()),
+                match (&r.running, r.queued) {
+                    (Some(id), q) => {
+                        format!("running {id}{}", if q > 0 { ", 1 pending" } else { "" })
+                    }
+                    (None, 0) => "idle".into(),
+                    (None, q) => format!("{q} pending"),
+                },
+            ]
+        })
+        .collect();
+    print_table(
+        &["APP", "LIVE RELEASE", "SHA", "LAST", "AGE", "QUEUE"],
+        &table,
+        3,
+    );
+    Ok(())
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(7)]
+}
+
+fn age(ms: i64) -> String {
+    let s = (ms / 1000).max(0);
+    match s {
+        0..=59 => format!("{s}s ago"),
+        60..=3599 => format!("{}m ago", s / 60),
+        3600..=86399 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86400),
+    }
+}
+
+fn state_color(s: &str) -> &'static str {
+    match s {
+        "succeeded" => "32",
+        "failed" | "rolled_back" | "interrupted" => "31",
+        "running" | "queued" => "33",
+        _ => "2",
+    }
+}
+
+/// Aligned columns; on a terminal, the `outcome_col` column is coloured by outcome.
+fn print_table(header: &[&str], rows: &[Vec<String>], outcome_col: usize) {
+    let color = std::io::stdout().is_terminal();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let last = header.len() - 1;
+    let mut out = std::io::stdout().lock();
+    let head: Vec<String> = header
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            if i == last {
+                h.to_string()
+            } else {
+                format!("{h:<w$}", w = widths[i])
+            }
+        })
+        .collect();
+    let head = head.join("  ");
+    let _ = if color {
+        writeln!(out, "\x1b[1m{head}\x1b[0m")
+    } else {
+        writeln!(out, "{head}")
+    };
+    for r in rows {
+        let cells: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let padded = if i == last {
+                    c.clone()
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                };
+                if color && i == outcome_col {
+                    format!("\x1b[{}m{padded}\x1b[0m", state_color(c))
+                } else {
+                    padded
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "{}", cells.join("  "));
+    }
+}
+
+/// `haul history --json`: the wire type.
+#[derive(Serialize)]
+struct HistoryRow {
+    deploy_id: String,
+    app: String,
+    trigger: String,
+    provider: Option<String>,
+    delivery_id: Option<String>,
+    git_ref: Option<String>,
+    sha: Option<String>,
+    actor: String,
+    outcome: String,
+    reason: Option<String>,
+    release_id: Option<String>,
+    previous_sha: Option<String>,
+    superseded_by: Option<String>,
+    requested_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+}
+
+impl From<&DeployRow> for HistoryRow {
+    fn from(r: &DeployRow) -> HistoryRow {
+        HistoryRow {
+            deploy_id: r.id.to_string(),
+            app: r.app.clone(),
+            trigger: r.trigger.as_str().into(),
+            provider: r.provider.clone(),
+            delivery_id: r.delivery_id.clone(),
+            git_ref: r.git_ref.clone(),
+            sha: r.sha.clone(),
+            actor: r.actor.clone(),
+            outcome: r.state.to_string(),
+            reason: r.reason.clone(),
+            release_id: r.release_id.clone(),
+            previous_sha: r.previous_sha.clone(),
+            superseded_by: r.superseded_by.as_ref().map(ToString::to_string),
+            requested_at: r.requested_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+        }
+    }
+}
+
+fn history(cfg: &Config, app: Option<&str>, limit: usize, json: bool) -> Result<(), Exit> {
+    if let Some(a) = app {
+        cfg.app(a).map_err(Exit::usage)?;
+    }
+    let conn = store::open_read(&cfg.db_path())?;
+    let rows = store::history(&conn, app, limit)?;
+    if json {
+        let out: Vec<HistoryRow> = rows.iter().map(HistoryRow::from).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).map_err(|e| Exit::failed(e.to_string()))?
+        );
+        return Ok(());
+    }
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let when = humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_millis(r.requested_at.max(0) as u64),
+            )
+            .to_string();
+            let took = match (r.started_at, r.finished_at) {
+                (Some(s), Some(f)) => format!("{:.1}s", (f - s) as f64 / 1000.0),
+                _ => "-".into(),
+            };
+            vec![
+                r.id.to_string(),
+                r.app.clone(),
+                r.trigger.as_str().into(),
+                r.sha.as_deref().map(short).unwrap_or("-").into(),
+                r.actor.clone(),
+                r.state.to_string(),
+                when,
+                took,
+                r.reason.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "DEPLOY",
+            "APP",
+            "TRIGGER",
+            "SHA",
+            "ACTOR",
+            "OUTCOME",
+            "REQUESTED",
+            "TOOK",
+            "REASON",
+        ],
+        &table,
+        5,
+    );
+    Ok(())
+}
+
+async fn logs(cfg: &Config, deploy_id: &str, follow_it: bool) -> Result<(), Exit> {
+    let id = DeployId::parse(deploy_id)
+        .ok_or_else(|| Exit::usage(format!("{deploy_id:?} is not a deploy id")))?;
+    if follow_it {
+        let row = follow(cfg, &id, false).await?;
+        eprintln!("{}: {}", row.state, row.reason.as_deref().unwrap_or(""));
+        return Ok(());
+    }
+    let path = deploylog::path_for(&cfg.logs_dir(), &id);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        Exit::failed(format!(
+            "no log for {id} at {} ({e}); an ignored or superseded request never ran, so it has no log: see `haul history`",
+            path.display()
+        ))
+    })?;
+    print!("{text}");
+    Ok(())
+}
+
+fn check(cfg: &Config) -> Result<(), Exit> {
+    let problems = cfg.check_files();
+    println!("config {}: {} app(s)", cfg.path.display(), cfg.apps.len());
+    for app in cfg.apps.values() {
+        println!(
+            "  {}: {} ({}) branch {} -> {}{}",
+            app.name,
+            app.repo,
+            crate::git::describe_transport(app),
+            app.branch,
+            app.path.display(),
+            app.webhook
+                .as_ref()
+                .map(|w| format!(", webhook {}", w.provider.as_str()))
+                .unwrap_or_default()
+        );
+    }
+    if problems.is_empty() {
+        println!("ok");
+        Ok(())
+    } else {
+        for p in &problems {
+            println!("  problem: {p}");
+        }
+        Err(Exit::usage(format!(
+            "{} problem(s) in {}",
+            problems.len(),
+            cfg.path.display()
+        )))
+    }
+}

@@ -1,0 +1,480 @@
+//! The configuration contract: `haul.toml` parsed into typed, validated settings.
+//!
+//! Everything a person can get wrong is caught here, before the daemon starts, with a message that names the
+//! key and says how to fix it. Secrets are never inline: they are read from files whose mode is checked, or
+//! from systemd's `$CREDENTIALS_DIRECTORY`.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::model;
+
+pub const DEFAULT_CONFIG: &str = "/etc/haul/haul.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub listen: String,
+    pub state_dir: PathBuf,
+    pub max_body_bytes: usize,
+    pub apps: BTreeMap<String, AppConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub name: String,
+    pub repo: String,
+    pub branch: String,
+    pub deploy_key: Option<PathBuf>,
+    pub known_hosts: Option<PathBuf>,
+    pub path: PathBuf,
+    pub keep_releases: usize,
+    pub build: Vec<String>,
+    pub activate: Vec<String>,
+    pub step_timeout: Duration,
+    pub fetch_timeout: Duration,
+    pub fetch_attempts: u32,
+    pub webhook: Option<WebhookConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    Github,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Github => "github",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub provider: Provider,
+    /// Where the secrets come from; read by [`WebhookConfig::load_secrets`].
+    pub secret_files: Vec<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_listen")]
+    listen: String,
+    state_dir: PathBuf,
+    #[serde(default)]
+    max_body: Option<String>,
+    #[serde(default)]
+    apps: BTreeMap<String, RawApp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    repo: String,
+    #[serde(default = "default_branch")]
+    branch: String,
+    deploy_key: Option<PathBuf>,
+    known_hosts: Option<PathBuf>,
+    path: PathBuf,
+    #[serde(default = "default_keep")]
+    keep_releases: usize,
+    #[serde(default)]
+    build: Vec<String>,
+    #[serde(default)]
+    activate: Vec<String>,
+    step_timeout: Option<String>,
+    fetch_timeout: Option<String>,
+    fetch_attempts: Option<u32>,
+    webhook: Option<RawWebhook>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    provider: String,
+    secret_file: PathBuf,
+    previous_secret_file: Option<PathBuf>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9000".into()
+}
+fn default_branch() -> String {
+    "main".into()
+}
+fn default_keep() -> usize {
+    5
+}
+
+/// `"90s"`, `"10m"`, `"24h"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration like \"90s\", \"10m\" or \"24h\" ({e})"))
+}
+
+/// `"1MiB"`, `"512KiB"`, `"1000000"`.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like \"1MiB\""))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1024,
+        "MiB" | "M" => 1024 * 1024,
+        "kB" => 1000,
+        "MB" => 1_000_000,
+        _ => return Err(format!("{s:?}: unknown unit (use B, KiB or MiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Is this repo URL one that goes over SSH (and so needs a deploy key and pinned host keys)?
+pub fn is_ssh_url(repo: &str) -> bool {
+    if repo.starts_with("ssh://") || repo.starts_with("git+ssh://") {
+        return true;
+    }
+    // scp-like `user@host:path`: a colon before any slash, and not a URL scheme.
+    if repo.contains("://") {
+        return false;
+    }
+    match repo.find(':') {
+        Some(i) => !repo[..i].contains('/'),
+        None => false,
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+
+        let max_body_bytes = match &raw.max_body {
+            Some(s) => parse_size(s).map_err(|e| invalid(format!("max_body: {e}")))?,
+            None => 1024 * 1024,
+        };
+        if max_body_bytes < 1024 {
+            return Err(invalid("max_body must be at least 1KiB".into()));
+        }
+        let mut apps = BTreeMap::new();
+        for (name, a) in raw.apps {
+            let ctx = |m: &str| invalid(format!("[apps.{name}] {m}"));
+            if !is_valid_app_name(&name) {
+                return Err(ctx("app names use letters, digits, '-', '_' and '.', start with a letter or digit, and are at most 64 characters"));
+            }
+            if !model::is_valid_branch(&a.branch) {
+                return Err(ctx(&format!(
+                    "branch {:?} is not a valid branch name",
+                    a.branch
+                )));
+            }
+            if a.repo.is_empty() || a.repo.starts_with('-') || a.repo.chars().any(char::is_control)
+            {
+                return Err(ctx(&format!("repo {:?} is not a git URL or path", a.repo)));
+            }
+            if is_ssh_url(&a.repo) && (a.deploy_key.is_none() || a.known_hosts.is_none()) {
+                return Err(ctx("an SSH repo needs `deploy_key` (the private half of a read-only deploy key) and `known_hosts` (the pinned host keys)"));
+            }
+            if a.keep_releases < 2 {
+                return Err(ctx("keep_releases must be at least 2 (the live release and the one before it are always kept)"));
+            }
+            let step_timeout = match &a.step_timeout {
+                Some(s) => parse_duration(s).map_err(|e| ctx(&format!("step_timeout: {e}")))?,
+                None => Duration::from_secs(600),
+            };
+            let fetch_timeout = match &a.fetch_timeout {
+                Some(s) => parse_duration(s).map_err(|e| ctx(&format!("fetch_timeout: {e}")))?,
+                None => Duration::from_secs(300),
+            };
+            let fetch_attempts = a.fetch_attempts.unwrap_or(3);
+            if !(1..=10).contains(&fetch_attempts) {
+                return Err(ctx("fetch_attempts must be between 1 and 10"));
+            }
+            for (key, steps) in [("build", &a.build), ("activate", &a.activate)] {
+                if steps.iter().any(|s| s.trim().is_empty()) {
+                    return Err(ctx(&format!("{key} has an empty step")));
+                }
+            }
+            let webhook = match a.webhook {
+                None => None,
+                Some(w) => {
+                    let provider = match w.provider.as_str() {
+                        "github" => Provider::Github,
+                        other => {
+                            return Err(ctx(&format!(
+                                "webhook.provider {other:?} is not supported (supported: github)"
+                            )))
+                        }
+                    };
+                    let mut secret_files = vec![w.secret_file];
+                    secret_files.extend(w.previous_secret_file);
+                    Some(WebhookConfig {
+                        provider,
+                        secret_files,
+                    })
+                }
+            };
+            let app = AppConfig {
+                repo: if a.repo.contains("://") || is_ssh_url(&a.repo) {
+                    a.repo
+                } else {
+                    resolve(Path::new(&a.repo)).to_string_lossy().into_owned()
+                },
+                branch: a.branch,
+                deploy_key: a.deploy_key.as_deref().map(resolve),
+                known_hosts: a.known_hosts.as_deref().map(resolve),
+                path: resolve(&a.path),
+                keep_releases: a.keep_releases,
+                build: a.build,
+                activate: a.activate,
+                step_timeout,
+                fetch_timeout,
+                fetch_attempts,
+                webhook,
+                name: name.clone(),
+            };
+            apps.insert(name, app);
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            listen: raw.listen,
+            state_dir: resolve(&raw.state_dir),
+            max_body_bytes,
+            apps,
+        })
+    }
+
+    pub fn app(&self, name: &str) -> Result<&AppConfig, String> {
+        self.apps.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.apps.keys().map(String::as_str).collect();
+            format!(
+                "no app named {name:?} in {} (configured: {})",
+                self.path.display(),
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )
+        })
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.state_dir.join("haul.db")
+    }
+    pub fn socket_path(&self) -> PathBuf {
+        self.state_dir.join("haul.sock")
+    }
+    pub fn logs_dir(&self) -> PathBuf {
+        self.state_dir.join("logs")
+    }
+    pub fn mirrors_dir(&self) -> PathBuf {
+        self.state_dir.join("mirrors")
+    }
+    pub fn locks_dir(&self) -> PathBuf {
+        self.state_dir.join("locks")
+    }
+
+    /// Everything `haul check` verifies beyond parsing: key and secret files exist with safe modes.
+    pub fn check_files(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for app in self.apps.values() {
+            if let Some(k) = &app.deploy_key {
+                if let Err(e) = check_private_file(k) {
+                    problems.push(format!("[apps.{}] deploy_key: {e}", app.name));
+                }
+            }
+            if let Some(kh) = &app.known_hosts {
+                match std::fs::read_to_string(kh) {
+                    Ok(t) if t.lines().any(|l| !l.trim().is_empty() && !l.starts_with('#')) => {}
+                    Ok(_) => problems.push(format!(
+                        "[apps.{}] known_hosts {} has no host keys; add them with `ssh-keyscan HOST >> {}` and compare the fingerprint with your forge's published one",
+                        app.name,
+                        kh.display(),
+                        kh.display()
+                    )),
+                    Err(e) => problems.push(format!("[apps.{}] known_hosts {}: {e}", app.name, kh.display())),
+                }
+            }
+            if let Some(w) = &app.webhook {
+                if let Err(e) = w.load_secrets() {
+                    problems.push(format!("[apps.{}] webhook: {e}", app.name));
+                }
+            }
+        }
+        problems
+    }
+}
+
+pub fn is_valid_app_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// A file holding a secret or a private key must exist and be readable by its owner only.
+pub fn check_private_file(path: &Path) -> Result<(), String> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a file", path.display()));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} is readable by other users (mode {mode:04o}); run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+impl WebhookConfig {
+    /// Reads every configured secret (current first, then the previous one during a rotation). A relative path
+    /// is looked up in `$CREDENTIALS_DIRECTORY` when systemd provides one.
+    pub fn load_secrets(&self) -> Result<Vec<Vec<u8>>, String> {
+        let mut out = Vec::new();
+        for f in &self.secret_files {
+            let path = match std::env::var_os("CREDENTIALS_DIRECTORY") {
+                Some(dir) if f.is_relative() => Path::new(&dir).join(f),
+                _ => f.clone(),
+            };
+            check_private_file(&path)?;
+            let text =
+                std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let secret = trim_ascii(&text).to_vec();
+            if secret.len() < 16 {
+                return Err(format!(
+                    "secret in {} is shorter than 16 bytes; generate one with `openssl rand -hex 32 > {}`",
+                    path.display(),
+                    path.display()
+                ));
+            }
+            out.push(secret);
+        }
+        Ok(out)
+    }
+}
+
+fn trim_ascii(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/haul/haul.toml"), text)
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let text = include_str!("../examples/haul.toml");
+        let cfg = parse(text).expect("examples/haul.toml must parse");
+        let blog = &cfg.apps["blog"];
+        assert_eq!(blog.branch, "main");
+        assert_eq!(blog.step_timeout, Duration::from_secs(600));
+        assert_eq!(blog.build, ["npm ci", "npm run build"]);
+        assert_eq!(
+            blog.webhook.as_ref().map(|w| w.provider),
+            Some(Provider::Github)
+        );
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let base = "state_dir = \"/tmp/s\"\n[apps.a]\npath = \"/srv/a\"\n";
+        let cases = [
+            ("[apps.a]\nrepo='/r'\npath='/p'\n", "state_dir"),
+            (&format!("{base}repo = \"git@h:x.git\"\n") as &str, "deploy_key"),
+            (&format!("{base}repo = \"/r\"\nbranch = \"-x\"\n"), "branch"),
+            (&format!("{base}repo = \"/r\"\nkeep_releases = 1\n"), "keep_releases"),
+            (&format!("{base}repo = \"/r\"\nstep_timeout = \"soon\"\n"), "step_timeout"),
+            (&format!("{base}repo = \"/r\"\nbuild = [\"\"]\n"), "empty step"),
+            (&format!("{base}repo = \"/r\"\ntypo = 1\n"), "typo"),
+            (&format!("{base}repo = \"/r\"\n[apps.a.webhook]\nprovider = \"x\"\nsecret_file = \"/s\"\n"), "provider"),
+            ("state_dir = \"/s\"\n[apps.\"../x\"]\nrepo = \"/r\"\npath = \"/p\"\n", "app names"),
+        ];
+        for (text, needle) in cases {
+            let err = parse(text).expect_err(text).to_string();
+            assert!(
+                err.contains(needle),
+                "{text:?} gave {err:?}, wanted {needle:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn url_kinds() {
+        assert!(is_ssh_url("git@github.com:acme/blog.git"));
+        assert!(is_ssh_url("ssh://git@127.0.0.1:2222/srv/x.git"));
+        assert!(!is_ssh_url("https://github.com/acme/blog.git"));
+        assert!(!is_ssh_url("/srv/git/blog.git"));
+        assert!(!is_ssh_url("./a:b"));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("2000"), Ok(2000));
+        assert!(parse_size("lots").is_err());
+    }
+}

@@ -1,0 +1,163 @@
+//! The daemon as a library function, so tests run the real thing: [`start`] checks everything that can be
+//! checked and binds its sockets (so a port clash or a bad secret fails the start, not the first webhook), and
+//! [`Daemon::serve`] runs the HTTP server, the control socket and one worker per app until `shutdown`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::control;
+use crate::http::{self, HttpState};
+use crate::lock::{self, FileLock};
+use crate::model;
+use crate::queue::{Env, Queue};
+use crate::store::{self, Store};
+
+/// How long a running deploy may go on after a stop is asked for, before its process group is killed (it is
+/// then recorded as interrupted at the next start).
+pub const STOP_GRACE: Duration = Duration::from_secs(30);
+const DELIVERY_RETENTION_MS: i64 = 8 * 24 * 3600 * 1000;
+
+pub struct Daemon {
+    pub addr: SocketAddr,
+    listener: tokio::net::TcpListener,
+    control: tokio::net::UnixListener,
+    queue: Arc<Queue>,
+    secrets: HashMap<String, Vec<Vec<u8>>>,
+    max_body_bytes: usize,
+    _instance: FileLock,
+}
+
+/// Prepares the state dir, takes the single-instance lock, loads secrets and binds the sockets.
+pub async fn start(cfg: Config) -> anyhow::Result<Daemon> {
+    for dir in [
+        cfg.state_dir.clone(),
+        cfg.logs_dir(),
+        cfg.mirrors_dir(),
+        cfg.locks_dir(),
+    ] {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let lock_path = cfg.state_dir.join("haul.lock");
+    let Some(instance) = lock::try_lock(&lock_path)
+        .with_context(|| format!("cannot lock {}", lock_path.display()))?
+    else {
+        bail!(
+            "another haul daemon is already running with state_dir {}; stop it first (or give this one its own state_dir)",
+            cfg.state_dir.display()
+        );
+    };
+    let mut secrets = HashMap::new();
+    for app in cfg.apps.values() {
+        if let Some(w) = &app.webhook {
+            let s = w
+                .load_secrets()
+                .map_err(|e| anyhow::anyhow!("[apps.{}] webhook secret: {e}", app.name))?;
+            secrets.insert(app.name.clone(), s);
+        }
+    }
+    let store = Store::open(&cfg.db_path())?;
+    let now = model::now_ms();
+    store
+        .call(move |c| store::prune_deliveries(c, now, DELIVERY_RETENTION_MS))
+        .await?;
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (listen)", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let control = control::bind(&cfg.socket_path()).with_context(|| {
+        format!(
+            "cannot create the control socket {}",
+            cfg.socket_path().display()
+        )
+    })?;
+    let queue = Queue::new(Env::new(&cfg, store));
+    Ok(Daemon {
+        addr,
+        listener,
+        control,
+        queue,
+        secrets,
+        max_body_bytes: cfg.max_body_bytes,
+        _instance: instance,
+    })
+}
+
+impl Daemon {
+    /// Serves until `shutdown` resolves: then stops accepting, lets running deploys finish within
+    /// [`STOP_GRACE`], and returns.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let workers = self.queue.spawn_workers(stop_rx.clone());
+        let control = tokio::spawn(control::serve(
+            self.control,
+            self.queue.clone(),
+            stop_rx.clone(),
+        ));
+        let state = Arc::new(HttpState {
+            queue: self.queue.clone(),
+            secrets: self.secrets,
+            max_body_bytes: self.max_body_bytes,
+        });
+        tracing::info!(
+            "haul listening on http://{} ({} app(s))",
+            self.addr,
+            self.queue.env().apps.len()
+        );
+        let mut http_stop = stop_rx.clone();
+        let server =
+            axum::serve(self.listener, http::router(state)).with_graceful_shutdown(async move {
+                let _ = http_stop.changed().await;
+            });
+        let server = tokio::spawn(async move { server.await });
+        shutdown.await;
+        tracing::info!(
+            "stopping: no new requests; waiting up to {}s for running deploys",
+            STOP_GRACE.as_secs()
+        );
+        let _ = stop_tx.send(true);
+        let _ = control.await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        for w in workers {
+            let abort = w.abort_handle();
+            if tokio::time::timeout(STOP_GRACE, w).await.is_err() {
+                abort.abort();
+            }
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// `haul serve`: start and serve until SIGTERM or SIGINT.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let daemon = start(cfg).await?;
+    daemon.serve(shutdown_signal()).await
+}
+
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

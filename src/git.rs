@@ -1,0 +1,390 @@
+//! Git, through the one subprocess runner: the per-app bare mirror, the incremental fetch over SSH with the
+//! app's own read-only deploy key and pinned host keys, the checks that a sha is on the configured branch, and
+//! the checkout of one commit into a release directory.
+//!
+//! git is never allowed to prompt (`GIT_TERMINAL_PROMPT=0`, `BatchMode=yes`), never reads the operator's ssh
+//! config or agent, and never trusts a host key it has not been given. Every failure is classified here, from
+//! git's exit status and stderr, into permanent, transient or rate-limited.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{self, AppConfig};
+use crate::deploylog::DeployLog;
+use crate::failure::{self, Failure, Kind};
+use crate::runner::{self, Cmd, RunError};
+
+const LOCAL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Quotes a path for the shell that git uses to run `GIT_SSH_COMMAND`.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The ssh command git runs: only the deploy key, only the pinned host keys, no prompts, no agent, no config.
+pub fn ssh_command(app: &AppConfig) -> Option<String> {
+    let key = app.deploy_key.as_ref()?;
+    let known_hosts = app.known_hosts.as_ref()?;
+    Some(format!(
+        "ssh -F /dev/null -i {} -o IdentitiesOnly=yes -o IdentityAgent=none -o StrictHostKeyChecking=yes \
+         -o UserKnownHostsFile={} -o GlobalKnownHostsFile=/dev/null -o BatchMode=yes -o ConnectTimeout=20 \
+         -o ServerAliveInterval=15 -o ServerAliveCountMax=4 -o LogLevel=ERROR",
+        sh_quote(&key.to_string_lossy()),
+        sh_quote(&known_hosts.to_string_lossy())
+    ))
+}
+
+/// The parts of a URL never written to a log: the password or token in `https://user:token@host/...`.
+fn url_secrets(repo: &str) -> Vec<String> {
+    let Some(rest) = repo.split_once("://").map(|(_, r)| r) else {
+        return vec![];
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    match authority.rsplit_once('@') {
+        Some((userinfo, _)) => match userinfo.split_once(':') {
+            Some((_, pass)) if !pass.is_empty() => vec![pass.to_string()],
+            _ => vec![userinfo.to_string()],
+        },
+        None => vec![],
+    }
+}
+
+/// Decides what a failed git command means, from what git printed.
+pub fn classify(stderr: &[String]) -> Kind {
+    let text = stderr.join("\n").to_lowercase();
+    const RATE: &[&str] = &[
+        "rate limit",
+        "abuse",
+        "too many requests",
+        "error: 429",
+        "returned error: 429",
+        "http 429",
+    ];
+    const PERMANENT: &[&str] = &[
+        "permission denied",
+        "host key verification failed",
+        "remote host identification has changed",
+        "no such identity",
+        "couldn't find remote ref",
+        "repository not found",
+        "does not appear to be a git repository",
+        "not our ref",
+        "unadvertised object",
+        "authentication failed",
+        "could not read username",
+        "could not read password",
+        "invalid username or password",
+        "returned error: 401",
+        "returned error: 403",
+        "returned error: 404",
+        "bad configuration option",
+        "no space left on device",
+        "disk quota exceeded",
+        "bad object",
+        "not a valid object name",
+    ];
+    if RATE.iter().any(|p| text.contains(p)) {
+        Kind::RateLimited
+    } else if PERMANENT.iter().any(|p| text.contains(p)) {
+        Kind::Permanent
+    } else {
+        Kind::Transient
+    }
+}
+
+fn hint(kind: Kind, stderr: &[String]) -> &'static str {
+    let text = stderr.join("\n").to_lowercase();
+    if text.contains("host key verification failed") || text.contains("identification has changed")
+    {
+        " (the server's host key is not the pinned one in known_hosts: if the forge really rotated its key, verify the new fingerprint and update known_hosts)"
+    } else if text.contains("permission denied") {
+        " (the deploy key was refused: check it is added to the repository as a read-only deploy key)"
+    } else if text.contains("couldn't find remote ref") {
+        " (the configured branch does not exist on the remote: check `branch`)"
+    } else if kind == Kind::RateLimited {
+        " (the forge is rate-limiting this deploy key: haul will not hammer it)"
+    } else {
+        ""
+    }
+}
+
+/// One app's view of git: its mirror, its credentials, its log.
+pub struct Git {
+    app: Arc<AppConfig>,
+    mirror: PathBuf,
+    log: Arc<DeployLog>,
+}
+
+impl Git {
+    pub fn new(app: Arc<AppConfig>, mirrors_dir: &Path, log: Arc<DeployLog>) -> Git {
+        let mirror = mirrors_dir.join(format!("{}.git", app.name));
+        Git { app, mirror, log }
+    }
+
+    pub fn mirror(&self) -> &Path {
+        &self.mirror
+    }
+
+    fn git(&self, label: &str) -> Cmd {
+        let mut c = Cmd::new(label, "git")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GCM_INTERACTIVE", "never")
+            .env("GIT_ASKPASS", "/bin/false")
+            .env("SSH_ASKPASS", "/bin/false")
+            .env("LC_ALL", "C")
+            .arg("--git-dir")
+            .arg(self.mirror.as_os_str())
+            .timeout(LOCAL_TIMEOUT);
+        if let Some(ssh) = ssh_command(&self.app) {
+            c = c.env("GIT_SSH_COMMAND", ssh);
+        }
+        c.redact = url_secrets(&self.app.repo);
+        c
+    }
+
+    fn local_failure(&self, e: RunError) -> Failure {
+        Failure::permanent(format!("{e} (mirror {})", self.mirror.display()))
+    }
+
+    /// Creates the bare mirror if it is missing. Built under a temporary name and renamed, so a crash never
+    /// leaves a half-initialised mirror.
+    pub async fn ensure_mirror(&self) -> Result<(), Failure> {
+        if self.mirror.join("HEAD").exists() {
+            return Ok(());
+        }
+        let parent = self.mirror.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Failure::permanent(format!("cannot create {}: {e}", parent.display())))?;
+        let tmp = parent.join(format!(".{}.git.tmp-{}", self.app.name, std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let init = Cmd::new("git init", "git")
+            .env("LC_ALL", "C")
+            .args([
+                OsString::from("init"),
+                "--bare".into(),
+                "--quiet".into(),
+                tmp.clone().into(),
+            ])
+            .timeout(LOCAL_TIMEOUT);
+        runner::run(&init, Some(&self.log))
+            .await
+            .map_err(|e| self.local_failure(e))?;
+        std::fs::rename(&tmp, &self.mirror).map_err(|e| {
+            Failure::permanent(format!(
+                "cannot create mirror {}: {e}",
+                self.mirror.display()
+            ))
+        })?;
+        Ok(())
+    }
+
+    /// One incremental fetch of the configured branch into the mirror.
+    pub async fn fetch_once(&self) -> Result<(), Failure> {
+        let refspec = format!("+refs/heads/{b}:refs/heads/{b}", b = self.app.branch);
+        let cmd = self
+            .git("git fetch")
+            .args([
+                "fetch",
+                "--no-tags",
+                "--no-recurse-submodules",
+                "--no-write-fetch-head",
+                "--",
+            ])
+            .arg(self.app.repo.as_str())
+            .arg(refspec)
+            .timeout(self.app.fetch_timeout);
+        match runner::run(&cmd, Some(&self.log)).await {
+            Ok(_) => Ok(()),
+            Err(e @ RunError::Spawn { .. }) => Err(Failure::permanent(e.to_string())),
+            Err(e) => {
+                let kind = match &e {
+                    RunError::TimedOut { .. } => Kind::Transient,
+                    _ => classify(e.stderr_tail()),
+                };
+                Err(Failure {
+                    kind,
+                    message: format!("{e}{}", hint(kind, e.stderr_tail())),
+                    retry_after: None,
+                })
+            }
+        }
+    }
+
+    /// Fetches, retrying transient failures a bounded number of times with backoff and full jitter. A
+    /// permanent or rate-limited failure returns at once: exactly one attempt.
+    pub async fn fetch(&self) -> Result<u32, Failure> {
+        let attempts = self.app.fetch_attempts.max(1);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.fetch_once().await {
+                Ok(()) => return Ok(attempt),
+                Err(f) if f.kind == Kind::Transient && attempt < attempts => {
+                    let wait = failure::backoff(
+                        attempt - 1,
+                        Duration::from_secs(1),
+                        Duration::from_secs(30),
+                    );
+                    self.log.line(&format!(
+                        "  ! fetch attempt {attempt}/{attempts} failed (transient): {f}; retrying in {:.1}s",
+                        wait.as_secs_f64()
+                    ));
+                    tracing::warn!(app = %self.app.name, attempt, "fetch failed (transient), retrying: {f}");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(mut f) => {
+                    if attempt > 1 {
+                        f.message = format!("{} (after {attempt} attempts)", f.message);
+                    }
+                    return Err(f);
+                }
+            }
+        }
+    }
+
+    /// The full sha of `rev` if it names a commit in the mirror.
+    pub async fn resolve_commit(&self, rev: &str) -> Result<Option<String>, Failure> {
+        let cmd = self
+            .git("git rev-parse")
+            .args(["rev-parse", "--verify", "--quiet", "--end-of-options"])
+            .arg(format!("{rev}^{{commit}}"))
+            .capture();
+        match runner::run(&cmd, Some(&self.log)).await {
+            Ok(out) => Ok(Some(out.stdout_str())),
+            Err(RunError::Failed { code: Some(1), .. }) => Ok(None),
+            Err(e) => Err(self.local_failure(e)),
+        }
+    }
+
+    /// Is `sha` reachable from the configured branch (as fetched)?
+    pub async fn is_on_branch(&self, sha: &str) -> Result<bool, Failure> {
+        let cmd = self
+            .git("git merge-base")
+            .args(["merge-base", "--is-ancestor", sha])
+            .arg(format!("refs/heads/{}", self.app.branch));
+        match runner::run(&cmd, Some(&self.log)).await {
+            Ok(_) => Ok(true),
+            Err(RunError::Failed { code: Some(1), .. }) => Ok(false),
+            Err(e) => Err(self.local_failure(e)),
+        }
+    }
+
+    /// Writes the tree of `sha` into `dir` (which must not exist yet), without touching the mirror's HEAD.
+    pub async fn checkout(&self, sha: &str, dir: &Path) -> Result<(), Failure> {
+        let index = dir.with_extension("index");
+        let _ = std::fs::remove_file(&index);
+        let read_tree = self
+            .git("git read-tree")
+            .env("GIT_INDEX_FILE", index.as_os_str())
+            .args(["read-tree", sha]);
+        let mut work_tree = OsString::from("--work-tree=");
+        work_tree.push(dir.as_os_str());
+        let checkout = self
+            .git("git checkout-index")
+            .env("GIT_INDEX_FILE", index.as_os_str())
+            .arg(work_tree)
+            .args(["checkout-index", "--all", "--force"]);
+        if let Err(e) = std::fs::create_dir(dir) {
+            return Err(Failure::permanent(format!(
+                "cannot create {}: {e}",
+                dir.display()
+            )));
+        }
+        let result = async {
+            runner::run(&read_tree, Some(&self.log)).await?;
+            runner::run(&checkout, Some(&self.log)).await
+        }
+        .await;
+        let _ = std::fs::remove_file(&index);
+        result.map(|_| ()).map_err(|e| {
+            let kind = classify(e.stderr_tail());
+            Failure {
+                kind: if kind == Kind::RateLimited {
+                    Kind::Permanent
+                } else {
+                    kind
+                },
+                message: format!("checkout of {sha} into {} failed: {e}", dir.display()),
+                retry_after: None,
+            }
+        })
+    }
+
+    /// `git ls-remote` of the branch: the remote tip, without fetching anything.
+    pub async fn remote_tip(&self) -> Result<Option<String>, Failure> {
+        let cmd = self
+            .git("git ls-remote")
+            .args(["ls-remote", "--heads", "--"])
+            .arg(self.app.repo.as_str())
+            .arg(format!("refs/heads/{}", self.app.branch))
+            .timeout(self.app.fetch_timeout)
+            .capture();
+        match runner::run(&cmd, Some(&self.log)).await {
+            Ok(out) => Ok(out
+                .stdout_str()
+                .lines()
+                .find_map(|l| l.split_whitespace().next().map(str::to_string))),
+            Err(e) => {
+                let kind = classify(e.stderr_tail());
+                Err(Failure {
+                    kind,
+                    message: format!("{e}{}", hint(kind, e.stderr_tail())),
+                    retry_after: None,
+                })
+            }
+        }
+    }
+}
+
+/// Used by `haul check`: is the repo reachable with these credentials?
+pub fn describe_transport(app: &AppConfig) -> &'static str {
+    if config::is_ssh_url(&app.repo) {
+        "ssh (deploy key, pinned host keys)"
+    } else if app.repo.starts_with("https://") || app.repo.starts_with("http://") {
+        "http(s)"
+    } else {
+        "local path"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        let cases: &[(&str, Kind)] = &[
+            ("git@127.0.0.1: Permission denied (publickey).\nfatal: Could not read from remote repository.", Kind::Permanent),
+            ("Host key verification failed.\nfatal: Could not read from remote repository.", Kind::Permanent),
+            ("fatal: couldn't find remote ref refs/heads/nope", Kind::Permanent),
+            ("ssh: connect to host 127.0.0.1 port 2222: Connection refused\nfatal: Could not read from remote repository.", Kind::Transient),
+            ("fatal: the remote end hung up unexpectedly", Kind::Transient),
+            ("error: RPC failed; HTTP 429 curl 22 The requested URL returned error: 429", Kind::RateLimited),
+            ("remote: You have exceeded a secondary rate limit", Kind::RateLimited),
+        ];
+        for (stderr, want) in cases {
+            let lines: Vec<String> = stderr.lines().map(String::from).collect();
+            assert_eq!(classify(&lines), *want, "{stderr}");
+        }
+    }
+
+    #[test]
+    fn url_credentials_are_redacted() {
+        assert_eq!(
+            url_secrets("https://x-access-token:ghs_abc@github.com/a/b.git"),
+            ["ghs_abc"]
+        );
+        assert_eq!(
+            url_secrets("https://ghp_tok@github.com/a/b.git"),
+            ["ghp_tok"]
+        );
+        assert!(url_secrets("git@github.com:a/b.git").is_empty());
+    }
+
+    #[test]
+    fn ssh_command_quotes_paths() {
+        assert_eq!(sh_quote("/etc/it's"), r"'/etc/it'\''s'");
+    }
+}

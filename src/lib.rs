@@ -1,0 +1,31 @@
+//! haul: a pull-based deploy agent. The production server holds a read-only credential and pulls; a signed
+//! trigger says when.
+//!
+//! # Layout
+//! - [`intake`]: webhook bytes + headers -> a verified, typed decision (pure; the trust boundary).
+//! - [`http`], [`control`]: the daemon's two doors (forge webhooks; the local `haul deploy` socket).
+//! - [`queue`]: per app, one running deploy and one pending slot; newest wins; start-up recovery.
+//! - [`pipeline`]: fetch -> resolve -> checkout -> build -> switch -> activate (-> roll back).
+//! - [`git`], [`release`], [`runner`]: the mirror and fetch, the on-disk release contract, the one subprocess runner.
+//! - [`store`]: the audit log in SQLite, the only module that speaks SQL.
+//! - [`daemon`], [`cli`], [`demo`]: the daemon as a library function, the command line, the demo.
+//! - [`model`], [`config`], [`failure`]: the shared vocabulary, the configuration contract, typed failures.
+
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod demo;
+pub mod deploylog;
+pub mod failure;
+pub mod git;
+pub mod http;
+pub mod intake;
+pub mod lock;
+pub mod logging;
+pub mod model;
+pub mod pipeline;
+pub mod queue;
+pub mod release;
+pub mod runner;
+pub mod store;

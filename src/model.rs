@@ -1,0 +1,309 @@
+//! The vocabulary every layer shares: what a deploy request is, the states a deploy moves through, and the
+//! validation of the untrusted strings (refs, shas, actors) that arrive in payloads.
+//!
+//! Everything that enters from outside is checked here once, so the layers below can treat a `DeployRequest`
+//! as already safe to pass to `git` as an argument or to a step as an environment variable.
+
+use std::fmt;
+
+/// The correlation id of one deploy: minted at intake, it names the audit row, the log file and every log
+/// line. Sortable by time (`20261126T153215-k3m9qz`), and safe as a file name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeployId(String);
+
+impl DeployId {
+    pub fn new(now_ms: i64) -> DeployId {
+        const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
+        let suffix: String = (0..6)
+            .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
+            .collect();
+        DeployId(format!("{}-{}", compact_utc(now_ms), suffix))
+    }
+
+    /// Accepts an id typed by a person (`haul logs <id>`), refusing anything that could escape the logs dir.
+    pub fn parse(s: &str) -> Option<DeployId> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !s.starts_with('-');
+        ok.then(|| DeployId(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DeployId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `20261126T153215` in UTC, for ids that sort by time.
+pub fn compact_utc(now_ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms.max(0) as u64);
+    let s = humantime::format_rfc3339_seconds(t).to_string(); // 2026-11-26T15:32:15Z
+    s.chars()
+        .filter(|c| c.is_ascii_digit() || *c == 'T')
+        .collect()
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// What told haul to deploy. All of them enter the same queue and the same pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    Webhook,
+    Manual,
+    Poll,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Webhook => "webhook",
+            Trigger::Manual => "manual",
+            Trigger::Poll => "poll",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Trigger> {
+        Some(match s {
+            "webhook" => Trigger::Webhook,
+            "manual" => Trigger::Manual,
+            "poll" => Trigger::Poll,
+            _ => return None,
+        })
+    }
+}
+
+/// A deploy's state. `Queued` and `Running` are transient; every other state is final.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    RolledBack,
+    Superseded,
+    Ignored,
+    Interrupted,
+}
+
+impl State {
+    pub const ALL: [State; 8] = [
+        State::Queued,
+        State::Running,
+        State::Succeeded,
+        State::Failed,
+        State::RolledBack,
+        State::Superseded,
+        State::Ignored,
+        State::Interrupted,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Queued => "queued",
+            State::Running => "running",
+            State::Succeeded => "succeeded",
+            State::Failed => "failed",
+            State::RolledBack => "rolled_back",
+            State::Superseded => "superseded",
+            State::Ignored => "ignored",
+            State::Interrupted => "interrupted",
+        }
+    }
+    pub fn parse(s: &str) -> Option<State> {
+        State::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+    pub fn is_final(self) -> bool {
+        !matches!(self, State::Queued | State::Running)
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One request to deploy an app, from any trigger, already validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeployRequest {
+    pub app: String,
+    pub trigger: Trigger,
+    /// The webhook provider that sent it (`github`, ...), for the audit.
+    pub provider: Option<String>,
+    /// The provider's delivery id, used to refuse replays.
+    pub delivery_id: Option<String>,
+    /// Full ref name (`refs/heads/main`).
+    pub git_ref: Option<String>,
+    /// A full sha from a webhook, a prefix from `haul deploy --sha`, or none for "the branch tip".
+    pub sha: Option<String>,
+    pub actor: String,
+}
+
+/// How a deploy ended, and the facts it leaves in the audit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub state: State,
+    /// One line a person can act on.
+    pub reason: String,
+    pub sha: Option<String>,
+    pub release_id: Option<String>,
+    pub previous_sha: Option<String>,
+}
+
+impl Outcome {
+    pub fn new(state: State, reason: impl Into<String>) -> Outcome {
+        Outcome {
+            state,
+            reason: reason.into(),
+            sha: None,
+            release_id: None,
+            previous_sha: None,
+        }
+    }
+}
+
+/// 40 (SHA-1) or 64 (SHA-256) lowercase hex digits.
+pub fn is_full_sha(s: &str) -> bool {
+    (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// An abbreviated sha a person may type: 4 to 64 hex digits (either case).
+pub fn is_sha_prefix(s: &str) -> bool {
+    (4..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The all-zero sha a forge sends as `after` when a ref is deleted.
+pub fn is_zero_sha(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b == b'0')
+}
+
+/// `git check-ref-format` rules for a full ref name, plus the ones that keep it from ever being read as an
+/// option: nothing starting with `-`, no empty component, a bounded length.
+pub fn is_valid_ref(r: &str) -> bool {
+    if r.is_empty() || r.len() > 255 || r.starts_with('-') || r == "@" {
+        return false;
+    }
+    if r.ends_with('/')
+        || r.ends_with('.')
+        || r.contains("..")
+        || r.contains("@{")
+        || r.contains("//")
+    {
+        return false;
+    }
+    if r.bytes()
+        .any(|b| b < 0x20 || b == 0x7f || b" ~^:?*[\\".contains(&b))
+    {
+        return false;
+    }
+    r.split('/').all(|c| {
+        !c.is_empty() && !c.starts_with('.') && !c.ends_with(".lock") && !c.starts_with('-')
+    })
+}
+
+/// A branch name as configured (`main`, `release/2.x`).
+pub fn is_valid_branch(b: &str) -> bool {
+    !b.starts_with("refs/") && is_valid_ref(&format!("refs/heads/{b}"))
+}
+
+/// Who is named in the audit and in `HAUL_ACTOR`: printable, bounded, never empty.
+pub fn clean_actor(s: &str) -> String {
+    let cleaned: String = s
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(100)
+        .collect::<String>()
+        .trim()
+        .to_string();
+    if cleaned.is_empty() {
+        "unknown".to_string()
+    } else {
+        cleaned
+    }
+}
+
+/// A delivery id is stored and echoed back; keep it to a sane alphabet and length.
+pub fn is_valid_delivery_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refs_follow_check_ref_format() {
+        let cases = [
+            ("refs/heads/main", true),
+            ("refs/heads/release/2.x", true),
+            ("refs/tags/v1.2.3", true),
+            ("refs/heads/-rf", false),
+            ("-refs/heads/main", false),
+            ("refs/heads/a..b", false),
+            ("refs/heads/a b", false),
+            ("refs/heads/a~1", false),
+            ("refs/heads/a^", false),
+            ("refs/heads/a:b", false),
+            ("refs/heads/a?", false),
+            ("refs/heads/a*", false),
+            ("refs/heads/a[", false),
+            ("refs/heads/a\\b", false),
+            ("refs/heads/.hidden", false),
+            ("refs/heads/x.lock", false),
+            ("refs/heads/x/", false),
+            ("refs/heads/x.", false),
+            ("refs/heads//x", false),
+            ("refs/heads/a@{1}", false),
+            ("refs/heads/\u{7f}", false),
+            ("refs/heads/a\nb", false),
+            ("@", false),
+            ("", false),
+        ];
+        for (r, want) in cases {
+            assert_eq!(is_valid_ref(r), want, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn shas() {
+        assert!(is_full_sha(&"a".repeat(40)));
+        assert!(is_full_sha(&"0".repeat(64)));
+        assert!(!is_full_sha(&"A".repeat(40)));
+        assert!(!is_full_sha(&"a".repeat(41)));
+        assert!(!is_full_sha("--upload-pack=x"));
+        assert!(is_sha_prefix("1a2B3c4"));
+        assert!(!is_sha_prefix("abc"));
+        assert!(!is_sha_prefix("-abcd"));
+        assert!(is_zero_sha(&"0".repeat(40)));
+    }
+
+    #[test]
+    fn deploy_ids_are_safe_file_names() {
+        let id = DeployId::new(1_764_171_135_000);
+        assert!(id.as_str().starts_with("20251126T"), "{id}");
+        assert_eq!(DeployId::parse(id.as_str()), Some(id));
+        for bad in ["../x", "a/b", "", "-x", "a b"] {
+            assert!(DeployId::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn actors_are_cleaned() {
+        assert_eq!(clean_actor("octocat"), "octocat");
+        assert_eq!(clean_actor("a\u{1b}[31mb\n"), "a[31mb");
+        assert_eq!(clean_actor("  "), "unknown");
+        assert_eq!(clean_actor(&"x".repeat(500)).len(), 100);
+    }
+}

@@ -1,0 +1,297 @@
+//! The pipeline: one deploy of one app, from fetch to a live release. A plain async function of (app config,
+//! job) to outcome: it knows nothing of HTTP, queues or SQL, and it never fails half-way in a way that leaves
+//! `current` pointing at anything but a complete release.
+//!
+//! fetch -> resolve (the sha must be on the configured branch) -> checkout into `releases/<id>` -> build steps
+//! -> switch `current` -> activate steps (rolled back to the previous release if they fail) -> prune.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::AppConfig;
+use crate::deploylog::DeployLog;
+use crate::failure::Failure;
+use crate::git::Git;
+use crate::model::{self, DeployId, Outcome, State, Trigger};
+use crate::release;
+use crate::runner::{self, Cmd};
+
+/// What the queue hands the pipeline.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: DeployId,
+    pub trigger: Trigger,
+    pub git_ref: Option<String>,
+    /// A full sha (webhook), a prefix (`--sha`), or none for the branch tip.
+    pub sha: Option<String>,
+    pub actor: String,
+}
+
+/// What a deploy will put live.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub sha: String,
+    pub release_id: String,
+}
+
+/// The live release before this deploy, and the sha it was built from.
+#[derive(Debug, Clone, Default)]
+pub struct Previous {
+    pub release_id: Option<String>,
+    pub sha: Option<String>,
+}
+
+pub struct Pipeline {
+    pub app: Arc<AppConfig>,
+    pub mirrors_dir: PathBuf,
+    pub log: Arc<DeployLog>,
+}
+
+fn fail(kind_prefix: &str, f: &Failure) -> Outcome {
+    Outcome::new(State::Failed, format!("{kind_prefix}: {f}"))
+}
+
+/// The shell a step runs in: bash with `-euo pipefail` where there is one, so a step fails fast.
+fn step_cmd(label: String, step: &str) -> Cmd {
+    if Path::new("/bin/bash").exists() {
+        Cmd::new(label, "/bin/bash").args(["--noprofile", "--norc", "-euo", "pipefail", "-c", step])
+    } else {
+        Cmd::new(label, "/bin/sh").args(["-eu", "-c", step])
+    }
+}
+
+impl Pipeline {
+    fn step_env(
+        &self,
+        job: &Job,
+        sha: &str,
+        release_dir: &Path,
+        previous: &Previous,
+    ) -> Vec<(String, OsString)> {
+        let git_ref = job
+            .git_ref
+            .clone()
+            .unwrap_or_else(|| format!("refs/heads/{}", self.app.branch));
+        vec![
+            ("HAUL_APP".into(), self.app.name.clone().into()),
+            ("HAUL_DEPLOY_ID".into(), job.id.to_string().into()),
+            ("HAUL_SHA".into(), sha.into()),
+            ("HAUL_REF".into(), git_ref.into()),
+            ("HAUL_ACTOR".into(), job.actor.clone().into()),
+            ("HAUL_TRIGGER".into(), job.trigger.as_str().into()),
+            (
+                "HAUL_RELEASE_DIR".into(),
+                release_dir.as_os_str().to_owned(),
+            ),
+            (
+                "HAUL_PREVIOUS_SHA".into(),
+                previous.sha.clone().unwrap_or_default().into(),
+            ),
+        ]
+    }
+
+    /// Runs `steps` in order in `dir`; the first failure stops them.
+    async fn run_steps(
+        &self,
+        kind: &str,
+        steps: &[String],
+        dir: &Path,
+        env: &[(String, OsString)],
+    ) -> Result<(), String> {
+        let n = steps.len();
+        for (i, step) in steps.iter().enumerate() {
+            let label = format!("{kind} step {}/{n} `{step}`", i + 1);
+            self.log.stage(&label);
+            let started = Instant::now();
+            let mut cmd = step_cmd(label.clone(), step)
+                .cwd(dir)
+                .timeout(self.app.step_timeout);
+            cmd.env = env.to_vec();
+            match runner::run(&cmd, Some(&self.log)).await {
+                Ok(_) => self.log.line(&format!(
+                    "    ok in {:.1}s",
+                    started.elapsed().as_secs_f64()
+                )),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetches and decides what to deploy: the sha (which must be on the configured branch) and the id of the
+    /// release directory it will become. Nothing on the app's `path` is touched yet.
+    pub async fn prepare(&self, job: &Job) -> Result<Target, Outcome> {
+        let started = Instant::now();
+        let git = self.git();
+        self.log.stage(&format!(
+            "fetch {} (branch {})",
+            self.app.repo, self.app.branch
+        ));
+        git.ensure_mirror()
+            .await
+            .map_err(|f| fail("fetch failed", &f))?;
+        let attempts = git
+            .fetch()
+            .await
+            .map_err(|f| fail(&format!("fetch failed ({})", f.kind.as_str()), &f))?;
+        self.log.line(&format!(
+            "    fetched in {:.1}s ({attempts} attempt{})",
+            started.elapsed().as_secs_f64(),
+            if attempts == 1 { "" } else { "s" }
+        ));
+        let sha = self.resolve(&git, job).await?;
+        self.log.line(&format!("    deploying {sha}"));
+        let release_id = release::new_release_id(&self.app.path, model::now_ms(), &sha);
+        Ok(Target { sha, release_id })
+    }
+
+    /// Checks out, builds, switches and activates `target`. Every path ends in an outcome; `current` only
+    /// ever moves to a release whose build finished.
+    pub async fn release(&self, job: &Job, target: &Target, previous: &Previous) -> Outcome {
+        let git = self.git();
+        let Target { sha, release_id } = target;
+        let short = &sha[..sha.len().min(7)];
+        let dir = release::release_dir(&self.app.path, release_id);
+        let mut outcome = Outcome {
+            state: State::Failed,
+            reason: String::new(),
+            sha: Some(sha.clone()),
+            release_id: Some(release_id.clone()),
+            previous_sha: previous.sha.clone(),
+        };
+        let live = previous.release_id.as_deref().unwrap_or("nothing");
+
+        self.log
+            .stage(&format!("checkout {short} into {}", dir.display()));
+        if let Err(e) = std::fs::create_dir_all(release::releases_dir(&self.app.path)) {
+            outcome.release_id = None;
+            outcome.reason = format!(
+                "cannot create {}: {e}",
+                release::releases_dir(&self.app.path).display()
+            );
+            return outcome;
+        }
+        if let Err(f) = git.checkout(sha, &dir).await {
+            let _ = release::remove(&self.app.path, release_id);
+            outcome.release_id = None;
+            outcome.reason = format!("{f}; current still points at {live}");
+            return outcome;
+        }
+
+        let env = self.step_env(job, sha, &dir, previous);
+        if let Err(e) = self.run_steps("build", &self.app.build, &dir, &env).await {
+            outcome.reason = format!("{e}; current still points at {live}");
+            return outcome;
+        }
+
+        self.log
+            .stage(&format!("switch current -> releases/{release_id}"));
+        if let Err(e) = release::switch(&self.app.path, release_id) {
+            outcome.reason = format!(
+                "cannot switch {}: {e}; current still points at {live}",
+                release::current_link(&self.app.path).display()
+            );
+            return outcome;
+        }
+
+        if let Err(e) = self
+            .run_steps("activate", &self.app.activate, &dir, &env)
+            .await
+        {
+            return self.roll_back(job, previous, outcome, &e).await;
+        }
+
+        let protect: Vec<&str> = [Some(release_id.as_str()), previous.release_id.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        let pruned = release::prune(&self.app.path, self.app.keep_releases, &protect);
+        if !pruned.is_empty() {
+            self.log.line(&format!(
+                "    pruned {} old release(s): {}",
+                pruned.len(),
+                pruned.join(", ")
+            ));
+        }
+        outcome.state = State::Succeeded;
+        outcome.reason = format!("{short} is live as {release_id}");
+        outcome
+    }
+
+    fn git(&self) -> Git {
+        Git::new(self.app.clone(), &self.mirrors_dir, self.log.clone())
+    }
+
+    async fn resolve(&self, git: &Git, job: &Job) -> Result<String, Outcome> {
+        let branch = &self.app.branch;
+        let Some(wanted) = &job.sha else {
+            return match git.resolve_commit(&format!("refs/heads/{branch}")).await {
+                Ok(Some(sha)) => Ok(sha),
+                Ok(None) => Err(Outcome::new(
+                    State::Failed,
+                    format!("branch {branch} has no commit after the fetch"),
+                )),
+                Err(f) => Err(fail("cannot resolve the branch tip", &f)),
+            };
+        };
+        if !model::is_sha_prefix(wanted) {
+            return Err(Outcome::new(
+                State::Failed,
+                format!("{wanted:?} is not a commit sha"),
+            ));
+        }
+        let sha = match git.resolve_commit(&wanted.to_ascii_lowercase()).await {
+            Ok(Some(sha)) => sha,
+            Ok(None) => {
+                return Err(Outcome::new(
+                    State::Failed,
+                    format!("commit {wanted} is not in the repository after fetching branch {branch} (not pushed yet, or on another branch)"),
+                ))
+            }
+            Err(f) => return Err(fail(&format!("cannot resolve {wanted}"), &f)),
+        };
+        match git.is_on_branch(&sha).await {
+            Ok(true) => Ok(sha),
+            Ok(false) => Err(Outcome::new(
+                State::Failed,
+                format!("commit {sha} is not on branch {branch}; haul only deploys commits reachable from the configured branch"),
+            )),
+            Err(f) => Err(fail(&format!("cannot check that {sha} is on {branch}"), &f)),
+        }
+    }
+
+    /// Activate failed with the new release live: put the previous one back and re-activate it.
+    async fn roll_back(
+        &self,
+        job: &Job,
+        previous: &Previous,
+        mut o: Outcome,
+        why: &str,
+    ) -> Outcome {
+        let Some(prev_id) = previous.release_id.as_deref() else {
+            o.reason = format!("{why}; there is no previous release to roll back to, so the new release stays live");
+            return o;
+        };
+        self.log
+            .stage(&format!("roll back: switch current -> releases/{prev_id}"));
+        if let Err(e) = release::switch(&self.app.path, prev_id) {
+            o.reason = format!("{why}; rolling back to {prev_id} failed too: {e}");
+            return o;
+        }
+        let prev_dir = release::release_dir(&self.app.path, prev_id);
+        let prev_sha = previous.sha.clone().unwrap_or_default();
+        let mut env = self.step_env(job, &prev_sha, &prev_dir, previous);
+        env.push(("HAUL_ROLLBACK".into(), "1".into()));
+        let reactivated = self
+            .run_steps("re-activate", &self.app.activate, &prev_dir, &env)
+            .await;
+        o.state = State::RolledBack;
+        o.reason = match reactivated {
+            Ok(()) => format!("{why}; rolled back to {prev_id}"),
+            Err(e) => format!("{why}; rolled back to {prev_id}, but re-activating it failed: {e}"),
+        };
+        o
+    }
+}

@@ -1,0 +1,330 @@
+//! The queue: the only place that knows about concurrency. Per app, at most one deploy runs and at most one
+//! waits; a newer request replaces the waiting one (newest wins; the replaced one is recorded superseded).
+//! Apps are independent.
+//!
+//! The pending slot lives in the store (a row in state `queued`), so a restart loses nothing: each app's
+//! worker first marks what was running as interrupted and cleans its half-built release, then resumes. Every
+//! deploy runs under the app's file lock, which an in-process `haul deploy` takes too.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tracing::Instrument;
+
+use crate::config::{AppConfig, Config};
+use crate::deploylog::DeployLog;
+use crate::lock;
+use crate::model::{self, DeployRequest, Outcome, State};
+use crate::pipeline::{Job, Pipeline, Previous};
+use crate::release;
+use crate::store::{self, DeployRow, Enqueued, Store, StoreError};
+
+/// Everything a deploy needs from its surroundings.
+#[derive(Clone)]
+pub struct Env {
+    pub store: Store,
+    pub apps: Arc<HashMap<String, Arc<AppConfig>>>,
+    pub logs_dir: PathBuf,
+    pub mirrors_dir: PathBuf,
+    pub locks_dir: PathBuf,
+}
+
+impl Env {
+    pub fn new(cfg: &Config, store: Store) -> Env {
+        Env {
+            store,
+            apps: Arc::new(
+                cfg.apps
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
+                    .collect(),
+            ),
+            logs_dir: cfg.logs_dir(),
+            mirrors_dir: cfg.mirrors_dir(),
+            locks_dir: cfg.locks_dir(),
+        }
+    }
+
+    pub fn lock_path(&self, app: &str) -> PathBuf {
+        self.locks_dir.join(format!("{app}.lock"))
+    }
+}
+
+/// The daemon's queue: records requests and wakes the app's worker.
+pub struct Queue {
+    env: Env,
+    wake: HashMap<String, Arc<Notify>>,
+}
+
+impl Queue {
+    pub fn new(env: Env) -> Arc<Queue> {
+        let wake = env
+            .apps
+            .keys()
+            .map(|a| (a.clone(), Arc::new(Notify::new())))
+            .collect();
+        Arc::new(Queue { env, wake })
+    }
+
+    pub fn env(&self) -> &Env {
+        &self.env
+    }
+
+    /// Durably records `req` as pending (superseding the app's older pending one) and wakes the worker.
+    pub async fn submit(&self, req: DeployRequest) -> Result<Enqueued, StoreError> {
+        let app = req.app.clone();
+        let now = model::now_ms();
+        let result = self
+            .env
+            .store
+            .call(move |c| store::enqueue(c, &req, now))
+            .await?;
+        if let Enqueued::Recorded { id, superseded } = &result {
+            for s in superseded {
+                tracing::info!(deploy_id = %s, app = %app, superseded_by = %id, "superseded before it started");
+            }
+            if let Some(n) = self.wake.get(&app) {
+                n.notify_one();
+            }
+        }
+        Ok(result)
+    }
+
+    /// Records a request that will never run, with the reason.
+    pub async fn ignore(&self, req: DeployRequest, reason: String) -> Result<Enqueued, StoreError> {
+        let now = model::now_ms();
+        self.env
+            .store
+            .call(move |c| store::record_ignored(c, &req, &reason, now))
+            .await
+    }
+
+    /// One worker per app, until `shutdown` turns true.
+    pub fn spawn_workers(
+        self: &Arc<Self>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        self.env
+            .apps
+            .keys()
+            .map(|app| {
+                let q = self.clone();
+                let app = app.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move { q.worker(app, shutdown).await })
+            })
+            .collect()
+    }
+
+    async fn worker(self: Arc<Self>, app: String, mut shutdown: watch::Receiver<bool>) {
+        let Some(wake) = self.wake.get(&app).cloned() else {
+            return;
+        };
+        if let Err(e) = recover(&self.env, &app).await {
+            tracing::error!(app = %app, "start-up recovery failed: {e}");
+        }
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            match run_next(&self.env, &app).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(app = %app, "cannot take the next deploy: {e}; retrying in 5s");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// Start-up reconciliation for one app, under its lock: a deploy still marked running was cut short by a
+/// crash; its half-built release is removed unless it is live.
+pub async fn recover(env: &Env, app: &str) -> Result<(), String> {
+    let Some(cfg) = env.apps.get(app).cloned() else {
+        return Ok(());
+    };
+    let _lock = lock::lock(&env.lock_path(app))
+        .await
+        .map_err(|e| format!("cannot lock {app}: {e}"))?;
+    let now = model::now_ms();
+    let a = app.to_string();
+    let interrupted = env
+        .store
+        .call(move |c| store::interrupt_running(c, &a, now))
+        .await
+        .map_err(|e| e.to_string())?;
+    let live = release::current(&cfg.path);
+    for row in &interrupted {
+        let kept_live = row.release_id.is_some() && row.release_id == live;
+        if let Some(rid) = &row.release_id {
+            if !kept_live {
+                let _ = release::remove(&cfg.path, rid);
+            }
+        }
+        if let Ok(log) = DeployLog::create(&env.logs_dir, &row.id) {
+            log.stage(&format!(
+                "interrupted: {}",
+                row.reason.as_deref().unwrap_or("haul stopped")
+            ));
+        }
+        tracing::warn!(
+            deploy_id = %row.id, app = %app,
+            "deploy was interrupted by a stop of haul; live release is {}",
+            live.as_deref().unwrap_or("none")
+        );
+    }
+    // Stray temporaries (index files, temp symlinks) a crash left behind.
+    release::clean_temporaries(&cfg.path);
+    Ok(())
+}
+
+/// Takes the app's lock and runs its pending deploy, if there is one.
+pub async fn run_next(env: &Env, app: &str) -> Result<Option<(DeployRow, Outcome)>, String> {
+    let _lock = lock::lock(&env.lock_path(app))
+        .await
+        .map_err(|e| format!("cannot lock {app}: {e}"))?;
+    let now = model::now_ms();
+    let a = app.to_string();
+    let Some(row) = env
+        .store
+        .call(move |c| store::claim_next(c, &a, now))
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
+    };
+    let span = tracing::info_span!("deploy", id = %row.id, app = %row.app);
+    let outcome = execute(env, &row).instrument(span).await;
+    Ok(Some((row, outcome)))
+}
+
+/// Runs one claimed deploy (the caller holds the app's lock) and records its outcome.
+async fn execute(env: &Env, row: &DeployRow) -> Outcome {
+    let Some(app) = env.apps.get(&row.app).cloned() else {
+        let o = Outcome::new(
+            State::Failed,
+            format!("app {} is no longer configured", row.app),
+        );
+        return record(env, row, o).await;
+    };
+    let log = match DeployLog::create(&env.logs_dir, &row.id) {
+        Ok(l) => Arc::new(l),
+        Err(e) => {
+            let o = Outcome::new(
+                State::Failed,
+                format!(
+                    "cannot create the deploy log in {}: {e}",
+                    env.logs_dir.display()
+                ),
+            );
+            return record(env, row, o).await;
+        }
+    };
+    tracing::info!(trigger = row.trigger.as_str(), actor = %row.actor, sha = row.sha.as_deref().unwrap_or("branch tip"), "deploy started");
+    log.line(&format!(
+        "deploy {} of {} ({} by {}, {})",
+        row.id,
+        row.app,
+        row.trigger.as_str(),
+        row.actor,
+        row.sha.as_deref().unwrap_or("branch tip")
+    ));
+    let previous = previous_release(env, &app).await;
+    let job = Job {
+        id: row.id.clone(),
+        trigger: row.trigger,
+        git_ref: row.git_ref.clone(),
+        sha: row.sha.clone(),
+        actor: row.actor.clone(),
+    };
+    let pipeline = Pipeline {
+        app: app.clone(),
+        mirrors_dir: env.mirrors_dir.clone(),
+        log: log.clone(),
+    };
+    let started = std::time::Instant::now();
+    let outcome = match pipeline.prepare(&job).await {
+        Err(o) => o,
+        Ok(target) => {
+            // Recorded before anything is written under `path`, so recovery knows what to clean.
+            let (id, sha, rid, prev) = (
+                row.id.clone(),
+                target.sha.clone(),
+                target.release_id.clone(),
+                previous.sha.clone(),
+            );
+            match env
+                .store
+                .call(move |c| store::set_release(c, &id, &sha, &rid, prev.as_deref()))
+                .await
+            {
+                Ok(()) => pipeline.release(&job, &target, &previous).await,
+                Err(e) => Outcome::new(
+                    State::Failed,
+                    format!("cannot record the release in the audit log: {e}"),
+                ),
+            }
+        }
+    };
+    let secs = started.elapsed().as_secs_f64();
+    log.stage(&format!(
+        "{}: {} ({secs:.1}s)",
+        outcome.state, outcome.reason
+    ));
+    match outcome.state {
+        State::Succeeded => {
+            tracing::info!(elapsed_s = secs, "deploy succeeded: {}", outcome.reason)
+        }
+        _ => tracing::warn!(
+            elapsed_s = secs,
+            "deploy {}: {}",
+            outcome.state,
+            outcome.reason
+        ),
+    }
+    record(env, row, outcome).await
+}
+
+async fn record(env: &Env, row: &DeployRow, outcome: Outcome) -> Outcome {
+    let id = row.id.clone();
+    let o = outcome.clone();
+    let now = model::now_ms();
+    if let Err(e) = env
+        .store
+        .call(move |c| store::finish(c, &id, &o, now))
+        .await
+    {
+        // The deploy happened; only its record failed. Say so loudly: the audit is how people find out.
+        tracing::error!(deploy_id = %row.id, "cannot record the outcome ({}) in the audit log: {e}", outcome.state);
+    }
+    outcome
+}
+
+async fn previous_release(env: &Env, app: &AppConfig) -> Previous {
+    let Some(release_id) = release::current(&app.path) else {
+        return Previous::default();
+    };
+    let (a, r) = (app.name.clone(), release_id.clone());
+    let sha = env
+        .store
+        .call(move |c| store::release_sha(c, &a, &r))
+        .await
+        .ok()
+        .flatten();
+    Previous {
+        release_id: Some(release_id),
+        sha,
+    }
+}

@@ -1,0 +1,382 @@
+//! The one subprocess runner. Every external command haul starts (git, ssh through git, build and activate
+//! steps) goes through [`run`]: argv only, an explicit environment, a working directory, a timeout that kills
+//! the whole process group, output streamed line by line into the deploy's log, and the tail of stderr kept
+//! for the error a person reads. Nothing else in haul spawns a process.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+
+use crate::deploylog::DeployLog;
+
+const TAIL_LINES: usize = 20;
+const MAX_LINE: usize = 8 * 1024;
+const MAX_CAPTURE: usize = 16 * 1024 * 1024;
+
+/// One command to run.
+#[derive(Debug, Clone)]
+pub struct Cmd {
+    /// Shown in logs and errors: "git fetch", "build step 1/2".
+    pub label: String,
+    pub program: String,
+    pub args: Vec<OsString>,
+    pub cwd: Option<PathBuf>,
+    pub env: Vec<(String, OsString)>,
+    pub timeout: Duration,
+    /// Capture stdout for the caller instead of logging it.
+    pub capture_stdout: bool,
+    /// Strings never written to the log (credentials in URLs).
+    pub redact: Vec<String>,
+}
+
+impl Cmd {
+    pub fn new(label: impl Into<String>, program: impl Into<String>) -> Cmd {
+        Cmd {
+            label: label.into(),
+            program: program.into(),
+            args: Vec::new(),
+            cwd: None,
+            env: Vec::new(),
+            timeout: Duration::from_secs(600),
+            capture_stdout: false,
+            redact: Vec::new(),
+        }
+    }
+    pub fn arg(mut self, a: impl Into<OsString>) -> Cmd {
+        self.args.push(a.into());
+        self
+    }
+    pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, a: I) -> Cmd {
+        self.args.extend(a.into_iter().map(Into::into));
+        self
+    }
+    pub fn env(mut self, k: impl Into<String>, v: impl Into<OsString>) -> Cmd {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+    pub fn cwd(mut self, d: impl Into<PathBuf>) -> Cmd {
+        self.cwd = Some(d.into());
+        self
+    }
+    pub fn timeout(mut self, t: Duration) -> Cmd {
+        self.timeout = t;
+        self
+    }
+    pub fn capture(mut self) -> Cmd {
+        self.capture_stdout = true;
+        self
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Output {
+    pub stdout: Vec<u8>,
+    pub stderr_tail: Vec<String>,
+}
+
+impl Output {
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).trim().to_string()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{label}: cannot start `{program}`: {source}")]
+    Spawn {
+        label: String,
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("{label} timed out after {} and was killed{}", humantime::format_duration(*after), tail_suffix(stderr_tail))]
+    TimedOut {
+        label: String,
+        after: Duration,
+        stderr_tail: Vec<String>,
+    },
+    #[error("{label} {}{}", exit_text(*code, *signal), tail_suffix(stderr_tail))]
+    Failed {
+        label: String,
+        code: Option<i32>,
+        signal: Option<i32>,
+        stderr_tail: Vec<String>,
+    },
+}
+
+impl RunError {
+    pub fn stderr_tail(&self) -> &[String] {
+        match self {
+            RunError::Spawn { .. } => &[],
+            RunError::TimedOut { stderr_tail, .. } | RunError::Failed { stderr_tail, .. } => {
+                stderr_tail
+            }
+        }
+    }
+    pub fn exit_code(&self) -> Option<i32> {
+        match self {
+            RunError::Failed { code, .. } => *code,
+            _ => None,
+        }
+    }
+}
+
+fn exit_text(code: Option<i32>, signal: Option<i32>) -> String {
+    match (code, signal) {
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, Some(s)) => format!("was killed by signal {s}"),
+        _ => "failed".to_string(),
+    }
+}
+
+fn tail_suffix(tail: &[String]) -> String {
+    // The last non-empty stderr line is usually the one that says what went wrong.
+    match tail.iter().rev().find(|l| !l.trim().is_empty()) {
+        Some(l) => format!(": {}", l.trim()),
+        None => String::new(),
+    }
+}
+
+/// Kills the child's whole process group unless disarmed: a cancelled or timed-out step never leaves
+/// grandchildren behind.
+struct GroupGuard(Option<i32>);
+
+impl GroupGuard {
+    fn signal(&self, sig: i32) {
+        if let Some(pgid) = self.0 {
+            // SAFETY: kill(2) with a negative pid signals a process group we created; no memory is touched.
+            unsafe {
+                libc::kill(-pgid, sig);
+            }
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.signal(libc::SIGKILL);
+    }
+}
+
+fn redact(line: &str, secrets: &[String]) -> String {
+    let mut out = line.to_string();
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
+        out = out.replace(s.as_str(), "***");
+    }
+    out
+}
+
+async fn pump_lines<R: AsyncRead + Unpin>(
+    reader: R,
+    log: Option<Arc<DeployLog>>,
+    tail: Option<Arc<Mutex<VecDeque<String>>>>,
+    redactions: Vec<String>,
+) {
+    let mut reader = BufReader::new(reader);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        buf.truncate(MAX_LINE);
+        let line = redact(
+            String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']),
+            &redactions,
+        );
+        if let Some(log) = &log {
+            log.line(&format!("  | {line}"));
+        }
+        if let Some(tail) = &tail {
+            let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
+            if t.len() == TAIL_LINES {
+                t.pop_front();
+            }
+            t.push_back(line);
+        }
+    }
+}
+
+/// Runs `cmd` to completion (or its timeout), streaming its output into `log`.
+pub async fn run(cmd: &Cmd, log: Option<&Arc<DeployLog>>) -> Result<Output, RunError> {
+    let mut c = tokio::process::Command::new(&cmd.program);
+    c.args(&cmd.args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    for (k, v) in &cmd.env {
+        c.env(k, v);
+    }
+    if let Some(d) = &cmd.cwd {
+        c.current_dir(d);
+    }
+    let mut child = c.spawn().map_err(|source| RunError::Spawn {
+        label: cmd.label.clone(),
+        program: cmd.program.clone(),
+        source,
+    })?;
+    let mut guard = GroupGuard(child.id().and_then(|p| i32::try_from(p).ok()));
+
+    let tail = Arc::new(Mutex::new(VecDeque::new()));
+    let stderr_task = child.stderr.take().map(|e| {
+        tokio::spawn(pump_lines(
+            e,
+            log.cloned(),
+            Some(tail.clone()),
+            cmd.redact.clone(),
+        ))
+    });
+    let stdout_task = child.stdout.take().map(|o| {
+        if cmd.capture_stdout {
+            tokio::spawn(async move {
+                let mut v = Vec::new();
+                let _ = o.take(MAX_CAPTURE as u64).read_to_end(&mut v).await;
+                v
+            })
+        } else {
+            let log = log.cloned();
+            let redactions = cmd.redact.clone();
+            tokio::spawn(async move {
+                pump_lines(o, log, None, redactions).await;
+                Vec::new()
+            })
+        }
+    });
+
+    let waited = tokio::time::timeout(cmd.timeout, child.wait()).await;
+    let status = match waited {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => {
+            return Err(RunError::Spawn {
+                label: cmd.label.clone(),
+                program: cmd.program.clone(),
+                source: e,
+            })
+        }
+        Err(_) => {
+            guard.signal(libc::SIGTERM);
+            if tokio::time::timeout(Duration::from_secs(3), child.wait())
+                .await
+                .is_err()
+            {
+                guard.signal(libc::SIGKILL);
+                let _ = child.wait().await;
+            }
+            drop(guard);
+            if let Some(l) = log {
+                l.line(&format!(
+                    "  ! {} timed out after {}",
+                    cmd.label,
+                    humantime::format_duration(cmd.timeout)
+                ));
+            }
+            let stderr_tail = tail
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned()
+                .collect();
+            return Err(RunError::TimedOut {
+                label: cmd.label.clone(),
+                after: cmd.timeout,
+                stderr_tail,
+            });
+        }
+    };
+    // The command is done. A grandchild it left in the background may still hold the pipes open: give the
+    // readers a moment to drain, then stop reading rather than wait on it.
+    guard.0 = None;
+    let drain = Duration::from_secs(2);
+    let stdout = match stdout_task {
+        Some(t) => tokio::time::timeout(drain, t)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    if let Some(t) = stderr_task {
+        let _ = tokio::time::timeout(drain, t).await;
+    }
+    let stderr_tail: Vec<String> = tail
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .cloned()
+        .collect();
+    if status.success() {
+        Ok(Output {
+            stdout,
+            stderr_tail,
+        })
+    } else {
+        use std::os::unix::process::ExitStatusExt;
+        Err(RunError::Failed {
+            label: cmd.label.clone(),
+            code: status.code(),
+            signal: status.signal(),
+            stderr_tail,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn captures_stdout_and_reports_stderr() {
+        let out = run(
+            &Cmd::new("echo", "sh")
+                .args(["-c", "echo hi; echo warn >&2"])
+                .capture(),
+            None,
+        )
+        .await
+        .expect("runs");
+        assert_eq!(out.stdout_str(), "hi");
+        assert_eq!(out.stderr_tail, ["warn"]);
+        let err = run(
+            &Cmd::new("failing step", "sh").args(["-c", "echo boom >&2; exit 3"]),
+            None,
+        )
+        .await
+        .expect_err("fails");
+        assert_eq!(err.to_string(), "failing step exited with status 3: boom");
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_group() {
+        let dir = std::env::temp_dir().join(format!("haul-runner-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let marker = dir.join("survivor");
+        let script = format!("(sleep 2; touch {}) & sleep 30", marker.display());
+        let err = run(
+            &Cmd::new("slow step", "sh")
+                .args(["-c", script.as_str()])
+                .timeout(Duration::from_millis(300)),
+            None,
+        )
+        .await
+        .expect_err("times out");
+        assert!(matches!(err, RunError::TimedOut { .. }), "{err}");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(!marker.exists(), "a grandchild outlived the timeout");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn redacts() {
+        assert_eq!(
+            redact("https://u:tok@h/x", &["tok".into()]),
+            "https://u:***@h/x"
+        );
+    }
+}

@@ -1,0 +1,591 @@
+//! The store: the only module that speaks SQL. It holds the audit log (one row per deploy request, updated at
+//! every transition), the delivery ids seen (replay protection) and, implicitly, the queue: a deploy in state
+//! `queued` is a pending request, so nothing queued is lost by a restart.
+//!
+//! Writes go through one writer thread that owns the connection and commits in groups: every write that
+//! arrives while a commit is in flight joins the next transaction, so a flood of webhooks costs one fsync per
+//! batch instead of one per request, and a reply is only sent once its write is durable (`synchronous=FULL`).
+//! Reads from the CLI open their own read-only connection; WAL lets them run beside the daemon.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+
+use crate::model::{DeployId, DeployRequest, Outcome, State, Trigger};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("audit database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("the audit database writer has stopped")]
+    Closed,
+    #[error("audit database {path}: {message}")]
+    Open { path: PathBuf, message: String },
+}
+
+/// One row of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployRow {
+    pub id: DeployId,
+    pub app: String,
+    pub trigger: Trigger,
+    pub provider: Option<String>,
+    pub delivery_id: Option<String>,
+    pub git_ref: Option<String>,
+    pub sha: Option<String>,
+    pub actor: String,
+    pub state: State,
+    pub reason: Option<String>,
+    pub release_id: Option<String>,
+    pub previous_sha: Option<String>,
+    pub superseded_by: Option<DeployId>,
+    pub requested_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+/// What became of a request handed to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Recorded (as queued or ignored); `superseded` are the pending requests it replaced.
+    Recorded {
+        id: DeployId,
+        superseded: Vec<DeployId>,
+    },
+    /// The delivery id was seen before: nothing recorded.
+    Duplicate { first: DeployId },
+}
+
+const SCHEMA: &[&str] = &[
+    // v1
+    "CREATE TABLE deploys (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        app TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        provider TEXT,
+        delivery_id TEXT,
+        git_ref TEXT,
+        sha TEXT,
+        actor TEXT NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT,
+        release_id TEXT,
+        previous_sha TEXT,
+        superseded_by TEXT,
+        requested_at INTEGER NOT NULL,
+        started_at INTEGER,
+        finished_at INTEGER
+    );
+    CREATE INDEX deploys_app_seq ON deploys(app, seq);
+    CREATE INDEX deploys_state ON deploys(state) WHERE state IN ('queued', 'running');
+    CREATE TABLE deliveries (
+        app TEXT NOT NULL,
+        delivery_id TEXT NOT NULL,
+        deploy_id TEXT NOT NULL,
+        seen_at INTEGER NOT NULL,
+        PRIMARY KEY (app, delivery_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX deliveries_seen ON deliveries(seen_at);",
+];
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a commit is on disk before we answer; "acknowledged" must mean "durably recorded".
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    for (i, sql) in SCHEMA.iter().enumerate().skip(version) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+    }
+    tx.commit()
+}
+
+type Completer = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> Completer + Send>;
+
+/// The daemon's handle on the database: cheap to clone, safe to use from any task.
+#[derive(Clone)]
+pub struct Store {
+    tx: mpsc::Sender<Job>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating and migrating) the database and starts the writer thread.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |e: rusqlite::Error| StoreError::Open {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        configure(&conn).map_err(open_err)?;
+        migrate(&mut conn).map_err(open_err)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("haul-store".into())
+            .spawn(move || writer(conn, rx))
+            .map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                message: format!("cannot start writer thread: {e}"),
+            })?;
+        Ok(Store {
+            tx,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` inside the next group transaction; resolves once that transaction is committed.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (otx, orx) = tokio::sync::oneshot::channel::<Result<T, StoreError>>();
+        let job: Job = Box::new(move |conn: &Connection| {
+            let result = in_savepoint(conn, f);
+            Box::new(move |committed: Result<(), String>| {
+                let out = match committed {
+                    Ok(()) => result,
+                    Err(e) => Err(StoreError::Sql(rusqlite::Error::ToSqlConversionFailure(
+                        e.into(),
+                    ))),
+                };
+                let _ = otx.send(out);
+            })
+        });
+        self.tx.send(job).map_err(|_| StoreError::Closed)?;
+        orx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("SAVEPOINT job")?;
+    match f(conn) {
+        Ok(v) => {
+            conn.execute_batch("RELEASE job")?;
+            Ok(v)
+        }
+        Err(e) => {
+            conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+            Err(e)
+        }
+    }
+}
+
+/// Group commit: take every job that is waiting, run them in one transaction, commit once, then answer all.
+fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < 512 {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let began = conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| e.to_string());
+        if let Err(e) = began {
+            for job in jobs {
+                // Run nothing; tell every caller why.
+                let _ = job; // the job is dropped; its oneshot closes and the caller sees Closed
+                tracing::error!("audit database: cannot begin a transaction: {e}");
+            }
+            continue;
+        }
+        let completers: Vec<Completer> = jobs.into_iter().map(|job| job(&conn)).collect();
+        let committed = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        if committed.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for c in completers {
+            c(committed.clone());
+        }
+    }
+}
+
+/// A read-only connection for the CLI's read commands.
+pub fn open_read(path: &Path) -> Result<Connection, StoreError> {
+    if !path.exists() {
+        return Err(StoreError::Open {
+            path: path.to_path_buf(),
+            message: "no audit database yet: nothing has been deployed with this state_dir (run `haul serve` or `haul deploy APP` first)".into(),
+        });
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StoreError::Open {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(conn)
+}
+
+const COLUMNS: &str =
+    "id, app, trigger, provider, delivery_id, git_ref, sha, actor, state, reason, release_id, \
+                       previous_sha, superseded_by, requested_at, started_at, finished_at";
+
+fn row_to_deploy(r: &Row<'_>) -> rusqlite::Result<DeployRow> {
+    let bad = |i: usize, what: &str, v: String| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("{what} {v:?}").into(),
+        )
+    };
+    let id: String = r.get(0)?;
+    let trigger: String = r.get(2)?;
+    let state: String = r.get(8)?;
+    let superseded_by: Option<String> = r.get(12)?;
+    Ok(DeployRow {
+        id: DeployId::parse(&id).ok_or_else(|| bad(0, "deploy id", id.clone()))?,
+        app: r.get(1)?,
+        trigger: Trigger::parse(&trigger).ok_or_else(|| bad(2, "trigger", trigger.clone()))?,
+        provider: r.get(3)?,
+        delivery_id: r.get(4)?,
+        git_ref: r.get(5)?,
+        sha: r.get(6)?,
+        actor: r.get(7)?,
+        state: State::parse(&state).ok_or_else(|| bad(8, "state", state.clone()))?,
+        reason: r.get(9)?,
+        release_id: r.get(10)?,
+        previous_sha: r.get(11)?,
+        superseded_by: superseded_by.as_deref().and_then(DeployId::parse),
+        requested_at: r.get(13)?,
+        started_at: r.get(14)?,
+        finished_at: r.get(15)?,
+    })
+}
+
+fn seen_delivery(conn: &Connection, req: &DeployRequest) -> Result<Option<DeployId>, StoreError> {
+    let Some(d) = &req.delivery_id else {
+        return Ok(None);
+    };
+    let first: Option<String> = conn
+        .query_row(
+            "SELECT deploy_id FROM deliveries WHERE app = ?1 AND delivery_id = ?2",
+            params![req.app, d],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(first.as_deref().and_then(DeployId::parse))
+}
+
+fn insert(
+    conn: &Connection,
+    req: &DeployRequest,
+    state: State,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<DeployId, StoreError> {
+    let id = DeployId::new(now);
+    conn.execute(
+        "INSERT INTO deploys (id, app, trigger, provider, delivery_id, git_ref, sha, actor, state, reason, requested_at, finished_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        params![
+            id.as_str(),
+            req.app,
+            req.trigger.as_str(),
+            req.provider,
+            req.delivery_id,
+            req.git_ref,
+            req.sha,
+            req.actor,
+            state.as_str(),
+            reason,
+            now,
+            state.is_final().then_some(now),
+        ],
+    )?;
+    if let Some(d) = &req.delivery_id {
+        conn.execute(
+            "INSERT OR IGNORE INTO deliveries (app, delivery_id, deploy_id, seen_at) VALUES (?1, ?2, ?3, ?4)",
+            params![req.app, d, id.as_str(), now],
+        )?;
+    }
+    Ok(id)
+}
+
+/// Records a request as pending. The app's older pending request, if any, is superseded by it: newest wins.
+pub fn enqueue(conn: &Connection, req: &DeployRequest, now: i64) -> Result<Enqueued, StoreError> {
+    if let Some(first) = seen_delivery(conn, req)? {
+        return Ok(Enqueued::Duplicate { first });
+    }
+    let id = insert(conn, req, State::Queued, None, now)?;
+    let mut stmt = conn.prepare_cached(
+        "UPDATE deploys SET state = 'superseded', superseded_by = ?1, finished_at = ?2,
+                reason = 'superseded by ' || ?1 || ' before it started'
+         WHERE app = ?3 AND state = 'queued' AND id != ?1 RETURNING id",
+    )?;
+    let superseded = stmt
+        .query_map(params![id.as_str(), now, req.app], |r| {
+            r.get::<_, String>(0)
+        })?
+        .filter_map(|r| r.ok().as_deref().and_then(DeployId::parse))
+        .collect();
+    Ok(Enqueued::Recorded { id, superseded })
+}
+
+/// Records a request that will never run (another branch, a tag, a deletion), with why.
+pub fn record_ignored(
+    conn: &Connection,
+    req: &DeployRequest,
+    reason: &str,
+    now: i64,
+) -> Result<Enqueued, StoreError> {
+    if let Some(first) = seen_delivery(conn, req)? {
+        return Ok(Enqueued::Duplicate { first });
+    }
+    let id = insert(conn, req, State::Ignored, Some(reason), now)?;
+    Ok(Enqueued::Recorded {
+        id,
+        superseded: vec![],
+    })
+}
+
+/// Takes the app's pending request, if any, and marks it running.
+pub fn claim_next(conn: &Connection, app: &str, now: i64) -> Result<Option<DeployRow>, StoreError> {
+    let sql = format!(
+        "UPDATE deploys SET state = 'running', started_at = ?2
+         WHERE seq = (SELECT seq FROM deploys WHERE app = ?1 AND state = 'queued' ORDER BY seq DESC LIMIT 1)
+         RETURNING {COLUMNS}"
+    );
+    Ok(conn
+        .query_row(&sql, params![app, now], row_to_deploy)
+        .optional()?)
+}
+
+pub fn finish(conn: &Connection, id: &DeployId, o: &Outcome, now: i64) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE deploys SET state = ?2, reason = ?3, finished_at = ?4,
+                sha = COALESCE(?5, sha), release_id = COALESCE(?6, release_id), previous_sha = COALESCE(?7, previous_sha)
+         WHERE id = ?1",
+        params![id.as_str(), o.state.as_str(), o.reason, now, o.sha, o.release_id, o.previous_sha],
+    )?;
+    Ok(())
+}
+
+/// Records the release a running deploy is about to build, before anything is written, so recovery knows
+/// exactly which directory a crash left half-built.
+pub fn set_release(
+    conn: &Connection,
+    id: &DeployId,
+    sha: &str,
+    release_id: &str,
+    previous_sha: Option<&str>,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE deploys SET sha = ?2, release_id = ?3, previous_sha = ?4 WHERE id = ?1",
+        params![id.as_str(), sha, release_id, previous_sha],
+    )?;
+    Ok(())
+}
+
+/// At start-up (under the app's lock, so nobody is running it): a deploy still `running` was cut short.
+pub fn interrupt_running(
+    conn: &Connection,
+    app: &str,
+    now: i64,
+) -> Result<Vec<DeployRow>, StoreError> {
+    let sql = format!(
+        "UPDATE deploys SET state = 'interrupted', finished_at = ?2,
+                reason = 'haul stopped while this deploy was running; the previous release stayed live'
+         WHERE app = ?1 AND state = 'running' RETURNING {COLUMNS}"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt
+        .query_map(params![app, now], row_to_deploy)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+pub fn get(conn: &Connection, id: &DeployId) -> Result<Option<DeployRow>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM deploys WHERE id = ?1");
+    Ok(conn
+        .query_row(&sql, params![id.as_str()], row_to_deploy)
+        .optional()?)
+}
+
+/// Newest first.
+pub fn history(
+    conn: &Connection,
+    app: Option<&str>,
+    limit: usize,
+) -> Result<Vec<DeployRow>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = match app {
+        Some(a) => {
+            let sql =
+                format!("SELECT {COLUMNS} FROM deploys WHERE app = ?1 ORDER BY seq DESC LIMIT ?2");
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt
+                .query_map(params![a, limit], row_to_deploy)?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows
+        }
+        None => {
+            let sql = format!("SELECT {COLUMNS} FROM deploys ORDER BY seq DESC LIMIT ?1");
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt
+                .query_map(params![limit], row_to_deploy)?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows
+        }
+    };
+    Ok(rows)
+}
+
+/// What `haul status` shows for one app.
+#[derive(Debug, Clone, Default)]
+pub struct AppSummary {
+    /// The newest deploy that ran (not ignored or superseded).
+    pub last: Option<DeployRow>,
+    pub last_success: Option<DeployRow>,
+    pub running: Option<DeployRow>,
+    pub queued: usize,
+}
+
+pub fn summary(conn: &Connection, app: &str) -> Result<AppSummary, StoreError> {
+    let one = |cond: &str| -> Result<Option<DeployRow>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM deploys WHERE app = ?1 AND {cond} ORDER BY seq DESC LIMIT 1"
+        );
+        Ok(conn
+            .query_row(&sql, params![app], row_to_deploy)
+            .optional()?)
+    };
+    Ok(AppSummary {
+        last: one("state IN ('succeeded', 'failed', 'rolled_back', 'interrupted')")?,
+        last_success: one("state = 'succeeded'")?,
+        running: one("state = 'running'")?,
+        queued: conn.query_row(
+            "SELECT count(*) FROM deploys WHERE app = ?1 AND state = 'queued'",
+            params![app],
+            |r| r.get::<_, i64>(0),
+        )? as usize,
+    })
+}
+
+/// The sha a release directory was built from.
+pub fn release_sha(
+    conn: &Connection,
+    app: &str,
+    release_id: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT sha FROM deploys WHERE app = ?1 AND release_id = ?2 ORDER BY seq DESC LIMIT 1",
+            params![app, release_id],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten())
+}
+
+/// Forget delivery ids older than `keep_ms` (replay protection keeps them at least 7 days).
+pub fn prune_deliveries(conn: &Connection, now: i64, keep_ms: i64) -> Result<usize, StoreError> {
+    Ok(conn.execute(
+        "DELETE FROM deliveries WHERE seen_at < ?1",
+        params![now - keep_ms],
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(app: &str, delivery: Option<&str>) -> DeployRequest {
+        DeployRequest {
+            app: app.into(),
+            trigger: Trigger::Webhook,
+            provider: Some("github".into()),
+            delivery_id: delivery.map(Into::into),
+            git_ref: Some("refs/heads/main".into()),
+            sha: Some("a".repeat(40)),
+            actor: "octocat".into(),
+        }
+    }
+
+    fn mem() -> Connection {
+        let mut c = Connection::open_in_memory().expect("open");
+        migrate(&mut c).expect("migrate");
+        c
+    }
+
+    fn id_of(e: Enqueued) -> DeployId {
+        match e {
+            Enqueued::Recorded { id, .. } => id,
+            Enqueued::Duplicate { first } => panic!("duplicate of {first}"),
+        }
+    }
+
+    #[test]
+    fn newest_pending_wins() {
+        let c = mem();
+        let a = id_of(enqueue(&c, &req("blog", None), 1).expect("a"));
+        let b = enqueue(&c, &req("blog", None), 2).expect("b");
+        let other = id_of(enqueue(&c, &req("shop", None), 3).expect("other"));
+        let Enqueued::Recorded { id: b, superseded } = b else {
+            panic!()
+        };
+        assert_eq!(superseded, vec![a.clone()]);
+        let row = get(&c, &a).expect("get").expect("row");
+        assert_eq!(row.state, State::Superseded);
+        assert_eq!(row.superseded_by, Some(b.clone()));
+        let claimed = claim_next(&c, "blog", 4).expect("claim").expect("some");
+        assert_eq!(claimed.id, b);
+        assert_eq!(claimed.state, State::Running);
+        assert!(claim_next(&c, "blog", 5).expect("claim").is_none());
+        assert_eq!(
+            get(&c, &other).expect("get").map(|r| r.state),
+            Some(State::Queued)
+        );
+    }
+
+    #[test]
+    fn replayed_delivery_is_a_duplicate() {
+        let c = mem();
+        let first = id_of(enqueue(&c, &req("blog", Some("d-1")), 1).expect("first"));
+        assert_eq!(
+            enqueue(&c, &req("blog", Some("d-1")), 2).expect("again"),
+            Enqueued::Duplicate {
+                first: first.clone()
+            }
+        );
+        assert_eq!(
+            record_ignored(&c, &req("blog", Some("d-1")), "x", 2).expect("again"),
+            Enqueued::Duplicate { first }
+        );
+        assert_eq!(history(&c, None, 10).expect("history").len(), 1);
+        assert_eq!(prune_deliveries(&c, 10, 5).expect("prune"), 1);
+    }
+
+    #[test]
+    fn running_becomes_interrupted() {
+        let c = mem();
+        id_of(enqueue(&c, &req("blog", None), 1).expect("a"));
+        let running = claim_next(&c, "blog", 2).expect("claim").expect("row");
+        let interrupted = interrupt_running(&c, "blog", 3).expect("interrupt");
+        assert_eq!(interrupted.len(), 1);
+        assert_eq!(interrupted[0].id, running.id);
+        assert_eq!(interrupted[0].state, State::Interrupted);
+    }
+}
