@@ -1,0 +1,5 @@
+//! haul's integration tests: one binary, real servers on loopback (sshd + git-shell, the haul daemon), no
+//! mocks. Each test gets its own temporary directory and ports. Run with `./scripts/test`.
+
+mod spine;
+mod support;

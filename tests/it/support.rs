@@ -1,0 +1,499 @@
+//! Test fixtures that start real things: an OpenSSH server serving git over SSH with a read-only deploy key
+//! (`git-shell` behind a forced command that counts fetches), a bare repository, and the real `haul` binary.
+//! Everything listens on 127.0.0.1 on a free port, lives in its own temporary directory, and is killed when
+//! the fixture is dropped.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use haul::model::{DeployId, State};
+use haul::store::{self, DeployRow};
+
+pub const SECRET: &str = "a test secret that is long enough";
+pub const WAIT: Duration = Duration::from_secs(120);
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "haul-it-{name}-{}-{:06x}",
+            std::process::id(),
+            fastrand::u32(..0xffffff)
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("HAUL_KEEP_TEST_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Runs a command that must succeed; returns its trimmed stdout.
+pub fn sh(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn git(dir: &Path) -> Command {
+    let mut c = Command::new("git");
+    c.current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Test Dev")
+        .env("GIT_AUTHOR_EMAIL", "dev@example.com")
+        .env("GIT_COMMITTER_NAME", "Test Dev")
+        .env("GIT_COMMITTER_EMAIL", "dev@example.com")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir);
+    c
+}
+
+pub fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start listening on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn write_private(path: &Path, content: &str) {
+    std::fs::write(path, content).expect("write");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
+/// A real sshd on loopback serving one bare repository through `git-shell`, to one read-only deploy key.
+pub struct GitServer {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub url: String,
+    pub deploy_key: PathBuf,
+    pub known_hosts: PathBuf,
+    pub work: PathBuf,
+    fetch_log: PathBuf,
+    sshd: Option<Child>,
+}
+
+impl GitServer {
+    pub fn start(dir: &Path) -> GitServer {
+        let dir = dir.join("git-server");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for key in ["host_key", "deploy_key"] {
+            sh(Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", key, "-f"])
+                .arg(dir.join(key)));
+        }
+        let fetch_log = dir.join("fetches.log");
+        let wrapper = dir.join("git-wrapper.sh");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\necho \"$SSH_ORIGINAL_COMMAND\" >> '{}'\nexec git-shell -c \"$SSH_ORIGINAL_COMMAND\"\n",
+                fetch_log.display()
+            ),
+        )
+        .expect("wrapper");
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let pubkey = std::fs::read_to_string(dir.join("deploy_key.pub")).expect("pubkey");
+        std::fs::write(
+            dir.join("authorized_keys"),
+            format!("restrict,command=\"{}\" {pubkey}", wrapper.display()),
+        )
+        .expect("authorized_keys");
+        let port = free_port();
+        std::fs::write(
+            dir.join("sshd_config"),
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {dir}/sshd.pid\nAuthorizedKeysFile {dir}/authorized_keys\n\
+                 UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nLogLevel VERBOSE\n",
+                hk = dir.join("host_key").display(),
+                dir = dir.display()
+            ),
+        )
+        .expect("sshd_config");
+        std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
+        let log = std::fs::File::create(dir.join("sshd.log")).expect("log");
+        let sshd = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(dir.join("sshd_config"))
+            .stderr(log)
+            .spawn()
+            .expect("start sshd (is openssh-server installed?)");
+        wait_for_port(port, "sshd");
+        let host_pub = std::fs::read_to_string(dir.join("host_key.pub")).expect("host pub");
+        let host_pub: Vec<&str> = host_pub.split_whitespace().take(2).collect();
+        let known_hosts = dir.join("known_hosts");
+        std::fs::write(
+            &known_hosts,
+            format!("[127.0.0.1]:{port} {}\n", host_pub.join(" ")),
+        )
+        .expect("known_hosts");
+        let deploy_key = dir.join("deploy_key");
+        std::fs::set_permissions(&deploy_key, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod");
+
+        let bare = dir.join("repo.git");
+        sh(git(&dir)
+            .args(["init", "--quiet", "--bare", "--initial-branch=main"])
+            .arg(&bare));
+        let work = dir.join("work");
+        std::fs::create_dir_all(&work).expect("mkdir");
+        sh(git(&work).args(["init", "--quiet", "--initial-branch=main"]));
+        sh(git(&work).args(["remote", "add", "origin"]).arg(&bare));
+        let url = format!("ssh://root@127.0.0.1:{port}{}", bare.display());
+        GitServer {
+            dir,
+            port,
+            url,
+            deploy_key,
+            known_hosts,
+            work,
+            fetch_log,
+            sshd: Some(sshd),
+        }
+    }
+
+    /// Commits `files` on `branch` and pushes it to the bare repository (locally, not through sshd).
+    pub fn commit_on(&self, branch: &str, files: &[(&str, &str)], message: &str) -> String {
+        let has_commits = git(&self.work)
+            .args(["rev-parse", "--verify", "--quiet", "HEAD"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if has_commits {
+            sh(git(&self.work).args(["checkout", "--quiet", "-B", branch]));
+        } else {
+            sh(git(&self.work).args(["checkout", "--quiet", "--orphan", branch]));
+        }
+        for (name, content) in files {
+            let p = self.work.join(name);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent).expect("mkdir");
+            }
+            std::fs::write(p, content).expect("write");
+        }
+        sh(git(&self.work).args(["add", "--all"]));
+        sh(git(&self.work).args(["commit", "--quiet", "--allow-empty", "-m", message]));
+        sh(git(&self.work).args([
+            "push",
+            "--quiet",
+            "--force",
+            "origin",
+            &format!("HEAD:refs/heads/{branch}"),
+        ]));
+        sh(git(&self.work).args(["rev-parse", "HEAD"]))
+    }
+
+    pub fn commit(&self, files: &[(&str, &str)], message: &str) -> String {
+        self.commit_on("main", files, message)
+    }
+
+    /// How many times a client fetched through sshd (the forced command logs each `git-upload-pack`).
+    pub fn fetches(&self) -> usize {
+        std::fs::read_to_string(&self.fetch_log)
+            .map(|t| t.lines().filter(|l| l.contains("git-upload-pack")).count())
+            .unwrap_or(0)
+    }
+
+    pub fn sshd_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for GitServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.sshd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The real `haul` binary, serving one app `blog` from a [`GitServer`].
+pub struct Haul {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub state_dir: PathBuf,
+    pub app_path: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+    starts: usize,
+}
+
+impl Haul {
+    /// Writes a config for app `blog`; `app_extra` is appended to its `[apps.blog]` table.
+    pub fn configure(dir: &Path, server: &GitServer, app_extra: &str) -> Haul {
+        let dir = dir.join("haul");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let secret_file = dir.join("blog.secret");
+        write_private(&secret_file, SECRET);
+        let port = free_port();
+        let state_dir = dir.join("state");
+        let app_path = dir.join("srv/blog");
+        let config = dir.join("haul.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{state}\"\n\n[apps.blog]\nrepo = \"{url}\"\nbranch = \"main\"\n\
+                 deploy_key = \"{key}\"\nknown_hosts = \"{kh}\"\npath = \"{path}\"\nkeep_releases = 3\nstep_timeout = \"2m\"\n{app_extra}\n\n\
+                 [apps.blog.webhook]\nprovider = \"github\"\nsecret_file = \"{secret}\"\n",
+                state = state_dir.display(),
+                url = server.url,
+                key = server.deploy_key.display(),
+                kh = server.known_hosts.display(),
+                path = app_path.display(),
+                secret = secret_file.display(),
+            ),
+        )
+        .expect("config");
+        Haul {
+            dir,
+            config,
+            state_dir,
+            app_path,
+            port,
+            child: None,
+            starts: 0,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn start(&mut self) {
+        self.starts += 1;
+        let log = std::fs::File::create(self.dir.join(format!("daemon-{}.log", self.starts)))
+            .expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_haul"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("serve")
+            .env("HAUL_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start haul");
+        self.child = Some(child);
+        wait_for_port(self.port, "haul");
+    }
+
+    pub fn daemon_log(&self) -> String {
+        (1..=self.starts)
+            .map(|i| {
+                std::fs::read_to_string(self.dir.join(format!("daemon-{i}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        // SAFETY: signalling our own child process.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        c.wait().expect("wait")
+    }
+
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_haul"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("run haul")
+    }
+
+    pub fn post<K: AsRef<str>, V: AsRef<str>>(
+        &self,
+        path: &str,
+        headers: &[(K, V)],
+        body: &[u8],
+    ) -> (u16, serde_json::Value) {
+        http_post(&self.addr(), path, headers, body)
+    }
+
+    /// A signed GitHub push of `sha` to `git_ref`, built from GitHub's own example payload.
+    pub fn push(&self, git_ref: &str, sha: &str, delivery: &str) -> (u16, serde_json::Value) {
+        let body = github_push(git_ref, sha);
+        self.post(
+            "/hooks/blog",
+            &signed_headers("push", delivery, &body),
+            body.as_bytes(),
+        )
+    }
+
+    pub fn rows(&self) -> Vec<DeployRow> {
+        match store::open_read(&self.state_dir.join("haul.db")) {
+            Ok(c) => store::history(&c, None, 10_000).expect("history"),
+            Err(_) => vec![],
+        }
+    }
+
+    pub fn row(&self, id: &str) -> DeployRow {
+        let id = DeployId::parse(id).expect("deploy id");
+        let c = store::open_read(&self.state_dir.join("haul.db")).expect("db");
+        store::get(&c, &id).expect("get").expect("row exists")
+    }
+
+    pub fn wait_final(&self, id: &str) -> DeployRow {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let row = self.row(id);
+            if row.state.is_final() {
+                return row;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "deploy {id} still {} after {WAIT:?}\n{}",
+                row.state,
+                self.daemon_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn wait_state(&self, id: &str, state: State) -> DeployRow {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let row = self.row(id);
+            if row.state == state {
+                return row;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "deploy {id} is {} not {state}",
+                row.state
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn current(&self) -> Option<String> {
+        haul::release::current(&self.app_path)
+    }
+
+    pub fn releases(&self) -> Vec<String> {
+        haul::release::list(&self.app_path)
+    }
+}
+
+impl Drop for Haul {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn fixture(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name),
+    )
+    .expect("fixture")
+}
+
+/// GitHub's documented push example with only `ref` and `after` rewritten.
+pub fn github_push(git_ref: &str, sha: &str) -> String {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&fixture("github/push.json")).expect("json");
+    v["ref"] = git_ref.into();
+    v["after"] = sha.into();
+    v["head_commit"]["id"] = sha.into();
+    v.to_string()
+}
+
+pub fn signed_headers(event: &str, delivery: &str, body: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("Content-Type", "application/json".into()),
+        ("X-GitHub-Event", event.into()),
+        ("X-GitHub-Delivery", delivery.into()),
+        (
+            "X-Hub-Signature-256",
+            haul::intake::sign_github(SECRET.as_bytes(), body.as_bytes()),
+        ),
+    ]
+}
+
+pub fn http_post<K: AsRef<str>, V: AsRef<str>>(
+    addr: &str,
+    path: &str,
+    headers: &[(K, V)],
+    body: &[u8],
+) -> (u16, serde_json::Value) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{}: {}\r\n", k.as_ref(), v.as_ref()));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).expect("write");
+    let _ = s.write_all(body);
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp);
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad response {text:?}"));
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::String(body.to_string())),
+    )
+}
+
+pub fn delivery() -> String {
+    format!(
+        "{:08x}-{:04x}-4000-8000-{:012x}",
+        fastrand::u32(..),
+        fastrand::u16(..),
+        fastrand::u64(..0xffff_ffff_ffff)
+    )
+}
