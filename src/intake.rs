@@ -272,7 +272,8 @@ mod tests {
         let sig = sign_github(SECRET, ok.as_bytes());
         let secrets = [b"an older secret that rotated".to_vec(), SECRET.to_vec()];
         type Want = Result<&'static str, Rejected>;
-        let cases: Vec<(&str, Vec<(&'static str, String)>, String, Want)> = vec![
+        type Case = (&'static str, Vec<(&'static str, String)>, String, Want);
+        let cases: Vec<Case> = vec![
             (
                 "valid",
                 vec![
