@@ -152,11 +152,7 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
     let cfg = Config::load(&cli.config)?;
     match cli.command {
         Command::Serve => crate::daemon::run(cfg).await.map_err(Exit::from),
-        Command::Deploy {
-            app,
-            sha,
-            no_follow,
-        } => deploy(&cfg, &app, sha, no_follow).await,
+        Command::Deploy { app, sha, no_follow } => deploy(&cfg, &app, sha, no_follow).await,
         Command::Status { json } => status(&cfg, json),
         Command::History { app, limit, json } => history(&cfg, app.as_deref(), limit, json),
         Command::Logs { deploy_id, follow } => logs(&cfg, &deploy_id, follow).await,
@@ -186,10 +182,7 @@ async fn deploy(cfg: &Config, app: &str, sha: Option<String>, no_follow: bool) -
         .map_err(Exit::failed)?
     {
         Some(reply) => {
-            let id = match (
-                reply.ok,
-                reply.deploy_id.as_deref().and_then(DeployId::parse),
-            ) {
+            let id = match (reply.ok, reply.deploy_id.as_deref().and_then(DeployId::parse)) {
                 (true, Some(id)) => id,
                 _ => {
                     return Err(Exit::failed(
@@ -236,8 +229,7 @@ async fn deploy_in_process(cfg: &Config, app: &str, sha: Option<String>) -> Resu
         actor: control::local_actor(),
     };
     let now = model::now_ms();
-    let Enqueued::Recorded { id, .. } = store.call(move |c| store::enqueue(c, &req, now)).await?
-    else {
+    let Enqueued::Recorded { id, .. } = store.call(move |c| store::enqueue(c, &req, now)).await? else {
         return Err(Exit::failed("the request was not recorded"));
     };
     // Follow our own log while the pipeline runs.
@@ -417,11 +409,7 @@ fn status(cfg: &Config, json: bool) -> Result<(), Exit> {
             ]
         })
         .collect();
-    print_table(
-        &["APP", "LIVE RELEASE", "SHA", "LAST", "AGE", "QUEUE"],
-        &table,
-        3,
-    );
+    print_table(&["APP", "LIVE RELEASE", "SHA", "LAST", "AGE", "QUEUE"], &table, 3);
     Ok(())
 }
 
@@ -598,8 +586,8 @@ fn history(cfg: &Config, app: Option<&str>, limit: usize, json: bool) -> Result<
 }
 
 async fn logs(cfg: &Config, deploy_id: &str, follow_it: bool) -> Result<(), Exit> {
-    let id = DeployId::parse(deploy_id)
-        .ok_or_else(|| Exit::usage(format!("{deploy_id:?} is not a deploy id")))?;
+    let id =
+        DeployId::parse(deploy_id).ok_or_else(|| Exit::usage(format!("{deploy_id:?} is not a deploy id")))?;
     if follow_it {
         let row = follow(cfg, &id, false).await?;
         eprintln!("{}: {}", row.state, row.reason.as_deref().unwrap_or(""));

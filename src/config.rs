@@ -18,10 +18,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/haul/haul.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config {path} is not valid: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config {path}: {message}")]
@@ -34,6 +31,15 @@ pub struct Config {
     pub listen: String,
     pub state_dir: PathBuf,
     pub max_body_bytes: usize,
+    pub body_timeout: Duration,
+    /// How long a client may take to send its request headers.
+    pub header_timeout: Duration,
+    /// Webhook requests per minute from one client address (0: unlimited).
+    pub rate_limit_per_minute: u32,
+    /// When set, only these networks may call the webhook endpoints.
+    pub allow_ips: Vec<ipnet::IpNet>,
+    /// A header set by the reverse proxy in front of haul that carries the client address.
+    pub client_ip_header: Option<String>,
     pub apps: BTreeMap<String, AppConfig>,
 }
 
@@ -42,6 +48,8 @@ pub struct AppConfig {
     pub name: String,
     pub repo: String,
     pub branch: String,
+    pub track: Track,
+    pub poll: Option<Duration>,
     pub deploy_key: Option<PathBuf>,
     pub known_hosts: Option<PathBuf>,
     pub path: PathBuf,
@@ -57,14 +65,83 @@ pub struct AppConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Provider {
     Github,
+    Gitlab,
+    Gitea,
+    Forgejo,
+    Bitbucket,
+    Standard,
 }
 
 impl Provider {
+    pub const ALL: [Provider; 6] = [
+        Provider::Github,
+        Provider::Gitlab,
+        Provider::Gitea,
+        Provider::Forgejo,
+        Provider::Bitbucket,
+        Provider::Standard,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
             Provider::Github => "github",
+            Provider::Gitlab => "gitlab",
+            Provider::Gitea => "gitea",
+            Provider::Forgejo => "forgejo",
+            Provider::Bitbucket => "bitbucket",
+            Provider::Standard => "standard",
         }
     }
+    pub fn parse(s: &str) -> Option<Provider> {
+        Provider::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+/// What an app deploys: the tip of one branch, or the newest tag matching a glob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Track {
+    Branch(String),
+    Tags(String),
+}
+
+impl Track {
+    /// Does a full ref name select this app's deploys?
+    pub fn wants(&self, git_ref: &str) -> bool {
+        match self {
+            Track::Branch(b) => git_ref.strip_prefix("refs/heads/") == Some(b.as_str()),
+            Track::Tags(glob) => git_ref
+                .strip_prefix("refs/tags/")
+                .is_some_and(|t| glob_match(glob, t)),
+        }
+    }
+    pub fn describe(&self) -> String {
+        match self {
+            Track::Branch(b) => format!("branch {b}"),
+            Track::Tags(g) => format!("tags matching {g}"),
+        }
+    }
+}
+
+/// Shell-style glob with `*` (any run of characters) and `?` (one character), as `git for-each-ref` uses.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +159,12 @@ struct RawConfig {
     state_dir: PathBuf,
     #[serde(default)]
     max_body: Option<String>,
+    body_timeout: Option<String>,
+    header_timeout: Option<String>,
+    rate_limit_per_minute: Option<u32>,
+    #[serde(default)]
+    allow_ips: Vec<String>,
+    client_ip_header: Option<String>,
     #[serde(default)]
     apps: BTreeMap<String, RawApp>,
 }
@@ -92,6 +175,8 @@ struct RawApp {
     repo: String,
     #[serde(default = "default_branch")]
     branch: String,
+    tags: Option<String>,
+    poll: Option<String>,
     deploy_key: Option<PathBuf>,
     known_hosts: Option<PathBuf>,
     path: PathBuf,
@@ -111,8 +196,10 @@ struct RawApp {
 #[serde(deny_unknown_fields)]
 struct RawWebhook {
     provider: String,
-    secret_file: PathBuf,
+    secret_file: Option<PathBuf>,
     previous_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    secret_files: Vec<PathBuf>,
 }
 
 fn default_listen() -> String {
@@ -147,8 +234,7 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         "MB" => 1_000_000,
         _ => return Err(format!("{s:?}: unknown unit (use B, KiB or MiB)")),
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Is this repo URL one that goes over SSH (and so needs a deploy key and pinned host keys)?
@@ -200,6 +286,31 @@ impl Config {
         if max_body_bytes < 1024 {
             return Err(invalid("max_body must be at least 1KiB".into()));
         }
+        let body_timeout = match &raw.body_timeout {
+            Some(s) => parse_duration(s).map_err(|e| invalid(format!("body_timeout: {e}")))?,
+            None => Duration::from_secs(10),
+        };
+        let header_timeout = match &raw.header_timeout {
+            Some(s) => parse_duration(s).map_err(|e| invalid(format!("header_timeout: {e}")))?,
+            None => Duration::from_secs(10),
+        };
+        let mut allow_ips = Vec::new();
+        for cidr in &raw.allow_ips {
+            let net = cidr
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    invalid(format!(
+                        "allow_ips: {cidr:?} is not an address or a CIDR network like \"192.0.2.0/24\""
+                    ))
+                })?;
+            allow_ips.push(net);
+        }
+        if let Some(h) = &raw.client_ip_header {
+            if axum::http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return Err(invalid(format!("client_ip_header: {h:?} is not a header name")));
+            }
+        }
         let mut apps = BTreeMap::new();
         for (name, a) in raw.apps {
             let ctx = |m: &str| invalid(format!("[apps.{name}] {m}"));
@@ -207,13 +318,34 @@ impl Config {
                 return Err(ctx("app names use letters, digits, '-', '_' and '.', start with a letter or digit, and are at most 64 characters"));
             }
             if !model::is_valid_branch(&a.branch) {
-                return Err(ctx(&format!(
-                    "branch {:?} is not a valid branch name",
-                    a.branch
-                )));
+                return Err(ctx(&format!("branch {:?} is not a valid branch name", a.branch)));
             }
-            if a.repo.is_empty() || a.repo.starts_with('-') || a.repo.chars().any(char::is_control)
-            {
+            let track = match &a.tags {
+                None => Track::Branch(a.branch.clone()),
+                Some(glob) => {
+                    let probe = glob.replace(['*', '?'], "x");
+                    if glob.is_empty()
+                        || !model::is_valid_ref(&format!("refs/tags/{probe}"))
+                        || glob.contains('/')
+                    {
+                        return Err(ctx(&format!("tags {glob:?} is not a tag glob like \"v*\"")));
+                    }
+                    Track::Tags(glob.clone())
+                }
+            };
+            let poll = match &a.poll {
+                None => None,
+                Some(s) => {
+                    let d = parse_duration(s).map_err(|e| ctx(&format!("poll: {e}")))?;
+                    if d < Duration::from_secs(1) {
+                        return Err(ctx(
+                            "poll must be at least 1s (and a minute or more is kinder to your forge)",
+                        ));
+                    }
+                    Some(d)
+                }
+            };
+            if a.repo.is_empty() || a.repo.starts_with('-') || a.repo.chars().any(char::is_control) {
                 return Err(ctx(&format!("repo {:?} is not a git URL or path", a.repo)));
             }
             if is_ssh_url(&a.repo) && (a.deploy_key.is_none() || a.known_hosts.is_none()) {
@@ -242,16 +374,27 @@ impl Config {
             let webhook = match a.webhook {
                 None => None,
                 Some(w) => {
-                    let provider = match w.provider.as_str() {
-                        "github" => Provider::Github,
-                        other => {
-                            return Err(ctx(&format!(
-                                "webhook.provider {other:?} is not supported (supported: github)"
-                            )))
-                        }
+                    let Some(provider) = Provider::parse(&w.provider) else {
+                        let known: Vec<&str> = Provider::ALL.iter().map(|p| p.as_str()).collect();
+                        return Err(ctx(&format!(
+                            "webhook.provider {:?} is not supported (supported: {})",
+                            w.provider,
+                            known.join(", ")
+                        )));
                     };
-                    let mut secret_files = vec![w.secret_file];
+                    let mut secret_files: Vec<PathBuf> = w.secret_file.into_iter().collect();
                     secret_files.extend(w.previous_secret_file);
+                    secret_files.extend(w.secret_files);
+                    if secret_files.is_empty() {
+                        return Err(ctx(
+                            "webhook needs `secret_file` (secrets are never written in the config itself)",
+                        ));
+                    }
+                    if secret_files.len() > 4 {
+                        return Err(ctx(
+                            "webhook accepts at most 4 secrets at once (for a rotation, 2 is enough)",
+                        ));
+                    }
                     Some(WebhookConfig {
                         provider,
                         secret_files,
@@ -265,6 +408,8 @@ impl Config {
                     resolve(Path::new(&a.repo)).to_string_lossy().into_owned()
                 },
                 branch: a.branch,
+                track,
+                poll,
                 deploy_key: a.deploy_key.as_deref().map(resolve),
                 known_hosts: a.known_hosts.as_deref().map(resolve),
                 path: resolve(&a.path),
@@ -284,6 +429,11 @@ impl Config {
             listen: raw.listen,
             state_dir: resolve(&raw.state_dir),
             max_body_bytes,
+            body_timeout,
+            header_timeout,
+            rate_limit_per_minute: raw.rate_limit_per_minute.unwrap_or(600),
+            allow_ips,
+            client_ip_header: raw.client_ip_header,
             apps,
         })
     }
@@ -361,8 +511,7 @@ pub fn is_valid_app_name(name: &str) -> bool {
 
 /// A file holding a secret or a private key must exist and be readable by its owner only.
 pub fn check_private_file(path: &Path) -> Result<(), String> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if !meta.is_file() {
         return Err(format!("{} is not a file", path.display()));
     }
@@ -388,8 +537,7 @@ impl WebhookConfig {
                 _ => f.clone(),
             };
             check_private_file(&path)?;
-            let text =
-                std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let text = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             let secret = trim_ascii(&text).to_vec();
             if secret.len() < 16 {
                 return Err(format!(
@@ -405,10 +553,7 @@ impl WebhookConfig {
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(b.len());
+    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
     let end = b
         .iter()
         .rposition(|c| !c.is_ascii_whitespace())
@@ -432,10 +577,7 @@ mod tests {
         assert_eq!(blog.branch, "main");
         assert_eq!(blog.step_timeout, Duration::from_secs(600));
         assert_eq!(blog.build, ["npm ci", "npm run build"]);
-        assert_eq!(
-            blog.webhook.as_ref().map(|w| w.provider),
-            Some(Provider::Github)
-        );
+        assert_eq!(blog.webhook.as_ref().map(|w| w.provider), Some(Provider::Github));
     }
 
     #[test]
@@ -445,19 +587,28 @@ mod tests {
             ("[apps.a]\nrepo='/r'\npath='/p'\n", "state_dir"),
             (&format!("{base}repo = \"git@h:x.git\"\n") as &str, "deploy_key"),
             (&format!("{base}repo = \"/r\"\nbranch = \"-x\"\n"), "branch"),
-            (&format!("{base}repo = \"/r\"\nkeep_releases = 1\n"), "keep_releases"),
-            (&format!("{base}repo = \"/r\"\nstep_timeout = \"soon\"\n"), "step_timeout"),
+            (
+                &format!("{base}repo = \"/r\"\nkeep_releases = 1\n"),
+                "keep_releases",
+            ),
+            (
+                &format!("{base}repo = \"/r\"\nstep_timeout = \"soon\"\n"),
+                "step_timeout",
+            ),
             (&format!("{base}repo = \"/r\"\nbuild = [\"\"]\n"), "empty step"),
             (&format!("{base}repo = \"/r\"\ntypo = 1\n"), "typo"),
-            (&format!("{base}repo = \"/r\"\n[apps.a.webhook]\nprovider = \"x\"\nsecret_file = \"/s\"\n"), "provider"),
-            ("state_dir = \"/s\"\n[apps.\"../x\"]\nrepo = \"/r\"\npath = \"/p\"\n", "app names"),
+            (
+                &format!("{base}repo = \"/r\"\n[apps.a.webhook]\nprovider = \"x\"\nsecret_file = \"/s\"\n"),
+                "provider",
+            ),
+            (
+                "state_dir = \"/s\"\n[apps.\"../x\"]\nrepo = \"/r\"\npath = \"/p\"\n",
+                "app names",
+            ),
         ];
         for (text, needle) in cases {
             let err = parse(text).expect_err(text).to_string();
-            assert!(
-                err.contains(needle),
-                "{text:?} gave {err:?}, wanted {needle:?}"
-            );
+            assert!(err.contains(needle), "{text:?} gave {err:?}, wanted {needle:?}");
         }
     }
 
@@ -468,6 +619,21 @@ mod tests {
         assert!(!is_ssh_url("https://github.com/acme/blog.git"));
         assert!(!is_ssh_url("/srv/git/blog.git"));
         assert!(!is_ssh_url("./a:b"));
+    }
+
+    #[test]
+    fn globs() {
+        for (p, t, want) in [
+            ("v*", "v1.2.3", true),
+            ("v*", "release-1", false),
+            ("v?.*", "v1.0", true),
+            ("*", "", true),
+            ("v*-rc*", "v2-rc1", true),
+            ("v*-rc*", "v2", false),
+            ("release", "release", true),
+        ] {
+            assert_eq!(glob_match(p, t), want, "{p} {t}");
+        }
     }
 
     #[test]

@@ -159,12 +159,7 @@ pub async fn request(path: &Path, req: &ControlRequest) -> Result<Option<Control
         {
             return Ok(None)
         }
-        Err(e) => {
-            return Err(format!(
-                "cannot reach the daemon at {}: {e}",
-                path.display()
-            ))
-        }
+        Err(e) => return Err(format!("cannot reach the daemon at {}: {e}", path.display())),
     };
     let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_vec(req).map_err(|e| e.to_string())?;

@@ -29,8 +29,7 @@ pub struct Daemon {
     listener: tokio::net::TcpListener,
     control: tokio::net::UnixListener,
     queue: Arc<Queue>,
-    secrets: HashMap<String, Vec<Vec<u8>>>,
-    max_body_bytes: usize,
+    http: Arc<HttpState>,
     _instance: FileLock,
 }
 
@@ -42,12 +41,11 @@ pub async fn start(cfg: Config) -> anyhow::Result<Daemon> {
         cfg.mirrors_dir(),
         cfg.locks_dir(),
     ] {
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let lock_path = cfg.state_dir.join("haul.lock");
-    let Some(instance) = lock::try_lock(&lock_path)
-        .with_context(|| format!("cannot lock {}", lock_path.display()))?
+    let Some(instance) =
+        lock::try_lock(&lock_path).with_context(|| format!("cannot lock {}", lock_path.display()))?
     else {
         bail!(
             "another haul daemon is already running with state_dir {}; stop it first (or give this one its own state_dir)",
@@ -72,20 +70,16 @@ pub async fn start(cfg: Config) -> anyhow::Result<Daemon> {
         .await
         .with_context(|| format!("cannot listen on {} (listen)", cfg.listen))?;
     let addr = listener.local_addr()?;
-    let control = control::bind(&cfg.socket_path()).with_context(|| {
-        format!(
-            "cannot create the control socket {}",
-            cfg.socket_path().display()
-        )
-    })?;
+    let control = control::bind(&cfg.socket_path())
+        .with_context(|| format!("cannot create the control socket {}", cfg.socket_path().display()))?;
     let queue = Queue::new(Env::new(&cfg, store));
+    let http = Arc::new(HttpState::new(&cfg, queue.clone(), secrets));
     Ok(Daemon {
         addr,
         listener,
         control,
         queue,
-        secrets,
-        max_body_bytes: cfg.max_body_bytes,
+        http,
         _instance: instance,
     })
 }
@@ -93,33 +87,17 @@ pub async fn start(cfg: Config) -> anyhow::Result<Daemon> {
 impl Daemon {
     /// Serves until `shutdown` resolves: then stops accepting, lets running deploys finish within
     /// [`STOP_GRACE`], and returns.
-    pub async fn serve(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let workers = self.queue.spawn_workers(stop_rx.clone());
-        let control = tokio::spawn(control::serve(
-            self.control,
-            self.queue.clone(),
-            stop_rx.clone(),
-        ));
-        let state = Arc::new(HttpState {
-            queue: self.queue.clone(),
-            secrets: self.secrets,
-            max_body_bytes: self.max_body_bytes,
-        });
+        let mut workers = self.queue.spawn_workers(stop_rx.clone());
+        workers.extend(crate::poll::spawn(self.queue.clone(), stop_rx.clone()));
+        let control = tokio::spawn(control::serve(self.control, self.queue.clone(), stop_rx.clone()));
         tracing::info!(
             "haul listening on http://{} ({} app(s))",
             self.addr,
             self.queue.env().apps.len()
         );
-        let mut http_stop = stop_rx.clone();
-        let server =
-            axum::serve(self.listener, http::router(state)).with_graceful_shutdown(async move {
-                let _ = http_stop.changed().await;
-            });
-        let server = tokio::spawn(async move { server.await });
+        let server = tokio::spawn(http::serve(self.listener, self.http, stop_rx.clone()));
         shutdown.await;
         tracing::info!(
             "stopping: no new requests; waiting up to {}s for running deploys",

@@ -116,20 +116,13 @@ pub async fn run(port: u16, once: bool) -> anyhow::Result<()> {
     )
     .await?;
     git(&work, &["init", "--quiet", "--initial-branch=main"]).await?;
-    git(
-        &work,
-        &["remote", "add", "origin", &origin.to_string_lossy()],
-    )
-    .await?;
+    git(&work, &["remote", "add", "origin", &origin.to_string_lossy()]).await?;
     std::fs::write(work.join("index.html"), "<h1>hello from haul's demo</h1>\n")?;
     git(&work, &["add", "."]).await?;
     git(&work, &["commit", "--quiet", "-m", "First page"]).await?;
     git(&work, &["push", "--quiet", "origin", "main"]).await?;
     let sha = git(&work, &["rev-parse", "HEAD"]).await?;
-    say(&format!(
-        "created a repository and pushed commit {}",
-        &sha[..7]
-    ));
+    say(&format!("created a repository and pushed commit {}", &sha[..7]));
 
     // A secret and a config, as an operator would write them.
     let secret = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
@@ -216,8 +209,7 @@ secret_file = "{secret}"
         }
     };
     eprintln!();
-    let log = std::fs::read_to_string(crate::deploylog::path_for(&cfg.logs_dir(), &id))
-        .unwrap_or_default();
+    let log = std::fs::read_to_string(crate::deploylog::path_for(&cfg.logs_dir(), &id)).unwrap_or_default();
     for line in log.lines() {
         eprintln!("    {line}");
     }
@@ -263,7 +255,10 @@ secret_file = "{secret}"
     say("still serving; in another terminal, try:");
     eprintln!("    {exe} --config {} status", config_path.display());
     eprintln!("    {exe} --config {} history", config_path.display());
-    eprintln!("    (cd {} && echo '<p>more</p>' >> index.html && git commit -qam more && git push -q origin main)", work.display());
+    eprintln!(
+        "    (cd {} && echo '<p>more</p>' >> index.html && git commit -qam more && git push -q origin main)",
+        work.display()
+    );
     eprintln!("    {exe} --config {} deploy site", config_path.display());
     say("Ctrl-C to stop");
     crate::daemon::shutdown_signal().await;

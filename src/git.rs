@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{self, AppConfig};
+use crate::config::{self, AppConfig, Track};
 use crate::deploylog::DeployLog;
 use crate::failure::{self, Failure, Kind};
 use crate::runner::{self, Cmd, RunError};
@@ -96,8 +96,7 @@ pub fn classify(stderr: &[String]) -> Kind {
 
 fn hint(kind: Kind, stderr: &[String]) -> &'static str {
     let text = stderr.join("\n").to_lowercase();
-    if text.contains("host key verification failed") || text.contains("identification has changed")
-    {
+    if text.contains("host key verification failed") || text.contains("identification has changed") {
         " (the server's host key is not the pinned one in known_hosts: if the forge really rotated its key, verify the new fingerprint and update known_hosts)"
     } else if text.contains("permission denied") {
         " (the deploy key was refused: check it is added to the repository as a read-only deploy key)"
@@ -114,11 +113,11 @@ fn hint(kind: Kind, stderr: &[String]) -> &'static str {
 pub struct Git {
     app: Arc<AppConfig>,
     mirror: PathBuf,
-    log: Arc<DeployLog>,
+    log: Option<Arc<DeployLog>>,
 }
 
 impl Git {
-    pub fn new(app: Arc<AppConfig>, mirrors_dir: &Path, log: Arc<DeployLog>) -> Git {
+    pub fn new(app: Arc<AppConfig>, mirrors_dir: &Path, log: Option<Arc<DeployLog>>) -> Git {
         let mirror = mirrors_dir.join(format!("{}.git", app.name));
         Git { app, mirror, log }
     }
@@ -148,6 +147,20 @@ impl Git {
         Failure::permanent(format!("{e} (mirror {})", self.mirror.display()))
     }
 
+    fn note(&self, line: &str) {
+        if let Some(l) = &self.log {
+            l.line(line);
+        }
+    }
+
+    /// The refspec of what this app deploys: its branch, or the tags matching its glob.
+    fn refspec(&self) -> String {
+        match &self.app.track {
+            Track::Branch(b) => format!("+refs/heads/{b}:refs/heads/{b}"),
+            Track::Tags(g) => format!("+refs/tags/{g}:refs/tags/{g}"),
+        }
+    }
+
     /// Creates the bare mirror if it is missing. Built under a temporary name and renamed, so a crash never
     /// leaves a half-initialised mirror.
     pub async fn ensure_mirror(&self) -> Result<(), Failure> {
@@ -168,21 +181,18 @@ impl Git {
                 tmp.clone().into(),
             ])
             .timeout(LOCAL_TIMEOUT);
-        runner::run(&init, Some(&self.log))
+        runner::run(&init, self.log.as_ref())
             .await
             .map_err(|e| self.local_failure(e))?;
         std::fs::rename(&tmp, &self.mirror).map_err(|e| {
-            Failure::permanent(format!(
-                "cannot create mirror {}: {e}",
-                self.mirror.display()
-            ))
+            Failure::permanent(format!("cannot create mirror {}: {e}", self.mirror.display()))
         })?;
         Ok(())
     }
 
     /// One incremental fetch of the configured branch into the mirror.
     pub async fn fetch_once(&self) -> Result<(), Failure> {
-        let refspec = format!("+refs/heads/{b}:refs/heads/{b}", b = self.app.branch);
+        let refspec = self.refspec();
         let cmd = self
             .git("git fetch")
             .args([
@@ -195,7 +205,7 @@ impl Git {
             .arg(self.app.repo.as_str())
             .arg(refspec)
             .timeout(self.app.fetch_timeout);
-        match runner::run(&cmd, Some(&self.log)).await {
+        match runner::run(&cmd, self.log.as_ref()).await {
             Ok(_) => Ok(()),
             Err(e @ RunError::Spawn { .. }) => Err(Failure::permanent(e.to_string())),
             Err(e) => {
@@ -222,12 +232,8 @@ impl Git {
             match self.fetch_once().await {
                 Ok(()) => return Ok(attempt),
                 Err(f) if f.kind == Kind::Transient && attempt < attempts => {
-                    let wait = failure::backoff(
-                        attempt - 1,
-                        Duration::from_secs(1),
-                        Duration::from_secs(30),
-                    );
-                    self.log.line(&format!(
+                    let wait = failure::backoff(attempt - 1, Duration::from_secs(1), Duration::from_secs(30));
+                    self.note(&format!(
                         "  ! fetch attempt {attempt}/{attempts} failed (transient): {f}; retrying in {:.1}s",
                         wait.as_secs_f64()
                     ));
@@ -251,7 +257,7 @@ impl Git {
             .args(["rev-parse", "--verify", "--quiet", "--end-of-options"])
             .arg(format!("{rev}^{{commit}}"))
             .capture();
-        match runner::run(&cmd, Some(&self.log)).await {
+        match runner::run(&cmd, self.log.as_ref()).await {
             Ok(out) => Ok(Some(out.stdout_str())),
             Err(RunError::Failed { code: Some(1), .. }) => Ok(None),
             Err(e) => Err(self.local_failure(e)),
@@ -264,7 +270,7 @@ impl Git {
             .git("git merge-base")
             .args(["merge-base", "--is-ancestor", sha])
             .arg(format!("refs/heads/{}", self.app.branch));
-        match runner::run(&cmd, Some(&self.log)).await {
+        match runner::run(&cmd, self.log.as_ref()).await {
             Ok(_) => Ok(true),
             Err(RunError::Failed { code: Some(1), .. }) => Ok(false),
             Err(e) => Err(self.local_failure(e)),
@@ -293,8 +299,8 @@ impl Git {
             )));
         }
         let result = async {
-            runner::run(&read_tree, Some(&self.log)).await?;
-            runner::run(&checkout, Some(&self.log)).await
+            runner::run(&read_tree, self.log.as_ref()).await?;
+            runner::run(&checkout, self.log.as_ref()).await
         }
         .await;
         let _ = std::fs::remove_file(&index);
@@ -312,30 +318,127 @@ impl Git {
         })
     }
 
-    /// `git ls-remote` of the branch: the remote tip, without fetching anything.
-    pub async fn remote_tip(&self) -> Result<Option<String>, Failure> {
+    /// What the remote would deploy now, without fetching anything: (full ref, sha) of the branch tip or of
+    /// the newest matching tag (peeled to its commit). One `git ls-remote`.
+    pub async fn remote_head(&self) -> Result<Option<(String, String)>, Failure> {
+        let pattern = match &self.app.track {
+            Track::Branch(b) => format!("refs/heads/{b}"),
+            Track::Tags(g) => format!("refs/tags/{g}"),
+        };
         let cmd = self
             .git("git ls-remote")
-            .args(["ls-remote", "--heads", "--"])
+            .args(["ls-remote", "--"])
             .arg(self.app.repo.as_str())
-            .arg(format!("refs/heads/{}", self.app.branch))
+            .arg(pattern)
             .timeout(self.app.fetch_timeout)
             .capture();
-        match runner::run(&cmd, Some(&self.log)).await {
-            Ok(out) => Ok(out
-                .stdout_str()
-                .lines()
-                .find_map(|l| l.split_whitespace().next().map(str::to_string))),
+        let out = match runner::run(&cmd, self.log.as_ref()).await {
+            Ok(out) => out,
             Err(e) => {
-                let kind = classify(e.stderr_tail());
-                Err(Failure {
+                let kind = match &e {
+                    RunError::TimedOut { .. } => Kind::Transient,
+                    RunError::Spawn { .. } => Kind::Permanent,
+                    _ => classify(e.stderr_tail()),
+                };
+                return Err(Failure {
                     kind,
                     message: format!("{e}{}", hint(kind, e.stderr_tail())),
                     retry_after: None,
-                })
+                });
+            }
+        };
+        let mut refs: Vec<(String, String)> = Vec::new();
+        for line in out.stdout_str().lines() {
+            let mut parts = line.split_whitespace();
+            let (Some(sha), Some(name)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            if !crate::model::is_full_sha(sha) {
+                continue;
+            }
+            match name.strip_suffix("^{}") {
+                // The peeled commit of an annotated tag replaces the tag object.
+                Some(tag) => {
+                    if let Some(e) = refs.iter_mut().find(|(n, _)| n == tag) {
+                        e.1 = sha.to_string();
+                    }
+                }
+                None if self.app.track.wants(name) => refs.push((name.to_string(), sha.to_string())),
+                None => {}
             }
         }
+        Ok(refs.into_iter().max_by(|a, b| version_cmp(&a.0, &b.0)))
     }
+
+    /// The newest tag (by version order) matching the app's glob, in the mirror: (full ref, commit).
+    pub async fn newest_tag(&self, glob: &str) -> Result<Option<(String, String)>, Failure> {
+        let cmd = self
+            .git("git for-each-ref")
+            .args(["for-each-ref", "--sort=-v:refname", "--format=%(refname)"])
+            .arg(format!("refs/tags/{glob}"))
+            .capture();
+        let out = runner::run(&cmd, self.log.as_ref())
+            .await
+            .map_err(|e| self.local_failure(e))?;
+        for name in out.stdout_str().lines() {
+            if !self.app.track.wants(name) {
+                continue;
+            }
+            if let Some(sha) = self.resolve_commit(name).await? {
+                return Ok(Some((name.to_string(), sha)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Matching tags that point at `sha` (directly, or through an annotated tag).
+    pub async fn tags_at(&self, sha: &str, glob: &str) -> Result<Vec<String>, Failure> {
+        let cmd = self
+            .git("git for-each-ref")
+            .args(["for-each-ref", "--sort=-v:refname", "--format=%(refname)"])
+            .arg(format!("--points-at={sha}"))
+            .arg(format!("refs/tags/{glob}"))
+            .capture();
+        let out = runner::run(&cmd, self.log.as_ref())
+            .await
+            .map_err(|e| self.local_failure(e))?;
+        Ok(out
+            .stdout_str()
+            .lines()
+            .filter(|n| self.app.track.wants(n))
+            .map(str::to_string)
+            .collect())
+    }
+}
+
+/// Version order for ref names, like `git --sort=v:refname`: runs of digits compare as numbers.
+pub fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    fn chunks(s: &str) -> Vec<(bool, &str)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let bytes = s.as_bytes();
+        for i in 1..=bytes.len() {
+            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
+                out.push((bytes[start].is_ascii_digit(), &s[start..i]));
+                start = i;
+            }
+        }
+        out
+    }
+    let (ca, cb) = (chunks(a), chunks(b));
+    for (x, y) in ca.iter().zip(cb.iter()) {
+        let ord = match (x, y) {
+            ((true, nx), (true, ny)) => {
+                let (nx, ny) = (nx.trim_start_matches('0'), ny.trim_start_matches('0'));
+                nx.len().cmp(&ny.len()).then_with(|| nx.cmp(ny))
+            }
+            ((_, sx), (_, sy)) => sx.cmp(sy),
+        };
+        if ord != std::cmp::Ordering::Equal {
+            return ord;
+        }
+    }
+    ca.len().cmp(&cb.len())
 }
 
 /// Used by `haul check`: is the repo reachable with these credentials?
@@ -371,15 +474,20 @@ mod tests {
     }
 
     #[test]
+    fn version_order() {
+        use std::cmp::Ordering::*;
+        assert_eq!(version_cmp("refs/tags/v1.10.0", "refs/tags/v1.9.3"), Greater);
+        assert_eq!(version_cmp("refs/tags/v2", "refs/tags/v10"), Less);
+        assert_eq!(version_cmp("refs/tags/v1.0", "refs/tags/v1.0"), Equal);
+    }
+
+    #[test]
     fn url_credentials_are_redacted() {
         assert_eq!(
             url_secrets("https://x-access-token:ghs_abc@github.com/a/b.git"),
             ["ghs_abc"]
         );
-        assert_eq!(
-            url_secrets("https://ghp_tok@github.com/a/b.git"),
-            ["ghp_tok"]
-        );
+        assert_eq!(url_secrets("https://ghp_tok@github.com/a/b.git"), ["ghp_tok"]);
         assert!(url_secrets("git@github.com:a/b.git").is_empty());
     }
 

@@ -6,11 +6,12 @@
 //! Errors never leak internals: a person gets what failed and what to do; the details go to the daemon's log.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,17 +19,94 @@ use axum::{Json, Router};
 use http_body_util::BodyExt;
 use serde::Serialize;
 
+use crate::config::Config;
 use crate::intake::{self, Accepted};
 use crate::queue::Queue;
 use crate::store::Enqueued;
 
-const BODY_DEADLINE: Duration = Duration::from_secs(10);
+/// Connections served at once; past that, new ones are closed at once.
+pub const MAX_CONNECTIONS: usize = 1024;
 
 pub struct HttpState {
     pub queue: Arc<Queue>,
     /// Per app with a webhook: the secrets, current first.
     pub secrets: HashMap<String, Vec<Vec<u8>>>,
     pub max_body_bytes: usize,
+    pub body_timeout: Duration,
+    /// A client that has not sent its request headers by then is cut off (slow-loris).
+    pub header_timeout: Duration,
+    pub allow_ips: Vec<ipnet::IpNet>,
+    pub client_ip_header: Option<String>,
+    pub limiter: RateLimiter,
+}
+
+impl HttpState {
+    pub fn new(cfg: &Config, queue: Arc<Queue>, secrets: HashMap<String, Vec<Vec<u8>>>) -> HttpState {
+        HttpState {
+            queue,
+            secrets,
+            max_body_bytes: cfg.max_body_bytes,
+            body_timeout: cfg.body_timeout,
+            header_timeout: cfg.header_timeout,
+            allow_ips: cfg.allow_ips.clone(),
+            client_ip_header: cfg.client_ip_header.as_ref().map(|h| h.to_ascii_lowercase()),
+            limiter: RateLimiter::new(cfg.rate_limit_per_minute),
+        }
+    }
+
+    /// The client's address: the socket peer, or, behind a reverse proxy that the operator named with
+    /// `client_ip_header`, the last address that proxy appended.
+    fn client_ip(&self, peer: Option<SocketAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+        if let Some(h) = &self.client_ip_header {
+            let from_proxy = headers
+                .get(h.as_str())
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .and_then(|v| v.trim().parse::<IpAddr>().ok());
+            if from_proxy.is_some() {
+                return from_proxy;
+            }
+        }
+        peer.map(|p| p.ip())
+    }
+}
+
+/// A token bucket per client address: `per_minute` sustained, a quarter of that as a burst.
+pub struct RateLimiter {
+    per_minute: u32,
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    pub fn new(per_minute: u32) -> RateLimiter {
+        RateLimiter {
+            per_minute,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn allow(&self, ip: IpAddr) -> bool {
+        if self.per_minute == 0 {
+            return true;
+        }
+        let rate = f64::from(self.per_minute) / 60.0;
+        let burst = (f64::from(self.per_minute) / 4.0).max(10.0);
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() > 50_000 {
+            // Forget clients whose bucket has refilled: they are indistinguishable from new ones.
+            buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * rate < burst);
+        }
+        let (tokens, at) = buckets.entry(ip).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// The reply to a webhook: the wire type.
@@ -75,13 +153,13 @@ async fn healthz() -> &'static str {
 }
 
 /// Reads at most `max` bytes of body within the deadline.
-async fn read_body(body: Body, max: usize) -> Result<Vec<u8>, Response> {
+async fn read_body(body: Body, max: usize, deadline: Duration) -> Result<Vec<u8>, Response> {
     let mut body = body;
     let mut buf = Vec::new();
     let read = async {
         while let Some(frame) = body.frame().await {
-            let frame = frame
-                .map_err(|_| error(StatusCode::BAD_REQUEST, "could not read the request body"))?;
+            let frame =
+                frame.map_err(|_| error(StatusCode::BAD_REQUEST, "could not read the request body"))?;
             if let Ok(data) = frame.into_data() {
                 if buf.len() + data.len() > max {
                     return Err(error(
@@ -94,7 +172,7 @@ async fn read_body(body: Body, max: usize) -> Result<Vec<u8>, Response> {
         }
         Ok(())
     };
-    match tokio::time::timeout(BODY_DEADLINE, read).await {
+    match tokio::time::timeout(deadline, read).await {
         Ok(Ok(())) => Ok(buf),
         Ok(Err(resp)) => Err(resp),
         Err(_) => Err(error(
@@ -106,10 +184,31 @@ async fn read_body(body: Body, max: usize) -> Result<Vec<u8>, Response> {
 
 async fn hook(
     State(st): State<Arc<HttpState>>,
+    peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     Path(app): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // Cheap refusals first: who is asking, and how often.
+    let ip = st.client_ip(peer.map(|c| c.0 .0), &headers);
+    if !st.allow_ips.is_empty() && !ip.is_some_and(|ip| st.allow_ips.iter().any(|n| n.contains(&ip))) {
+        tracing::info!(client = ?ip, "webhook refused: client address not in allow_ips");
+        return error(StatusCode::FORBIDDEN, "this address may not call haul's webhooks");
+    }
+    if let Some(ip) = ip {
+        if !st.limiter.allow(ip) {
+            tracing::info!(client = %ip, "webhook refused: rate limit");
+            let mut resp = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many requests from this address; slow down",
+            );
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("10"),
+            );
+            return resp;
+        }
+    }
     let env = st.queue.env();
     let (Some(cfg), Some(secrets)) = (env.apps.get(&app), st.secrets.get(&app)) else {
         tracing::info!(app = %crate::model::clean_actor(&app), "webhook for an unknown app (or one without a webhook) refused");
@@ -132,11 +231,12 @@ async fn hook(
             ),
         );
     }
-    let body = match read_body(body, st.max_body_bytes).await {
+    let body = match read_body(body, st.max_body_bytes, st.body_timeout).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };
-    let accepted = match intake::evaluate(cfg, webhook.provider, secrets, &headers, &body) {
+    let now_secs = crate::model::now_ms() / 1000;
+    let accepted = match intake::evaluate(cfg, webhook.provider, secrets, &headers, &body, now_secs) {
         Ok(a) => a,
         Err(rej) => {
             tracing::info!(app = %app, "webhook refused: {rej}");
@@ -182,4 +282,67 @@ async fn hook(
             )
         }
     }
+}
+
+/// Serves `router` on `listener` until `stop` turns true: HTTP/1.1 only, a deadline on request headers, a cap on
+/// connections, and each request told its peer address. In-flight requests finish; idle connections close.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<HttpState>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let header_timeout = state.header_timeout;
+    let router = router(state);
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower_service::Service;
+
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(client = %peer, "too many connections; closing a new one");
+            continue;
+        };
+        while conns.try_join_next().is_some() {}
+        let router = router.clone();
+        let mut stop = stop.clone();
+        conns.spawn(async move {
+            let _slot = slot;
+            let svc =
+                hyper::service::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    router.clone().call(req)
+                });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+        });
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
 }

@@ -10,7 +10,10 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use crate::config::{AppConfig, Provider};
+use base64::Engine;
+use subtle::ConstantTimeEq;
+
+use crate::config::{AppConfig, Provider, Track};
 use crate::model::{self, DeployRequest, Trigger};
 
 /// What a verified webhook asks for.
@@ -34,6 +37,8 @@ pub enum Rejected {
     MissingSignature(&'static str),
     #[error("signature does not match")]
     BadSignature,
+    #[error("timestamp is outside the 5-minute window (replayed, or a clock is wrong)")]
+    Stale,
     #[error("malformed request: {0}")]
     Malformed(String),
 }
@@ -41,7 +46,7 @@ pub enum Rejected {
 impl Rejected {
     pub fn status(&self) -> u16 {
         match self {
-            Rejected::MissingSignature(_) | Rejected::BadSignature => 401,
+            Rejected::MissingSignature(_) | Rejected::BadSignature | Rejected::Stale => 401,
             Rejected::Malformed(_) => 400,
         }
     }
@@ -49,25 +54,46 @@ impl Rejected {
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// Standard Webhooks: how far a timestamp may be from now.
+pub const STANDARD_TOLERANCE_SECS: i64 = 5 * 60;
+
 /// Verifies and parses one webhook delivery for `app`, whose webhook secrets (current, then previous) are
-/// `secrets`.
+/// `secrets`. `now_secs` is the current Unix time (a parameter, so tests can replay published vectors).
 pub fn evaluate(
     app: &AppConfig,
     provider: Provider,
     secrets: &[Vec<u8>],
     headers: &HeaderMap,
     body: &[u8],
+    now_secs: i64,
 ) -> Result<Accepted, Rejected> {
     match provider {
         Provider::Github => github(app, secrets, headers, body),
+        Provider::Gitlab => gitlab(app, secrets, headers, body, now_secs),
+        Provider::Gitea => gitea(app, secrets, headers, body, "gitea"),
+        Provider::Forgejo => gitea(app, secrets, headers, body, "forgejo"),
+        Provider::Bitbucket => bitbucket(app, secrets, headers, body),
+        Provider::Standard => standard(app, secrets, headers, body, now_secs),
     }
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+}
+
+fn first_header<'a>(headers: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
+    names.iter().find_map(|n| header(headers, n))
+}
+
+fn delivery(headers: &HeaderMap, names: &[&str]) -> Result<Option<String>, Rejected> {
+    match first_header(headers, names) {
+        Some(d) if model::is_valid_delivery_id(d) => Ok(Some(d.to_string())),
+        Some(_) => Err(Rejected::Malformed(format!(
+            "{} is not a valid delivery id",
+            names[0]
+        ))),
+        None => Ok(None),
+    }
 }
 
 /// Constant-time check of a hex HMAC-SHA256 against every configured secret.
@@ -75,24 +101,112 @@ pub fn verify_hmac_sha256_hex(secrets: &[Vec<u8>], body: &[u8], hex_sig: &str) -
     let Ok(sig) = hex::decode(hex_sig) else {
         return false;
     };
+    verify_hmac_sha256(secrets.iter().map(Vec::as_slice), &[body], &sig)
+}
+
+fn verify_hmac_sha256<'a>(keys: impl IntoIterator<Item = &'a [u8]>, parts: &[&[u8]], sig: &[u8]) -> bool {
     if sig.len() != 32 {
         return false;
     }
-    secrets.iter().any(|secret| {
-        let Ok(mut mac) = HmacSha256::new_from_slice(secret) else {
-            return false;
+    let mut ok = false;
+    // Every key is tried, whatever the result, so timing does not say which one matched.
+    for key in keys {
+        let Ok(mut mac) = HmacSha256::new_from_slice(key) else {
+            continue;
         };
-        mac.update(body);
-        mac.verify_slice(&sig).is_ok()
-    })
+        for p in parts {
+            mac.update(p);
+        }
+        ok |= mac.verify_slice(sig).is_ok();
+    }
+    ok
 }
 
-/// `sha256=<hex>` over `body` with `secret`: what a forge sends (used by the demo and tests).
-pub fn sign_github(secret: &[u8], body: &[u8]) -> String {
+fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = HmacSha256::new_from_slice(secret).expect("hmac takes any key length");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    let mut mac = HmacSha256::new_from_slice(key).expect("hmac takes any key length");
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// `sha256=<hex>` over `body` with `secret`: what GitHub and Bitbucket send (used by the demo and tests).
+pub fn sign_github(secret: &[u8], body: &[u8]) -> String {
+    format!("sha256={}", hex::encode(hmac_sha256(secret, &[body])))
+}
+
+/// The key a Standard Webhooks secret stands for: `whsec_<base64>` decodes to its bytes; anything else is
+/// used as it is.
+fn standard_key(secret: &[u8]) -> Vec<u8> {
+    match secret.strip_prefix(b"whsec_") {
+        Some(b64) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap_or_else(|_| secret.to_vec()),
+        None => secret.to_vec(),
+    }
+}
+
+/// `v1,<base64>`: a Standard Webhooks signature of `id.timestamp.body`.
+pub fn sign_standard(secret: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
+    let ts = timestamp.to_string();
+    let mac = hmac_sha256(
+        &standard_key(secret),
+        &[id.as_bytes(), b".", ts.as_bytes(), b".", body],
+    );
+    format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac))
+}
+
+/// Verifies the Standard Webhooks headers: any `v1` signature in the list, made with any secret, within the
+/// timestamp window.
+fn verify_standard(
+    secrets: &[Vec<u8>],
+    headers: &HeaderMap,
+    body: &[u8],
+    now_secs: i64,
+) -> Result<String, Rejected> {
+    let sigs = header(headers, "webhook-signature").ok_or(Rejected::MissingSignature("webhook-signature"))?;
+    let id = header(headers, "webhook-id")
+        .ok_or_else(|| Rejected::Malformed("missing webhook-id header".into()))?;
+    if !model::is_valid_delivery_id(id) {
+        return Err(Rejected::Malformed("webhook-id is not a valid message id".into()));
+    }
+    let ts = header(headers, "webhook-timestamp")
+        .and_then(|t| t.parse::<i64>().ok())
+        .ok_or_else(|| Rejected::Malformed("missing or non-numeric webhook-timestamp header".into()))?;
+    let keys: Vec<Vec<u8>> = secrets.iter().map(|s| standard_key(s)).collect();
+    let ts_text = ts.to_string();
+    let parts: [&[u8]; 5] = [id.as_bytes(), b".", ts_text.as_bytes(), b".", body];
+    let mut ok = false;
+    for entry in sigs.split(' ').filter(|e| !e.is_empty()).take(16) {
+        let Some(b64) = entry.strip_prefix("v1,") else {
+            continue;
+        };
+        let Ok(sig) = base64::engine::general_purpose::STANDARD.decode(b64) else {
+            continue;
+        };
+        ok |= verify_hmac_sha256(keys.iter().map(Vec::as_slice), &parts, &sig);
+    }
+    if !ok {
+        return Err(Rejected::BadSignature);
+    }
+    // Checked after the signature, so an unsigned request learns nothing about the clock.
+    if (now_secs - ts).abs() > STANDARD_TOLERANCE_SECS {
+        return Err(Rejected::Stale);
+    }
+    Ok(id.to_string())
+}
+
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Rejected> {
+    serde_json::from_slice(body)
+        .map_err(|e| Rejected::Malformed(format!("payload is not valid JSON of the expected shape: {e}")))
+}
+
+/// One ref update as a forge reports it.
+struct Change {
+    git_ref: String,
+    sha: Option<String>,
+    deleted: bool,
 }
 
 #[derive(Deserialize)]
@@ -114,6 +228,16 @@ struct Named {
 #[derive(Deserialize)]
 struct Login {
     login: Option<String>,
+    username: Option<String>,
+    full_name: Option<String>,
+}
+
+fn required_ref(r: Option<String>) -> Result<String, Rejected> {
+    r.ok_or_else(|| Rejected::Malformed("push payload has no \"ref\"".into()))
+}
+
+fn required_sha(s: Option<String>) -> Result<String, Rejected> {
+    s.ok_or_else(|| Rejected::Malformed("push payload has no \"after\" sha".into()))
 }
 
 fn github(
@@ -122,100 +246,358 @@ fn github(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Accepted, Rejected> {
-    const SIG: &str = "x-hub-signature-256";
-    let sig = header(headers, SIG).ok_or(Rejected::MissingSignature("X-Hub-Signature-256"))?;
+    let sig =
+        header(headers, "x-hub-signature-256").ok_or(Rejected::MissingSignature("X-Hub-Signature-256"))?;
     let hex_sig = sig.strip_prefix("sha256=").ok_or(Rejected::BadSignature)?;
     if !verify_hmac_sha256_hex(secrets, body, hex_sig) {
         return Err(Rejected::BadSignature);
     }
     let event = header(headers, "x-github-event")
         .ok_or_else(|| Rejected::Malformed("missing X-GitHub-Event header".into()))?;
-    let delivery_id = match header(headers, "x-github-delivery") {
-        Some(d) if model::is_valid_delivery_id(d) => Some(d.to_string()),
-        Some(_) => {
-            return Err(Rejected::Malformed(
-                "X-GitHub-Delivery is not a valid delivery id".into(),
-            ))
-        }
-        None => None,
-    };
+    let delivery_id = delivery(headers, &["x-github-delivery"])?;
     match event {
         "ping" => return Ok(Accepted::Ping),
         "push" => {}
         other => return Ok(Accepted::OtherEvent(model::clean_actor(other))),
     }
-    let push: GithubPush = serde_json::from_slice(body)
-        .map_err(|e| Rejected::Malformed(format!("push payload is not valid JSON: {e}")))?;
+    let push: GithubPush = parse(body)?;
     let actor = push
         .pusher
         .and_then(|p| p.name)
         .or_else(|| push.sender.and_then(|s| s.login))
         .unwrap_or_default();
-    push_decision(
+    let change = Change {
+        git_ref: required_ref(push.git_ref)?,
+        sha: Some(required_sha(push.after)?),
+        deleted: push.deleted,
+    };
+    decide(app, "github", delivery_id, vec![change], &actor)
+}
+
+#[derive(Deserialize)]
+struct GitlabPush {
+    object_kind: Option<String>,
+    #[serde(rename = "ref")]
+    git_ref: Option<String>,
+    after: Option<String>,
+    user_username: Option<String>,
+    user_name: Option<String>,
+}
+
+fn gitlab(
+    app: &AppConfig,
+    secrets: &[Vec<u8>],
+    headers: &HeaderMap,
+    body: &[u8],
+    now_secs: i64,
+) -> Result<Accepted, Rejected> {
+    // GitLab signs with Standard Webhooks when the hook has a signing token; otherwise it sends the secret
+    // token as it is. A request carrying a signature is held to the signature.
+    let delivery_id = if headers.contains_key("webhook-signature") {
+        Some(verify_standard(secrets, headers, body, now_secs)?)
+    } else {
+        let token = header(headers, "x-gitlab-token").ok_or(Rejected::MissingSignature("X-Gitlab-Token"))?;
+        let mut ok = false;
+        for s in secrets {
+            ok |= bool::from(token.as_bytes().ct_eq(s));
+        }
+        if !ok {
+            return Err(Rejected::BadSignature);
+        }
+        delivery(
+            headers,
+            &["x-gitlab-webhook-uuid", "idempotency-key", "x-gitlab-event-uuid"],
+        )?
+    };
+    let event = header(headers, "x-gitlab-event")
+        .ok_or_else(|| Rejected::Malformed("missing X-Gitlab-Event header".into()))?;
+    if event != "Push Hook" && event != "Tag Push Hook" {
+        return Ok(Accepted::OtherEvent(model::clean_actor(event)));
+    }
+    let push: GitlabPush = parse(body)?;
+    if !matches!(push.object_kind.as_deref(), Some("push" | "tag_push")) {
+        return Err(Rejected::Malformed(
+            "payload's object_kind is not push or tag_push".into(),
+        ));
+    }
+    let actor = push.user_username.or(push.user_name).unwrap_or_default();
+    let change = Change {
+        git_ref: required_ref(push.git_ref)?,
+        sha: Some(required_sha(push.after)?),
+        deleted: false,
+    };
+    decide(app, "gitlab", delivery_id, vec![change], &actor)
+}
+
+#[derive(Deserialize)]
+struct GiteaPush {
+    #[serde(rename = "ref")]
+    git_ref: Option<String>,
+    after: Option<String>,
+    pusher: Option<Login>,
+    sender: Option<Login>,
+}
+
+fn gitea(
+    app: &AppConfig,
+    secrets: &[Vec<u8>],
+    headers: &HeaderMap,
+    body: &[u8],
+    flavour: &'static str,
+) -> Result<Accepted, Rejected> {
+    let (sig_headers, event_headers, delivery_headers): (&[&str], &[&str], &[&str]) = if flavour == "forgejo"
+    {
+        (
+            &["x-forgejo-signature", "x-gitea-signature"],
+            &["x-forgejo-event", "x-gitea-event"],
+            &["x-forgejo-delivery", "x-gitea-delivery"],
+        )
+    } else {
+        (&["x-gitea-signature"], &["x-gitea-event"], &["x-gitea-delivery"])
+    };
+    let missing = if flavour == "forgejo" {
+        "X-Forgejo-Signature"
+    } else {
+        "X-Gitea-Signature"
+    };
+    let sig = first_header(headers, sig_headers).ok_or(Rejected::MissingSignature(missing))?;
+    if !verify_hmac_sha256_hex(secrets, body, sig) {
+        return Err(Rejected::BadSignature);
+    }
+    let event = first_header(headers, event_headers).ok_or_else(|| {
+        Rejected::Malformed(format!(
+            "missing X-{}-Event header",
+            if flavour == "forgejo" { "Forgejo" } else { "Gitea" }
+        ))
+    })?;
+    let delivery_id = delivery(headers, delivery_headers)?;
+    if event != "push" {
+        return Ok(Accepted::OtherEvent(model::clean_actor(event)));
+    }
+    let push: GiteaPush = parse(body)?;
+    let actor = push
+        .pusher
+        .and_then(|p| p.username.or(p.login).or(p.full_name))
+        .or_else(|| push.sender.and_then(|s| s.username.or(s.login)))
+        .unwrap_or_default();
+    let change = Change {
+        git_ref: required_ref(push.git_ref)?,
+        sha: Some(required_sha(push.after)?),
+        deleted: false,
+    };
+    decide(app, flavour, delivery_id, vec![change], &actor)
+}
+
+/// Bitbucket Cloud (`repo:push`) and Bitbucket Data Center (`repo:refs_changed`) share the signature header
+/// but not the payload; both can carry several ref changes in one delivery.
+#[derive(Deserialize)]
+struct BitbucketPayload {
+    push: Option<BbCloudPush>,
+    changes: Option<Vec<BbServerChange>>,
+    actor: Option<BbActor>,
+}
+
+#[derive(Deserialize)]
+struct BbCloudPush {
+    changes: Vec<BbCloudChange>,
+}
+
+#[derive(Deserialize)]
+struct BbCloudChange {
+    new: Option<BbCloudRef>,
+    old: Option<BbCloudRef>,
+}
+
+#[derive(Deserialize)]
+struct BbCloudRef {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    name: Option<String>,
+    target: Option<BbTarget>,
+}
+
+#[derive(Deserialize)]
+struct BbTarget {
+    hash: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BbServerChange {
+    ref_id: Option<String>,
+    to_hash: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct BbActor {
+    nickname: Option<String>,
+    display_name: Option<String>,
+    name: Option<String>,
+    #[serde(rename = "displayName")]
+    display_name_dc: Option<String>,
+}
+
+fn bitbucket(
+    app: &AppConfig,
+    secrets: &[Vec<u8>],
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Accepted, Rejected> {
+    let sig = header(headers, "x-hub-signature").ok_or(Rejected::MissingSignature("X-Hub-Signature"))?;
+    let hex_sig = sig.strip_prefix("sha256=").ok_or(Rejected::BadSignature)?;
+    if !verify_hmac_sha256_hex(secrets, body, hex_sig) {
+        return Err(Rejected::BadSignature);
+    }
+    let event = header(headers, "x-event-key")
+        .ok_or_else(|| Rejected::Malformed("missing X-Event-Key header".into()))?;
+    let delivery_id = delivery(headers, &["x-request-uuid", "x-request-id"])?;
+    match event {
+        "diagnostics:ping" => return Ok(Accepted::Ping),
+        "repo:push" | "repo:refs_changed" => {}
+        other => return Ok(Accepted::OtherEvent(model::clean_actor(other))),
+    }
+    let p: BitbucketPayload = parse(body)?;
+    let mut changes = Vec::new();
+    if let Some(push) = p.push {
+        for c in push.changes {
+            let (r, deleted) = match (c.new, c.old) {
+                (Some(new), _) => (new, false),
+                (None, Some(old)) => (old, true),
+                (None, None) => continue,
+            };
+            let name = r
+                .name
+                .ok_or_else(|| Rejected::Malformed("a change has no ref name".into()))?;
+            let prefix = match r.kind.as_deref() {
+                Some("tag") | Some("annotated_tag") => "refs/tags/",
+                _ => "refs/heads/",
+            };
+            changes.push(Change {
+                git_ref: format!("{prefix}{name}"),
+                sha: if deleted {
+                    None
+                } else {
+                    r.target.and_then(|t| t.hash)
+                },
+                deleted,
+            });
+        }
+    }
+    for c in p.changes.unwrap_or_default() {
+        changes.push(Change {
+            git_ref: required_ref(c.ref_id)?,
+            deleted: c.kind.as_deref() == Some("DELETE"),
+            sha: c.to_hash,
+        });
+    }
+    let actor = p
+        .actor
+        .and_then(|a| a.nickname.or(a.name).or(a.display_name).or(a.display_name_dc))
+        .unwrap_or_default();
+    decide(app, "bitbucket", delivery_id, changes, &actor)
+}
+
+/// What a CI job or a script sends with the `standard` provider (all fields optional).
+#[derive(Deserialize)]
+struct StandardPayload {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    #[serde(rename = "ref")]
+    git_ref: Option<String>,
+    sha: Option<String>,
+    actor: Option<String>,
+}
+
+fn standard(
+    app: &AppConfig,
+    secrets: &[Vec<u8>],
+    headers: &HeaderMap,
+    body: &[u8],
+    now_secs: i64,
+) -> Result<Accepted, Rejected> {
+    let id = verify_standard(secrets, headers, body, now_secs)?;
+    let p: StandardPayload = parse(body)?;
+    match p.kind.as_deref() {
+        None | Some("push") | Some("deploy") => {}
+        Some("ping") => return Ok(Accepted::Ping),
+        Some(other) => return Ok(Accepted::OtherEvent(model::clean_actor(other))),
+    }
+    let git_ref = match (p.git_ref, &app.track) {
+        (Some(r), _) => r,
+        (None, Track::Branch(b)) => format!("refs/heads/{b}"),
+        (None, Track::Tags(_)) => {
+            return Err(Rejected::Malformed(
+                "this app deploys tags: the payload must name one in \"ref\"".into(),
+            ))
+        }
+    };
+    let change = Change {
+        git_ref,
+        sha: p.sha,
+        deleted: false,
+    };
+    decide(
         app,
-        "github",
-        delivery_id,
-        push.git_ref,
-        push.after,
-        push.deleted,
-        &actor,
+        "standard",
+        Some(id),
+        vec![change],
+        p.actor.as_deref().unwrap_or("standard webhook"),
     )
 }
 
-/// The part every forge shares once its payload is parsed: validate the ref and sha, then filter.
-fn push_decision(
+/// The part every forge shares once its payload is parsed: validate refs and shas, then filter. With several
+/// changes (Bitbucket), the first one this app deploys wins.
+fn decide(
     app: &AppConfig,
     provider: &str,
     delivery_id: Option<String>,
-    git_ref: Option<String>,
-    after: Option<String>,
-    deleted: bool,
+    changes: Vec<Change>,
     actor: &str,
 ) -> Result<Accepted, Rejected> {
-    let git_ref =
-        git_ref.ok_or_else(|| Rejected::Malformed("push payload has no \"ref\"".into()))?;
-    if !model::is_valid_ref(&git_ref) {
-        return Err(Rejected::Malformed(
-            "push payload's \"ref\" is not a valid git ref name".into(),
-        ));
+    if changes.is_empty() {
+        return Err(Rejected::Malformed("push payload names no ref".into()));
     }
-    let after =
-        after.ok_or_else(|| Rejected::Malformed("push payload has no \"after\" sha".into()))?;
-    if !model::is_full_sha(&after) {
-        return Err(Rejected::Malformed(
-            "push payload's \"after\" is not a full commit sha".into(),
-        ));
+    for c in &changes {
+        if !model::is_valid_ref(&c.git_ref) {
+            return Err(Rejected::Malformed(
+                "push payload's ref is not a valid git ref name".into(),
+            ));
+        }
+        if let Some(sha) = &c.sha {
+            if !model::is_full_sha(sha) {
+                return Err(Rejected::Malformed(
+                    "push payload's sha is not a full commit sha".into(),
+                ));
+            }
+        }
     }
-    let deleted = deleted || model::is_zero_sha(&after);
-    let request = DeployRequest {
+    let request = |c: &Change, deleted: bool| DeployRequest {
         app: app.name.clone(),
         trigger: Trigger::Webhook,
         provider: Some(provider.to_string()),
-        delivery_id,
-        sha: (!deleted).then(|| after.clone()),
-        git_ref: Some(git_ref.clone()),
+        delivery_id: delivery_id.clone(),
+        sha: if deleted { None } else { c.sha.clone() },
+        git_ref: Some(c.git_ref.clone()),
         actor: model::clean_actor(actor),
     };
-    let wanted = format!("refs/heads/{}", app.branch);
-    if deleted {
-        return Ok(Accepted::Ignore(
-            request,
-            format!("{git_ref} was deleted; deletions are never deployed"),
-        ));
+    let is_deletion = |c: &Change| c.deleted || c.sha.as_deref().is_some_and(model::is_zero_sha);
+    if let Some(c) = changes
+        .iter()
+        .find(|c| app.track.wants(&c.git_ref) && !is_deletion(c))
+    {
+        return Ok(Accepted::Deploy(request(c, false)));
     }
-    if let Some(tag) = git_ref.strip_prefix("refs/tags/") {
-        return Ok(Accepted::Ignore(
-            request,
-            format!("tag {tag}: this app deploys branch {}", app.branch),
-        ));
-    }
-    if git_ref != wanted {
-        return Ok(Accepted::Ignore(
-            request,
-            format!("push to {git_ref}: this app deploys branch {}", app.branch),
-        ));
-    }
-    Ok(Accepted::Deploy(request))
+    let c = &changes[0];
+    let reason = if is_deletion(c) {
+        format!("{} was deleted; deletions are never deployed", c.git_ref)
+    } else if let Some(tag) = c.git_ref.strip_prefix("refs/tags/") {
+        format!("tag {tag}: this app deploys {}", app.track.describe())
+    } else {
+        format!("push to {}: this app deploys {}", c.git_ref, app.track.describe())
+    };
+    Ok(Accepted::Ignore(request(c, is_deletion(c)), reason))
 }
 
 #[cfg(test)]
@@ -259,9 +641,7 @@ mod tests {
     }
 
     fn push_body(r: &str, after: &str) -> String {
-        format!(
-            r#"{{"ref":"{r}","after":"{after}","deleted":false,"pusher":{{"name":"octocat"}}}}"#
-        )
+        format!(r#"{{"ref":"{r}","after":"{after}","deleted":false,"pusher":{{"name":"octocat"}}}}"#)
     }
 
     #[test]
@@ -349,13 +729,12 @@ mod tests {
         ];
         for (name, hs, body, want) in cases {
             let h = headers(&hs.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>());
-            let got =
-                evaluate(&app, Provider::Github, &secrets, &h, body.as_bytes()).map(|a| match a {
-                    Accepted::Deploy(_) => "deploy",
-                    Accepted::Ignore(..) => "ignore",
-                    Accepted::Ping => "ping",
-                    Accepted::OtherEvent(_) => "other",
-                });
+            let got = evaluate(&app, Provider::Github, &secrets, &h, body.as_bytes(), 0).map(|a| match a {
+                Accepted::Deploy(_) => "deploy",
+                Accepted::Ignore(..) => "ignore",
+                Accepted::Ping => "ping",
+                Accepted::OtherEvent(_) => "other",
+            });
             assert_eq!(got, want, "{name}");
         }
     }
@@ -389,13 +768,7 @@ mod tests {
                 ("x-github-event", "push"),
                 ("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958"),
             ]);
-            let got = match evaluate(
-                &app,
-                Provider::Github,
-                &[SECRET.to_vec()],
-                &h,
-                body.as_bytes(),
-            ) {
+            let got = match evaluate(&app, Provider::Github, &[SECRET.to_vec()], &h, body.as_bytes(), 0) {
                 Ok(Accepted::Deploy(r)) => {
                     assert_eq!(r.sha.as_deref(), Some(sha.as_str()));
                     assert_eq!(r.actor, "octocat");
@@ -411,5 +784,333 @@ mod tests {
             };
             assert!(got.starts_with(want), "{body}: got {got}, want {want}");
         }
+    }
+
+    #[test]
+    fn standard_webhooks_published_vector() {
+        // https://github.com/standard-webhooks/standard-webhooks/blob/main/spec/standard-webhooks.md
+        let secret = b"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let body = br#"{"test": 2432232314}"#;
+        let sig = sign_standard(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body);
+        assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+        let h = headers(&[
+            ("webhook-id", "msg_p5jXN8AQM9LWM0D4loKWxJek"),
+            ("webhook-timestamp", "1614265330"),
+            ("webhook-signature", &format!("v1,bm90IHRoaXMgb25l {sig}")),
+        ]);
+        assert_eq!(
+            verify_standard(&[secret.to_vec()], &h, body, 1614265330 + 299),
+            Ok("msg_p5jXN8AQM9LWM0D4loKWxJek".into())
+        );
+        assert_eq!(
+            verify_standard(&[secret.to_vec()], &h, body, 1614265330 + 301),
+            Err(Rejected::Stale)
+        );
+        assert_eq!(
+            verify_standard(&[secret.to_vec()], &h, body, 1614265330 - 301),
+            Err(Rejected::Stale)
+        );
+        assert_eq!(
+            verify_standard(
+                &[b"whsec_AAAAAAAAAAAAAAAAAAAAAAAA".to_vec()],
+                &h,
+                body,
+                1614265330
+            ),
+            Err(Rejected::BadSignature)
+        );
+    }
+
+    fn app_with(extra: &str) -> AppConfig {
+        crate::config::Config::parse(
+            std::path::Path::new("/x/haul.toml"),
+            &format!("state_dir = \"/s\"\n[apps.blog]\nrepo = \"/r\"\npath = \"/p\"\n{extra}\n"),
+        )
+        .expect("config")
+        .apps
+        .remove("blog")
+        .expect("blog")
+    }
+
+    /// One signed request per provider, in that provider's own dialect.
+    fn signed(provider: Provider, event: &str, body: &str, now: i64) -> HeaderMap {
+        let sig = sign_github(SECRET, body.as_bytes());
+        let bare = sig.trim_start_matches("sha256=").to_string();
+        match provider {
+            Provider::Github => headers(&[
+                ("x-hub-signature-256", &sig),
+                ("x-github-event", event),
+                ("x-github-delivery", "d-1"),
+            ]),
+            Provider::Gitlab => headers(&[
+                ("x-gitlab-token", std::str::from_utf8(SECRET).expect("utf8")),
+                ("x-gitlab-event", event),
+                ("x-gitlab-webhook-uuid", "d-1"),
+            ]),
+            Provider::Gitea => headers(&[
+                ("x-gitea-signature", &bare),
+                ("x-gitea-event", event),
+                ("x-gitea-delivery", "d-1"),
+            ]),
+            Provider::Forgejo => headers(&[
+                ("x-forgejo-signature", &bare),
+                ("x-forgejo-event", event),
+                ("x-forgejo-delivery", "d-1"),
+            ]),
+            Provider::Bitbucket => headers(&[
+                ("x-hub-signature", &sig),
+                ("x-event-key", event),
+                ("x-request-uuid", "d-1"),
+            ]),
+            Provider::Standard => {
+                let s = sign_standard(SECRET, "d-1", now, body.as_bytes());
+                headers(&[
+                    ("webhook-id", "d-1"),
+                    ("webhook-timestamp", &now.to_string()),
+                    ("webhook-signature", &s),
+                ])
+            }
+        }
+    }
+
+    fn payload(provider: Provider, r: &str, sha: &str) -> (String, &'static str) {
+        match provider {
+            Provider::Github => (push_body(r, sha), "push"),
+            Provider::Gitlab => (
+                format!(r#"{{"object_kind":"push","ref":"{r}","after":"{sha}","user_username":"octocat"}}"#),
+                "Push Hook",
+            ),
+            Provider::Gitea | Provider::Forgejo => (
+                format!(
+                    r#"{{"ref":"{r}","after":"{sha}","pusher":{{"login":"octocat","username":"octocat"}}}}"#
+                ),
+                "push",
+            ),
+            Provider::Bitbucket => {
+                let (kind, name) = match r.strip_prefix("refs/tags/") {
+                    Some(t) => ("tag", t),
+                    None => ("branch", r.trim_start_matches("refs/heads/")),
+                };
+                (
+                    format!(
+                        r#"{{"actor":{{"nickname":"octocat"}},"push":{{"changes":[{{"new":{{"type":"{kind}","name":"{name}","target":{{"hash":"{sha}"}}}},"old":null}}]}}}}"#
+                    ),
+                    "repo:push",
+                )
+            }
+            Provider::Standard => (format!(r#"{{"ref":"{r}","sha":"{sha}","actor":"octocat"}}"#), ""),
+        }
+    }
+
+    /// The table every provider must pass: valid, wrong secret, missing header, tampered body, non-push event,
+    /// unknown branch, tag, invalid ref.
+    #[test]
+    fn every_provider_fails_closed() {
+        let app = app_with("");
+        let sha = "c".repeat(40);
+        let now = 1_800_000_000;
+        for provider in Provider::ALL {
+            let (body, event) = payload(provider, "refs/heads/main", &sha);
+            let h = signed(provider, event, &body, now);
+            let eval =
+                |h: &HeaderMap, b: &str| evaluate(&app, provider, &[SECRET.to_vec()], h, b.as_bytes(), now);
+            let name = provider.as_str();
+            match eval(&h, &body) {
+                Ok(Accepted::Deploy(r)) => {
+                    assert_eq!(r.sha.as_deref(), Some(sha.as_str()), "{name}");
+                    assert_eq!(r.actor, "octocat", "{name}");
+                    assert_eq!(r.delivery_id.as_deref(), Some("d-1"), "{name}");
+                    assert_eq!(r.provider.as_deref(), Some(name));
+                }
+                other => panic!("{name}: valid push gave {other:?}"),
+            }
+            // Wrong secret: the same request checked against another secret.
+            let wrong = evaluate(
+                &app,
+                provider,
+                &[b"another secret entirely!".to_vec()],
+                &h,
+                body.as_bytes(),
+                now,
+            );
+            assert_eq!(wrong, Err(Rejected::BadSignature), "{name}: wrong secret");
+            // Missing signature header.
+            let mut stripped = h.clone();
+            for k in [
+                "x-hub-signature-256",
+                "x-gitlab-token",
+                "x-gitea-signature",
+                "x-forgejo-signature",
+                "x-hub-signature",
+                "webhook-signature",
+            ] {
+                stripped.remove(k);
+            }
+            assert!(
+                matches!(eval(&stripped, &body), Err(Rejected::MissingSignature(_))),
+                "{name}: missing header"
+            );
+            // Tampered body (GitLab's plain token does not cover the body: that is GitLab's design, and why
+            // haul prefers its signed mode when GitLab sends one).
+            let tampered = body.replace("octocat", "mallory");
+            if provider != Provider::Gitlab {
+                assert_eq!(
+                    eval(&h, &tampered),
+                    Err(Rejected::BadSignature),
+                    "{name}: tampered"
+                );
+            }
+            // Unknown branch and a tag: ignored, never deployed.
+            for (r, why) in [
+                ("refs/heads/feature", "push to refs/heads/feature"),
+                ("refs/tags/v1.0", "tag v1.0"),
+            ] {
+                let (b, e) = payload(provider, r, &sha);
+                match eval(&signed(provider, e, &b, now), &b) {
+                    Ok(Accepted::Ignore(_, reason)) => assert!(reason.starts_with(why), "{name}: {reason}"),
+                    other => panic!("{name} {r}: {other:?}"),
+                }
+            }
+            // An invalid ref is malformed, whoever signed it.
+            let (b, e) = payload(provider, "refs/heads/--upload-pack=x", &sha);
+            assert!(
+                matches!(
+                    eval(&signed(provider, e, &b, now), &b),
+                    Err(Rejected::Malformed(_))
+                ),
+                "{name}: bad ref"
+            );
+        }
+    }
+
+    #[test]
+    fn non_push_events_are_answered_not_recorded() {
+        let app = app_with("");
+        let now = 1_800_000_000;
+        for (provider, event) in [
+            (Provider::Github, "issues"),
+            (Provider::Gitlab, "Merge Request Hook"),
+            (Provider::Gitea, "pull_request"),
+            (Provider::Forgejo, "issues"),
+            (Provider::Bitbucket, "pullrequest:created"),
+        ] {
+            let body = "{}";
+            let got = evaluate(
+                &app,
+                provider,
+                &[SECRET.to_vec()],
+                &signed(provider, event, body, now),
+                body.as_bytes(),
+                now,
+            );
+            assert!(
+                matches!(got, Ok(Accepted::OtherEvent(_))),
+                "{provider:?}: {got:?}"
+            );
+        }
+        let body = r#"{"type":"ping"}"#;
+        let got = evaluate(
+            &app,
+            Provider::Standard,
+            &[SECRET.to_vec()],
+            &signed(Provider::Standard, "", body, now),
+            body.as_bytes(),
+            now,
+        );
+        assert_eq!(got, Ok(Accepted::Ping));
+    }
+
+    #[test]
+    fn tag_apps_deploy_matching_tags_only() {
+        let app = app_with("tags = \"v*\"");
+        let sha = "d".repeat(40);
+        for (r, want) in [
+            ("refs/tags/v1.2.0", "deploy"),
+            ("refs/tags/nightly", "ignore"),
+            ("refs/heads/main", "ignore"),
+        ] {
+            let body = push_body(r, &sha);
+            let h = signed(Provider::Github, "push", &body, 0);
+            let got = match evaluate(&app, Provider::Github, &[SECRET.to_vec()], &h, body.as_bytes(), 0) {
+                Ok(Accepted::Deploy(req)) => {
+                    assert_eq!(req.git_ref.as_deref(), Some(r));
+                    "deploy"
+                }
+                Ok(Accepted::Ignore(..)) => "ignore",
+                other => panic!("{r}: {other:?}"),
+            };
+            assert_eq!(got, want, "{r}");
+        }
+    }
+
+    #[test]
+    fn rotation_accepts_either_secret() {
+        let app = app_with("");
+        let body = push_body("refs/heads/main", &"e".repeat(40));
+        let old = b"the old secret, still accepted".to_vec();
+        let new = b"the new secret, now preferred".to_vec();
+        for signer in [&old, &new] {
+            let h = headers(&[
+                ("x-hub-signature-256", &sign_github(signer, body.as_bytes())),
+                ("x-github-event", "push"),
+            ]);
+            let got = evaluate(
+                &app,
+                Provider::Github,
+                &[new.clone(), old.clone()],
+                &h,
+                body.as_bytes(),
+                0,
+            );
+            assert!(matches!(got, Ok(Accepted::Deploy(_))), "{got:?}");
+            let got = evaluate(&app, Provider::Github, &[new.clone()], &h, body.as_bytes(), 0);
+            assert_eq!(
+                got.is_ok(),
+                signer == &new,
+                "once the old secret is removed it stops working"
+            );
+        }
+    }
+
+    #[test]
+    fn bitbucket_picks_the_change_for_this_branch() {
+        let app = app_with("");
+        let sha = "f".repeat(40);
+        let body = format!(
+            r#"{{"actor":{{"nickname":"n"}},"push":{{"changes":[
+                {{"new":{{"type":"branch","name":"feature","target":{{"hash":"{sha}"}}}},"old":null}},
+                {{"new":{{"type":"branch","name":"main","target":{{"hash":"{sha}"}}}},"old":null}}]}}}}"#
+        );
+        let h = signed(Provider::Bitbucket, "repo:push", &body, 0);
+        let got = evaluate(
+            &app,
+            Provider::Bitbucket,
+            &[SECRET.to_vec()],
+            &h,
+            body.as_bytes(),
+            0,
+        );
+        assert!(
+            matches!(got, Ok(Accepted::Deploy(ref r)) if r.git_ref.as_deref() == Some("refs/heads/main")),
+            "{got:?}"
+        );
+        // Data Center's shape, with a deletion of main.
+        let body = format!(
+            r#"{{"actor":{{"name":"admin"}},"changes":[{{"refId":"refs/heads/main","toHash":"{}","type":"DELETE"}}]}}"#,
+            "0".repeat(40)
+        );
+        let h = signed(Provider::Bitbucket, "repo:refs_changed", &body, 0);
+        let got = evaluate(
+            &app,
+            Provider::Bitbucket,
+            &[SECRET.to_vec()],
+            &h,
+            body.as_bytes(),
+            0,
+        );
+        assert!(
+            matches!(got, Ok(Accepted::Ignore(_, ref why)) if why.contains("deleted")),
+            "{got:?}"
+        );
     }
 }

@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`intake`]: webhook bytes + headers -> a verified, typed decision (pure; the trust boundary).
 //! - [`http`], [`control`]: the daemon's two doors (forge webhooks; the local `haul deploy` socket).
+//! - [`poll`]: the `poll = "5m"` timer: `git ls-remote`, and a deploy request when the remote moved.
 //! - [`queue`]: per app, one running deploy and one pending slot; newest wins; start-up recovery.
 //! - [`pipeline`]: fetch -> resolve -> checkout -> build -> switch -> activate (-> roll back).
 //! - [`git`], [`release`], [`runner`]: the mirror and fetch, the on-disk release contract, the one subprocess runner.
@@ -25,6 +26,7 @@ pub mod lock;
 pub mod logging;
 pub mod model;
 pub mod pipeline;
+pub mod poll;
 pub mod queue;
 pub mod release;
 pub mod runner;

@@ -40,12 +40,10 @@ fn flock(file: &File, op: i32) -> io::Result<bool> {
 /// Takes the lock if nobody holds it.
 pub fn try_lock(path: &Path) -> io::Result<Option<FileLock>> {
     let file = open(path)?;
-    Ok(
-        flock(&file, libc::LOCK_EX | libc::LOCK_NB)?.then(|| FileLock {
-            _file: file,
-            path: path.to_path_buf(),
-        }),
-    )
+    Ok(flock(&file, libc::LOCK_EX | libc::LOCK_NB)?.then(|| FileLock {
+        _file: file,
+        path: path.to_path_buf(),
+    }))
 }
 
 /// Waits for the lock.

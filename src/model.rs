@@ -44,9 +44,7 @@ impl fmt::Display for DeployId {
 pub fn compact_utc(now_ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms.max(0) as u64);
     let s = humantime::format_rfc3339_seconds(t).to_string(); // 2026-11-26T15:32:15Z
-    s.chars()
-        .filter(|c| c.is_ascii_digit() || *c == 'T')
-        .collect()
+    s.chars().filter(|c| c.is_ascii_digit() || *c == 'T').collect()
 }
 
 pub fn now_ms() -> i64 {
@@ -192,12 +190,7 @@ pub fn is_valid_ref(r: &str) -> bool {
     if r.is_empty() || r.len() > 255 || r.starts_with('-') || r == "@" {
         return false;
     }
-    if r.ends_with('/')
-        || r.ends_with('.')
-        || r.contains("..")
-        || r.contains("@{")
-        || r.contains("//")
-    {
+    if r.ends_with('/') || r.ends_with('.') || r.contains("..") || r.contains("@{") || r.contains("//") {
         return false;
     }
     if r.bytes()
@@ -205,9 +198,8 @@ pub fn is_valid_ref(r: &str) -> bool {
     {
         return false;
     }
-    r.split('/').all(|c| {
-        !c.is_empty() && !c.starts_with('.') && !c.ends_with(".lock") && !c.starts_with('-')
-    })
+    r.split('/')
+        .all(|c| !c.is_empty() && !c.starts_with('.') && !c.ends_with(".lock") && !c.starts_with('-'))
 }
 
 /// A branch name as configured (`main`, `release/2.x`).

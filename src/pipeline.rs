@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::AppConfig;
+use crate::config::{AppConfig, Track};
 use crate::deploylog::DeployLog;
 use crate::failure::Failure;
 use crate::git::Git;
@@ -32,6 +32,8 @@ pub struct Job {
 /// What a deploy will put live.
 #[derive(Debug, Clone)]
 pub struct Target {
+    /// The full ref deployed: the branch, or the tag.
+    pub git_ref: String,
     pub sha: String,
     pub release_id: String,
 }
@@ -66,14 +68,11 @@ impl Pipeline {
     fn step_env(
         &self,
         job: &Job,
+        git_ref: &str,
         sha: &str,
         release_dir: &Path,
         previous: &Previous,
     ) -> Vec<(String, OsString)> {
-        let git_ref = job
-            .git_ref
-            .clone()
-            .unwrap_or_else(|| format!("refs/heads/{}", self.app.branch));
         vec![
             ("HAUL_APP".into(), self.app.name.clone().into()),
             ("HAUL_DEPLOY_ID".into(), job.id.to_string().into()),
@@ -81,10 +80,7 @@ impl Pipeline {
             ("HAUL_REF".into(), git_ref.into()),
             ("HAUL_ACTOR".into(), job.actor.clone().into()),
             ("HAUL_TRIGGER".into(), job.trigger.as_str().into()),
-            (
-                "HAUL_RELEASE_DIR".into(),
-                release_dir.as_os_str().to_owned(),
-            ),
+            ("HAUL_RELEASE_DIR".into(), release_dir.as_os_str().to_owned()),
             (
                 "HAUL_PREVIOUS_SHA".into(),
                 previous.sha.clone().unwrap_or_default().into(),
@@ -110,10 +106,9 @@ impl Pipeline {
                 .timeout(self.app.step_timeout);
             cmd.env = env.to_vec();
             match runner::run(&cmd, Some(&self.log)).await {
-                Ok(_) => self.log.line(&format!(
-                    "    ok in {:.1}s",
-                    started.elapsed().as_secs_f64()
-                )),
+                Ok(_) => self
+                    .log
+                    .line(&format!("    ok in {:.1}s", started.elapsed().as_secs_f64())),
                 Err(e) => return Err(e.to_string()),
             }
         }
@@ -125,13 +120,9 @@ impl Pipeline {
     pub async fn prepare(&self, job: &Job) -> Result<Target, Outcome> {
         let started = Instant::now();
         let git = self.git();
-        self.log.stage(&format!(
-            "fetch {} (branch {})",
-            self.app.repo, self.app.branch
-        ));
-        git.ensure_mirror()
-            .await
-            .map_err(|f| fail("fetch failed", &f))?;
+        self.log
+            .stage(&format!("fetch {} (branch {})", self.app.repo, self.app.branch));
+        git.ensure_mirror().await.map_err(|f| fail("fetch failed", &f))?;
         let attempts = git
             .fetch()
             .await
@@ -141,17 +132,25 @@ impl Pipeline {
             started.elapsed().as_secs_f64(),
             if attempts == 1 { "" } else { "s" }
         ));
-        let sha = self.resolve(&git, job).await?;
-        self.log.line(&format!("    deploying {sha}"));
+        let (git_ref, sha) = self.resolve(&git, job).await?;
+        self.log.line(&format!("    deploying {sha} ({git_ref})"));
         let release_id = release::new_release_id(&self.app.path, model::now_ms(), &sha);
-        Ok(Target { sha, release_id })
+        Ok(Target {
+            git_ref,
+            sha,
+            release_id,
+        })
     }
 
     /// Checks out, builds, switches and activates `target`. Every path ends in an outcome; `current` only
     /// ever moves to a release whose build finished.
     pub async fn release(&self, job: &Job, target: &Target, previous: &Previous) -> Outcome {
         let git = self.git();
-        let Target { sha, release_id } = target;
+        let Target {
+            git_ref,
+            sha,
+            release_id,
+        } = target;
         let short = &sha[..sha.len().min(7)];
         let dir = release::release_dir(&self.app.path, release_id);
         let mut outcome = Outcome {
@@ -180,7 +179,7 @@ impl Pipeline {
             return outcome;
         }
 
-        let env = self.step_env(job, sha, &dir, previous);
+        let env = self.step_env(job, git_ref, sha, &dir, previous);
         if let Err(e) = self.run_steps("build", &self.app.build, &dir, &env).await {
             outcome.reason = format!("{e}; current still points at {live}");
             return outcome;
@@ -196,10 +195,7 @@ impl Pipeline {
             return outcome;
         }
 
-        if let Err(e) = self
-            .run_steps("activate", &self.app.activate, &dir, &env)
-            .await
-        {
+        if let Err(e) = self.run_steps("activate", &self.app.activate, &dir, &env).await {
             return self.roll_back(job, previous, outcome, &e).await;
         }
 
@@ -221,57 +217,76 @@ impl Pipeline {
     }
 
     fn git(&self) -> Git {
-        Git::new(self.app.clone(), &self.mirrors_dir, self.log.clone())
+        Git::new(self.app.clone(), &self.mirrors_dir, Some(self.log.clone()))
     }
 
-    async fn resolve(&self, git: &Git, job: &Job) -> Result<String, Outcome> {
-        let branch = &self.app.branch;
-        let Some(wanted) = &job.sha else {
-            return match git.resolve_commit(&format!("refs/heads/{branch}")).await {
-                Ok(Some(sha)) => Ok(sha),
-                Ok(None) => Err(Outcome::new(
-                    State::Failed,
-                    format!("branch {branch} has no commit after the fetch"),
-                )),
-                Err(f) => Err(fail("cannot resolve the branch tip", &f)),
-            };
+    /// Decides the (ref, commit) to deploy. A branch app deploys a commit reachable from its branch (the tip
+    /// by default); a tag app deploys the commit of a matching tag (the newest by default).
+    async fn resolve(&self, git: &Git, job: &Job) -> Result<(String, String), Outcome> {
+        let failed = |m: String| Outcome::new(State::Failed, m);
+        let wanted = match &job.sha {
+            None => None,
+            Some(w) if model::is_sha_prefix(w) => Some(w.to_ascii_lowercase()),
+            Some(w) => return Err(failed(format!("{w:?} is not a commit sha"))),
         };
-        if !model::is_sha_prefix(wanted) {
-            return Err(Outcome::new(
-                State::Failed,
-                format!("{wanted:?} is not a commit sha"),
-            ));
-        }
-        let sha = match git.resolve_commit(&wanted.to_ascii_lowercase()).await {
-            Ok(Some(sha)) => sha,
-            Ok(None) => {
-                return Err(Outcome::new(
-                    State::Failed,
-                    format!("commit {wanted} is not in the repository after fetching branch {branch} (not pushed yet, or on another branch)"),
-                ))
+        let sha = match &wanted {
+            None => None,
+            Some(w) => match git.resolve_commit(w).await {
+                Ok(Some(sha)) => Some(sha),
+                Ok(None) => {
+                    return Err(failed(format!(
+                    "commit {w} is not in the repository after fetching {} (not pushed yet, or not on it)",
+                    self.app.track.describe()
+                )))
+                }
+                Err(f) => return Err(fail(&format!("cannot resolve {w}"), &f)),
+            },
+        };
+        match (&self.app.track, sha) {
+            (Track::Branch(branch), None) => {
+                let r = format!("refs/heads/{branch}");
+                match git.resolve_commit(&r).await {
+                    Ok(Some(sha)) => Ok((r, sha)),
+                    Ok(None) => Err(failed(format!("branch {branch} has no commit after the fetch"))),
+                    Err(f) => Err(fail("cannot resolve the branch tip", &f)),
+                }
             }
-            Err(f) => return Err(fail(&format!("cannot resolve {wanted}"), &f)),
-        };
-        match git.is_on_branch(&sha).await {
-            Ok(true) => Ok(sha),
-            Ok(false) => Err(Outcome::new(
-                State::Failed,
-                format!("commit {sha} is not on branch {branch}; haul only deploys commits reachable from the configured branch"),
-            )),
-            Err(f) => Err(fail(&format!("cannot check that {sha} is on {branch}"), &f)),
+            (Track::Branch(branch), Some(sha)) => match git.is_on_branch(&sha).await {
+                Ok(true) => Ok((format!("refs/heads/{branch}"), sha)),
+                Ok(false) => Err(failed(format!(
+                    "commit {sha} is not on branch {branch}; haul only deploys commits reachable from the configured branch"
+                ))),
+                Err(f) => Err(fail(&format!("cannot check that {sha} is on {branch}"), &f)),
+            },
+            (Track::Tags(glob), None) => match git.newest_tag(glob).await {
+                Ok(Some(found)) => Ok(found),
+                Ok(None) => Err(failed(format!("no tag matching {glob} after the fetch"))),
+                Err(f) => Err(fail("cannot list tags", &f)),
+            },
+            (Track::Tags(glob), Some(sha)) => {
+                let tags = git.tags_at(&sha, glob).await.map_err(|f| fail("cannot list tags", &f))?;
+                // A webhook names its tag: it must still point at that commit. A person gets any matching tag.
+                let named = job.git_ref.as_deref().filter(|r| r.starts_with("refs/tags/"));
+                let chosen = match named {
+                    Some(r) => tags.iter().find(|t| t.as_str() == r),
+                    None => tags.first(),
+                };
+                match chosen {
+                    Some(t) => Ok((t.clone(), sha)),
+                    None => Err(failed(format!(
+                        "commit {sha} is not the commit of {}; haul only deploys commits of tags matching {glob}",
+                        named.unwrap_or("any tag")
+                    ))),
+                }
+            }
         }
     }
 
     /// Activate failed with the new release live: put the previous one back and re-activate it.
-    async fn roll_back(
-        &self,
-        job: &Job,
-        previous: &Previous,
-        mut o: Outcome,
-        why: &str,
-    ) -> Outcome {
+    async fn roll_back(&self, job: &Job, previous: &Previous, mut o: Outcome, why: &str) -> Outcome {
         let Some(prev_id) = previous.release_id.as_deref() else {
-            o.reason = format!("{why}; there is no previous release to roll back to, so the new release stays live");
+            o.reason =
+                format!("{why}; there is no previous release to roll back to, so the new release stays live");
             return o;
         };
         self.log
@@ -282,7 +297,8 @@ impl Pipeline {
         }
         let prev_dir = release::release_dir(&self.app.path, prev_id);
         let prev_sha = previous.sha.clone().unwrap_or_default();
-        let mut env = self.step_env(job, &prev_sha, &prev_dir, previous);
+        let prev_ref = job.git_ref.clone().unwrap_or_default();
+        let mut env = self.step_env(job, &prev_ref, &prev_sha, &prev_dir, previous);
         env.push(("HAUL_ROLLBACK".into(), "1".into()));
         let reactivated = self
             .run_steps("re-activate", &self.app.activate, &prev_dir, &env)

@@ -77,11 +77,7 @@ impl Queue {
     pub async fn submit(&self, req: DeployRequest) -> Result<Enqueued, StoreError> {
         let app = req.app.clone();
         let now = model::now_ms();
-        let result = self
-            .env
-            .store
-            .call(move |c| store::enqueue(c, &req, now))
-            .await?;
+        let result = self.env.store.call(move |c| store::enqueue(c, &req, now)).await?;
         if let Enqueued::Recorded { id, superseded } = &result {
             for s in superseded {
                 tracing::info!(deploy_id = %s, app = %app, superseded_by = %id, "superseded before it started");
@@ -213,10 +209,7 @@ pub async fn run_next(env: &Env, app: &str) -> Result<Option<(DeployRow, Outcome
 /// Runs one claimed deploy (the caller holds the app's lock) and records its outcome.
 async fn execute(env: &Env, row: &DeployRow) -> Outcome {
     let Some(app) = env.apps.get(&row.app).cloned() else {
-        let o = Outcome::new(
-            State::Failed,
-            format!("app {} is no longer configured", row.app),
-        );
+        let o = Outcome::new(State::Failed, format!("app {} is no longer configured", row.app));
         return record(env, row, o).await;
     };
     let log = match DeployLog::create(&env.logs_dir, &row.id) {
@@ -224,10 +217,7 @@ async fn execute(env: &Env, row: &DeployRow) -> Outcome {
         Err(e) => {
             let o = Outcome::new(
                 State::Failed,
-                format!(
-                    "cannot create the deploy log in {}: {e}",
-                    env.logs_dir.display()
-                ),
+                format!("cannot create the deploy log in {}: {e}", env.logs_dir.display()),
             );
             return record(env, row, o).await;
         }
@@ -279,20 +269,12 @@ async fn execute(env: &Env, row: &DeployRow) -> Outcome {
         }
     };
     let secs = started.elapsed().as_secs_f64();
-    log.stage(&format!(
-        "{}: {} ({secs:.1}s)",
-        outcome.state, outcome.reason
-    ));
+    log.stage(&format!("{}: {} ({secs:.1}s)", outcome.state, outcome.reason));
     match outcome.state {
         State::Succeeded => {
             tracing::info!(elapsed_s = secs, "deploy succeeded: {}", outcome.reason)
         }
-        _ => tracing::warn!(
-            elapsed_s = secs,
-            "deploy {}: {}",
-            outcome.state,
-            outcome.reason
-        ),
+        _ => tracing::warn!(elapsed_s = secs, "deploy {}: {}", outcome.state, outcome.reason),
     }
     record(env, row, outcome).await
 }
@@ -301,11 +283,7 @@ async fn record(env: &Env, row: &DeployRow, outcome: Outcome) -> Outcome {
     let id = row.id.clone();
     let o = outcome.clone();
     let now = model::now_ms();
-    if let Err(e) = env
-        .store
-        .call(move |c| store::finish(c, &id, &o, now))
-        .await
-    {
+    if let Err(e) = env.store.call(move |c| store::finish(c, &id, &o, now)).await {
         // The deploy happened; only its record failed. Say so loudly: the audit is how people find out.
         tracing::error!(deploy_id = %row.id, "cannot record the outcome ({}) in the audit log: {e}", outcome.state);
     }

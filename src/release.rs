@@ -140,9 +140,7 @@ mod tests {
             std::process::id(),
             fastrand::u32(..)
         ));
-        let ids: Vec<String> = (1..=4)
-            .map(|i| format!("2026010{i}T000000-abc{i}"))
-            .collect();
+        let ids: Vec<String> = (1..=4).map(|i| format!("2026010{i}T000000-abc{i}")).collect();
         for id in &ids {
             std::fs::create_dir_all(release_dir(&dir, id)).expect("mkdir");
         }
@@ -162,10 +160,7 @@ mod tests {
         std::fs::write(releases_dir(&dir).join("x.index"), "").expect("index");
         clean_temporaries(&dir);
         assert!(!releases_dir(&dir).join("x.index").exists());
-        assert_eq!(
-            list(&dir),
-            vec![ids[0].clone(), ids[2].clone(), ids[3].clone()]
-        );
+        assert_eq!(list(&dir), vec![ids[0].clone(), ids[2].clone(), ids[3].clone()]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -112,9 +112,7 @@ impl RunError {
     pub fn stderr_tail(&self) -> &[String] {
         match self {
             RunError::Spawn { .. } => &[],
-            RunError::TimedOut { stderr_tail, .. } | RunError::Failed { stderr_tail, .. } => {
-                stderr_tail
-            }
+            RunError::TimedOut { stderr_tail, .. } | RunError::Failed { stderr_tail, .. } => stderr_tail,
         }
     }
     pub fn exit_code(&self) -> Option<i32> {
@@ -312,10 +310,7 @@ pub async fn run(cmd: &Cmd, log: Option<&Arc<DeployLog>>) -> Result<Output, RunE
         .cloned()
         .collect();
     if status.success() {
-        Ok(Output {
-            stdout,
-            stderr_tail,
-        })
+        Ok(Output { stdout, stderr_tail })
     } else {
         use std::os::unix::process::ExitStatusExt;
         Err(RunError::Failed {
@@ -374,9 +369,6 @@ mod tests {
 
     #[test]
     fn redacts() {
-        assert_eq!(
-            redact("https://u:tok@h/x", &["tok".into()]),
-            "https://u:***@h/x"
-        );
+        assert_eq!(redact("https://u:tok@h/x", &["tok".into()]), "https://u:***@h/x");
     }
 }

@@ -49,10 +49,7 @@ pub struct DeployRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enqueued {
     /// Recorded (as queued or ignored); `superseded` are the pending requests it replaced.
-    Recorded {
-        id: DeployId,
-        superseded: Vec<DeployId>,
-    },
+    Recorded { id: DeployId, superseded: Vec<DeployId> },
     /// The delivery id was seen before: nothing recorded.
     Duplicate { first: DeployId },
 }
@@ -158,9 +155,7 @@ impl Store {
             Box::new(move |committed: Result<(), String>| {
                 let out = match committed {
                     Ok(()) => result,
-                    Err(e) => Err(StoreError::Sql(rusqlite::Error::ToSqlConversionFailure(
-                        e.into(),
-                    ))),
+                    Err(e) => Err(StoreError::Sql(rusqlite::Error::ToSqlConversionFailure(e.into()))),
                 };
                 let _ = otx.send(out);
             })
@@ -197,9 +192,7 @@ fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let began = conn
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(|e| e.to_string());
+        let began = conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| e.to_string());
         if let Err(e) = began {
             for job in jobs {
                 // Run nothing; tell every caller why.
@@ -336,9 +329,7 @@ pub fn enqueue(conn: &Connection, req: &DeployRequest, now: i64) -> Result<Enque
          WHERE app = ?3 AND state = 'queued' AND id != ?1 RETURNING id",
     )?;
     let superseded = stmt
-        .query_map(params![id.as_str(), now, req.app], |r| {
-            r.get::<_, String>(0)
-        })?
+        .query_map(params![id.as_str(), now, req.app], |r| r.get::<_, String>(0))?
         .filter_map(|r| r.ok().as_deref().and_then(DeployId::parse))
         .collect();
     Ok(Enqueued::Recorded { id, superseded })
@@ -400,11 +391,7 @@ pub fn set_release(
 }
 
 /// At start-up (under the app's lock, so nobody is running it): a deploy still `running` was cut short.
-pub fn interrupt_running(
-    conn: &Connection,
-    app: &str,
-    now: i64,
-) -> Result<Vec<DeployRow>, StoreError> {
+pub fn interrupt_running(conn: &Connection, app: &str, now: i64) -> Result<Vec<DeployRow>, StoreError> {
     let sql = format!(
         "UPDATE deploys SET state = 'interrupted', finished_at = ?2,
                 reason = 'haul stopped while this deploy was running; the previous release stayed live'
@@ -425,16 +412,11 @@ pub fn get(conn: &Connection, id: &DeployId) -> Result<Option<DeployRow>, StoreE
 }
 
 /// Newest first.
-pub fn history(
-    conn: &Connection,
-    app: Option<&str>,
-    limit: usize,
-) -> Result<Vec<DeployRow>, StoreError> {
+pub fn history(conn: &Connection, app: Option<&str>, limit: usize) -> Result<Vec<DeployRow>, StoreError> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = match app {
         Some(a) => {
-            let sql =
-                format!("SELECT {COLUMNS} FROM deploys WHERE app = ?1 ORDER BY seq DESC LIMIT ?2");
+            let sql = format!("SELECT {COLUMNS} FROM deploys WHERE app = ?1 ORDER BY seq DESC LIMIT ?2");
             let mut stmt = conn.prepare(&sql)?;
             let rows = stmt
                 .query_map(params![a, limit], row_to_deploy)?
@@ -465,12 +447,9 @@ pub struct AppSummary {
 
 pub fn summary(conn: &Connection, app: &str) -> Result<AppSummary, StoreError> {
     let one = |cond: &str| -> Result<Option<DeployRow>, StoreError> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM deploys WHERE app = ?1 AND {cond} ORDER BY seq DESC LIMIT 1"
-        );
-        Ok(conn
-            .query_row(&sql, params![app], row_to_deploy)
-            .optional()?)
+        let sql =
+            format!("SELECT {COLUMNS} FROM deploys WHERE app = ?1 AND {cond} ORDER BY seq DESC LIMIT 1");
+        Ok(conn.query_row(&sql, params![app], row_to_deploy).optional()?)
     };
     Ok(AppSummary {
         last: one("state IN ('succeeded', 'failed', 'rolled_back', 'interrupted')")?,
@@ -485,15 +464,26 @@ pub fn summary(conn: &Connection, app: &str) -> Result<AppSummary, StoreError> {
 }
 
 /// The sha a release directory was built from.
-pub fn release_sha(
-    conn: &Connection,
-    app: &str,
-    release_id: &str,
-) -> Result<Option<String>, StoreError> {
+pub fn release_sha(conn: &Connection, app: &str, release_id: &str) -> Result<Option<String>, StoreError> {
     Ok(conn
         .query_row(
             "SELECT sha FROM deploys WHERE app = ?1 AND release_id = ?2 ORDER BY seq DESC LIMIT 1",
             params![app, release_id],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten())
+}
+
+/// The sha of the app's newest request that was or will be tried (queued, running or finished, but not
+/// ignored or superseded): a poll that sees this sha on the remote has nothing new to ask for. A failed sha is
+/// included on purpose, so a broken commit is not redeployed on every poll.
+pub fn last_attempted_sha(conn: &Connection, app: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT sha FROM deploys WHERE app = ?1 AND sha IS NOT NULL
+             AND state NOT IN ('ignored', 'superseded') ORDER BY seq DESC LIMIT 1",
+            params![app],
             |r| r.get(0),
         )
         .optional()?
@@ -566,9 +556,7 @@ mod tests {
         let first = id_of(enqueue(&c, &req("blog", Some("d-1")), 1).expect("first"));
         assert_eq!(
             enqueue(&c, &req("blog", Some("d-1")), 2).expect("again"),
-            Enqueued::Duplicate {
-                first: first.clone()
-            }
+            Enqueued::Duplicate { first: first.clone() }
         );
         assert_eq!(
             record_ignored(&c, &req("blog", Some("d-1")), "x", 2).expect("again"),

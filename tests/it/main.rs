@@ -1,5 +1,6 @@
 //! haul's integration tests: one binary, real servers on loopback (sshd + git-shell, the haul daemon), no
 //! mocks. Each test gets its own temporary directory and ports. Run with `./scripts/test`.
 
+mod forges;
 mod spine;
 mod support;

@@ -8,7 +8,8 @@ use haul::model::{State, Trigger};
 
 use crate::support::*;
 
-const BUILD: &str = "build = [\"sh build.sh\"]\nactivate = [\"echo activated $HAUL_RELEASE_DIR >> ../../activations.log\"]";
+const BUILD: &str =
+    "build = [\"sh build.sh\"]\nactivate = [\"echo activated $HAUL_RELEASE_DIR >> ../../activations.log\"]";
 
 fn build_script(body: &str) -> String {
     format!("set -eu\n{body}\n")
@@ -87,9 +88,7 @@ fn signed_push_deploys_over_ssh_and_is_audited() {
     let log = h.cli(&["logs", &id2]);
     let log = String::from_utf8_lossy(&log.stdout);
     assert!(
-        log.contains("==> fetch")
-            && log.contains("==> switch")
-            && log.contains("==> activate step 1/1"),
+        log.contains("==> fetch") && log.contains("==> switch") && log.contains("==> activate step 1/1"),
         "{log}"
     );
     let daemon_log = h.daemon_log();
@@ -149,14 +148,12 @@ fn bad_webhooks_are_refused_and_change_nothing() {
     let fetches_before = git.fetches();
     let rows_before = rows_before + 1;
 
-    let mut tag =
-        serde_json::from_str::<serde_json::Value>(&fixture("github/push-tag.json")).expect("json");
+    let mut tag = serde_json::from_str::<serde_json::Value>(&fixture("github/push-tag.json")).expect("json");
     tag["after"] = sha1.clone().into();
     let tag = tag.to_string();
     let delete_tag = fixture("github/push-delete.json");
     let mut delete_main =
-        serde_json::from_str::<serde_json::Value>(&fixture("github/push-delete.json"))
-            .expect("json");
+        serde_json::from_str::<serde_json::Value>(&fixture("github/push-delete.json")).expect("json");
     delete_main["ref"] = "refs/heads/main".into();
     let delete_main = delete_main.to_string();
     let other_branch = github_push("refs/heads/feature", &feature);
@@ -327,11 +324,7 @@ fn bad_webhooks_are_refused_and_change_nothing() {
         assert!(reply.to_string().contains(c.reply), "{}: {reply}", c.name);
         if c.recorded {
             recorded += 1;
-            let row = h.row(
-                reply["deploy_id"]
-                    .as_str()
-                    .expect("ignored requests are audited"),
-            );
+            let row = h.row(reply["deploy_id"].as_str().expect("ignored requests are audited"));
             assert_eq!(row.state, State::Ignored, "{}", c.name);
             assert!(row.reason.is_some(), "{}", c.name);
         }
@@ -415,11 +408,7 @@ fn a_changed_host_key_fails_the_fetch_once_and_never_retries() {
         format!("[127.0.0.1]:{} {}\n", git.port, other_pub.join(" ")),
     )
     .expect("known_hosts");
-    let mut h = Haul::configure(
-        t.path(),
-        &git,
-        "build = [\"sh build.sh\"]\nfetch_attempts = 5",
-    );
+    let mut h = Haul::configure(t.path(), &git, "build = [\"sh build.sh\"]\nfetch_attempts = 5");
     h.start();
     let (status, reply) = h.push("refs/heads/main", &sha1, &delivery());
     assert_eq!(status, 202);
@@ -519,10 +508,7 @@ fn sigkill_during_a_build_leaves_the_previous_release_live_and_the_deploy_interr
     let live = h.current().expect("live");
 
     let pidfile = t.path().join("build.pid");
-    let script = build_script(&format!(
-        "echo $$ > '{}'\nexec sleep 600",
-        pidfile.display()
-    ));
+    let script = build_script(&format!("echo $$ > '{}'\nexec sleep 600", pidfile.display()));
     let sha2 = git.commit(&[("build.sh", &script), ("v", "2")], "slow");
     let (_, reply) = h.push("refs/heads/main", &sha2, &delivery());
     let id2 = reply["deploy_id"].as_str().expect("id").to_string();
@@ -601,10 +587,7 @@ fn failed_build_leaves_current_and_failed_activate_rolls_back() {
     let live = h.current();
 
     let sha2 = git.commit(
-        &[(
-            "build.sh",
-            "echo 'npm ERR! missing script: build' >&2; exit 7",
-        )],
+        &[("build.sh", "echo 'npm ERR! missing script: build' >&2; exit 7")],
         "broken build",
     );
     let (_, reply) = h.push("refs/heads/main", &sha2, &delivery());
@@ -612,9 +595,7 @@ fn failed_build_leaves_current_and_failed_activate_rolls_back() {
     assert_eq!(row.state, State::Failed);
     let reason = row.reason.unwrap_or_default();
     assert!(
-        reason.contains("build step 1/1")
-            && reason.contains("status 7")
-            && reason.contains("missing script"),
+        reason.contains("build step 1/1") && reason.contains("status 7") && reason.contains("missing script"),
         "{reason}"
     );
     assert_eq!(h.current(), live);
@@ -631,21 +612,13 @@ fn failed_build_leaves_current_and_failed_activate_rolls_back() {
     let row = h.wait_final(reply["deploy_id"].as_str().expect("id"));
     assert_eq!(row.state, State::RolledBack, "{:?}", row.reason);
     assert!(
-        row.reason
-            .as_deref()
-            .unwrap_or("")
-            .contains("rolled back to"),
+        row.reason.as_deref().unwrap_or("").contains("rolled back to"),
         "{:?}",
         row.reason
     );
     assert_eq!(h.current(), live, "the previous release is live again");
     assert!(
-        Path::new(
-            &h.app_path
-                .join("releases")
-                .join(row.release_id.expect("rid"))
-        )
-        .exists(),
+        Path::new(&h.app_path.join("releases").join(row.release_id.expect("rid"))).exists(),
         "kept for inspection"
     );
 }
@@ -654,10 +627,7 @@ fn failed_build_leaves_current_and_failed_activate_rolls_back() {
 fn manual_deploy_goes_through_the_daemon_or_runs_in_process() {
     let t = TempDir::new("manual");
     let git = GitServer::start(t.path());
-    let sha1 = git.commit(
-        &[("build.sh", "echo building $HAUL_TRIGGER"), ("v", "1")],
-        "one",
-    );
+    let sha1 = git.commit(&[("build.sh", "echo building $HAUL_TRIGGER"), ("v", "1")], "one");
     let sha2 = git.commit(&[("v", "2")], "two");
     let mut h = Haul::configure(t.path(), &git, BUILD);
     h.start();
@@ -673,26 +643,16 @@ fn manual_deploy_goes_through_the_daemon_or_runs_in_process() {
         "{stderr}"
     );
     let row = &h.rows()[0];
-    assert_eq!(
-        (row.trigger, row.state),
-        (Trigger::Manual, State::Succeeded)
-    );
+    assert_eq!((row.trigger, row.state), (Trigger::Manual, State::Succeeded));
     assert_eq!(
         row.sha.as_deref(),
         Some(sha2.as_str()),
         "no --sha: the branch tip"
     );
-    assert_eq!(
-        row.actor,
-        haul::control::user_name(unsafe { libc::getuid() })
-    );
+    assert_eq!(row.actor, haul::control::user_name(unsafe { libc::getuid() }));
 
     let out = h.cli(&["deploy", "blog", "--sha", &sha1[..8]]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(h.rows()[0].sha.as_deref(), Some(sha1.as_str()));
     assert_eq!(
         std::fs::read_to_string(h.app_path.join("current/v")).expect("v"),
@@ -731,14 +691,10 @@ fn check_validates_keys_and_secrets() {
     let git = GitServer::start(t.path());
     let h = Haul::configure(t.path(), &git, "");
     let out = h.cli(&["check"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(
-        h.dir.join("blog.secret"),
+        h.dir.join("webhook.secret"),
         std::fs::Permissions::from_mode(0o644),
     )
     .expect("chmod");

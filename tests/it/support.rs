@@ -50,9 +50,7 @@ pub fn free_port() -> u16 {
 
 /// Runs a command that must succeed; returns its trimmed stdout.
 pub fn sh(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\n{}",
@@ -158,8 +156,7 @@ impl GitServer {
         )
         .expect("known_hosts");
         let deploy_key = dir.join("deploy_key");
-        std::fs::set_permissions(&deploy_key, std::fs::Permissions::from_mode(0o600))
-            .expect("chmod");
+        std::fs::set_permissions(&deploy_key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
 
         let bare = dir.join("repo.git");
         sh(git(&dir)
@@ -217,6 +214,18 @@ impl GitServer {
         self.commit_on("main", files, message)
     }
 
+    /// Creates (or moves) an annotated tag at the work tree's HEAD and pushes it.
+    pub fn tag(&self, name: &str) {
+        sh(git(&self.work).args(["tag", "-f", "-a", "-m", name, name]));
+        sh(git(&self.work).args([
+            "push",
+            "--quiet",
+            "--force",
+            "origin",
+            &format!("refs/tags/{name}"),
+        ]));
+    }
+
     /// How many times a client fetched through sshd (the forced command logs each `git-upload-pack`).
     pub fn fetches(&self) -> usize {
         std::fs::read_to_string(&self.fetch_log)
@@ -250,36 +259,43 @@ pub struct Haul {
 }
 
 impl Haul {
-    /// Writes a config for app `blog`; `app_extra` is appended to its `[apps.blog]` table.
+    /// Writes a config for app `blog` (GitHub webhook); `app_extra` is appended to its `[apps.blog]` table.
     pub fn configure(dir: &Path, server: &GitServer, app_extra: &str) -> Haul {
+        Haul::configure_apps(dir, server, "", &[("blog", "github", app_extra)])
+    }
+
+    /// Writes a config with one app per `(name, provider, extra)`, all deploying from `server`'s repository,
+    /// each into `<dir>/haul/srv/<name>`. `top` is added to the top-level table.
+    pub fn configure_apps(dir: &Path, server: &GitServer, top: &str, apps: &[(&str, &str, &str)]) -> Haul {
         let dir = dir.join("haul");
         std::fs::create_dir_all(&dir).expect("mkdir");
-        let secret_file = dir.join("blog.secret");
+        let secret_file = dir.join("webhook.secret");
         write_private(&secret_file, SECRET);
         let port = free_port();
         let state_dir = dir.join("state");
-        let app_path = dir.join("srv/blog");
-        let config = dir.join("haul.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{state}\"\n\n[apps.blog]\nrepo = \"{url}\"\nbranch = \"main\"\n\
-                 deploy_key = \"{key}\"\nknown_hosts = \"{kh}\"\npath = \"{path}\"\nkeep_releases = 3\nstep_timeout = \"2m\"\n{app_extra}\n\n\
-                 [apps.blog.webhook]\nprovider = \"github\"\nsecret_file = \"{secret}\"\n",
-                state = state_dir.display(),
+        let mut text = format!(
+            "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n{top}\n",
+            state_dir.display()
+        );
+        for (name, provider, extra) in apps {
+            text.push_str(&format!(
+                "\n[apps.{name}]\nrepo = \"{url}\"\nbranch = \"main\"\ndeploy_key = \"{key}\"\nknown_hosts = \"{kh}\"\n\
+                 path = \"{path}\"\nkeep_releases = 3\nstep_timeout = \"2m\"\n{extra}\n\n\
+                 [apps.{name}.webhook]\nprovider = \"{provider}\"\nsecret_file = \"{secret}\"\n",
                 url = server.url,
                 key = server.deploy_key.display(),
                 kh = server.known_hosts.display(),
-                path = app_path.display(),
+                path = dir.join("srv").join(name).display(),
                 secret = secret_file.display(),
-            ),
-        )
-        .expect("config");
+            ));
+        }
+        let config = dir.join("haul.toml");
+        std::fs::write(&config, text).expect("config");
         Haul {
+            app_path: dir.join("srv").join(apps.first().map(|a| a.0).unwrap_or("blog")),
             dir,
             config,
             state_dir,
-            app_path,
             port,
             child: None,
             starts: 0,
@@ -292,8 +308,7 @@ impl Haul {
 
     pub fn start(&mut self) {
         self.starts += 1;
-        let log = std::fs::File::create(self.dir.join(format!("daemon-{}.log", self.starts)))
-            .expect("log");
+        let log = std::fs::File::create(self.dir.join(format!("daemon-{}.log", self.starts))).expect("log");
         let child = Command::new(env!("CARGO_BIN_EXE_haul"))
             .arg("--config")
             .arg(&self.config)
@@ -309,10 +324,7 @@ impl Haul {
 
     pub fn daemon_log(&self) -> String {
         (1..=self.starts)
-            .map(|i| {
-                std::fs::read_to_string(self.dir.join(format!("daemon-{i}.log")))
-                    .unwrap_or_default()
-            })
+            .map(|i| std::fs::read_to_string(self.dir.join(format!("daemon-{i}.log"))).unwrap_or_default())
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -413,6 +425,11 @@ impl Haul {
         haul::release::current(&self.app_path)
     }
 
+    /// The path of another app configured with [`Haul::configure_apps`].
+    pub fn path_of(&self, app: &str) -> PathBuf {
+        self.dir.join("srv").join(app)
+    }
+
     pub fn releases(&self) -> Vec<String> {
         haul::release::list(&self.app_path)
     }
@@ -435,8 +452,7 @@ pub fn fixture(name: &str) -> String {
 
 /// GitHub's documented push example with only `ref` and `after` rewritten.
 pub fn github_push(git_ref: &str, sha: &str) -> String {
-    let mut v: serde_json::Value =
-        serde_json::from_str(&fixture("github/push.json")).expect("json");
+    let mut v: serde_json::Value = serde_json::from_str(&fixture("github/push.json")).expect("json");
     v["ref"] = git_ref.into();
     v["after"] = sha.into();
     v["head_commit"]["id"] = sha.into();

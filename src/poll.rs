@@ -1,0 +1,104 @@
+//! Polling: for apps with `poll = "5m"`, a timer that asks the remote with one `git ls-remote` (never a fetch)
+//! whether the branch (or the newest matching tag) moved, and if so enqueues a deploy with trigger `poll`,
+//! through the same queue and coalescing as a webhook. It catches the webhook that was lost, or arrives late.
+//!
+//! It never loops: a sha that was already tried (even if it failed) is not asked for again, the interval has
+//! jitter so many servers do not poll a forge in step, and a failing `ls-remote` backs off.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::config::AppConfig;
+use crate::failure::{Failure, Kind};
+use crate::git::Git;
+use crate::model::{DeployRequest, Trigger};
+use crate::queue::Queue;
+use crate::store;
+
+/// `interval` with ±10% jitter.
+fn jittered(interval: Duration) -> Duration {
+    interval.mul_f64(0.9 + 0.2 * fastrand::f64())
+}
+
+pub fn spawn(queue: Arc<Queue>, shutdown: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+    queue
+        .env()
+        .apps
+        .values()
+        .filter(|a| a.poll.is_some())
+        .map(|app| tokio::spawn(poller(queue.clone(), app.clone(), shutdown.clone())))
+        .collect()
+}
+
+async fn poller(queue: Arc<Queue>, app: Arc<AppConfig>, mut shutdown: watch::Receiver<bool>) {
+    let Some(interval) = app.poll else {
+        return;
+    };
+    let git = Git::new(app.clone(), &queue.env().mirrors_dir, None);
+    let mut failures: u32 = 0;
+    loop {
+        // After failures, wait longer (up to 16 intervals, at most an hour more): never hammer a forge.
+        let backoff = interval
+            .saturating_mul(1 << failures.min(4))
+            .min(interval + Duration::from_secs(3600));
+        tokio::select! {
+            _ = tokio::time::sleep(jittered(backoff)) => {}
+            _ = shutdown.changed() => return,
+        }
+        let span = tracing::info_span!("poll", app = %app.name);
+        match poll_once(&queue, &app, &git).instrument(span).await {
+            Ok(()) => failures = 0,
+            Err(f) => {
+                failures += 1;
+                match f.kind {
+                    Kind::Permanent => {
+                        tracing::error!(app = %app.name, "poll: ls-remote failed (permanent; fix it and haul picks it up): {f}")
+                    }
+                    _ => {
+                        tracing::warn!(app = %app.name, "poll: ls-remote failed ({}), backing off: {f}", f.kind.as_str())
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One look at the remote; enqueues a deploy if it moved.
+async fn poll_once(queue: &Queue, app: &AppConfig, git: &Git) -> Result<(), Failure> {
+    match git.remote_head().await? {
+        None => tracing::warn!("poll: the remote has no {}", app.track.describe()),
+        Some((git_ref, sha)) => {
+            let name = app.name.clone();
+            let known = queue
+                .env()
+                .store
+                .call(move |c| store::last_attempted_sha(c, &name))
+                .await;
+            match known {
+                Ok(Some(k)) if k == sha => {
+                    tracing::debug!("poll: {git_ref} is still at {sha}; nothing to do")
+                }
+                Ok(_) => {
+                    tracing::info!("poll: {git_ref} moved to {sha}; queueing a deploy");
+                    let req = DeployRequest {
+                        app: app.name.clone(),
+                        trigger: Trigger::Poll,
+                        provider: None,
+                        delivery_id: None,
+                        git_ref: Some(git_ref),
+                        sha: Some(sha),
+                        actor: "poll".into(),
+                    };
+                    if let Err(e) = queue.submit(req).await {
+                        tracing::error!("poll: cannot record the deploy request: {e}");
+                    }
+                }
+                Err(e) => tracing::error!("poll: cannot read the audit log: {e}"),
+            }
+        }
+    }
+    Ok(())
+}
