@@ -1063,7 +1063,14 @@ mod tests {
                 0,
             );
             assert!(matches!(got, Ok(Accepted::Deploy(_))), "{got:?}");
-            let got = evaluate(&app, Provider::Github, std::slice::from_ref(&new), &h, body.as_bytes(), 0);
+            let got = evaluate(
+                &app,
+                Provider::Github,
+                std::slice::from_ref(&new),
+                &h,
+                body.as_bytes(),
+                0,
+            );
             assert_eq!(
                 got.is_ok(),
                 signer == &new,

@@ -386,3 +386,40 @@ fn a_secret_can_be_rotated_without_failed_deliveries() {
     ];
     assert_eq!(h.post("/hooks/blog", &headers, body.as_bytes()).0, 401);
 }
+
+/// The README's recipe for CI (`examples/notify-haul.sh`: openssl + curl) really deploys.
+#[test]
+fn the_standard_webhook_recipe_for_ci_works() {
+    let t = TempDir::new("recipe");
+    let git = GitServer::start(t.path());
+    let sha = git.commit(&[("v", "from-ci")], "built by CI");
+    let mut h = Haul::configure_apps(t.path(), &git, "", &[("api", "standard", "")]);
+    h.start();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/notify-haul.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(format!("http://{}/hooks/api", h.addr()))
+        .arg(h.dir.join("webhook.secret"))
+        .arg(&sha)
+        .output()
+        .expect("run the recipe");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reply: Value = serde_json::from_slice(&out.stdout).expect("json reply");
+    let row = h.wait_final(reply["deploy_id"].as_str().expect("id"));
+    assert_eq!(row.state, State::Succeeded, "{:?}", row.reason);
+    assert_eq!(row.sha.as_deref(), Some(sha.as_str()));
+    assert_eq!(
+        std::fs::read_to_string(h.path_of("api").join("current/v")).expect("v"),
+        "from-ci"
+    );
+    // With no sha: the branch tip. A wrong secret fails (curl -f exits non-zero on the 401).
+    let bad = h.dir.join("wrong.secret");
+    write_private(&bad, "not the secret the app has, at all");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(format!("http://{}/hooks/api", h.addr()))
+        .arg(&bad)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+}

@@ -2,5 +2,6 @@
 //! mocks. Each test gets its own temporary directory and ports. Run with `./scripts/test`.
 
 mod forges;
+mod fuzz;
 mod spine;
 mod support;
