@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::config::{self, Config};
 use crate::control::{self, ControlRequest};
 use crate::deploylog;
-use crate::model::{self, DeployId, DeployRequest, State, Trigger};
+use crate::model::{self, DeployId, State};
 use crate::queue::{self, Env};
 use crate::release;
 use crate::store::{self, DeployRow, Enqueued, Store};
@@ -40,6 +40,17 @@ pub enum Command {
         /// A commit on the configured branch (default: the branch tip).
         #[arg(long)]
         sha: Option<String>,
+        /// Queue it and print the deploy id without following the log.
+        #[arg(long)]
+        no_follow: bool,
+    },
+    /// Put an earlier release back (default: the one before the live one), with the same lock, audit and
+    /// activate steps as a deploy.
+    Rollback {
+        app: String,
+        /// A release id (see `haul status` / `haul history`) or a commit sha.
+        #[arg(long)]
+        to: Option<String>,
         /// Queue it and print the deploy id without following the log.
         #[arg(long)]
         no_follow: bool,
@@ -152,7 +163,12 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
     let cfg = Config::load(&cli.config)?;
     match cli.command {
         Command::Serve => crate::daemon::run(cfg).await.map_err(Exit::from),
-        Command::Deploy { app, sha, no_follow } => deploy(&cfg, &app, sha, no_follow).await,
+        Command::Deploy { app, sha, no_follow } => {
+            deploy(&cfg, ControlRequest::Deploy { app, sha }, no_follow).await
+        }
+        Command::Rollback { app, to, no_follow } => {
+            deploy(&cfg, ControlRequest::Rollback { app, to }, no_follow).await
+        }
         Command::Status { json } => status(&cfg, json),
         Command::History { app, limit, json } => history(&cfg, app.as_deref(), limit, json),
         Command::Logs { deploy_id, follow } => logs(&cfg, &deploy_id, follow).await,
@@ -164,19 +180,11 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
 // ---------------------------------------------------------------------------------------------------------
 // deploy
 
-async fn deploy(cfg: &Config, app: &str, sha: Option<String>, no_follow: bool) -> Result<(), Exit> {
-    cfg.app(app).map_err(Exit::usage)?;
-    if let Some(s) = &sha {
-        if !model::is_sha_prefix(s) {
-            return Err(Exit::usage(format!(
-                "--sha {s:?} is not a commit sha (4 to 64 hex digits)"
-            )));
-        }
-    }
-    let req = ControlRequest::Deploy {
-        app: app.to_string(),
-        sha: sha.clone(),
-    };
+async fn deploy(cfg: &Config, req: ControlRequest, no_follow: bool) -> Result<(), Exit> {
+    cfg.app(req.app()).map_err(Exit::usage)?;
+    // Validated here too, so a typo is a usage error before anything is asked of the daemon.
+    let apps = Env::app_map(cfg);
+    req.to_request(&apps, "check").map_err(Exit::usage)?;
     match control::request(&cfg.socket_path(), &req)
         .await
         .map_err(Exit::failed)?
@@ -188,7 +196,7 @@ async fn deploy(cfg: &Config, app: &str, sha: Option<String>, no_follow: bool) -
                     return Err(Exit::failed(
                         reply
                             .error
-                            .unwrap_or_else(|| "the daemon refused the deploy".into()),
+                            .unwrap_or_else(|| "the daemon refused the request".into()),
                     ))
                 }
             };
@@ -200,13 +208,13 @@ async fn deploy(cfg: &Config, app: &str, sha: Option<String>, no_follow: bool) -
             let row = follow(cfg, &id, true).await?;
             finish_line(&row)
         }
-        None => deploy_in_process(cfg, app, sha).await,
+        None => deploy_in_process(cfg, req).await,
     }
 }
 
 /// No daemon: run the same pipeline here, under the same per-app lock.
-async fn deploy_in_process(cfg: &Config, app: &str, sha: Option<String>) -> Result<(), Exit> {
-    eprintln!("no daemon is running; deploying in this process");
+async fn deploy_in_process(cfg: &Config, req: ControlRequest) -> Result<(), Exit> {
+    eprintln!("no daemon is running; running it in this process");
     for dir in [
         cfg.state_dir.clone(),
         cfg.logs_dir(),
@@ -218,18 +226,12 @@ async fn deploy_in_process(cfg: &Config, app: &str, sha: Option<String>) -> Resu
     }
     let store = Store::open(&cfg.db_path())?;
     let env = Env::new(cfg, store.clone());
-    let branch = cfg.app(app).map_err(Exit::usage)?.branch.clone();
-    let req = DeployRequest {
-        app: app.to_string(),
-        trigger: Trigger::Manual,
-        provider: None,
-        delivery_id: None,
-        git_ref: Some(format!("refs/heads/{branch}")),
-        sha: sha.map(|s| s.to_ascii_lowercase()),
-        actor: control::local_actor(),
-    };
+    let app = req.app().to_string();
+    let request = req
+        .to_request(&env.apps, &control::local_actor())
+        .map_err(Exit::usage)?;
     let now = model::now_ms();
-    let Enqueued::Recorded { id, .. } = store.call(move |c| store::enqueue(c, &req, now)).await? else {
+    let Enqueued::Recorded { id, .. } = store.call(move |c| store::enqueue(c, &request, now)).await? else {
         return Err(Exit::failed("the request was not recorded"));
     };
     // Follow our own log while the pipeline runs.
@@ -238,10 +240,10 @@ async fn deploy_in_process(cfg: &Config, app: &str, sha: Option<String>) -> Resu
         let id = id.clone();
         tokio::spawn(async move { follow(&cfg, &id, true).await })
     };
-    let ran = queue::run_next(&env, app).await.map_err(Exit::failed)?;
+    let ran = queue::run_next(&env, &app).await.map_err(Exit::failed)?;
     let row = follower.await.map_err(|e| Exit::failed(e.to_string()))??;
     if ran.is_none() {
-        return Err(Exit::failed("the deploy was taken by another haul process"));
+        return Err(Exit::failed("the request was taken by another haul process"));
     }
     finish_line(&row)
 }

@@ -34,6 +34,8 @@ pub struct Config {
     pub body_timeout: Duration,
     /// How long a client may take to send its request headers.
     pub header_timeout: Duration,
+    /// On SIGTERM, how long a running deploy may go on before its process group is killed.
+    pub stop_grace: Duration,
     /// Webhook requests per minute from one client address (0: unlimited).
     pub rate_limit_per_minute: u32,
     /// When set, only these networks may call the webhook endpoints.
@@ -60,6 +62,39 @@ pub struct AppConfig {
     pub fetch_timeout: Duration,
     pub fetch_attempts: u32,
     pub webhook: Option<WebhookConfig>,
+    pub health: Option<Health>,
+    /// Extra attempts for a failing build step (0: fail at once).
+    pub build_retries: u32,
+    pub on_restart: OnRestart,
+    /// Fetches per minute to this app's upstream host, shared by every app that uses it.
+    pub max_fetches_per_minute: u32,
+}
+
+/// What to do, at start-up, with a request that was queued when haul stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRestart {
+    Resume,
+    Hold,
+}
+
+/// The health gate run after `activate`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub check: HealthCheck,
+    /// Limit for one attempt.
+    pub timeout: Duration,
+    /// Attempts before the release is declared unhealthy.
+    pub retries: u32,
+    /// Wait between attempts.
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheck {
+    /// `GET http://host:port/path` must answer 2xx.
+    Url { host: String, port: u16, path: String },
+    /// A command, run like a step in the release directory, must exit 0.
+    Command(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +196,7 @@ struct RawConfig {
     max_body: Option<String>,
     body_timeout: Option<String>,
     header_timeout: Option<String>,
+    stop_grace: Option<String>,
     rate_limit_per_minute: Option<u32>,
     #[serde(default)]
     allow_ips: Vec<String>,
@@ -190,6 +226,47 @@ struct RawApp {
     fetch_timeout: Option<String>,
     fetch_attempts: Option<u32>,
     webhook: Option<RawWebhook>,
+    health: Option<RawHealth>,
+    build_retries: Option<u32>,
+    on_restart: Option<String>,
+    max_fetches_per_minute: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    url: Option<String>,
+    command: Option<String>,
+    timeout: Option<String>,
+    retries: Option<u32>,
+    interval: Option<String>,
+}
+
+/// `http://host[:port]/path` (plain HTTP: a health check talks to the app on this machine).
+fn parse_health_url(url: &str) -> Result<(String, u16, String), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("health.url {url:?} must be http:// (the app, on this machine); use health.command for anything else"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+            h.to_string(),
+            p.parse::<u16>()
+                .map_err(|_| format!("health.url {url:?} has a bad port"))?,
+        ),
+        _ => (authority.to_string(), 80),
+    };
+    if host.is_empty() || path.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(format!("health.url {url:?} is not a URL"));
+    }
+    Ok((
+        host.trim_start_matches('[').trim_end_matches(']').to_string(),
+        port,
+        path.to_string(),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -294,6 +371,10 @@ impl Config {
             Some(s) => parse_duration(s).map_err(|e| invalid(format!("header_timeout: {e}")))?,
             None => Duration::from_secs(10),
         };
+        let stop_grace = match &raw.stop_grace {
+            Some(s) => parse_duration(s).map_err(|e| invalid(format!("stop_grace: {e}")))?,
+            None => Duration::from_secs(30),
+        };
         let mut allow_ips = Vec::new();
         for cidr in &raw.allow_ips {
             let net = cidr
@@ -362,6 +443,50 @@ impl Config {
                 Some(s) => parse_duration(s).map_err(|e| ctx(&format!("fetch_timeout: {e}")))?,
                 None => Duration::from_secs(300),
             };
+            let health = match a.health {
+                None => None,
+                Some(h) => {
+                    let check = match (h.url, h.command) {
+                        (Some(url), None) => {
+                            let (host, port, path) = parse_health_url(&url).map_err(|e| ctx(&e))?;
+                            HealthCheck::Url { host, port, path }
+                        }
+                        (None, Some(cmd)) if !cmd.trim().is_empty() => HealthCheck::Command(cmd),
+                        _ => return Err(ctx("health needs exactly one of `url` or `command`")),
+                    };
+                    let dur = |v: &Option<String>, key: &str, default: u64| match v {
+                        Some(s) => parse_duration(s).map_err(|e| ctx(&format!("health.{key}: {e}"))),
+                        None => Ok(Duration::from_secs(default)),
+                    };
+                    let retries = h.retries.unwrap_or(5);
+                    if !(1..=100).contains(&retries) {
+                        return Err(ctx("health.retries must be between 1 and 100"));
+                    }
+                    Some(Health {
+                        check,
+                        timeout: dur(&h.timeout, "timeout", 30)?,
+                        retries,
+                        interval: dur(&h.interval, "interval", 2)?,
+                    })
+                }
+            };
+            let on_restart = match a.on_restart.as_deref() {
+                None | Some("resume") => OnRestart::Resume,
+                Some("hold") => OnRestart::Hold,
+                Some(other) => {
+                    return Err(ctx(&format!(
+                        "on_restart {other:?} must be \"resume\" or \"hold\""
+                    )))
+                }
+            };
+            let build_retries = a.build_retries.unwrap_or(0);
+            if build_retries > 5 {
+                return Err(ctx("build_retries must be at most 5"));
+            }
+            let max_fetches_per_minute = a.max_fetches_per_minute.unwrap_or(30);
+            if max_fetches_per_minute == 0 {
+                return Err(ctx("max_fetches_per_minute must be at least 1"));
+            }
             let fetch_attempts = a.fetch_attempts.unwrap_or(3);
             if !(1..=10).contains(&fetch_attempts) {
                 return Err(ctx("fetch_attempts must be between 1 and 10"));
@@ -420,6 +545,10 @@ impl Config {
                 fetch_timeout,
                 fetch_attempts,
                 webhook,
+                health,
+                build_retries,
+                on_restart,
+                max_fetches_per_minute,
                 name: name.clone(),
             };
             apps.insert(name, app);
@@ -431,6 +560,7 @@ impl Config {
             max_body_bytes,
             body_timeout,
             header_timeout,
+            stop_grace,
             rate_limit_per_minute: raw.rate_limit_per_minute.unwrap_or(600),
             allow_ips,
             client_ip_header: raw.client_ip_header,
@@ -619,6 +749,24 @@ mod tests {
         assert!(!is_ssh_url("https://github.com/acme/blog.git"));
         assert!(!is_ssh_url("/srv/git/blog.git"));
         assert!(!is_ssh_url("./a:b"));
+    }
+
+    #[test]
+    fn health_urls() {
+        assert_eq!(
+            parse_health_url("http://127.0.0.1:8080/healthz"),
+            Ok(("127.0.0.1".into(), 8080, "/healthz".into()))
+        );
+        assert_eq!(
+            parse_health_url("http://localhost"),
+            Ok(("localhost".into(), 80, "/".into()))
+        );
+        assert_eq!(
+            parse_health_url("http://[::1]:9/x?y=1"),
+            Ok(("::1".into(), 9, "/x?y=1".into()))
+        );
+        assert!(parse_health_url("https://example.com/").is_err());
+        assert!(parse_health_url("http://h:99999/").is_err());
     }
 
     #[test]

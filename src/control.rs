@@ -11,6 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
+use crate::config::{AppConfig, Track};
 use crate::model::{self, DeployRequest, Trigger};
 use crate::queue::Queue;
 use crate::store::Enqueued;
@@ -20,6 +21,66 @@ use crate::store::Enqueued;
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ControlRequest {
     Deploy { app: String, sha: Option<String> },
+    Rollback { app: String, to: Option<String> },
+}
+
+impl ControlRequest {
+    pub fn app(&self) -> &str {
+        match self {
+            ControlRequest::Deploy { app, .. } | ControlRequest::Rollback { app, .. } => app,
+        }
+    }
+
+    /// The deploy request this asks for, by `actor`, validated; the one place a manual request is built, for
+    /// the daemon and for an in-process `haul deploy` alike.
+    pub fn to_request(
+        &self,
+        apps: &std::collections::HashMap<String, Arc<AppConfig>>,
+        actor: &str,
+    ) -> Result<DeployRequest, String> {
+        let cfg = apps
+            .get(self.app())
+            .ok_or_else(|| format!("no app named {:?} is configured", self.app()))?;
+        let git_ref = match &cfg.track {
+            Track::Branch(b) => Some(format!("refs/heads/{b}")),
+            Track::Tags(_) => None,
+        };
+        let base = DeployRequest {
+            app: cfg.name.clone(),
+            trigger: Trigger::Manual,
+            provider: None,
+            delivery_id: None,
+            git_ref,
+            sha: None,
+            actor: model::clean_actor(actor),
+            target: None,
+        };
+        match self {
+            ControlRequest::Deploy { sha, .. } => {
+                if let Some(s) = sha {
+                    if !model::is_sha_prefix(s) {
+                        return Err(format!("{s:?} is not a commit sha (4 to 64 hex digits)"));
+                    }
+                }
+                Ok(DeployRequest {
+                    sha: sha.as_ref().map(|s| s.to_ascii_lowercase()),
+                    ..base
+                })
+            }
+            ControlRequest::Rollback { to, .. } => {
+                if let Some(t) = to {
+                    if !model::is_valid_release_ref(t) {
+                        return Err(format!("{t:?} is neither a release id nor a commit sha"));
+                    }
+                }
+                Ok(DeployRequest {
+                    trigger: Trigger::Rollback,
+                    target: to.clone(),
+                    ..base
+                })
+            }
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -110,32 +171,19 @@ async fn handle(stream: UnixStream, queue: Arc<Queue>) -> std::io::Result<()> {
 }
 
 async fn answer(req: ControlRequest, actor: &str, queue: &Queue) -> ControlReply {
-    let ControlRequest::Deploy { app, sha } = req;
     let fail = |e: String| ControlReply {
         ok: false,
         deploy_id: None,
         error: Some(e),
     };
-    let Some(cfg) = queue.env().apps.get(&app) else {
-        return fail(format!("no app named {app:?} is configured"));
+    let request = match req.to_request(&queue.env().apps, actor) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
     };
-    if let Some(s) = &sha {
-        if !model::is_sha_prefix(s) {
-            return fail(format!("{s:?} is not a commit sha (4 to 64 hex digits)"));
-        }
-    }
-    let request = DeployRequest {
-        app: app.clone(),
-        trigger: Trigger::Manual,
-        provider: None,
-        delivery_id: None,
-        git_ref: Some(format!("refs/heads/{}", cfg.branch)),
-        sha: sha.map(|s| s.to_ascii_lowercase()),
-        actor: model::clean_actor(actor),
-    };
+    let (app, trigger) = (request.app.clone(), request.trigger);
     match queue.submit(request).await {
         Ok(Enqueued::Recorded { id, .. }) => {
-            tracing::info!(deploy_id = %id, app = %app, actor = %actor, "manual deploy queued");
+            tracing::info!(deploy_id = %id, app = %app, actor = %actor, "{} queued", trigger.as_str());
             ControlReply {
                 ok: true,
                 deploy_id: Some(id.to_string()),
@@ -143,7 +191,7 @@ async fn answer(req: ControlRequest, actor: &str, queue: &Queue) -> ControlReply
             }
         }
         Ok(Enqueued::Duplicate { first }) => fail(format!("duplicate of {first}")),
-        Err(e) => fail(format!("cannot record the deploy: {e}")),
+        Err(e) => fail(format!("cannot record the request: {e}")),
     }
 }
 

@@ -19,9 +19,6 @@ use crate::model;
 use crate::queue::{Env, Queue};
 use crate::store::{self, Store};
 
-/// How long a running deploy may go on after a stop is asked for, before its process group is killed (it is
-/// then recorded as interrupted at the next start).
-pub const STOP_GRACE: Duration = Duration::from_secs(30);
 const DELIVERY_RETENTION_MS: i64 = 8 * 24 * 3600 * 1000;
 
 pub struct Daemon {
@@ -30,6 +27,9 @@ pub struct Daemon {
     control: tokio::net::UnixListener,
     queue: Arc<Queue>,
     http: Arc<HttpState>,
+    /// How long a running deploy may go on after a stop is asked for, before its process group is killed (it
+    /// is then recorded as interrupted at the next start).
+    stop_grace: Duration,
     _instance: FileLock,
 }
 
@@ -80,13 +80,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Daemon> {
         control,
         queue,
         http,
+        stop_grace: cfg.stop_grace,
         _instance: instance,
     })
 }
 
 impl Daemon {
     /// Serves until `shutdown` resolves: then stops accepting, lets running deploys finish within
-    /// [`STOP_GRACE`], and returns.
+    /// `stop_grace`, and returns.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut workers = self.queue.spawn_workers(stop_rx.clone());
@@ -100,15 +101,19 @@ impl Daemon {
         let server = tokio::spawn(http::serve(self.listener, self.http, stop_rx.clone()));
         shutdown.await;
         tracing::info!(
-            "stopping: no new requests; waiting up to {}s for running deploys",
-            STOP_GRACE.as_secs()
+            "stopping: no new requests; waiting up to {:.0}s for running deploys",
+            self.stop_grace.as_secs_f64()
         );
         let _ = stop_tx.send(true);
         let _ = control.await;
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        // One deadline for all: a running deploy may finish within the grace; then it is cancelled, which kills
+        // its step's process group, and the next start records it as interrupted.
+        let deadline = tokio::time::Instant::now() + self.stop_grace;
         for w in workers {
             let abort = w.abort_handle();
-            if tokio::time::timeout(STOP_GRACE, w).await.is_err() {
+            if tokio::time::timeout_at(deadline, w).await.is_err() {
+                tracing::warn!("a deploy was still running after the grace period; stopping it");
                 abort.abort();
             }
         }

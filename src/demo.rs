@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::Config;
 use crate::intake;
@@ -16,40 +15,8 @@ use crate::release;
 use crate::runner::{self, Cmd};
 use crate::store;
 
-/// A minimal HTTP/1.1 POST over loopback: (status, body). Used by the demo and by the test suite.
-pub async fn http_post(
-    addr: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> anyhow::Result<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("cannot connect to {addr}"))?;
-    let mut req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    stream.write_all(req.as_bytes()).await?;
-    stream.write_all(body).await?;
-    let mut resp = Vec::new();
-    stream.read_to_end(&mut resp).await?;
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("not an HTTP response: {text:?}"))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
-}
+/// A POST over loopback; kept here for the tests and the demo.
+pub use crate::httpc::post as http_post;
 
 async fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
     let cmd = Cmd::new(format!("git {}", args.first().unwrap_or(&"")), "git")

@@ -14,7 +14,8 @@ use std::time::Duration;
 use crate::config::{self, AppConfig, Track};
 use crate::deploylog::DeployLog;
 use crate::failure::{self, Failure, Kind};
-use crate::runner::{self, Cmd, RunError};
+use crate::runner::{self, Cmd, LineUse, RunError};
+use crate::upstream;
 
 const LOCAL_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -51,10 +52,35 @@ fn url_secrets(repo: &str) -> Vec<String> {
     }
 }
 
+/// Over HTTP, git is asked for a trace of the response headers (`GIT_TRACE_CURL`), so a rate limit's
+/// `Retry-After` can be honoured. Trace lines never reach the deploy log; the few that matter are kept for
+/// classifying a failure.
+fn http_trace_filter(line: &str) -> LineUse {
+    let b = line.as_bytes();
+    let is_trace = b.len() > 16
+        && b[2] == b':'
+        && b[5] == b':'
+        && b[8] == b'.'
+        && (line.contains(" http.c:") || line.contains(" trace.c:"));
+    if !is_trace {
+        return LineUse::Log;
+    }
+    let lower = line.to_ascii_lowercase();
+    if lower.contains("recv header: http/") || lower.contains("retry-after") || lower.contains("x-ratelimit")
+    {
+        LineUse::Keep
+    } else {
+        LineUse::Drop
+    }
+}
+
 /// Decides what a failed git command means, from what git printed.
 pub fn classify(stderr: &[String]) -> Kind {
     let text = stderr.join("\n").to_lowercase();
     const RATE: &[&str] = &[
+        "x-ratelimit-remaining: 0",
+        "recv header: http/1.1 429",
+        "recv header: http/2 429",
         "rate limit",
         "abuse",
         "too many requests",
@@ -109,6 +135,19 @@ fn hint(kind: Kind, stderr: &[String]) -> &'static str {
     }
 }
 
+/// A deploy waits at most this long for a rate-limit circuit to close; beyond it, the deploy fails and says so.
+pub const MAX_CIRCUIT_WAIT: Duration = Duration::from_secs(600);
+
+/// How a fetch went, for the log and the audit.
+#[derive(Debug, Default, Clone)]
+pub struct FetchReport {
+    pub attempts: u32,
+    /// Time spent waiting: backoff, budget, circuit.
+    pub waited: Duration,
+    /// Set if the forge rate-limited a fetch: how long it asked us to stay away.
+    pub rate_limited: Option<Duration>,
+}
+
 /// One app's view of git: its mirror, its credentials, its log.
 pub struct Git {
     app: Arc<AppConfig>,
@@ -141,6 +180,35 @@ impl Git {
         }
         c.redact = url_secrets(&self.app.repo);
         c
+    }
+
+    /// A git command that talks to the remote.
+    fn net(&self, label: &str) -> Cmd {
+        let mut c = self.git(label).timeout(self.app.fetch_timeout);
+        if self.app.repo.starts_with("http://") || self.app.repo.starts_with("https://") {
+            c = c
+                .env("GIT_TRACE_CURL", "1")
+                .env("GIT_TRACE_CURL_NO_DATA", "1")
+                .env("GIT_TRACE_REDACT", "1");
+            c.stderr_filter = Some(http_trace_filter);
+        }
+        c
+    }
+
+    fn remote_failure(&self, e: RunError) -> Failure {
+        let kind = match &e {
+            RunError::TimedOut { .. } => Kind::Transient,
+            RunError::Spawn { .. } => Kind::Permanent,
+            _ => classify(e.stderr_tail()),
+        };
+        let retry_after = (kind == Kind::RateLimited)
+            .then(|| upstream::retry_after(e.stderr_tail()))
+            .flatten();
+        Failure {
+            kind,
+            message: format!("{e}{}", hint(kind, e.stderr_tail())),
+            retry_after,
+        }
     }
 
     fn local_failure(&self, e: RunError) -> Failure {
@@ -190,11 +258,10 @@ impl Git {
         Ok(())
     }
 
-    /// One incremental fetch of the configured branch into the mirror.
+    /// One incremental fetch of what the app deploys into the mirror.
     pub async fn fetch_once(&self) -> Result<(), Failure> {
-        let refspec = self.refspec();
         let cmd = self
-            .git("git fetch")
+            .net("git fetch")
             .args([
                 "fetch",
                 "--no-tags",
@@ -203,34 +270,76 @@ impl Git {
                 "--",
             ])
             .arg(self.app.repo.as_str())
-            .arg(refspec)
-            .timeout(self.app.fetch_timeout);
-        match runner::run(&cmd, self.log.as_ref()).await {
-            Ok(_) => Ok(()),
-            Err(e @ RunError::Spawn { .. }) => Err(Failure::permanent(e.to_string())),
-            Err(e) => {
-                let kind = match &e {
-                    RunError::TimedOut { .. } => Kind::Transient,
-                    _ => classify(e.stderr_tail()),
-                };
-                Err(Failure {
-                    kind,
-                    message: format!("{e}{}", hint(kind, e.stderr_tail())),
-                    retry_after: None,
-                })
-            }
-        }
+            .arg(self.refspec());
+        runner::run(&cmd, self.log.as_ref())
+            .await
+            .map(|_| ())
+            .map_err(|e| self.remote_failure(e))
     }
 
-    /// Fetches, retrying transient failures a bounded number of times with backoff and full jitter. A
-    /// permanent or rate-limited failure returns at once: exactly one attempt.
-    pub async fn fetch(&self) -> Result<u32, Failure> {
+    /// Fetches within the upstream's budget and circuit, retrying transient and rate-limited failures a bounded
+    /// number of times (`fetch_attempts` in all) with backoff and full jitter. A permanent failure returns at
+    /// once: exactly one attempt.
+    pub async fn fetch(&self) -> Result<FetchReport, Failure> {
         let attempts = self.app.fetch_attempts.max(1);
-        let mut attempt = 0;
+        let host = upstream::key(&self.app.repo);
+        let upstreams = upstream::global();
+        let mut report = FetchReport::default();
         loop {
-            attempt += 1;
+            // The circuit: a forge that rate-limited us is left alone until it said we may come back.
+            if let Some(open) = upstreams.open_for(&host) {
+                if open > MAX_CIRCUIT_WAIT {
+                    return Err(Failure {
+                        kind: Kind::RateLimited,
+                        message: format!(
+                            "{host} rate-limited this deploy key; its circuit stays open for {}s more, so haul is not fetching (it will deploy on the next trigger after that)",
+                            open.as_secs()
+                        ),
+                        retry_after: Some(open),
+                    });
+                }
+                self.note(&format!(
+                    "  ! {host} is rate-limiting us (circuit open): waiting {:.1}s before fetching",
+                    open.as_secs_f64()
+                ));
+                tracing::warn!(app = %self.app.name, upstream = %host, "circuit open: waiting {:.1}s", open.as_secs_f64());
+                report.waited += open;
+                tokio::time::sleep(open).await;
+            }
+            // The budget: a storm of triggers waits here (and coalesces in the queue) instead of hammering.
+            while let Err(wait) = upstreams.take(&host, self.app.max_fetches_per_minute) {
+                self.note(&format!(
+                    "  ! fetch budget for {host} spent (max_fetches_per_minute = {}): waiting {:.1}s",
+                    self.app.max_fetches_per_minute,
+                    wait.as_secs_f64()
+                ));
+                report.waited += wait;
+                tokio::time::sleep(wait).await;
+            }
+            report.attempts += 1;
+            let attempt = report.attempts;
             match self.fetch_once().await {
-                Ok(()) => return Ok(attempt),
+                Ok(()) => return Ok(report),
+                Err(f) if f.kind == Kind::RateLimited => {
+                    let open = f.retry_after.unwrap_or(upstream::DEFAULT_OPEN);
+                    upstreams.open(&host, open);
+                    report.rate_limited = Some(open);
+                    self.note(&format!(
+                        "  ! fetch attempt {attempt}/{attempts} was rate-limited by {host} (Retry-After {}s): circuit open",
+                        open.as_secs()
+                    ));
+                    tracing::warn!(app = %self.app.name, upstream = %host, "rate-limited; circuit open for {}s", open.as_secs());
+                    if attempt >= attempts {
+                        return Err(Failure {
+                            message: format!(
+                                "{} (after {attempt} attempts; circuit open for {}s)",
+                                f.message,
+                                open.as_secs()
+                            ),
+                            ..f
+                        });
+                    }
+                }
                 Err(f) if f.kind == Kind::Transient && attempt < attempts => {
                     let wait = failure::backoff(attempt - 1, Duration::from_secs(1), Duration::from_secs(30));
                     self.note(&format!(
@@ -238,6 +347,7 @@ impl Git {
                         wait.as_secs_f64()
                     ));
                     tracing::warn!(app = %self.app.name, attempt, "fetch failed (transient), retrying: {f}");
+                    report.waited += wait;
                     tokio::time::sleep(wait).await;
                 }
                 Err(mut f) => {
@@ -326,27 +436,14 @@ impl Git {
             Track::Tags(g) => format!("refs/tags/{g}"),
         };
         let cmd = self
-            .git("git ls-remote")
+            .net("git ls-remote")
             .args(["ls-remote", "--"])
             .arg(self.app.repo.as_str())
             .arg(pattern)
-            .timeout(self.app.fetch_timeout)
             .capture();
-        let out = match runner::run(&cmd, self.log.as_ref()).await {
-            Ok(out) => out,
-            Err(e) => {
-                let kind = match &e {
-                    RunError::TimedOut { .. } => Kind::Transient,
-                    RunError::Spawn { .. } => Kind::Permanent,
-                    _ => classify(e.stderr_tail()),
-                };
-                return Err(Failure {
-                    kind,
-                    message: format!("{e}{}", hint(kind, e.stderr_tail())),
-                    retry_after: None,
-                });
-            }
-        };
+        let out = runner::run(&cmd, self.log.as_ref())
+            .await
+            .map_err(|e| self.remote_failure(e))?;
         let mut refs: Vec<(String, String)> = Vec::new();
         for line in out.stdout_str().lines() {
             let mut parts = line.split_whitespace();

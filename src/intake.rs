@@ -581,6 +581,7 @@ fn decide(
         sha: if deleted { None } else { c.sha.clone() },
         git_ref: Some(c.git_ref.clone()),
         actor: model::clean_actor(actor),
+        target: None,
     };
     let is_deletion = |c: &Change| c.deleted || c.sha.as_deref().is_some_and(model::is_zero_sha);
     if let Some(c) = changes

@@ -7,7 +7,9 @@
 //! - [`poll`]: the `poll = "5m"` timer: `git ls-remote`, and a deploy request when the remote moved.
 //! - [`queue`]: per app, one running deploy and one pending slot; newest wins; start-up recovery.
 //! - [`pipeline`]: fetch -> resolve -> checkout -> build -> switch -> activate (-> roll back).
+//! - [`httpc`]: a minimal loopback HTTP client (health checks, the demo).
 //! - [`git`], [`release`], [`runner`]: the mirror and fetch, the on-disk release contract, the one subprocess runner.
+//! - [`upstream`]: per forge host: the fetch budget and the rate-limit circuit.
 //! - [`store`]: the audit log in SQLite, the only module that speaks SQL.
 //! - [`daemon`], [`cli`], [`demo`]: the daemon as a library function, the command line, the demo.
 //! - [`model`], [`config`], [`failure`]: the shared vocabulary, the configuration contract, typed failures.
@@ -21,6 +23,7 @@ pub mod deploylog;
 pub mod failure;
 pub mod git;
 pub mod http;
+pub mod httpc;
 pub mod intake;
 pub mod lock;
 pub mod logging;
@@ -31,3 +34,4 @@ pub mod queue;
 pub mod release;
 pub mod runner;
 pub mod store;
+pub mod upstream;

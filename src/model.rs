@@ -60,6 +60,8 @@ pub enum Trigger {
     Webhook,
     Manual,
     Poll,
+    /// `haul rollback`: switch back to a release already on disk.
+    Rollback,
 }
 
 impl Trigger {
@@ -68,6 +70,7 @@ impl Trigger {
             Trigger::Webhook => "webhook",
             Trigger::Manual => "manual",
             Trigger::Poll => "poll",
+            Trigger::Rollback => "rollback",
         }
     }
     pub fn parse(s: &str) -> Option<Trigger> {
@@ -75,6 +78,7 @@ impl Trigger {
             "webhook" => Trigger::Webhook,
             "manual" => Trigger::Manual,
             "poll" => Trigger::Poll,
+            "rollback" => Trigger::Rollback,
             _ => return None,
         })
     }
@@ -144,6 +148,8 @@ pub struct DeployRequest {
     /// A full sha from a webhook, a prefix from `haul deploy --sha`, or none for "the branch tip".
     pub sha: Option<String>,
     pub actor: String,
+    /// For a rollback: the release id or sha asked for (none: the release before the live one).
+    pub target: Option<String>,
 }
 
 /// How a deploy ended, and the facts it leaves in the audit.
@@ -221,6 +227,15 @@ pub fn clean_actor(s: &str) -> String {
     } else {
         cleaned
     }
+}
+
+/// What `haul rollback --to` accepts: a release id (`20261126T153215-1a2b3c4`) or a sha prefix.
+pub fn is_valid_release_ref(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 80
+        && !s.starts_with(['-', '.'])
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
 }
 
 /// A delivery id is stored and echoed back; keep it to a sane alphabet and length.

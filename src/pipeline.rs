@@ -8,12 +8,13 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::config::{AppConfig, Track};
+use crate::config::{AppConfig, HealthCheck, Track};
 use crate::deploylog::DeployLog;
 use crate::failure::Failure;
 use crate::git::Git;
+use crate::httpc;
 use crate::model::{self, DeployId, Outcome, State, Trigger};
 use crate::release;
 use crate::runner::{self, Cmd};
@@ -36,6 +37,8 @@ pub struct Target {
     pub git_ref: String,
     pub sha: String,
     pub release_id: String,
+    /// Something about the fetch the audit should say (a rate limit that was waited out).
+    pub fetch_note: Option<String>,
 }
 
 /// The live release before this deploy, and the sha it was built from.
@@ -49,6 +52,15 @@ pub struct Pipeline {
     pub app: Arc<AppConfig>,
     pub mirrors_dir: PathBuf,
     pub log: Arc<DeployLog>,
+    /// Where a running step's process group id is kept, so a restart can end what a crash left running.
+    pub pgid_file: Option<PathBuf>,
+}
+
+/// A release on disk that a rollback may go back to, newest first.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub release_id: String,
+    pub sha: String,
 }
 
 fn fail(kind_prefix: &str, f: &Failure) -> Outcome {
@@ -96,23 +108,90 @@ impl Pipeline {
         dir: &Path,
         env: &[(String, OsString)],
     ) -> Result<(), String> {
+        // Only build steps may be retried, and only if the operator opted in (`build_retries`).
+        let retries = if kind == "build" {
+            self.app.build_retries
+        } else {
+            0
+        };
         let n = steps.len();
         for (i, step) in steps.iter().enumerate() {
             let label = format!("{kind} step {}/{n} `{step}`", i + 1);
-            self.log.stage(&label);
-            let started = Instant::now();
-            let mut cmd = step_cmd(label.clone(), step)
-                .cwd(dir)
-                .timeout(self.app.step_timeout);
-            cmd.env = env.to_vec();
-            match runner::run(&cmd, Some(&self.log)).await {
-                Ok(_) => self
-                    .log
-                    .line(&format!("    ok in {:.1}s", started.elapsed().as_secs_f64())),
-                Err(e) => return Err(e.to_string()),
+            let mut attempt = 0;
+            loop {
+                self.log.stage(&label);
+                let started = Instant::now();
+                let mut cmd = step_cmd(label.clone(), step)
+                    .cwd(dir)
+                    .timeout(self.app.step_timeout);
+                cmd.env = env.to_vec();
+                cmd.pgid_file = self.pgid_file.clone();
+                match runner::run(&cmd, Some(&self.log)).await {
+                    Ok(_) => {
+                        self.log
+                            .line(&format!("    ok in {:.1}s", started.elapsed().as_secs_f64()));
+                        break;
+                    }
+                    Err(e) if attempt < retries => {
+                        attempt += 1;
+                        let wait =
+                            crate::failure::backoff(attempt, Duration::from_secs(1), Duration::from_secs(30));
+                        self.log.line(&format!(
+                            "  ! {e}; retry {attempt}/{retries} in {:.1}s (build_retries)",
+                            wait.as_secs_f64()
+                        ));
+                        tokio::time::sleep(wait).await;
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
             }
         }
         Ok(())
+    }
+
+    /// The health gate: passes when one of `retries` attempts succeeds.
+    async fn health(&self, dir: &Path, env: &[(String, OsString)]) -> Result<(), String> {
+        let Some(h) = &self.app.health else {
+            return Ok(());
+        };
+        let mut last = String::new();
+        for attempt in 1..=h.retries {
+            self.log.stage(&format!("health check {attempt}/{}", h.retries));
+            let result = match &h.check {
+                HealthCheck::Url { host, port, path } => {
+                    match httpc::get_status(host, *port, path, h.timeout).await {
+                        Ok(status) if (200..300).contains(&status) => Ok(()),
+                        Ok(status) => Err(format!("GET http://{host}:{port}{path} answered {status}")),
+                        Err(e) => Err(format!("GET http://{host}:{port}{path}: {e}")),
+                    }
+                }
+                HealthCheck::Command(c) => {
+                    let mut cmd = step_cmd(format!("health command `{c}`"), c)
+                        .cwd(dir)
+                        .timeout(h.timeout);
+                    cmd.env = env.to_vec();
+                    cmd.pgid_file = self.pgid_file.clone();
+                    runner::run(&cmd, Some(&self.log))
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            };
+            match result {
+                Ok(()) => {
+                    self.log.line("    healthy");
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.log.line(&format!("  ! {e}"));
+                    last = e;
+                }
+            }
+            if attempt < h.retries {
+                tokio::time::sleep(h.interval).await;
+            }
+        }
+        Err(format!("health check failed {} time(s): {last}", h.retries))
     }
 
     /// Fetches and decides what to deploy: the sha (which must be on the configured branch) and the id of the
@@ -120,18 +199,31 @@ impl Pipeline {
     pub async fn prepare(&self, job: &Job) -> Result<Target, Outcome> {
         let started = Instant::now();
         let git = self.git();
-        self.log
-            .stage(&format!("fetch {} (branch {})", self.app.repo, self.app.branch));
+        self.log.stage(&format!(
+            "fetch {} ({})",
+            self.app.repo,
+            self.app.track.describe()
+        ));
         git.ensure_mirror().await.map_err(|f| fail("fetch failed", &f))?;
-        let attempts = git
+        let report = git
             .fetch()
             .await
             .map_err(|f| fail(&format!("fetch failed ({})", f.kind.as_str()), &f))?;
         self.log.line(&format!(
-            "    fetched in {:.1}s ({attempts} attempt{})",
+            "    fetched in {:.1}s ({} attempt{})",
             started.elapsed().as_secs_f64(),
-            if attempts == 1 { "" } else { "s" }
+            report.attempts,
+            if report.attempts == 1 { "" } else { "s" }
         ));
+        // The audit says why a deploy took longer than it should have.
+        let fetch_note = report.rate_limited.map(|open| {
+            format!(
+                "the forge rate-limited the fetch (Retry-After {}s); haul waited {:.0}s and fetched {} time(s)",
+                open.as_secs(),
+                report.waited.as_secs_f64(),
+                report.attempts
+            )
+        });
         let (git_ref, sha) = self.resolve(&git, job).await?;
         self.log.line(&format!("    deploying {sha} ({git_ref})"));
         let release_id = release::new_release_id(&self.app.path, model::now_ms(), &sha);
@@ -139,6 +231,7 @@ impl Pipeline {
             git_ref,
             sha,
             release_id,
+            fetch_note,
         })
     }
 
@@ -150,6 +243,7 @@ impl Pipeline {
             git_ref,
             sha,
             release_id,
+            fetch_note,
         } = target;
         let short = &sha[..sha.len().min(7)];
         let dir = release::release_dir(&self.app.path, release_id);
@@ -198,6 +292,9 @@ impl Pipeline {
         if let Err(e) = self.run_steps("activate", &self.app.activate, &dir, &env).await {
             return self.roll_back(job, previous, outcome, &e).await;
         }
+        if let Err(e) = self.health(&dir, &env).await {
+            return self.roll_back(job, previous, outcome, &e).await;
+        }
 
         let protect: Vec<&str> = [Some(release_id.as_str()), previous.release_id.as_deref()]
             .into_iter()
@@ -212,7 +309,10 @@ impl Pipeline {
             ));
         }
         outcome.state = State::Succeeded;
-        outcome.reason = format!("{short} is live as {release_id}");
+        outcome.reason = match fetch_note {
+            Some(note) => format!("{short} is live as {release_id}; {note}"),
+            None => format!("{short} is live as {release_id}"),
+        };
         outcome
     }
 
@@ -278,6 +378,93 @@ impl Pipeline {
                         named.unwrap_or("any tag")
                     ))),
                 }
+            }
+        }
+    }
+
+    /// `haul rollback`: put an earlier release back, with the same activate steps and health gate. If that
+    /// fails, the release that was live is put back again.
+    pub async fn rollback(&self, job: &Job, candidates: &[Candidate], previous: &Previous) -> Outcome {
+        let live = previous.release_id.as_deref();
+        let wanted = job.sha.as_deref().map(str::to_ascii_lowercase);
+        let chosen = match wanted.as_deref() {
+            None => candidates.iter().find(|c| Some(c.release_id.as_str()) != live),
+            Some(w) => candidates.iter().find(|c| c.release_id == w).or_else(|| {
+                candidates
+                    .iter()
+                    .find(|c| model::is_sha_prefix(w) && c.sha.starts_with(w))
+            }),
+        };
+        let Some(target) = chosen else {
+            let on_disk: Vec<&str> = candidates.iter().map(|c| c.release_id.as_str()).collect();
+            return Outcome::new(
+                State::Failed,
+                match wanted {
+                    None => "there is no earlier successful release on disk to roll back to".to_string(),
+                    Some(w) => format!(
+                        "no successful release {w:?} on disk (releases you can roll back to: {})",
+                        if on_disk.is_empty() {
+                            "none".to_string()
+                        } else {
+                            on_disk.join(", ")
+                        }
+                    ),
+                },
+            );
+        };
+        let mut o = Outcome {
+            state: State::Failed,
+            reason: String::new(),
+            sha: Some(target.sha.clone()),
+            release_id: Some(target.release_id.clone()),
+            previous_sha: previous.sha.clone(),
+        };
+        if Some(target.release_id.as_str()) == live {
+            o.state = State::Succeeded;
+            o.reason = format!("{} is already live; nothing to do", target.release_id);
+            return o;
+        }
+        let dir = release::release_dir(&self.app.path, &target.release_id);
+        self.log.stage(&format!(
+            "rollback: switch current -> releases/{}",
+            target.release_id
+        ));
+        if let Err(e) = release::switch(&self.app.path, &target.release_id) {
+            o.reason = format!(
+                "cannot switch to {}: {e}; {} is still live",
+                target.release_id,
+                live.unwrap_or("nothing")
+            );
+            return o;
+        }
+        let git_ref = job.git_ref.clone().unwrap_or_default();
+        let mut env = self.step_env(job, &git_ref, &target.sha, &dir, previous);
+        env.push(("HAUL_ROLLBACK".into(), "1".into()));
+        let activated = match self.run_steps("activate", &self.app.activate, &dir, &env).await {
+            Ok(()) => self.health(&dir, &env).await,
+            Err(e) => Err(e),
+        };
+        match activated {
+            Ok(()) => {
+                o.state = State::Succeeded;
+                o.reason = format!(
+                    "rolled back to {} ({})",
+                    target.release_id,
+                    &target.sha[..target.sha.len().min(7)]
+                );
+                o
+            }
+            Err(e) => {
+                let mut back = self
+                    .roll_back(
+                        job,
+                        previous,
+                        o,
+                        &format!("rollback to {} failed: {e}", target.release_id),
+                    )
+                    .await;
+                back.state = State::Failed;
+                back
             }
         }
     }

@@ -91,6 +91,7 @@ async fn poll_once(queue: &Queue, app: &AppConfig, git: &Git) -> Result<(), Fail
                         git_ref: Some(git_ref),
                         sha: Some(sha),
                         actor: "poll".into(),
+                        target: None,
                     };
                     if let Err(e) = queue.submit(req).await {
                         tracing::error!("poll: cannot record the deploy request: {e}");

@@ -17,8 +17,8 @@ use tracing::Instrument;
 use crate::config::{AppConfig, Config};
 use crate::deploylog::DeployLog;
 use crate::lock;
-use crate::model::{self, DeployRequest, Outcome, State};
-use crate::pipeline::{Job, Pipeline, Previous};
+use crate::model::{self, DeployRequest, Outcome, State, Trigger};
+use crate::pipeline::{Candidate, Job, Pipeline, Previous};
 use crate::release;
 use crate::store::{self, DeployRow, Enqueued, Store, StoreError};
 
@@ -30,26 +30,35 @@ pub struct Env {
     pub logs_dir: PathBuf,
     pub mirrors_dir: PathBuf,
     pub locks_dir: PathBuf,
+    /// Process group ids of running steps (`<app>.pgid`).
+    pub run_dir: PathBuf,
 }
 
 impl Env {
+    pub fn app_map(cfg: &Config) -> HashMap<String, Arc<AppConfig>> {
+        cfg.apps
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
+            .collect()
+    }
+
     pub fn new(cfg: &Config, store: Store) -> Env {
         Env {
             store,
-            apps: Arc::new(
-                cfg.apps
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
-                    .collect(),
-            ),
+            apps: Arc::new(Env::app_map(cfg)),
             logs_dir: cfg.logs_dir(),
             mirrors_dir: cfg.mirrors_dir(),
             locks_dir: cfg.locks_dir(),
+            run_dir: cfg.state_dir.join("run"),
         }
     }
 
     pub fn lock_path(&self, app: &str) -> PathBuf {
         self.locks_dir.join(format!("{app}.lock"))
+    }
+
+    pub fn pgid_path(&self, app: &str) -> PathBuf {
+        self.run_dir.join(format!("{app}.pgid"))
     }
 }
 
@@ -154,6 +163,10 @@ pub async fn recover(env: &Env, app: &str) -> Result<(), String> {
     let _lock = lock::lock(&env.lock_path(app))
         .await
         .map_err(|e| format!("cannot lock {app}: {e}"))?;
+    // A step a killed haul left running is ended first: nothing of the old deploy may race the next one.
+    if let Some(pgid) = crate::runner::kill_recorded_group(&env.pgid_path(app)) {
+        tracing::warn!(app = %app, "ended process group {pgid}, left running by a haul that was killed");
+    }
     let now = model::now_ms();
     let a = app.to_string();
     let interrupted = env
@@ -169,6 +182,25 @@ pub async fn recover(env: &Env, app: &str) -> Result<(), String> {
                 let _ = release::remove(&cfg.path, rid);
             }
         }
+        if kept_live {
+            // Killed after the switch: the new release is complete and live, but activate or the health
+            // check may not have finished. Say so where people look.
+            let (id, reason) = (
+                row.id.clone(),
+                format!(
+                    "haul stopped after switching to {}; its activate steps or health check may not have finished: check the app, or `haul rollback {app}`",
+                    live.as_deref().unwrap_or("")
+                ),
+            );
+            let o = Outcome {
+                state: State::Interrupted,
+                reason,
+                sha: None,
+                release_id: None,
+                previous_sha: None,
+            };
+            let _ = env.store.call(move |c| store::finish(c, &id, &o, now)).await;
+        }
         if let Ok(log) = DeployLog::create(&env.logs_dir, &row.id) {
             log.stage(&format!(
                 "interrupted: {}",
@@ -183,6 +215,17 @@ pub async fn recover(env: &Env, app: &str) -> Result<(), String> {
     }
     // Stray temporaries (index files, temp symlinks) a crash left behind.
     release::clean_temporaries(&cfg.path);
+    if cfg.on_restart == crate::config::OnRestart::Hold {
+        let a = app.to_string();
+        let held = env
+            .store
+            .call(move |c| store::hold_queued(c, &a, now))
+            .await
+            .map_err(|e| e.to_string())?;
+        if held > 0 {
+            tracing::warn!(app = %app, "on_restart = hold: {held} queued request(s) not run; deploy with `haul deploy {app}`");
+        }
+    }
     Ok(())
 }
 
@@ -236,35 +279,69 @@ async fn execute(env: &Env, row: &DeployRow) -> Outcome {
         id: row.id.clone(),
         trigger: row.trigger,
         git_ref: row.git_ref.clone(),
-        sha: row.sha.clone(),
+        sha: if row.trigger == Trigger::Rollback {
+            row.target.clone()
+        } else {
+            row.sha.clone()
+        },
         actor: row.actor.clone(),
     };
     let pipeline = Pipeline {
         app: app.clone(),
         mirrors_dir: env.mirrors_dir.clone(),
         log: log.clone(),
+        pgid_file: Some(env.pgid_path(&app.name)),
     };
     let started = std::time::Instant::now();
-    let outcome = match pipeline.prepare(&job).await {
-        Err(o) => o,
-        Ok(target) => {
-            // Recorded before anything is written under `path`, so recovery knows what to clean.
-            let (id, sha, rid, prev) = (
-                row.id.clone(),
-                target.sha.clone(),
-                target.release_id.clone(),
-                previous.sha.clone(),
-            );
-            match env
-                .store
-                .call(move |c| store::set_release(c, &id, &sha, &rid, prev.as_deref()))
-                .await
-            {
-                Ok(()) => pipeline.release(&job, &target, &previous).await,
-                Err(e) => Outcome::new(
-                    State::Failed,
-                    format!("cannot record the release in the audit log: {e}"),
-                ),
+    let automatic = matches!(row.trigger, Trigger::Webhook | Trigger::Poll);
+    let already_live = automatic && row.sha.is_some() && row.sha == previous.sha;
+    let outcome = if already_live {
+        // A redelivered or repeated trigger for what is already live: nothing to fetch, nothing to do.
+        let mut o = Outcome::new(
+            State::Ignored,
+            format!(
+                "{} is already live as {}; nothing fetched",
+                short(row.sha.as_deref().unwrap_or("")),
+                previous.release_id.as_deref().unwrap_or("")
+            ),
+        );
+        o.previous_sha = previous.sha.clone();
+        o
+    } else if row.trigger == Trigger::Rollback {
+        let name = app.name.clone();
+        let on_disk = release::list(&app.path);
+        let candidates: Vec<Candidate> = env
+            .store
+            .call(move |c| store::successful_releases(c, &name))
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(rid, _)| on_disk.contains(rid))
+            .map(|(release_id, sha)| Candidate { release_id, sha })
+            .collect();
+        pipeline.rollback(&job, &candidates, &previous).await
+    } else {
+        match pipeline.prepare(&job).await {
+            Err(o) => o,
+            Ok(target) => {
+                // Recorded before anything is written under `path`, so recovery knows what to clean.
+                let (id, sha, rid, prev) = (
+                    row.id.clone(),
+                    target.sha.clone(),
+                    target.release_id.clone(),
+                    previous.sha.clone(),
+                );
+                match env
+                    .store
+                    .call(move |c| store::set_release(c, &id, &sha, &rid, prev.as_deref()))
+                    .await
+                {
+                    Ok(()) => pipeline.release(&job, &target, &previous).await,
+                    Err(e) => Outcome::new(
+                        State::Failed,
+                        format!("cannot record the release in the audit log: {e}"),
+                    ),
+                }
             }
         }
     };
@@ -277,6 +354,10 @@ async fn execute(env: &Env, row: &DeployRow) -> Outcome {
         _ => tracing::warn!(elapsed_s = secs, "deploy {}: {}", outcome.state, outcome.reason),
     }
     record(env, row, outcome).await
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(7)]
 }
 
 async fn record(env: &Env, row: &DeployRow, outcome: Outcome) -> Outcome {

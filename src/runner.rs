@@ -32,6 +32,20 @@ pub struct Cmd {
     pub capture_stdout: bool,
     /// Strings never written to the log (credentials in URLs).
     pub redact: Vec<String>,
+    /// While the command runs, its process group id is kept in this file.
+    pub pgid_file: Option<PathBuf>,
+    /// Decides, per stderr line, whether it is logged, only kept for the error, or dropped.
+    pub stderr_filter: Option<fn(&str) -> LineUse>,
+}
+
+/// What to do with one line of stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineUse {
+    /// Into the deploy log and the error's tail.
+    Log,
+    /// Only into the error's tail (where failures are classified), not the log.
+    Keep,
+    Drop,
 }
 
 impl Cmd {
@@ -45,6 +59,8 @@ impl Cmd {
             timeout: Duration::from_secs(600),
             capture_stdout: false,
             redact: Vec::new(),
+            pgid_file: None,
+            stderr_filter: None,
         }
     }
     pub fn arg(mut self, a: impl Into<OsString>) -> Cmd {
@@ -160,6 +176,49 @@ impl Drop for GroupGuard {
     }
 }
 
+/// The file naming a running step's process group; removed when the step ends. If haul is killed, it stays,
+/// and the next start ends that group ([`kill_recorded_group`]).
+struct PgidRecord(PathBuf);
+
+impl PgidRecord {
+    fn write(path: &std::path::Path, pgid: i32) -> Option<PgidRecord> {
+        if let Some(parent) = path.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        std::fs::write(path, pgid.to_string())
+            .ok()
+            .map(|_| PgidRecord(path.to_path_buf()))
+    }
+}
+
+impl Drop for PgidRecord {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Ends the process group a killed haul left running, if the file names one that is still a group leader's.
+/// Returns the group id that was signalled.
+pub fn kill_recorded_group(path: &std::path::Path) -> Option<i32> {
+    let pgid: i32 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
+    let _ = std::fs::remove_file(path);
+    if pgid <= 1 {
+        return None;
+    }
+    // Only if that process still leads its own group: a recycled pid in someone else's group is left alone.
+    let stat = std::fs::read_to_string(format!("/proc/{pgid}/stat")).ok()?;
+    let after_name = stat.rsplit_once(')')?.1;
+    let group: i32 = after_name.split_whitespace().nth(2)?.parse().ok()?;
+    if group != pgid {
+        return None;
+    }
+    // SAFETY: kill(2) on a process group checked above; no memory is involved.
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
+    Some(pgid)
+}
+
 fn redact(line: &str, secrets: &[String]) -> String {
     let mut out = line.to_string();
     for s in secrets.iter().filter(|s| !s.is_empty()) {
@@ -173,6 +232,7 @@ async fn pump_lines<R: AsyncRead + Unpin>(
     log: Option<Arc<DeployLog>>,
     tail: Option<Arc<Mutex<VecDeque<String>>>>,
     redactions: Vec<String>,
+    filter: Option<fn(&str) -> LineUse>,
 ) {
     let mut reader = BufReader::new(reader);
     let mut buf = Vec::new();
@@ -187,7 +247,11 @@ async fn pump_lines<R: AsyncRead + Unpin>(
             String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']),
             &redactions,
         );
-        if let Some(log) = &log {
+        let usage = filter.map_or(LineUse::Log, |f| f(&line));
+        if usage == LineUse::Drop {
+            continue;
+        }
+        if let (Some(log), LineUse::Log) = (&log, usage) {
             log.line(&format!("  | {line}"));
         }
         if let Some(tail) = &tail {
@@ -221,6 +285,10 @@ pub async fn run(cmd: &Cmd, log: Option<&Arc<DeployLog>>) -> Result<Output, RunE
         source,
     })?;
     let mut guard = GroupGuard(child.id().and_then(|p| i32::try_from(p).ok()));
+    let _pgid_record = match (&cmd.pgid_file, guard.0) {
+        (Some(f), Some(pgid)) => PgidRecord::write(f, pgid),
+        _ => None,
+    };
 
     let tail = Arc::new(Mutex::new(VecDeque::new()));
     let stderr_task = child.stderr.take().map(|e| {
@@ -229,6 +297,7 @@ pub async fn run(cmd: &Cmd, log: Option<&Arc<DeployLog>>) -> Result<Output, RunE
             log.cloned(),
             Some(tail.clone()),
             cmd.redact.clone(),
+            cmd.stderr_filter,
         ))
     });
     let stdout_task = child.stdout.take().map(|o| {
@@ -242,7 +311,7 @@ pub async fn run(cmd: &Cmd, log: Option<&Arc<DeployLog>>) -> Result<Output, RunE
             let log = log.cloned();
             let redactions = cmd.redact.clone();
             tokio::spawn(async move {
-                pump_lines(o, log, None, redactions).await;
+                pump_lines(o, log, None, redactions, None).await;
                 Vec::new()
             })
         }

@@ -40,6 +40,8 @@ pub struct DeployRow {
     pub release_id: Option<String>,
     pub previous_sha: Option<String>,
     pub superseded_by: Option<DeployId>,
+    /// For a rollback: what was asked for.
+    pub target: Option<String>,
     pub requested_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
@@ -85,6 +87,8 @@ const SCHEMA: &[&str] = &[
         PRIMARY KEY (app, delivery_id)
     ) WITHOUT ROWID;
     CREATE INDEX deliveries_seen ON deliveries(seen_at);",
+    // v2: rollbacks name their target.
+    "ALTER TABLE deploys ADD COLUMN target TEXT;",
 ];
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
@@ -234,7 +238,7 @@ pub fn open_read(path: &Path) -> Result<Connection, StoreError> {
 
 const COLUMNS: &str =
     "id, app, trigger, provider, delivery_id, git_ref, sha, actor, state, reason, release_id, \
-                       previous_sha, superseded_by, requested_at, started_at, finished_at";
+                       previous_sha, superseded_by, requested_at, started_at, finished_at, target";
 
 fn row_to_deploy(r: &Row<'_>) -> rusqlite::Result<DeployRow> {
     let bad = |i: usize, what: &str, v: String| {
@@ -265,6 +269,7 @@ fn row_to_deploy(r: &Row<'_>) -> rusqlite::Result<DeployRow> {
         requested_at: r.get(13)?,
         started_at: r.get(14)?,
         finished_at: r.get(15)?,
+        target: r.get(16)?,
     })
 }
 
@@ -291,8 +296,8 @@ fn insert(
 ) -> Result<DeployId, StoreError> {
     let id = DeployId::new(now);
     conn.execute(
-        "INSERT INTO deploys (id, app, trigger, provider, delivery_id, git_ref, sha, actor, state, reason, requested_at, finished_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        "INSERT INTO deploys (id, app, trigger, provider, delivery_id, git_ref, sha, actor, state, reason, requested_at, finished_at, target)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         params![
             id.as_str(),
             req.app,
@@ -306,6 +311,7 @@ fn insert(
             reason,
             now,
             state.is_final().then_some(now),
+            req.target,
         ],
     )?;
     if let Some(d) = &req.delivery_id {
@@ -490,6 +496,30 @@ pub fn last_attempted_sha(conn: &Connection, app: &str) -> Result<Option<String>
         .flatten())
 }
 
+/// Releases that went live successfully (a deploy or a rollback that succeeded), newest first, with their sha:
+/// what `haul rollback` may go back to.
+pub fn successful_releases(conn: &Connection, app: &str) -> Result<Vec<(String, String)>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT release_id, sha, max(seq) AS last FROM deploys
+         WHERE app = ?1 AND state = 'succeeded' AND release_id IS NOT NULL AND sha IS NOT NULL
+         GROUP BY release_id ORDER BY release_id DESC",
+    )?;
+    let rows = stmt
+        .query_map(params![app], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// `on_restart = "hold"`: requests still queued at start-up are not run; they are closed with a reason.
+pub fn hold_queued(conn: &Connection, app: &str, now: i64) -> Result<usize, StoreError> {
+    Ok(conn.execute(
+        "UPDATE deploys SET state = 'interrupted', finished_at = ?2,
+                reason = 'queued when haul stopped, and held at start-up (on_restart = \"hold\"); deploy it with `haul deploy`'
+         WHERE app = ?1 AND state = 'queued'",
+        params![app, now],
+    )?)
+}
+
 /// Forget delivery ids older than `keep_ms` (replay protection keeps them at least 7 days).
 pub fn prune_deliveries(conn: &Connection, now: i64, keep_ms: i64) -> Result<usize, StoreError> {
     Ok(conn.execute(
@@ -511,6 +541,7 @@ mod tests {
             git_ref: Some("refs/heads/main".into()),
             sha: Some("a".repeat(40)),
             actor: "octocat".into(),
+            target: None,
         }
     }
 

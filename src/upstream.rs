@@ -1,0 +1,165 @@
+//! Upstreams: what haul owes each forge it fetches from. Per upstream host (shared by every app that uses it):
+//! a fetch budget (`max_fetches_per_minute`, a token bucket: work beyond it waits, and meanwhile newer requests
+//! coalesce in the queue) and a circuit that a rate-limit answer opens for as long as the forge asked
+//! (`Retry-After`), during which nothing fetches from that host. This is what makes "a retry loop got our deploy
+//! key rate-limited" impossible.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The longest a circuit stays open on one rate-limit answer, whatever the forge says.
+pub const MAX_OPEN: Duration = Duration::from_secs(3600);
+/// How long a circuit stays open when the forge gave no `Retry-After`.
+pub const DEFAULT_OPEN: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+struct Upstream {
+    open_until: Option<Instant>,
+    tokens: f64,
+    refilled: Option<Instant>,
+}
+
+#[derive(Default)]
+pub struct Upstreams {
+    inner: Mutex<HashMap<String, Upstream>>,
+}
+
+/// The process-wide registry: every app's fetches to one host share it.
+pub fn global() -> &'static Upstreams {
+    static G: OnceLock<Upstreams> = OnceLock::new();
+    G.get_or_init(Upstreams::default)
+}
+
+/// The upstream a repo URL belongs to: `host[:port]`, or `local` for a path.
+pub fn key(repo: &str) -> String {
+    let rest = match repo.split_once("://") {
+        Some((_, rest)) => rest,
+        None if crate::config::is_ssh_url(repo) => {
+            return repo
+                .split(':')
+                .next()
+                .unwrap_or(repo)
+                .rsplit('@')
+                .next()
+                .unwrap_or(repo)
+                .to_string()
+        }
+        None => return "local".to_string(),
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    authority.rsplit('@').next().unwrap_or(authority).to_string()
+}
+
+impl Upstreams {
+    /// How long the circuit of `upstream` stays open, if it is.
+    pub fn open_for(&self, upstream: &str) -> Option<Duration> {
+        let now = Instant::now();
+        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(upstream)
+            .and_then(|u| u.open_until)
+            .filter(|t| *t > now)
+            .map(|t| t - now)
+    }
+
+    /// A rate-limit answer: nothing fetches from `upstream` for `for_`.
+    pub fn open(&self, upstream: &str, for_: Duration) {
+        let until = Instant::now() + for_.min(MAX_OPEN);
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let u = map.entry(upstream.to_string()).or_default();
+        u.open_until = Some(u.open_until.map_or(until, |t| t.max(until)));
+    }
+
+    /// Takes one fetch from the budget, or says how long to wait for one.
+    pub fn take(&self, upstream: &str, per_minute: u32) -> Result<(), Duration> {
+        let per_minute = f64::from(per_minute.max(1));
+        let rate = per_minute / 60.0;
+        let now = Instant::now();
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let u = map.entry(upstream.to_string()).or_default();
+        let last = u.refilled.unwrap_or_else(|| {
+            u.tokens = per_minute;
+            now
+        });
+        u.tokens = (u.tokens + now.duration_since(last).as_secs_f64() * rate).min(per_minute);
+        u.refilled = Some(now);
+        if u.tokens >= 1.0 {
+            u.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - u.tokens) / rate))
+        }
+    }
+}
+
+/// `Retry-After` (seconds or an HTTP date) or GitHub's `x-ratelimit-reset` (epoch seconds), from lines of a git
+/// HTTP trace.
+pub fn retry_after(lines: &[String]) -> Option<Duration> {
+    for line in lines.iter().rev() {
+        let lower = line.to_ascii_lowercase();
+        if let Some(i) = lower.find("retry-after:") {
+            let v = line[i + "retry-after:".len()..].trim();
+            if let Ok(secs) = v.parse::<u64>() {
+                return Some(Duration::from_secs(secs));
+            }
+            if let Ok(t) = httpdate::parse_http_date(v) {
+                return Some(t.duration_since(std::time::SystemTime::now()).unwrap_or_default());
+            }
+        }
+        if let Some(i) = lower.find("x-ratelimit-reset:") {
+            if let Ok(epoch) = line[i + "x-ratelimit-reset:".len()..].trim().parse::<u64>() {
+                let at = std::time::UNIX_EPOCH + Duration::from_secs(epoch);
+                return Some(
+                    at.duration_since(std::time::SystemTime::now())
+                        .unwrap_or_default(),
+                );
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys() {
+        assert_eq!(key("git@github.com:acme/blog.git"), "github.com");
+        assert_eq!(key("ssh://git@127.0.0.1:2222/srv/x.git"), "127.0.0.1:2222");
+        assert_eq!(key("https://x-access-token:t@github.com/a/b.git"), "github.com");
+        assert_eq!(key("/srv/git/blog.git"), "local");
+    }
+
+    #[test]
+    fn budget_and_circuit() {
+        let u = Upstreams::default();
+        for _ in 0..3 {
+            assert_eq!(u.take("h", 3), Ok(()));
+        }
+        let wait = u.take("h", 3).expect_err("over budget");
+        assert!(
+            wait > Duration::from_secs(15) && wait <= Duration::from_secs(20),
+            "{wait:?}"
+        );
+        assert_eq!(u.open_for("h"), None);
+        u.open("h", Duration::from_secs(5));
+        assert!(u.open_for("h").is_some_and(|d| d <= Duration::from_secs(5)));
+        u.open("h", Duration::from_secs(99_999));
+        assert!(u.open_for("h").is_some_and(|d| d <= MAX_OPEN));
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let l = |s: &str| vec![s.to_string()];
+        assert_eq!(
+            retry_after(&l("12:00:00.0 http.c:700 <= Recv header: Retry-After: 7")),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            retry_after(&l("Retry-After: Wed, 21 Oct 2015 07:28:00 GMT")),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after(&l("nothing here")), None);
+    }
+}
