@@ -414,7 +414,16 @@ impl Git {
         }
         .await;
         let _ = std::fs::remove_file(&index);
+        // git says "unable to write file"; say why, while the partial release still fills the disk.
+        let disk_full = result.is_err() && disk_free(dir).is_some_and(|free| free < 256 * 1024);
         result.map(|_| ()).map_err(|e| {
+            if disk_full {
+                return Failure::permanent(format!(
+                    "checkout of {sha} failed: No space left on device in {} ({} KiB free); free some space (fewer keep_releases?) and deploy again",
+                    dir.parent().unwrap_or(dir).display(),
+                    disk_free(dir).unwrap_or(0) / 1024
+                ));
+            }
             let kind = classify(e.stderr_tail());
             Failure {
                 kind: if kind == Kind::RateLimited {
@@ -536,6 +545,16 @@ pub fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
         }
     }
     ca.len().cmp(&cb.len())
+}
+
+/// Bytes available to unprivileged users on the filesystem holding `path`.
+pub fn disk_free(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs(3) writes into the zeroed struct we own; the path is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 /// Used by `haul check`: is the repo reachable with these credentials?

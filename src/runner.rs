@@ -148,11 +148,24 @@ fn exit_text(code: Option<i32>, signal: Option<i32>) -> String {
 }
 
 fn tail_suffix(tail: &[String]) -> String {
-    // The last non-empty stderr line is usually the one that says what went wrong.
-    match tail.iter().rev().find(|l| !l.trim().is_empty()) {
+    match telling_line(tail) {
         Some(l) => format!(": {}", l.trim()),
         None => String::new(),
     }
+}
+
+/// The stderr line that says what went wrong: the last one that is not a tool's generic epilogue (git's
+/// "Please make sure you have the correct access rights / and the repository exists.").
+pub fn telling_line(tail: &[String]) -> Option<&str> {
+    const BOILERPLATE: &[&str] = &[
+        "please make sure you have the correct access rights",
+        "and the repository exists.",
+        "fatal: could not read from remote repository.",
+    ];
+    tail.iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| !l.is_empty() && !BOILERPLATE.contains(&l.to_ascii_lowercase().as_str()))
 }
 
 /// Kills the child's whole process group unless disarmed: a cancelled or timed-out step never leaves

@@ -114,8 +114,11 @@ impl GitServer {
         std::fs::write(
             &wrapper,
             format!(
-                "#!/bin/sh\necho \"$SSH_ORIGINAL_COMMAND\" >> '{}'\nexec git-shell -c \"$SSH_ORIGINAL_COMMAND\"\n",
-                fetch_log.display()
+                "#!/bin/sh\necho \"$SSH_ORIGINAL_COMMAND\" >> '{log}'\n\
+                 n=0; while [ -e '{dir}/slow' ] && [ $n -lt 6000 ]; do sleep 0.1; n=$((n+1)); done\n\
+                 exec git-shell -c \"$SSH_ORIGINAL_COMMAND\"\n",
+                log = fetch_log.display(),
+                dir = dir.display()
             ),
         )
         .expect("wrapper");
@@ -210,6 +213,12 @@ impl GitServer {
         sh(git(&self.work).args(["rev-parse", "HEAD"]))
     }
 
+    /// Removes `gone` and commits `files` on main.
+    pub fn commit_removing(&self, gone: &str, files: &[(&str, &str)], message: &str) -> String {
+        let _ = std::fs::remove_file(self.work.join(gone));
+        self.commit(files, message)
+    }
+
     pub fn commit(&self, files: &[(&str, &str)], message: &str) -> String {
         self.commit_on("main", files, message)
     }
@@ -226,6 +235,28 @@ impl GitServer {
         ]));
     }
 
+    /// From now on, every git request waits on the server until [`GitServer::speed_up`] (10 minutes at most).
+    pub fn slow_down(&self) {
+        std::fs::write(self.dir.join("slow"), "").expect("slow marker");
+    }
+
+    pub fn speed_up(&self) {
+        let _ = std::fs::remove_file(self.dir.join("slow"));
+    }
+
+    /// Removes the deploy key from authorized_keys: from now on the key is refused.
+    pub fn revoke_key(&self) {
+        std::fs::write(self.dir.join("authorized_keys"), "").expect("authorized_keys");
+    }
+
+    /// SIGKILLs sshd and every session it started (a connection in flight is cut).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.sshd.take() {
+            kill_tree(c.id());
+            let _ = c.wait();
+        }
+    }
+
     /// How many times a client fetched through sshd (the forced command logs each `git-upload-pack`).
     pub fn fetches(&self) -> usize {
         std::fs::read_to_string(&self.fetch_log)
@@ -240,10 +271,95 @@ impl GitServer {
 
 impl Drop for GitServer {
     fn drop(&mut self) {
-        if let Some(mut c) = self.sshd.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        self.speed_up();
+        self.kill();
+    }
+}
+
+/// SIGKILLs `pid` and all its descendants (found through /proc).
+pub fn kill_tree(pid: u32) {
+    let mut parents: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            parents.entry(ppid).or_default().push(p);
         }
+    }
+    let mut todo = vec![pid];
+    let mut all = Vec::new();
+    while let Some(p) = todo.pop() {
+        all.push(p);
+        todo.extend(parents.get(&p).cloned().unwrap_or_default());
+    }
+    for p in all {
+        // SAFETY: signalling processes this test started.
+        unsafe {
+            libc::kill(p as i32, libc::SIGKILL);
+        }
+    }
+}
+
+/// A real git smart-HTTP server (`git http-backend` behind `tests/support/git_http_server.py`) serving the
+/// repositories of a [`GitServer`], answering `limited` requests with 429 first (-1: all of them).
+pub struct HttpGitServer {
+    pub url: String,
+    log: PathBuf,
+    child: Child,
+}
+
+impl HttpGitServer {
+    pub fn start(git: &GitServer, name: &str, limited: i32, retry_after: u32) -> HttpGitServer {
+        let dir = git.dir.join(format!("http-{name}"));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let port_file = dir.join("port");
+        let log = dir.join("requests.log");
+        let child = Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/git_http_server.py"))
+            .arg(&git.dir)
+            .arg(&port_file)
+            .arg(&log)
+            .arg(limited.to_string())
+            .arg(retry_after.to_string())
+            .spawn()
+            .expect("start the git HTTP server");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let port = loop {
+            if let Ok(p) = std::fs::read_to_string(&port_file) {
+                break p.trim().parse::<u16>().expect("port");
+            }
+            assert!(Instant::now() < deadline, "git HTTP server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        HttpGitServer {
+            url: format!("http://127.0.0.1:{port}/repo.git"),
+            log,
+            child,
+        }
+    }
+
+    /// Requests received, and how many of them were answered 429.
+    pub fn requests(&self) -> (usize, usize) {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        (
+            text.lines().count(),
+            text.lines().filter(|l| l.ends_with(" 429")).count(),
+        )
+    }
+}
+
+impl Drop for HttpGitServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -278,11 +394,15 @@ impl Haul {
             state_dir.display()
         );
         for (name, provider, extra) in apps {
+            let repo_line = if extra.contains("repo = ") {
+                String::new()
+            } else {
+                format!("repo = \"{}\"\n", server.url)
+            };
             text.push_str(&format!(
-                "\n[apps.{name}]\nrepo = \"{url}\"\nbranch = \"main\"\ndeploy_key = \"{key}\"\nknown_hosts = \"{kh}\"\n\
+                "\n[apps.{name}]\n{repo_line}branch = \"main\"\ndeploy_key = \"{key}\"\nknown_hosts = \"{kh}\"\n\
                  path = \"{path}\"\nkeep_releases = 3\nstep_timeout = \"2m\"\n{extra}\n\n\
                  [apps.{name}.webhook]\nprovider = \"{provider}\"\nsecret_file = \"{secret}\"\n",
-                url = server.url,
                 key = server.deploy_key.display(),
                 kh = server.known_hosts.display(),
                 path = dir.join("srv").join(name).display(),
