@@ -68,6 +68,18 @@ pub struct AppConfig {
     pub on_restart: OnRestart,
     /// Fetches per minute to this app's upstream host, shared by every app that uses it.
     pub max_fetches_per_minute: u32,
+    /// Other places to fetch the same repository from (a cache, a mirror).
+    pub mirrors: Vec<String>,
+    pub mirror_mode: MirrorMode,
+}
+
+/// When the mirrors are used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MirrorMode {
+    /// Mirrors first; the primary only when they fail.
+    Prefer,
+    /// The primary first; mirrors when it is down or rate-limiting.
+    Fallback,
 }
 
 /// What to do, at start-up, with a request that was queued when haul stopped.
@@ -230,6 +242,9 @@ struct RawApp {
     build_retries: Option<u32>,
     on_restart: Option<String>,
     max_fetches_per_minute: Option<u32>,
+    #[serde(default)]
+    mirrors: Vec<String>,
+    mirror_mode: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -487,6 +502,25 @@ impl Config {
             if max_fetches_per_minute == 0 {
                 return Err(ctx("max_fetches_per_minute must be at least 1"));
             }
+            for m in &a.mirrors {
+                if m.is_empty() || m.starts_with('-') || m.chars().any(char::is_control) {
+                    return Err(ctx(&format!("mirrors: {m:?} is not a git URL or path")));
+                }
+                if is_ssh_url(m) && (a.deploy_key.is_none() || a.known_hosts.is_none()) {
+                    return Err(ctx(
+                        "an SSH mirror needs `deploy_key` and `known_hosts`, like an SSH repo",
+                    ));
+                }
+            }
+            let mirror_mode = match a.mirror_mode.as_deref() {
+                None | Some("fallback") => MirrorMode::Fallback,
+                Some("prefer") => MirrorMode::Prefer,
+                Some(other) => {
+                    return Err(ctx(&format!(
+                        "mirror_mode {other:?} must be \"prefer\" or \"fallback\""
+                    )))
+                }
+            };
             let fetch_attempts = a.fetch_attempts.unwrap_or(3);
             if !(1..=10).contains(&fetch_attempts) {
                 return Err(ctx("fetch_attempts must be between 1 and 10"));
@@ -549,6 +583,8 @@ impl Config {
                 build_retries,
                 on_restart,
                 max_fetches_per_minute,
+                mirrors: a.mirrors.clone(),
+                mirror_mode,
                 name: name.clone(),
             };
             apps.insert(name, app);

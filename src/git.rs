@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{self, AppConfig, Track};
+use crate::config::{self, AppConfig, MirrorMode, Track};
 use crate::deploylog::DeployLog;
 use crate::failure::{self, Failure, Kind};
 use crate::runner::{self, Cmd, LineUse, RunError};
@@ -146,6 +146,38 @@ pub struct FetchReport {
     pub waited: Duration,
     /// Set if the forge rate-limited a fetch: how long it asked us to stay away.
     pub rate_limited: Option<Duration>,
+    /// The mirror the objects came from, if not the primary.
+    pub mirror: Option<String>,
+    /// The local mirror was damaged and re-created.
+    pub repaired: bool,
+}
+
+/// Signs that the local mirror, not the remote, is the problem.
+pub fn is_local_damage(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "bad object",
+        "is corrupt",
+        "unable to read",
+        "missing blob",
+        "missing tree",
+        "missing commit",
+        "did not send all necessary objects",
+        "not a git repository",
+        "bad packed object",
+        "unpack-objects failed",
+    ]
+    .iter()
+    .any(|p| m.contains(p))
+}
+
+/// A URL with its userinfo removed, for messages.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_string();
+    for s in url_secrets(url) {
+        out = out.replace(&s, "***");
+    }
+    out
 }
 
 /// One app's view of git: its mirror, its credentials, its log.
@@ -178,14 +210,17 @@ impl Git {
         if let Some(ssh) = ssh_command(&self.app) {
             c = c.env("GIT_SSH_COMMAND", ssh);
         }
-        c.redact = url_secrets(&self.app.repo);
+        c.redact = std::iter::once(&self.app.repo)
+            .chain(&self.app.mirrors)
+            .flat_map(|u| url_secrets(u))
+            .collect();
         c
     }
 
-    /// A git command that talks to the remote.
-    fn net(&self, label: &str) -> Cmd {
+    /// A git command that talks to `url`.
+    fn net(&self, label: &str, url: &str) -> Cmd {
         let mut c = self.git(label).timeout(self.app.fetch_timeout);
-        if self.app.repo.starts_with("http://") || self.app.repo.starts_with("https://") {
+        if url.starts_with("http://") || url.starts_with("https://") {
             c = c
                 .env("GIT_TRACE_CURL", "1")
                 .env("GIT_TRACE_CURL_NO_DATA", "1")
@@ -258,10 +293,10 @@ impl Git {
         Ok(())
     }
 
-    /// One incremental fetch of what the app deploys into the mirror.
-    pub async fn fetch_once(&self) -> Result<(), Failure> {
+    /// One incremental fetch of what the app deploys, from `url`, into the mirror.
+    pub async fn fetch_once(&self, url: &str) -> Result<(), Failure> {
         let cmd = self
-            .net("git fetch")
+            .net("git fetch", url)
             .args([
                 "fetch",
                 "--no-tags",
@@ -269,7 +304,7 @@ impl Git {
                 "--no-write-fetch-head",
                 "--",
             ])
-            .arg(self.app.repo.as_str())
+            .arg(url)
             .arg(self.refspec());
         runner::run(&cmd, self.log.as_ref())
             .await
@@ -277,12 +312,66 @@ impl Git {
             .map_err(|e| self.remote_failure(e))
     }
 
-    /// Fetches within the upstream's budget and circuit, retrying transient and rate-limited failures a bounded
-    /// number of times (`fetch_attempts` in all) with backoff and full jitter. A permanent failure returns at
-    /// once: exactly one attempt.
+    /// Where to fetch from, in order: (url, is the primary).
+    fn sources(&self) -> Vec<(&str, bool)> {
+        let primary = std::iter::once((self.app.repo.as_str(), true));
+        let mirrors = self.app.mirrors.iter().map(|m| (m.as_str(), false));
+        match self.app.mirror_mode {
+            MirrorMode::Prefer => mirrors.chain(primary).collect(),
+            MirrorMode::Fallback => primary.chain(mirrors).collect(),
+        }
+    }
+
+    /// Fetches from the primary and the mirrors in `mirror_mode` order. A permanent failure of the primary
+    /// (key refused, branch gone) ends it: a mirror must never stand in for a primary that says no.
     pub async fn fetch(&self) -> Result<FetchReport, Failure> {
+        let mut last = None;
+        for (url, primary) in self.sources() {
+            match self.fetch_from(url).await {
+                Ok(mut report) => {
+                    report.mirror = (!primary).then(|| url.to_string());
+                    return Ok(report);
+                }
+                Err(f) if primary && f.kind == Kind::Permanent => return Err(f),
+                Err(f) => {
+                    if !self.app.mirrors.is_empty() {
+                        self.note(&format!(
+                            "  ! fetching from {} failed ({}): {f}",
+                            redact_url(url),
+                            f.kind.as_str()
+                        ));
+                    }
+                    last = Some(f);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Failure::permanent("nothing to fetch from")))
+    }
+
+    /// Is the mirror damaged? If so, it is removed and created anew (the next fetch fills it), and true is
+    /// returned. An interrupted fetch never damages it (git writes refs last), but a disk can.
+    pub async fn repair_if_broken(&self) -> bool {
+        let fsck = self
+            .git("git fsck")
+            .args(["fsck", "--connectivity-only", "--no-progress"]);
+        if runner::run(&fsck, self.log.as_ref()).await.is_ok() {
+            return false;
+        }
+        self.note(&format!(
+            "  ! the mirror {} is damaged: re-creating it",
+            self.mirror.display()
+        ));
+        tracing::warn!(app = %self.app.name, "mirror {} failed git fsck; re-creating it", self.mirror.display());
+        let _ = std::fs::remove_dir_all(&self.mirror);
+        self.ensure_mirror().await.is_ok()
+    }
+
+    /// Fetches from one source within its upstream's budget and circuit, retrying transient and rate-limited
+    /// failures a bounded number of times (`fetch_attempts` in all) with backoff and full jitter. A permanent
+    /// failure returns at once: exactly one attempt (after one repair, if the mirror itself was damaged).
+    async fn fetch_from(&self, url: &str) -> Result<FetchReport, Failure> {
         let attempts = self.app.fetch_attempts.max(1);
-        let host = upstream::key(&self.app.repo);
+        let host = upstream::key(url);
         let upstreams = upstream::global();
         let mut report = FetchReport::default();
         loop {
@@ -318,8 +407,15 @@ impl Git {
             }
             report.attempts += 1;
             let attempt = report.attempts;
-            match self.fetch_once().await {
+            match self.fetch_once(url).await {
                 Ok(()) => return Ok(report),
+                Err(f)
+                    if !report.repaired && is_local_damage(&f.message) && self.repair_if_broken().await =>
+                {
+                    report.repaired = true;
+                    self.note(&format!("  ! fetch attempt {attempt}/{attempts} failed on a damaged mirror; repaired, fetching again"));
+                    report.attempts -= 1;
+                }
                 Err(f) if f.kind == Kind::RateLimited => {
                     let open = f.retry_after.unwrap_or(upstream::DEFAULT_OPEN);
                     upstreams.open(&host, open);
@@ -370,6 +466,18 @@ impl Git {
         match runner::run(&cmd, self.log.as_ref()).await {
             Ok(out) => Ok(Some(out.stdout_str())),
             Err(RunError::Failed { code: Some(1), .. }) => Ok(None),
+            Err(e) => Err(self.local_failure(e)),
+        }
+    }
+
+    /// Is `ancestor` reachable from `descendant` (both in the mirror)?
+    pub async fn is_ancestor(&self, ancestor: &str, descendant: &str) -> Result<bool, Failure> {
+        let cmd = self
+            .git("git merge-base")
+            .args(["merge-base", "--is-ancestor", ancestor, descendant]);
+        match runner::run(&cmd, self.log.as_ref()).await {
+            Ok(_) => Ok(true),
+            Err(RunError::Failed { code: Some(1), .. }) => Ok(false),
             Err(e) => Err(self.local_failure(e)),
         }
     }
@@ -445,7 +553,7 @@ impl Git {
             Track::Tags(g) => format!("refs/tags/{g}"),
         };
         let cmd = self
-            .net("git ls-remote")
+            .net("git ls-remote", &self.app.repo)
             .args(["ls-remote", "--"])
             .arg(self.app.repo.as_str())
             .arg(pattern)

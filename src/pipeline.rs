@@ -225,6 +225,9 @@ impl Pipeline {
             )
         });
         let (git_ref, sha) = self.resolve(&git, job).await?;
+        if let Some(mirror) = &report.mirror {
+            self.vouch_for_mirror(&git, job, mirror, &git_ref, &sha).await?;
+        }
         self.log.line(&format!("    deploying {sha} ({git_ref})"));
         let release_id = release::new_release_id(&self.app.path, model::now_ms(), &sha);
         Ok(Target {
@@ -233,6 +236,51 @@ impl Pipeline {
             release_id,
             fetch_note,
         })
+    }
+
+    /// The objects came from a mirror: deploy the sha only if the primary published it. A signed webhook from
+    /// the primary forge naming exactly this sha is its word; otherwise one cheap `ls-remote` of the primary
+    /// must show this sha, or a descendant of it that the mirror also has.
+    async fn vouch_for_mirror(
+        &self,
+        git: &Git,
+        job: &Job,
+        mirror: &str,
+        git_ref: &str,
+        sha: &str,
+    ) -> Result<(), Outcome> {
+        let failed = |m: String| Outcome::new(State::Failed, m);
+        let mirror = crate::git::redact_url(mirror);
+        if job.trigger == Trigger::Webhook && job.sha.as_deref() == Some(sha) {
+            self.log.line(&format!(
+                "    fetched from mirror {mirror}; {sha} is the sha the primary's signed webhook named"
+            ));
+            return Ok(());
+        }
+        let head = git.remote_head().await.map_err(|f| {
+            failed(format!(
+                "fetched {sha} from mirror {mirror}, but cannot check it with the primary ({f}); haul never deploys a mirror's word alone"
+            ))
+        })?;
+        let Some((primary_ref, tip)) = head else {
+            return Err(failed(format!(
+                "the primary has no {}",
+                self.app.track.describe()
+            )));
+        };
+        let published = tip == sha
+            || (primary_ref == git_ref
+                && matches!(git.resolve_commit(&tip).await, Ok(Some(_)))
+                && matches!(git.is_ancestor(sha, &tip).await, Ok(true)));
+        if !published {
+            return Err(failed(format!(
+                "mirror {mirror} offers {sha} for {git_ref}, but the primary has {primary_ref} at {tip} and does not contain it; not deploying"
+            )));
+        }
+        self.log.line(&format!(
+            "    fetched from mirror {mirror}; the primary has {sha} on {primary_ref}"
+        ));
+        Ok(())
     }
 
     /// Checks out, builds, switches and activates `target`. Every path ends in an outcome; `current` only
@@ -266,7 +314,19 @@ impl Pipeline {
             );
             return outcome;
         }
-        if let Err(f) = git.checkout(sha, &dir).await {
+        let mut checked_out = git.checkout(sha, &dir).await;
+        if let Err(f) = &checked_out {
+            // Objects the mirror should have are gone (a bad disk): repair it, fetch again, try once more.
+            if crate::git::is_local_damage(&f.message) && git.repair_if_broken().await {
+                let _ = release::remove(&self.app.path, release_id);
+                self.log.stage("fetch again into the repaired mirror");
+                checked_out = match git.fetch().await {
+                    Ok(_) => git.checkout(sha, &dir).await,
+                    Err(f) => Err(f),
+                };
+            }
+        }
+        if let Err(f) = checked_out {
             let _ = release::remove(&self.app.path, release_id);
             outcome.release_id = None;
             outcome.reason = format!("{f}; current still points at {live}");

@@ -510,3 +510,141 @@ fn sigterm_stops_cleanly_and_on_restart_hold_runs_nothing() {
     );
     assert_eq!(h.current(), None);
 }
+
+#[test]
+fn mirrors_serve_the_objects_but_only_the_primary_vouches_for_a_sha() {
+    let t = TempDir::new("mirrors");
+    let git = GitServer::start(t.path());
+    let sha1 = git.commit(&[("v", "1")], "one");
+    let mirror = git.add_mirror("cache");
+    let mut h = Haul::configure(
+        t.path(),
+        &git,
+        &format!("mirrors = [\"{mirror}\"]\nmirror_mode = \"prefer\""),
+    );
+    h.start();
+
+    // A webhook from the primary forge names the sha: the mirror's copy of it is deployed, the primary is
+    // not touched at all.
+    let row = push_and_wait(&h, &sha1);
+    assert_eq!(row.state, State::Succeeded, "{:?}", row.reason);
+    assert_eq!((git.requests_for("cache"), git.requests_for("repo")), (1, 0));
+    assert!(log_of(&h, row.id.as_str()).contains("fetched from mirror"));
+
+    // By hand (no sha): from the mirror, checked with one ls-remote of the primary.
+    let sha2 = git.commit(&[("v", "2")], "two");
+    git.sync_mirror("cache");
+    let out = h.cli(&["deploy", "blog"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(h.rows()[0].sha.as_deref(), Some(sha2.as_str()));
+    assert_eq!(
+        (git.requests_for("cache"), git.requests_for("repo")),
+        (2, 1),
+        "one cheap ls-remote of the primary"
+    );
+
+    // A mirror that offers a commit the primary never published is refused.
+    let poison = t.path().join("poison");
+    std::fs::create_dir_all(&poison).expect("mkdir");
+    let g = |args: &[&str]| {
+        sh(Command::new("git")
+            .current_dir(&poison)
+            .env("GIT_AUTHOR_NAME", "m")
+            .env("GIT_AUTHOR_EMAIL", "m@example.com")
+            .env("GIT_COMMITTER_NAME", "m")
+            .env("GIT_COMMITTER_EMAIL", "m@example.com")
+            .args(args))
+    };
+    g(&[
+        "clone",
+        "--quiet",
+        git.dir.join("cache.git").to_str().expect("utf8"),
+        ".",
+    ]);
+    std::fs::write(poison.join("v"), "evil").expect("write");
+    g(&["commit", "--quiet", "-am", "not from the primary"]);
+    g(&["push", "--quiet", "origin", "HEAD:main"]);
+    let live = h.current();
+    let out = h.cli(&["deploy", "blog"]);
+    assert_eq!(out.status.code(), Some(1));
+    let reason = h.rows()[0].reason.clone().unwrap_or_default();
+    assert!(reason.contains("does not contain it"), "{reason}");
+    assert_eq!(h.current(), live);
+}
+
+#[test]
+fn with_the_primary_down_a_mirror_deploys_only_what_the_primary_signed() {
+    let t = TempDir::new("mirror-fallback");
+    let git = GitServer::start(t.path());
+    let sha1 = git.commit(&[("v", "1")], "one");
+    let mirror = git.add_mirror("cache");
+    let dead = free_port();
+    let primary = format!(
+        "ssh://root@127.0.0.1:{dead}{}",
+        git.dir.join("repo.git").display()
+    );
+    let extra = format!(
+        "repo = \"{primary}\"\nmirrors = [\"{mirror}\"]\nmirror_mode = \"fallback\"\nfetch_attempts = 1"
+    );
+    let mut h = Haul::configure(t.path(), &git, &extra);
+    h.start();
+    let row = push_and_wait(&h, &sha1);
+    assert_eq!(row.state, State::Succeeded, "{:?}", row.reason);
+    let log = log_of(&h, row.id.as_str());
+    assert!(
+        log.contains("Connection refused") && log.contains("fetched from mirror"),
+        "{log}"
+    );
+    // Without a signed sha there is nobody to vouch for the mirror's tip.
+    let out = h.cli(&["deploy", "blog"]);
+    assert_eq!(out.status.code(), Some(1));
+    let reason = h.rows()[0].reason.clone().unwrap_or_default();
+    assert!(reason.contains("never deploys a mirror's word alone"), "{reason}");
+}
+
+#[test]
+fn a_damaged_mirror_is_repaired_and_the_deploy_goes_on() {
+    let t = TempDir::new("repair");
+    let git = GitServer::start(t.path());
+    let sha1 = git.commit(&[("v", "1"), ("unchanged", "from the first commit")], "one");
+    let mut h = Haul::configure(t.path(), &git, "");
+    h.start();
+    assert_eq!(push_and_wait(&h, &sha1).state, State::Succeeded);
+    // Every object file the mirror has is emptied, as a bad disk or a crash without fsync would leave them.
+    // (Deleting them is not enough to test this: git notices missing objects and fetches them again.)
+    let objects = h.state_dir.join("mirrors/blog.git/objects");
+    let mut damaged = 0;
+    for dir in std::fs::read_dir(&objects)
+        .expect("objects")
+        .filter_map(Result::ok)
+    {
+        if dir.file_name().len() != 2 && dir.file_name() != "pack" {
+            continue;
+        }
+        for f in std::fs::read_dir(dir.path()).expect("dir").filter_map(Result::ok) {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o644));
+            std::fs::write(f.path(), b"").expect("truncate");
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0);
+    let sha2 = git.commit(&[("v", "2")], "two");
+    let row = push_and_wait(&h, &sha2);
+    assert_eq!(
+        row.state,
+        State::Succeeded,
+        "{:?}\n{}",
+        row.reason,
+        log_of(&h, row.id.as_str())
+    );
+    assert!(
+        log_of(&h, row.id.as_str()).contains("damaged"),
+        "{}",
+        log_of(&h, row.id.as_str())
+    );
+    sh(Command::new("git")
+        .arg("--git-dir")
+        .arg(h.state_dir.join("mirrors/blog.git"))
+        .args(["fsck", "--no-progress"]));
+}

@@ -257,6 +257,32 @@ impl GitServer {
         }
     }
 
+    /// A second bare repository on the same server, mirroring the first (`git clone --mirror`): its URL.
+    pub fn add_mirror(&self, name: &str) -> String {
+        let path = self.dir.join(format!("{name}.git"));
+        sh(git(&self.dir)
+            .args(["clone", "--quiet", "--mirror"])
+            .arg(self.dir.join("repo.git"))
+            .arg(&path));
+        format!("ssh://root@127.0.0.1:{}{}", self.port, path.display())
+    }
+
+    /// Brings the mirror `name` up to date with the primary.
+    pub fn sync_mirror(&self, name: &str) {
+        sh(git(&self.dir)
+            .arg("--git-dir")
+            .arg(self.dir.join(format!("{name}.git")))
+            .args(["fetch", "--quiet", "--prune", "origin", "+refs/*:refs/*"]));
+    }
+
+    /// Requests served for one repository (`repo` or a mirror's name): fetches and ls-remotes alike.
+    pub fn requests_for(&self, name: &str) -> usize {
+        let needle = format!("/{name}.git'");
+        std::fs::read_to_string(&self.fetch_log)
+            .map(|t| t.lines().filter(|l| l.contains(&needle)).count())
+            .unwrap_or(0)
+    }
+
     /// How many times a client fetched through sshd (the forced command logs each `git-upload-pack`).
     pub fn fetches(&self) -> usize {
         std::fs::read_to_string(&self.fetch_log)
