@@ -77,6 +77,15 @@ pub enum Command {
     },
     /// Validate the configuration, keys and secrets without starting anything.
     Check,
+    /// Print a systemd unit for this configuration (Type=notify, watchdog, hardening).
+    SystemdUnit {
+        /// The user (and group) to run as.
+        #[arg(long)]
+        user: Option<String>,
+        /// The haul binary's installed path (default: this binary).
+        #[arg(long)]
+        exe: Option<PathBuf>,
+    },
     /// A self-contained demo: a throw-away repo and config, a signed webhook, a release landing.
     Demo {
         /// Port for the demo daemon (default: any free port).
@@ -173,6 +182,13 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
         Command::History { app, limit, json } => history(&cfg, app.as_deref(), limit, json),
         Command::Logs { deploy_id, follow } => logs(&cfg, &deploy_id, follow).await,
         Command::Check => check(&cfg),
+        Command::SystemdUnit { user, exe } => {
+            let exe = exe
+                .or_else(|| std::env::current_exe().ok())
+                .unwrap_or_else(|| PathBuf::from("/usr/local/bin/haul"));
+            print!("{}", crate::systemd::unit(&cfg, &exe, user.as_deref()));
+            Ok(())
+        }
         Command::Demo { .. } => Ok(()),
     }
 }

@@ -18,6 +18,7 @@ use crate::lock::{self, FileLock};
 use crate::model;
 use crate::queue::{Env, Queue};
 use crate::store::{self, Store};
+use crate::systemd;
 
 const DELIVERY_RETENTION_MS: i64 = 8 * 24 * 3600 * 1000;
 
@@ -98,14 +99,29 @@ impl Daemon {
             self.addr,
             self.queue.env().apps.len()
         );
+        let liveness = self.http.liveness.clone();
         let server = tokio::spawn(http::serve(self.listener, self.http, stop_rx.clone()));
+        let watched: Vec<tokio::task::AbortHandle> = workers.iter().map(|w| w.abort_handle()).collect();
+        let health = tokio::spawn(health_loop(
+            self.queue.clone(),
+            watched,
+            liveness,
+            stop_rx.clone(),
+        ));
+        systemd::notify(&format!(
+            "READY=1\nSTATUS=serving {} app(s) on {}",
+            self.queue.env().apps.len(),
+            self.addr
+        ));
         shutdown.await;
+        systemd::notify("STOPPING=1\nSTATUS=stopping: waiting for running deploys");
         tracing::info!(
             "stopping: no new requests; waiting up to {:.0}s for running deploys",
             self.stop_grace.as_secs_f64()
         );
         let _ = stop_tx.send(true);
         let _ = control.await;
+        let _ = health.await;
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
         // One deadline for all: a running deploy may finish within the grace; then it is cancelled, which kills
         // its step's process group, and the next start records it as interrupted.
@@ -119,6 +135,74 @@ impl Daemon {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// What `/healthz` reports: the last verdict of the health loop.
+#[derive(Default)]
+pub struct Liveness {
+    pub checked_at_ms: std::sync::atomic::AtomicI64,
+    pub problem: std::sync::Mutex<Option<String>>,
+}
+
+impl Liveness {
+    /// `Ok` if the daemon's last self-check passed recently.
+    pub fn verdict(&self) -> Result<(), String> {
+        let at = self.checked_at_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(p) = self.problem.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Err(p);
+        }
+        if at == 0 {
+            return Err("starting".into());
+        }
+        let age = crate::model::now_ms() - at;
+        if age > 3 * HEALTH_EVERY.as_millis() as i64 {
+            return Err(format!("the health loop has not run for {}s", age / 1000));
+        }
+        Ok(())
+    }
+}
+
+const HEALTH_EVERY: Duration = Duration::from_secs(5);
+
+/// Every few seconds: is the database answering, and is every worker alive? If so, tell systemd's watchdog.
+/// A daemon that hangs stops sending, and systemd restarts it.
+async fn health_loop(
+    queue: Arc<Queue>,
+    workers: Vec<tokio::task::AbortHandle>,
+    liveness: Arc<Liveness>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let every = systemd::watchdog_interval().map_or(HEALTH_EVERY, |w| w.min(HEALTH_EVERY));
+    loop {
+        let db = tokio::time::timeout(
+            Duration::from_secs(10),
+            queue
+                .env()
+                .store
+                .call(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)),
+        )
+        .await;
+        let problem = match db {
+            Ok(Ok(_)) if workers.iter().all(|w| !w.is_finished()) => None,
+            Ok(Ok(_)) => Some("a deploy worker has stopped".to_string()),
+            Ok(Err(e)) => Some(format!("the audit database does not answer: {e}")),
+            Err(_) => Some("the audit database did not answer within 10s".to_string()),
+        };
+        match &problem {
+            None => {
+                systemd::notify("WATCHDOG=1");
+            }
+            Some(p) => tracing::error!("health: {p}"),
+        }
+        *liveness.problem.lock().unwrap_or_else(|p| p.into_inner()) = problem;
+        liveness
+            .checked_at_ms
+            .store(crate::model::now_ms(), std::sync::atomic::Ordering::Relaxed);
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
     }
 }
 

@@ -38,6 +38,7 @@ pub struct HttpState {
     pub allow_ips: Vec<ipnet::IpNet>,
     pub client_ip_header: Option<String>,
     pub limiter: RateLimiter,
+    pub liveness: Arc<crate::daemon::Liveness>,
 }
 
 impl HttpState {
@@ -51,6 +52,7 @@ impl HttpState {
             allow_ips: cfg.allow_ips.clone(),
             client_ip_header: cfg.client_ip_header.as_ref().map(|h| h.to_ascii_lowercase()),
             limiter: RateLimiter::new(cfg.rate_limit_per_minute),
+            liveness: Arc::default(),
         }
     }
 
@@ -145,11 +147,60 @@ pub fn router(state: Arc<HttpState>) -> Router {
     Router::new()
         .route("/hooks/{app}", post(hook))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// Prometheus scrape: counters as recorded, gauges read now from the store and the upstream registry.
+async fn metrics(State(st): State<Arc<HttpState>>) -> Response {
+    let env = st.queue.env();
+    let m = crate::metrics::get();
+    let apps: Vec<(String, String)> = env
+        .apps
+        .values()
+        .map(|a| (a.name.clone(), crate::upstream::key(&a.repo)))
+        .collect();
+    let names: Vec<String> = apps.iter().map(|(a, _)| a.clone()).collect();
+    let summaries = env
+        .store
+        .call(move |c| {
+            names
+                .iter()
+                .map(|a| crate::store::summary(c, a).map(|s| (a.clone(), s)))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await;
+    if let Ok(summaries) = summaries {
+        for (app, s) in summaries {
+            let label = crate::metrics::AppLabel { app };
+            m.queue_depth.get_or_create(&label).set(s.queued as i64);
+            if let Some(t) = s.last_success.and_then(|r| r.finished_at) {
+                m.last_success.get_or_create(&label).set(t / 1000);
+            }
+        }
+    }
+    for (_, upstream) in apps {
+        let open = crate::upstream::global().open_for(&upstream).is_some();
+        m.circuit_open
+            .get_or_create(&crate::metrics::UpstreamLabel { upstream })
+            .set(i64::from(open));
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+        .into_response()
+}
+
+/// For the reverse proxy and uptime checks: 200 while the daemon, its database and its workers are alive.
+async fn healthz(State(st): State<Arc<HttpState>>) -> Response {
+    match st.liveness.verdict() {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(problem) => (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {problem}\n")).into_response(),
+    }
 }
 
 /// Reads at most `max` bytes of body within the deadline.
@@ -189,11 +240,28 @@ async fn hook(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let (response, provider, result) = hook_inner(&st, peer, &app, &headers, body).await;
+    crate::metrics::webhook(provider, result);
+    response
+}
+
+/// The webhook door; returns the reply, and the provider and result for the metrics.
+async fn hook_inner(
+    st: &HttpState,
+    peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    app: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> (Response, &'static str, &'static str) {
     // Cheap refusals first: who is asking, and how often.
-    let ip = st.client_ip(peer.map(|c| c.0 .0), &headers);
+    let ip = st.client_ip(peer.map(|c| c.0 .0), headers);
     if !st.allow_ips.is_empty() && !ip.is_some_and(|ip| st.allow_ips.iter().any(|n| n.contains(&ip))) {
         tracing::info!(client = ?ip, "webhook refused: client address not in allow_ips");
-        return error(StatusCode::FORBIDDEN, "this address may not call haul's webhooks");
+        return (
+            error(StatusCode::FORBIDDEN, "this address may not call haul's webhooks"),
+            "none",
+            "forbidden",
+        );
     }
     if let Some(ip) = ip {
         if !st.limiter.allow(ip) {
@@ -206,50 +274,72 @@ async fn hook(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from_static("10"),
             );
-            return resp;
+            return (resp, "none", "rate_limited");
         }
     }
     let env = st.queue.env();
-    let (Some(cfg), Some(secrets)) = (env.apps.get(&app), st.secrets.get(&app)) else {
-        tracing::info!(app = %crate::model::clean_actor(&app), "webhook for an unknown app (or one without a webhook) refused");
-        return error(StatusCode::NOT_FOUND, "no app with a webhook by that name");
+    let (Some(cfg), Some(secrets)) = (env.apps.get(app), st.secrets.get(app)) else {
+        tracing::info!(app = %crate::model::clean_actor(app), "webhook for an unknown app (or one without a webhook) refused");
+        return (
+            error(StatusCode::NOT_FOUND, "no app with a webhook by that name"),
+            "none",
+            "unknown_app",
+        );
     };
     let Some(webhook) = &cfg.webhook else {
-        return error(StatusCode::NOT_FOUND, "no app with a webhook by that name");
+        return (
+            error(StatusCode::NOT_FOUND, "no app with a webhook by that name"),
+            "none",
+            "unknown_app",
+        );
     };
+    let provider = webhook.provider.as_str();
     let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > st.max_body_bytes) {
         tracing::info!(app = %app, "webhook refused: body over max_body");
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "body is larger than the {}-byte limit (max_body)",
-                st.max_body_bytes
-            ),
+        let msg = format!(
+            "body is larger than the {}-byte limit (max_body)",
+            st.max_body_bytes
         );
+        return (error(StatusCode::PAYLOAD_TOO_LARGE, msg), provider, "too_large");
     }
     let body = match read_body(body, st.max_body_bytes, st.body_timeout).await {
         Ok(b) => b,
-        Err(resp) => return resp,
+        Err(resp) => return (resp, provider, "bad_body"),
     };
     let now_secs = crate::model::now_ms() / 1000;
-    let accepted = match intake::evaluate(cfg, webhook.provider, secrets, &headers, &body, now_secs) {
+    let accepted = match intake::evaluate(cfg, webhook.provider, secrets, headers, &body, now_secs) {
         Ok(a) => a,
         Err(rej) => {
             tracing::info!(app = %app, "webhook refused: {rej}");
             let status = StatusCode::from_u16(rej.status()).unwrap_or(StatusCode::BAD_REQUEST);
-            return error(status, rej.to_string());
+            let result = match rej {
+                intake::Rejected::MissingSignature(_) | intake::Rejected::BadSignature => "bad_signature",
+                intake::Rejected::Stale => "stale",
+                intake::Rejected::Malformed(_) => "malformed",
+            };
+            return (error(status, rej.to_string()), provider, result);
         }
     };
     let recorded = match accepted {
-        Accepted::Ping => return (StatusCode::OK, Json(HookReply::new("pong"))).into_response(),
+        Accepted::Ping => {
+            return (
+                (StatusCode::OK, Json(HookReply::new("pong"))).into_response(),
+                provider,
+                "ping",
+            )
+        }
         Accepted::OtherEvent(event) => {
             let mut r = HookReply::new("ignored");
             r.reason = Some(format!("event {event:?} is not a push"));
-            return (StatusCode::ACCEPTED, Json(r)).into_response();
+            return (
+                (StatusCode::ACCEPTED, Json(r)).into_response(),
+                provider,
+                "other_event",
+            );
         }
         Accepted::Ignore(req, reason) => st
             .queue
@@ -265,21 +355,22 @@ async fn hook(
             r.deploy_id = Some(id.to_string());
             r.reason = reason;
             r.superseded = superseded.iter().map(ToString::to_string).collect();
-            (StatusCode::ACCEPTED, Json(r)).into_response()
+            ((StatusCode::ACCEPTED, Json(r)).into_response(), provider, status)
         }
         Ok((Enqueued::Duplicate { first }, _, _)) => {
             tracing::info!(deploy_id = %first, app = %app, "webhook is a replay of an earlier delivery; nothing queued");
             let mut r = HookReply::new("duplicate");
             r.deploy_id = Some(first.to_string());
             r.reason = Some("this delivery id was already received; nothing was queued".into());
-            (StatusCode::OK, Json(r)).into_response()
+            ((StatusCode::OK, Json(r)).into_response(), provider, "duplicate")
         }
         Err(e) => {
             tracing::error!(app = %app, "cannot record a webhook: {e}");
-            error(
+            let resp = error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "haul could not record this request, so nothing was queued; the forge may redeliver it",
-            )
+            );
+            (resp, provider, "error")
         }
     }
 }

@@ -11,6 +11,8 @@
 //! - [`git`], [`release`], [`runner`]: the mirror and fetch, the on-disk release contract, the one subprocess runner.
 //! - [`upstream`]: per forge host: the fetch budget and the rate-limit circuit.
 //! - [`store`]: the audit log in SQLite, the only module that speaks SQL.
+//! - [`metrics`]: Prometheus counters, histograms and scrape-time gauges.
+//! - [`systemd`]: sd_notify (ready, watchdog, status, stopping) and `haul systemd-unit`.
 //! - [`daemon`], [`cli`], [`demo`]: the daemon as a library function, the command line, the demo.
 //! - [`model`], [`config`], [`failure`]: the shared vocabulary, the configuration contract, typed failures.
 
@@ -20,13 +22,16 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod deploylog;
+pub mod docs;
 pub mod failure;
 pub mod git;
 pub mod http;
 pub mod httpc;
+pub mod init;
 pub mod intake;
 pub mod lock;
 pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod poll;
@@ -34,4 +39,5 @@ pub mod queue;
 pub mod release;
 pub mod runner;
 pub mod store;
+pub mod systemd;
 pub mod upstream;

@@ -224,6 +224,7 @@ impl Pipeline {
                 report.attempts
             )
         });
+        self.timed("fetch", started);
         let (git_ref, sha) = self.resolve(&git, job).await?;
         if let Some(mirror) = &report.mirror {
             self.vouch_for_mirror(&git, job, mirror, &git_ref, &sha).await?;
@@ -304,6 +305,7 @@ impl Pipeline {
         };
         let live = previous.release_id.as_deref().unwrap_or("nothing");
 
+        let t = Instant::now();
         self.log
             .stage(&format!("checkout {short} into {}", dir.display()));
         if let Err(e) = std::fs::create_dir_all(release::releases_dir(&self.app.path)) {
@@ -333,11 +335,15 @@ impl Pipeline {
             return outcome;
         }
 
+        self.timed("checkout", t);
+        let t = Instant::now();
         let env = self.step_env(job, git_ref, sha, &dir, previous);
         if let Err(e) = self.run_steps("build", &self.app.build, &dir, &env).await {
             outcome.reason = format!("{e}; current still points at {live}");
             return outcome;
         }
+        self.timed("build", t);
+        let t = Instant::now();
 
         self.log
             .stage(&format!("switch current -> releases/{release_id}"));
@@ -349,11 +355,18 @@ impl Pipeline {
             return outcome;
         }
 
+        self.timed("switch", t);
+        let t = Instant::now();
         if let Err(e) = self.run_steps("activate", &self.app.activate, &dir, &env).await {
             return self.roll_back(job, previous, outcome, &e).await;
         }
+        self.timed("activate", t);
+        let t = Instant::now();
         if let Err(e) = self.health(&dir, &env).await {
             return self.roll_back(job, previous, outcome, &e).await;
+        }
+        if self.app.health.is_some() {
+            self.timed("health", t);
         }
 
         let protect: Vec<&str> = [Some(release_id.as_str()), previous.release_id.as_deref()]
@@ -374,6 +387,10 @@ impl Pipeline {
             None => format!("{short} is live as {release_id}"),
         };
         outcome
+    }
+
+    fn timed(&self, stage: &str, since: Instant) {
+        crate::metrics::stage(&self.app.name, stage, since.elapsed());
     }
 
     fn git(&self) -> Git {

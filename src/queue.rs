@@ -361,6 +361,10 @@ fn short(sha: &str) -> &str {
 }
 
 async fn record(env: &Env, row: &DeployRow, outcome: Outcome) -> Outcome {
+    let took = row
+        .started_at
+        .map(|s| std::time::Duration::from_millis((model::now_ms() - s).max(0) as u64));
+    crate::metrics::deploy_finished(&row.app, outcome.state.as_str(), took);
     let id = row.id.clone();
     let o = outcome.clone();
     let now = model::now_ms();
