@@ -1,0 +1,917 @@
+//! `haul init`: the first ten minutes on a new server, done safely. It writes what only this machine should
+//! hold (a deploy key, a webhook secret, a commented config) with private modes, refuses to replace anything
+//! that exists (a key a forge already trusts, a secret a forge already signs with, an operator's config),
+//! contacts nobody, and prints exactly what a person must paste where. Trusting a host key is left to that
+//! person on purpose: it is the one step that needs a human comparing fingerprints.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+
+use crate::config::{self, Config, Provider};
+use crate::model;
+use crate::runner::{self, Cmd, RunError};
+
+/// What `haul init` is asked to set up (the CLI's arguments, defaults applied).
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub config: PathBuf,
+    pub app: String,
+    pub repo: String,
+    pub branch: String,
+    pub path: PathBuf,
+    pub keys_dir: PathBuf,
+    pub secrets_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub public_url: String,
+    pub provider: String,
+}
+
+/// Sets up one app and prints the manual steps. Nothing is left half-done: if a step fails, the files this run
+/// created are removed again, so running it a second time starts clean.
+pub async fn run(opts: InitOptions) -> anyhow::Result<()> {
+    let done = init(&opts).await?;
+    std::io::stdout()
+        .lock()
+        .write_all(done.instructions().as_bytes())
+        .context(
+            "cannot write the instructions to stdout (the files were created; run `haul check` to see them)",
+        )
+}
+
+/// What a run did, for [`run`] to print and for tests to inspect.
+struct Done {
+    plan: Plan,
+    /// The public half of the deploy key, as a forge wants it pasted.
+    key_line: Option<String>,
+    /// When the config already existed: the section for the operator to append.
+    section_to_append: Option<String>,
+}
+
+/// Validated inputs, with absolute paths (the config's relative paths would be relative to the config file, not
+/// to where `haul init` ran).
+struct Plan {
+    app: String,
+    repo: String,
+    branch: String,
+    provider: Provider,
+    config: PathBuf,
+    state_dir: PathBuf,
+    path: PathBuf,
+    /// The deploy key and the pinned host keys, for an SSH repo only.
+    ssh: Option<SshPlan>,
+    secret: PathBuf,
+    hook_url: String,
+}
+
+struct SshPlan {
+    key: PathBuf,
+    known_hosts: PathBuf,
+    host: String,
+    port: Option<u16>,
+}
+
+impl SshPlan {
+    fn public_key(&self) -> PathBuf {
+        let mut p = self.key.clone().into_os_string();
+        p.push(".pub");
+        p.into()
+    }
+}
+
+async fn init(opts: &InitOptions) -> anyhow::Result<Done> {
+    let plan = plan(opts)?;
+
+    // Everything that could make this run stop half-way is checked before anything is written.
+    let existing_config = match std::fs::read_to_string(&plan.config) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => bail!("cannot read {}: {e}", plan.config.display()),
+    };
+    if let Some(text) = &existing_config {
+        let has_app = text
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|t| t.get("apps")?.get(&plan.app).cloned())
+            .is_some();
+        if has_app {
+            bail!(
+                "{} already has an app named {:?}; choose another name with --app, or edit that section by hand",
+                plan.config.display(),
+                plan.app
+            );
+        }
+    }
+    let mut ours: Vec<&Path> = vec![&plan.secret];
+    let public_key = plan.ssh.as_ref().map(SshPlan::public_key);
+    if let (Some(ssh), Some(public)) = (&plan.ssh, &public_key) {
+        ours.extend([ssh.key.as_path(), public.as_path()]);
+    }
+    for p in ours {
+        if std::fs::symlink_metadata(p).is_ok() {
+            bail!(
+                "{} already exists and haul init never replaces a key or a secret (a forge may already trust it). \
+                 To use it, write the app's config by hand; to start over, remove it first (and the old deploy key \
+                 or webhook on the forge)",
+                p.display()
+            );
+        }
+    }
+    let (header, section) = config_text(&plan)?;
+    // The text is generated, but the contract is `Config::parse`: a config haul init writes always loads.
+    Config::parse(&plan.config, &format!("{header}{section}")).map_err(|e| {
+        anyhow!(
+            "haul init built a config that does not load ({e}); this is a bug in haul init, please report it"
+        )
+    })?;
+
+    let mut created = Created(Vec::new());
+    let key_line = match (&plan.ssh, &public_key) {
+        (Some(ssh), Some(public)) => {
+            make_private_dir(parent(&ssh.key))?;
+            created.0.extend([ssh.key.clone(), public.clone()]);
+            generate_key(&plan.app, &ssh.key).await?;
+            let line = std::fs::read_to_string(public)
+                .with_context(|| format!("ssh-keygen ran but {} cannot be read", public.display()))?;
+            Some(line.trim().to_string())
+        }
+        _ => None,
+    };
+
+    make_private_dir(parent(&plan.secret))?;
+    created.0.push(plan.secret.clone());
+    write_secret(&plan.secret)?;
+
+    let section_to_append = match existing_config {
+        Some(_) => Some(section),
+        None => {
+            if let Some(dir) = plan.config.parent() {
+                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            created.0.push(plan.config.clone());
+            write_new(&plan.config, 0o644, format!("{header}{section}").as_bytes())?;
+            None
+        }
+    };
+    created.keep();
+    Ok(Done {
+        plan,
+        key_line,
+        section_to_append,
+    })
+}
+
+fn plan(opts: &InitOptions) -> anyhow::Result<Plan> {
+    let app = opts.app.clone();
+    if !config::is_valid_app_name(&app) {
+        bail!(
+            "{app:?} is not a valid app name: use letters, digits, '-', '_' and '.', start with a letter or digit, \
+             at most 64 characters (it becomes the webhook URL /hooks/NAME)"
+        );
+    }
+    // The same rule `Config::parse` applies: nothing git could read as an option.
+    let repo = opts.repo.clone();
+    if repo.is_empty() || repo.starts_with('-') || repo.chars().any(char::is_control) {
+        bail!("repo {repo:?} is not a git URL or path; give one like git@github.com:acme/{app}.git");
+    }
+    if !model::is_valid_branch(&opts.branch) {
+        bail!("branch {:?} is not a valid branch name", opts.branch);
+    }
+    let provider = Provider::parse(&opts.provider).ok_or_else(|| {
+        let known: Vec<&str> = Provider::ALL.iter().map(|p| p.as_str()).collect();
+        anyhow!(
+            "provider {:?} is not supported; use one of: {}",
+            opts.provider,
+            known.join(", ")
+        )
+    })?;
+    let base = opts.public_url.trim_end_matches('/');
+    let valid_url = (base.starts_with("https://") || base.starts_with("http://"))
+        && base.len() > "https://".len()
+        && !base.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !valid_url {
+        bail!(
+            "public URL {:?} is not an http(s) URL; give the address your forge reaches haul at, \
+             like https://deploy.example.com (haul adds /hooks/{app})",
+            opts.public_url
+        );
+    }
+    let absolute =
+        |p: &Path| std::path::absolute(p).with_context(|| format!("cannot make {} absolute", p.display()));
+    let config = absolute(&opts.config)?;
+    let ssh = if config::is_ssh_url(&repo) {
+        let (host, port) = ssh_host(&repo).ok_or_else(|| {
+            anyhow!("cannot tell the SSH host in repo {repo:?}; give it as git@HOST:OWNER/REPO.git or ssh://git@HOST[:PORT]/PATH")
+        })?;
+        Some(SshPlan {
+            key: absolute(&opts.keys_dir)?.join(&app),
+            // One file for every app: a forge's host keys are the same whichever repository is fetched.
+            known_hosts: parent(&config).join("known_hosts"),
+            host,
+            port,
+        })
+    } else {
+        None
+    };
+    Ok(Plan {
+        hook_url: format!("{base}/hooks/{app}"),
+        secret: absolute(&opts.secrets_dir)?.join(&app),
+        state_dir: absolute(&opts.state_dir)?,
+        path: absolute(&opts.path)?,
+        branch: opts.branch.clone(),
+        app,
+        repo,
+        provider,
+        config,
+        ssh,
+    })
+}
+
+/// The global settings (for a new file) and the app's section, each key with a comment saying what it does.
+fn config_text(plan: &Plan) -> anyhow::Result<(String, String)> {
+    let q = |p: &Path| -> anyhow::Result<String> {
+        let s = p.to_str().ok_or_else(|| {
+            anyhow!(
+                "{} is not valid UTF-8, which a TOML config cannot hold",
+                p.display()
+            )
+        })?;
+        Ok(toml_str(s))
+    };
+    let header = format!(
+        r#"# haul.toml, written by `haul init`. Every key is explained in the README's configuration reference.
+# Relative paths are relative to this file; durations are like "90s", "10m", "24h".
+
+# Address of the webhook HTTP server. Keep it on loopback, behind a reverse proxy that terminates TLS.
+listen = "127.0.0.1:9000"
+# haul's own files: the audit database, git mirrors, deploy logs, the control socket. One daemon per state_dir.
+state_dir = {state_dir}
+"#,
+        state_dir = q(&plan.state_dir)?
+    );
+
+    let key = if plan.app.contains('.') {
+        toml_str(&plan.app)
+    } else {
+        plan.app.clone()
+    };
+    let mut s = String::new();
+    let _ = writeln!(s, "\n# The webhook URL of this app is /hooks/{}.", plan.app);
+    let _ = writeln!(s, "[apps.{key}]");
+    let _ = writeln!(s, "# The repository haul fetches from. haul only ever reads it.");
+    let _ = writeln!(s, "repo = {}", toml_str(&plan.repo));
+    let _ = writeln!(
+        s,
+        "# The only branch deployed. Pushes to other branches, tags and deletions are recorded as ignored."
+    );
+    let _ = writeln!(s, "branch = {}", toml_str(&plan.branch));
+    if let Some(ssh) = &plan.ssh {
+        let _ = writeln!(
+            s,
+            "# Private half of a read-only deploy key (mode 0600), used alone: no agent, no ~/.ssh/config."
+        );
+        let _ = writeln!(s, "deploy_key = {}", q(&ssh.key)?);
+        let _ = writeln!(
+            s,
+            "# The pinned host keys of the forge: an unknown or changed host key fails the fetch."
+        );
+        let _ = writeln!(s, "known_hosts = {}", q(&ssh.known_hosts)?);
+    }
+    let _ = writeln!(
+        s,
+        "# The app's directory: releases/<id>/ and the `current` symlink. Point your web server or unit at current."
+    );
+    let _ = writeln!(s, "path = {}", q(&plan.path)?);
+    let _ = writeln!(
+        s,
+        "# Releases kept on disk (at least 2); the live one and the one before it are never removed."
+    );
+    let _ = writeln!(s, "keep_releases = 5");
+    let _ = writeln!(
+        s,
+        "# Commands run in order in the new release directory before the switch, each as `bash -euo pipefail -c`."
+    );
+    let _ = writeln!(
+        s,
+        "# The first failure fails the deploy and leaves `current` alone. For example: [\"npm ci\", \"npm run build\"]"
+    );
+    let _ = writeln!(s, "build = []");
+    let _ = writeln!(
+        s,
+        "# Commands run after the switch. If one fails, the previous release is put back. For example:"
+    );
+    let _ = writeln!(s, "# [\"systemctl reload {}\"]", plan.app);
+    let _ = writeln!(s, "activate = []");
+    let _ = writeln!(
+        s,
+        "# Limit for each build or activate command; on timeout its whole process group is killed."
+    );
+    let _ = writeln!(s, "step_timeout = \"10m\"");
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "# Enables POST /hooks/{}. Without this table the app deploys only by `haul deploy`.",
+        plan.app
+    );
+    let _ = writeln!(s, "[apps.{key}.webhook]");
+    let _ = writeln!(
+        s,
+        "# How deliveries are verified: github, gitlab, gitea, forgejo, bitbucket, or standard (CI and scripts)."
+    );
+    let _ = writeln!(s, "provider = {}", toml_str(plan.provider.as_str()));
+    let _ = writeln!(
+        s,
+        "# The file holding the shared secret (mode 0600). The secret itself never goes in this file."
+    );
+    let _ = writeln!(s, "secret_file = {}", q(&plan.secret)?);
+    Ok((header, s))
+}
+
+/// A TOML basic string.
+fn toml_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The host (and port, when not 22) an SSH repo URL connects to: `git@host:path`, `ssh://[user@]host[:port]/path`.
+fn ssh_host(repo: &str) -> Option<(String, Option<u16>)> {
+    let (authority, has_port) = match repo
+        .strip_prefix("ssh://")
+        .or_else(|| repo.strip_prefix("git+ssh://"))
+    {
+        Some(rest) => (rest.split('/').next()?, true),
+        None => (repo.split_once(':')?.0, false),
+    };
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (h, rest) = v6.split_once(']')?;
+        (h, rest.strip_prefix(':'))
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) if has_port => (h, Some(p)),
+            _ => (hostport, None),
+        }
+    };
+    let port = match port {
+        Some(p) => Some(p.parse::<u16>().ok()?).filter(|p| *p != 22),
+        None => None,
+    };
+    (!host.is_empty() && !host.starts_with('-')).then(|| (host.to_string(), port))
+}
+
+async fn generate_key(app: &str, key: &Path) -> anyhow::Result<()> {
+    let cmd = Cmd::new("ssh-keygen", "ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C"])
+        .arg(format!("haul deploy key for {app}"))
+        .arg("-f")
+        .arg(key)
+        .timeout(Duration::from_secs(30));
+    match runner::run(&cmd, None).await {
+        Ok(_) => {}
+        Err(e @ RunError::Spawn { .. }) => bail!(
+            "{e}; install the OpenSSH client (Debian/Ubuntu: apt install openssh-client) and run haul init again"
+        ),
+        Err(e) => bail!("{e}; nothing was kept, fix that and run haul init again"),
+    }
+    // ssh-keygen writes 0600 already; this states the contract `haul check` enforces rather than relying on it.
+    std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make {} private", key.display()))
+}
+
+/// 32 bytes from the kernel's CSPRNG, as 64 hex digits (what `openssl rand -hex 32` gives).
+fn write_secret(path: &Path) -> anyhow::Result<()> {
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("cannot read 32 random bytes from /dev/urandom")?;
+    write_new(path, 0o600, format!("{}\n", hex::encode(bytes)).as_bytes())
+}
+
+/// Creates `path` with `mode`, failing if anything is already there (never a truncate, never a follow of a
+/// symlink someone left in its place), and flushes it to disk.
+fn write_new(path: &Path, mode: u32, content: &[u8]) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(content)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Creates `dir` (and missing parents) readable by its owner only. An existing directory is left as it is.
+fn make_private_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))
+}
+
+fn parent(p: &Path) -> &Path {
+    p.parent().unwrap_or(Path::new("/"))
+}
+
+/// Files this run created, removed again unless the run completes.
+struct Created(Vec<PathBuf>);
+
+impl Created {
+    fn keep(&mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for Created {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Quotes a path for a command line a person copies, only when it needs it.
+fn sh(p: &Path) -> String {
+    let s = p.to_string_lossy();
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:@=,".contains(c))
+    {
+        s.into_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// Where a forge keeps the settings a person must change.
+struct Forge {
+    name: &'static str,
+    deploy_key: &'static str,
+    webhook: &'static str,
+    content_type: &'static str,
+    events: &'static str,
+}
+
+const GITHUB: Forge = Forge {
+    name: "GitHub",
+    deploy_key:
+        "the repository's Settings -> Deploy keys -> Add deploy key; leave \"Allow write access\" unticked",
+    webhook: "the repository's Settings -> Webhooks -> Add webhook",
+    content_type: "application/json",
+    events: "Just the push event",
+};
+const GITLAB: Forge = Forge {
+    name: "GitLab",
+    deploy_key: "the project's Settings -> Repository -> Deploy keys -> Add new key; leave \"Grant write permissions to this key\" unticked",
+    webhook: "the project's Settings -> Webhooks -> Add new webhook (the secret goes in \"Secret token\")",
+    content_type: "application/json (GitLab always sends JSON)",
+    events: "Push events only",
+};
+const GITEA: Forge = Forge {
+    name: "Gitea/Forgejo",
+    deploy_key:
+        "the repository's Settings -> Deploy keys -> Add deploy key; leave \"Enable write access\" unticked",
+    webhook: "the repository's Settings -> Webhooks -> Add webhook -> Gitea (or Forgejo), HTTP method POST",
+    content_type: "application/json (\"POST content type\")",
+    events: "Push events only",
+};
+const BITBUCKET: Forge = Forge {
+    name: "Bitbucket",
+    deploy_key: "Repository settings -> Access keys -> Add key (Cloud access keys are read-only; on Data Center choose the Read permission)",
+    webhook: "Repository settings -> Webhooks -> Add webhook",
+    content_type: "application/json (Bitbucket always sends JSON)",
+    events: "Repository push (Cloud) or Repository: Push (Data Center) only",
+};
+
+fn forge(p: Provider) -> Option<&'static Forge> {
+    match p {
+        Provider::Github => Some(&GITHUB),
+        Provider::Gitlab => Some(&GITLAB),
+        Provider::Gitea | Provider::Forgejo => Some(&GITEA),
+        Provider::Bitbucket => Some(&BITBUCKET),
+        Provider::Standard => None,
+    }
+}
+
+/// Where a well-known forge publishes its SSH host key fingerprints.
+fn published_fingerprints(host: &str) -> Option<&'static str> {
+    match host {
+        "github.com" => Some("https://docs.github.com/en/authentication/keeping-your-account-and-data-secure/githubs-ssh-key-fingerprints"),
+        "gitlab.com" => Some("https://docs.gitlab.com/ee/user/gitlab_com/index.html#ssh-host-keys-fingerprints"),
+        "bitbucket.org" => Some("https://support.atlassian.com/bitbucket-cloud/docs/configure-ssh-and-two-step-verification/"),
+        "codeberg.org" => Some("https://docs.codeberg.org/security/ssh-fingerprint/"),
+        _ => None,
+    }
+}
+
+impl Done {
+    /// What was created, then every manual step in order, with the exact text to paste.
+    fn instructions(&self) -> String {
+        let (plan, key_line, section_to_append) = (
+            &self.plan,
+            self.key_line.as_deref(),
+            self.section_to_append.as_deref(),
+        );
+        let mut t = String::new();
+        let config = sh(&plan.config);
+        let secret = sh(&plan.secret);
+        let _ = writeln!(t, "Created for app {:?}:", plan.app);
+        if let Some(ssh) = &plan.ssh {
+            let _ = writeln!(
+                t,
+                "  deploy key  {} (private, 0600) and {}.pub",
+                ssh.key.display(),
+                ssh.key.display()
+            );
+        }
+        let _ = writeln!(t, "  secret      {} (0600)", plan.secret.display());
+        match section_to_append {
+            None => {
+                let _ = writeln!(t, "  config      {}", plan.config.display());
+            }
+            Some(section) => {
+                let _ = writeln!(
+                    t,
+                    "\n{} already exists, so haul init left it alone. Append this section to it:\n{section}",
+                    plan.config.display()
+                );
+            }
+        }
+        if plan.ssh.is_none() {
+            let _ = writeln!(
+            t,
+            "\n{} is not an SSH URL, so no deploy key or known_hosts was made. For a private repository, prefer an \
+             SSH URL with a read-only deploy key (run haul init again with one).",
+            plan.repo
+        );
+        }
+
+        let _ = writeln!(t, "\nNow, by hand:");
+        let mut step = 0;
+        let mut next = || {
+            step += 1;
+            step
+        };
+        if let (Some(ssh), Some(key_line)) = (&plan.ssh, key_line) {
+            let _ = writeln!(
+                t,
+                "\n{}. Add this public key to the repository as a READ-ONLY deploy key:\n",
+                next()
+            );
+            let _ = writeln!(t, "     {key_line}\n");
+            match forge(plan.provider) {
+                Some(f) => {
+                    let _ = writeln!(t, "   {}: {}.", f.name, f.deploy_key);
+                }
+                None => {
+                    for f in [&GITHUB, &GITLAB, &GITEA, &BITBUCKET] {
+                        let _ = writeln!(t, "   {}: {}.", f.name, f.deploy_key);
+                    }
+                }
+            }
+
+            let kh = sh(&ssh.known_hosts);
+            let port = ssh.port.map(|p| format!("-p {p} ")).unwrap_or_default();
+            let _ = writeln!(
+                t,
+                "\n{}. Pin {}'s SSH host key (haul never accepts a host key that is not in {}):\n",
+                next(),
+                ssh.host,
+                ssh.known_hosts.display()
+            );
+            let _ = writeln!(t, "     ssh-keyscan {port}{} >> {kh}", ssh.host);
+            let _ = writeln!(t, "     ssh-keygen -lf {kh}\n");
+            let _ = writeln!(
+                t,
+                "   Every fingerprint the second command prints for {} must match one the forge publishes",
+                ssh.host
+            );
+            match published_fingerprints(&ssh.host) {
+                Some(url) => {
+                    let _ = writeln!(t, "   ({url}).");
+                }
+                None => {
+                    let _ = writeln!(
+                    t,
+                    "   (for a self-hosted forge, ask its administrator: `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on it)."
+                );
+                }
+            }
+            let _ = writeln!(
+                t,
+                "   If one does not match, delete its line from {} and find out why before going on.",
+                ssh.known_hosts.display()
+            );
+        }
+
+        match forge(plan.provider) {
+            Some(f) => {
+                let _ = writeln!(t, "\n{}. Add the webhook in {}: {}.\n", next(), f.name, f.webhook);
+                let _ = writeln!(t, "     URL           {}", plan.hook_url);
+                let _ = writeln!(t, "     Content type  {}", f.content_type);
+                let _ = writeln!(
+                    t,
+                    "     Secret        the contents of {secret} (print it with: cat {secret})"
+                );
+                let _ = writeln!(t, "     Events        {}", f.events);
+            }
+            None => {
+                let _ = writeln!(
+                t,
+                "\n{}. Let your CI (or any script) tell haul about a new commit with a Standard Webhooks request to\n",
+                next()
+            );
+                let _ = writeln!(t, "     {}\n", plan.hook_url);
+                let _ = writeln!(
+                t,
+                "   signed with the secret in {secret} (print it with: cat {secret}; store it as a CI secret)."
+            );
+                let _ = writeln!(
+                    t,
+                    "   examples/notify-haul.sh does it: notify-haul.sh {} SECRET_FILE [SHA]",
+                    plan.hook_url
+                );
+            }
+        }
+        if plan.hook_url.starts_with("http://") {
+            let _ = writeln!(
+            t,
+            "   That URL is plain http: put a TLS reverse proxy in front of haul, or pushes cross the network unencrypted."
+        );
+        }
+
+        let _ = writeln!(
+            t,
+            "\n{}. Check the configuration and files, then start the daemon:\n",
+            next()
+        );
+        let _ = writeln!(t, "     haul check --config {config}");
+        let _ = writeln!(t, "     haul serve --config {config}\n");
+        let _ = writeln!(
+        t,
+        "   Run haul serve under systemd, as a user that can read the key and the secret and owns {} and {}\n   \
+         (for a user named haul: chown haul: {}{secret}). Then `haul deploy {} --config {config}` deploys now.",
+        plan.state_dir.display(),
+        plan.path.display(),
+        plan.ssh.as_ref().map(|s| format!("{} ", sh(&s.key))).unwrap_or_default(),
+        plan.app
+    );
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh directory under the system temp dir, removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> TempDir {
+            let dir = std::env::temp_dir().join(format!(
+                "haul-init-{}-{:016x}",
+                std::process::id(),
+                fastrand::u64(..)
+            ));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn options(root: &Path, app: &str) -> InitOptions {
+        InitOptions {
+            config: root.join("etc/haul.toml"),
+            app: app.into(),
+            repo: "git@github.com:acme/blog.git".into(),
+            branch: "main".into(),
+            path: root.join("srv").join(app),
+            keys_dir: root.join("etc/keys"),
+            secrets_dir: root.join("etc/secrets"),
+            state_dir: root.join("state"),
+            public_url: "https://deploy.example.com/".into(),
+            provider: "github".into(),
+        }
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).expect("exists").permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn writes_a_config_that_loads_and_private_key_and_secret() {
+        let tmp = TempDir::new();
+        let root = &tmp.0;
+        let done = init(&options(root, "blog")).await.expect("init");
+
+        let cfg = Config::load(&root.join("etc/haul.toml")).expect("the written config loads");
+        let app = cfg.app("blog").expect("app");
+        assert_eq!(
+            app.deploy_key.as_deref(),
+            Some(root.join("etc/keys/blog").as_path())
+        );
+        assert_eq!(
+            app.known_hosts.as_deref(),
+            Some(root.join("etc/known_hosts").as_path())
+        );
+        assert_eq!(app.path, root.join("srv/blog"));
+        assert_eq!(cfg.state_dir, root.join("state"));
+        let webhook = app.webhook.as_ref().expect("webhook");
+        assert_eq!(webhook.provider, Provider::Github);
+        let secrets = webhook
+            .load_secrets()
+            .expect("the secret is private and long enough");
+        assert_eq!(secrets[0].len(), 64);
+        assert!(secrets[0].iter().all(u8::is_ascii_hexdigit));
+
+        let key = root.join("etc/keys/blog");
+        assert_eq!(mode(&key), 0o600);
+        assert_eq!(mode(&root.join("etc/secrets/blog")), 0o600);
+        assert_eq!(mode(&root.join("etc/keys")), 0o700);
+        assert_eq!(mode(&root.join("etc/secrets")), 0o700);
+        let public = std::fs::read_to_string(root.join("etc/keys/blog.pub")).expect("public half");
+        assert!(public.starts_with("ssh-ed25519 "), "{public}");
+        assert!(
+            public.trim_end().ends_with("haul deploy key for blog"),
+            "{public}"
+        );
+
+        assert!(done.section_to_append.is_none());
+        let text = done.instructions();
+        for needle in [
+            public.trim(),
+            "READ-ONLY deploy key",
+            "https://deploy.example.com/hooks/blog",
+            "application/json",
+            "Just the push event",
+            &format!("cat {}", root.join("etc/secrets/blog").display()),
+            "ssh-keyscan github.com >> ",
+            "ssh-keygen -lf ",
+            "githubs-ssh-key-fingerprints",
+            &format!("haul check --config {}", root.join("etc/haul.toml").display()),
+            "haul serve --config",
+        ] {
+            assert!(text.contains(needle), "no {needle:?} in:\n{text}");
+        }
+        let secret = String::from_utf8(secrets[0].clone()).expect("hex");
+        assert!(!text.contains(&secret), "the secret itself is never printed");
+    }
+
+    #[tokio::test]
+    async fn never_overwrites_a_key_a_secret_or_a_config() {
+        let tmp = TempDir::new();
+        let root = &tmp.0;
+        init(&options(root, "blog")).await.expect("first run");
+        let config = root.join("etc/haul.toml");
+        let snapshot = |p: &str| std::fs::read(root.join(p)).expect("file");
+        let (cfg, key, secret) = (
+            snapshot("etc/haul.toml"),
+            snapshot("etc/keys/blog"),
+            snapshot("etc/secrets/blog"),
+        );
+
+        // The same app again: the key is there, so nothing is touched.
+        let err = init(&options(root, "blog"))
+            .await
+            .expect_err("refuses")
+            .to_string();
+        assert!(err.contains("already has an app named \"blog\""), "{err}");
+        assert_eq!(snapshot("etc/haul.toml"), cfg);
+        assert_eq!(snapshot("etc/keys/blog"), key);
+        assert_eq!(snapshot("etc/secrets/blog"), secret);
+
+        // A key or a secret left from an earlier attempt is refused before anything is created.
+        for leftover in ["etc/keys/api", "etc/keys/api.pub", "etc/secrets/api"] {
+            std::fs::write(root.join(leftover), "keep me").expect("leftover");
+            let err = init(&options(root, "api"))
+                .await
+                .expect_err("refuses")
+                .to_string();
+            assert!(err.contains(&root.join(leftover).display().to_string()), "{err}");
+            assert!(err.contains("never replaces"), "{err}");
+            assert_eq!(snapshot(leftover), b"keep me");
+            std::fs::remove_file(root.join(leftover)).expect("cleanup");
+            for other in ["etc/keys/api", "etc/keys/api.pub", "etc/secrets/api"] {
+                assert!(!root.join(other).exists(), "{other} was created by a refused run");
+            }
+        }
+
+        // A second app with an existing config: the config is left alone and the section printed appends cleanly.
+        let done = init(&options(root, "api")).await.expect("second app");
+        assert_eq!(snapshot("etc/haul.toml"), cfg);
+        let section = done.section_to_append.expect("a section to append");
+        assert!(section.contains("[apps.api]"), "{section}");
+        assert!(done.instructions().contains(&section), "the section is printed");
+        let mut appended = String::from_utf8(cfg).expect("utf-8");
+        appended.push_str(&section);
+        let both = Config::parse(&config, &appended).expect("config + printed section loads");
+        assert_eq!(both.apps.keys().collect::<Vec<_>>(), ["api", "blog"]);
+        assert_eq!(mode(&root.join("etc/keys/api")), 0o600);
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_refused_before_anything_is_written() {
+        let tmp = TempDir::new();
+        let root = &tmp.0;
+        let cases: [(fn(&mut InitOptions), &str); 6] = [
+            (|o| o.app = "../x".into(), "not a valid app name"),
+            (|o| o.repo = "--upload-pack=evil".into(), "not a git URL"),
+            (|o| o.repo = String::new(), "not a git URL"),
+            (|o| o.branch = "-x".into(), "branch"),
+            (|o| o.provider = "svn".into(), "github, gitlab"),
+            (|o| o.public_url = "deploy.example.com".into(), "http(s) URL"),
+        ];
+        for (change, needle) in cases {
+            let mut o = options(root, "blog");
+            change(&mut o);
+            let err = init(&o).await.expect_err(needle).to_string();
+            assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+            assert!(!root.join("etc").exists(), "a refused run wrote files ({needle})");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_local_repo_needs_no_key_and_a_dotted_name_is_quoted() {
+        let tmp = TempDir::new();
+        let root = &tmp.0;
+        let mut o = options(root, "www.example");
+        o.repo = root.join("repo.git").display().to_string();
+        o.provider = "standard".into();
+        let text = init(&o).await.expect("init").instructions();
+        let cfg = Config::load(&o.config).expect("loads");
+        let app = cfg.app("www.example").expect("one app, not a nested table");
+        assert_eq!(app.deploy_key, None);
+        assert!(!root.join("etc/keys").exists(), "no key for a local repo");
+        assert!(
+            text.contains("notify-haul.sh https://deploy.example.com/hooks/www.example"),
+            "{text}"
+        );
+        assert!(!text.contains("ssh-keyscan"), "{text}");
+    }
+
+    #[test]
+    fn ssh_hosts() {
+        for (repo, want) in [
+            ("git@github.com:acme/blog.git", Some(("github.com", None))),
+            ("github.com:acme/blog.git", Some(("github.com", None))),
+            (
+                "ssh://git@git.example.com:2222/acme/blog.git",
+                Some(("git.example.com", Some(2222))),
+            ),
+            (
+                "ssh://git@git.example.com:22/acme/blog.git",
+                Some(("git.example.com", None)),
+            ),
+            (
+                "git+ssh://git.example.com/acme/blog.git",
+                Some(("git.example.com", None)),
+            ),
+            (
+                "ssh://git@[2001:db8::1]:2222/x.git",
+                Some(("2001:db8::1", Some(2222))),
+            ),
+            ("ssh://git@host:notaport/x.git", None),
+            ("ssh:///x.git", None),
+        ] {
+            let got = ssh_host(repo);
+            let want = want.map(|(h, p)| (h.to_string(), p));
+            assert_eq!(got, want, "{repo}");
+        }
+    }
+
+    #[test]
+    fn toml_strings_round_trip() {
+        for s in [
+            "plain",
+            "with \"quotes\" and \\ backslash",
+            "tab\there",
+            "ünïcode",
+        ] {
+            let doc = format!("v = {}", toml_str(s));
+            let table: toml::Table = doc.parse().expect(&doc);
+            assert_eq!(table["v"].as_str(), Some(s));
+        }
+    }
+}
