@@ -86,6 +86,43 @@ pub enum Command {
         #[arg(long)]
         exe: Option<PathBuf>,
     },
+    /// Set up a new app on this server: deploy key, webhook secret, config; prints what to paste where.
+    Init {
+        /// The app's name (letters, digits, '-', '_', '.'); its webhook URL is /hooks/APP.
+        app: String,
+        /// The repository, e.g. git@github.com:acme/blog.git.
+        #[arg(long)]
+        repo: String,
+        /// The only branch deployed.
+        #[arg(long, default_value = "main")]
+        branch: String,
+        /// The app's directory: releases/ and the `current` symlink [default: /srv/APP].
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// Where the deploy key goes, as KEYS_DIR/APP [default: <config dir>/keys].
+        #[arg(long)]
+        keys_dir: Option<PathBuf>,
+        /// Where the webhook secret goes, as SECRETS_DIR/APP [default: <config dir>/secrets].
+        #[arg(long)]
+        secrets_dir: Option<PathBuf>,
+        /// haul's state directory (used only when a new config is written).
+        #[arg(long, default_value = "/var/lib/haul")]
+        state_dir: PathBuf,
+        /// The address your forge reaches haul at (through your TLS proxy), e.g. https://deploy.example.com.
+        #[arg(long)]
+        public_url: String,
+        /// How webhooks are signed.
+        #[arg(long, default_value = "github",
+              value_parser = ["github", "gitlab", "gitea", "forgejo", "bitbucket", "standard"])]
+        provider: String,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `haul man | man -l -`.
+    Man,
     /// A self-contained demo: a throw-away repo and config, a signed webhook, a release landing.
     Demo {
         /// Port for the demo daemon (default: any free port).
@@ -166,8 +203,47 @@ pub fn main() -> i32 {
 }
 
 async fn dispatch(cli: Cli) -> Result<(), Exit> {
-    if let Command::Demo { port, once } = cli.command {
-        return crate::demo::run(port, once).await.map_err(Exit::from);
+    // Commands that need no configuration (it may not exist yet).
+    match cli.command {
+        Command::Demo { port, once } => return crate::demo::run(port, once).await.map_err(Exit::from),
+        Command::Completions { shell } => {
+            return crate::docs::completions(shell, &mut std::io::stdout())
+                .map_err(|e| Exit::failed(e.to_string()))
+        }
+        Command::Man => {
+            return crate::docs::man_page(&mut std::io::stdout()).map_err(|e| Exit::failed(e.to_string()))
+        }
+        Command::Init {
+            app,
+            repo,
+            branch,
+            path,
+            keys_dir,
+            secrets_dir,
+            state_dir,
+            public_url,
+            provider,
+        } => {
+            let cfg_dir = cli
+                .config
+                .parent()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."));
+            let opts = crate::init::InitOptions {
+                path: path.unwrap_or_else(|| PathBuf::from("/srv").join(&app)),
+                keys_dir: keys_dir.unwrap_or_else(|| cfg_dir.join("keys")),
+                secrets_dir: secrets_dir.unwrap_or_else(|| cfg_dir.join("secrets")),
+                config: cli.config,
+                app,
+                repo,
+                branch,
+                state_dir,
+                public_url,
+                provider,
+            };
+            return crate::init::run(opts).await.map_err(Exit::from);
+        }
+        _ => {}
     }
     let cfg = Config::load(&cli.config)?;
     match cli.command {
@@ -189,7 +265,7 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
             print!("{}", crate::systemd::unit(&cfg, &exe, user.as_deref()));
             Ok(())
         }
-        Command::Demo { .. } => Ok(()),
+        Command::Demo { .. } | Command::Init { .. } | Command::Completions { .. } | Command::Man => Ok(()),
     }
 }
 

@@ -42,6 +42,9 @@ pub struct Config {
     pub allow_ips: Vec<ipnet::IpNet>,
     /// A header set by the reverse proxy in front of haul that carries the client address.
     pub client_ip_header: Option<String>,
+    pub notify: Vec<NotifyTarget>,
+    /// Serve the status page at `/`.
+    pub status_page: bool,
     pub apps: BTreeMap<String, AppConfig>,
 }
 
@@ -68,6 +71,9 @@ pub struct AppConfig {
     pub on_restart: OnRestart,
     /// Fetches per minute to this app's upstream host, shared by every app that uses it.
     pub max_fetches_per_minute: u32,
+    /// The dead-man's switch: alert when no deploy succeeded for this long.
+    pub alert_if_no_success_within: Option<Duration>,
+    pub realert_every: Duration,
     /// Other places to fetch the same repository from (a cache, a mirror).
     pub mirrors: Vec<String>,
     pub mirror_mode: MirrorMode,
@@ -80,6 +86,59 @@ pub enum MirrorMode {
     Prefer,
     /// The primary first; mirrors when it is down or rate-limiting.
     Fallback,
+}
+
+/// One `[[notify]]` target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyTarget {
+    pub kind: NotifyKind,
+    /// Only these apps (empty: all).
+    pub apps: Vec<String>,
+    /// Only these events (`failed`, `rolled_back`, `interrupted`, `stale`, `recovered`, `succeeded`).
+    pub events: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotifyKind {
+    /// A JSON POST, signed with Standard Webhooks when a secret is given.
+    Webhook {
+        url: String,
+        secret_file: Option<PathBuf>,
+    },
+    /// A Slack-compatible incoming webhook.
+    Slack { url: String },
+    /// An ntfy topic URL.
+    Ntfy { url: String },
+    /// Mail through the local sendmail.
+    Email {
+        to: Vec<String>,
+        from: String,
+        sendmail: String,
+    },
+}
+
+pub const NOTIFY_EVENTS: [&str; 6] = [
+    "failed",
+    "rolled_back",
+    "interrupted",
+    "stale",
+    "recovered",
+    "succeeded",
+];
+const DEFAULT_NOTIFY_EVENTS: [&str; 5] = ["failed", "rolled_back", "interrupted", "stale", "recovered"];
+
+impl NotifyTarget {
+    pub fn wants(&self, app: &str, event: &str) -> bool {
+        (self.apps.is_empty() || self.apps.iter().any(|a| a == app)) && self.events.iter().any(|e| e == event)
+    }
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            NotifyKind::Webhook { url, .. } => format!("webhook {}", crate::git::redact_url(url)),
+            NotifyKind::Slack { .. } => "slack".to_string(),
+            NotifyKind::Ntfy { url } => format!("ntfy {}", crate::git::redact_url(url)),
+            NotifyKind::Email { to, .. } => format!("email {}", to.join(", ")),
+        }
+    }
 }
 
 /// What to do, at start-up, with a request that was queued when haul stopped.
@@ -214,7 +273,25 @@ struct RawConfig {
     allow_ips: Vec<String>,
     client_ip_header: Option<String>,
     #[serde(default)]
+    notify: Vec<RawNotify>,
+    status_page: Option<bool>,
+    #[serde(default)]
     apps: BTreeMap<String, RawApp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    kind: String,
+    url: Option<String>,
+    secret_file: Option<PathBuf>,
+    #[serde(default)]
+    to: Vec<String>,
+    from: Option<String>,
+    sendmail: Option<String>,
+    #[serde(default)]
+    apps: Vec<String>,
+    events: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -245,6 +322,8 @@ struct RawApp {
     #[serde(default)]
     mirrors: Vec<String>,
     mirror_mode: Option<String>,
+    alert_if_no_success_within: Option<String>,
+    realert_every: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -521,6 +600,19 @@ impl Config {
                     )))
                 }
             };
+            let alert_if_no_success_within = match &a.alert_if_no_success_within {
+                Some(s) => {
+                    Some(parse_duration(s).map_err(|e| ctx(&format!("alert_if_no_success_within: {e}")))?)
+                }
+                None => None,
+            };
+            let realert_every = match &a.realert_every {
+                Some(s) => parse_duration(s).map_err(|e| ctx(&format!("realert_every: {e}")))?,
+                None => Duration::from_secs(24 * 3600),
+            };
+            if realert_every < Duration::from_secs(60) {
+                return Err(ctx("realert_every must be at least 1m"));
+            }
             let fetch_attempts = a.fetch_attempts.unwrap_or(3);
             if !(1..=10).contains(&fetch_attempts) {
                 return Err(ctx("fetch_attempts must be between 1 and 10"));
@@ -583,13 +675,86 @@ impl Config {
                 build_retries,
                 on_restart,
                 max_fetches_per_minute,
+                alert_if_no_success_within,
+                realert_every,
                 mirrors: a.mirrors.clone(),
                 mirror_mode,
                 name: name.clone(),
             };
             apps.insert(name, app);
         }
+        let mut notify = Vec::new();
+        for (i, n) in raw.notify.into_iter().enumerate() {
+            let nctx = |m: &str| invalid(format!("[[notify]] #{}: {m}", i + 1));
+            let url = || -> Result<String, ConfigError> {
+                match &n.url {
+                    Some(u) if u.starts_with("https://") || u.starts_with("http://") => Ok(u.clone()),
+                    Some(u) => Err(nctx(&format!("url {u:?} must be http:// or https://"))),
+                    None => Err(nctx("needs `url`")),
+                }
+            };
+            let kind = match n.kind.as_str() {
+                "webhook" => NotifyKind::Webhook {
+                    url: url()?,
+                    secret_file: n.secret_file.as_deref().map(resolve),
+                },
+                "slack" => NotifyKind::Slack { url: url()? },
+                "ntfy" => NotifyKind::Ntfy { url: url()? },
+                "email" => {
+                    if n.to.is_empty()
+                        || n.to
+                            .iter()
+                            .any(|t| !t.contains('@') || t.chars().any(|c| c.is_control() || c == ','))
+                    {
+                        return Err(nctx("email needs `to`, a list of addresses"));
+                    }
+                    let from = n.from.clone().unwrap_or_else(|| "haul".to_string());
+                    if from.chars().any(char::is_control) {
+                        return Err(nctx("`from` has control characters"));
+                    }
+                    NotifyKind::Email {
+                        to: n.to.clone(),
+                        from,
+                        sendmail: n
+                            .sendmail
+                            .clone()
+                            .unwrap_or_else(|| "/usr/sbin/sendmail".to_string()),
+                    }
+                }
+                other => {
+                    return Err(nctx(&format!(
+                        "kind {other:?} must be webhook, slack, ntfy or email"
+                    )))
+                }
+            };
+            let events = match n.events {
+                Some(ev) => {
+                    if let Some(bad) = ev.iter().find(|e| !NOTIFY_EVENTS.contains(&e.as_str())) {
+                        return Err(nctx(&format!(
+                            "event {bad:?} is not one of {}",
+                            NOTIFY_EVENTS.join(", ")
+                        )));
+                    }
+                    ev
+                }
+                None => DEFAULT_NOTIFY_EVENTS.iter().map(|e| e.to_string()).collect(),
+            };
+            notify.push(NotifyTarget {
+                kind,
+                apps: n.apps,
+                events,
+            });
+        }
+        for t in &notify {
+            if let Some(bad) = t.apps.iter().find(|a| !apps.contains_key(*a)) {
+                return Err(invalid(format!(
+                    "[[notify]] names app {bad:?}, which is not configured"
+                )));
+            }
+        }
         Ok(Config {
+            notify,
+            status_page: raw.status_page.unwrap_or(true),
             path: path.to_path_buf(),
             listen: raw.listen,
             state_dir: resolve(&raw.state_dir),

@@ -31,6 +31,8 @@ pub struct Daemon {
     /// How long a running deploy may go on after a stop is asked for, before its process group is killed (it
     /// is then recorded as interrupted at the next start).
     stop_grace: Duration,
+    notify_rx: tokio::sync::mpsc::UnboundedReceiver<crate::notify::Event>,
+    cfg: Config,
     _instance: FileLock,
 }
 
@@ -73,7 +75,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Daemon> {
     let addr = listener.local_addr()?;
     let control = control::bind(&cfg.socket_path())
         .with_context(|| format!("cannot create the control socket {}", cfg.socket_path().display()))?;
-    let queue = Queue::new(Env::new(&cfg, store));
+    let (notifier, notify_rx) = crate::notify::channel();
+    let mut env = Env::new(&cfg, store);
+    env.notifier = Some(notifier);
+    let queue = Queue::new(env);
     let http = Arc::new(HttpState::new(&cfg, queue.clone(), secrets));
     Ok(Daemon {
         addr,
@@ -82,6 +87,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Daemon> {
         queue,
         http,
         stop_grace: cfg.stop_grace,
+        notify_rx,
+        cfg,
         _instance: instance,
     })
 }
@@ -91,6 +98,18 @@ impl Daemon {
     /// `stop_grace`, and returns.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
+        // Notifications first, so recovery's "interrupted" events are told.
+        let notifier = self.queue.env().notifier.clone();
+        let notify_tasks = match notifier {
+            Some(n) => crate::notify::spawn(
+                &self.cfg,
+                self.queue.env().store.clone(),
+                n,
+                self.notify_rx,
+                stop_rx.clone(),
+            ),
+            None => Vec::new(),
+        };
         let mut workers = self.queue.spawn_workers(stop_rx.clone());
         workers.extend(crate::poll::spawn(self.queue.clone(), stop_rx.clone()));
         let control = tokio::spawn(control::serve(self.control, self.queue.clone(), stop_rx.clone()));
@@ -132,6 +151,10 @@ impl Daemon {
                 tracing::warn!("a deploy was still running after the grace period; stopping it");
                 abort.abort();
             }
+        }
+        // Let notifications already on their way go out (bounded: a target that hangs is not waited for).
+        for t in notify_tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }
         tracing::info!("stopped");
         Ok(())

@@ -43,19 +43,26 @@ pub fn man_page(out: &mut dyn Write) -> io::Result<()> {
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
         let name = sub.get_bin_name().unwrap_or_else(|| sub.get_name());
         Roff::new().control("SS", [name]).to_writer(&mut page)?;
-        // The subcommand's own synopsis, description and options without their `.SH` headings: under a
-        // subsection they read as one block (usage line, what it does, its options).
-        let sub_man = Man::new(sub.clone());
+        // The subcommand's own synopsis, description and options, its `.SH` headings turned into paragraph
+        // breaks so they read as one block under the subsection. `--config` and `--help` are documented once,
+        // above, rather than under every command.
+        let own = sub.clone().mut_args(|a| {
+            let shared = a.is_global_set() || a.get_id() == "help";
+            if shared {
+                a.hide(true)
+            } else {
+                a
+            }
+        });
+        let sub_man = Man::new(own.clone());
         let mut body = Vec::new();
         sub_man.render_synopsis_section(&mut body)?;
         sub_man.render_description_section(&mut body)?;
-        if sub.get_arguments().any(|a| !a.is_hide_set()) {
+        if own.get_arguments().any(|a| !a.is_hide_set()) {
             sub_man.render_options_section(&mut body)?;
         }
         for line in body.split_inclusive(|b| *b == b'\n') {
-            if !line.starts_with(b".SH") {
-                page.extend_from_slice(line);
-            }
+            page.extend_from_slice(if line.starts_with(b".SH") { b".PP\n" } else { line });
         }
     }
 

@@ -306,10 +306,16 @@ impl Git {
             ])
             .arg(url)
             .arg(self.refspec());
-        runner::run(&cmd, self.log.as_ref())
+        let result = runner::run(&cmd, self.log.as_ref())
             .await
             .map(|_| ())
-            .map_err(|e| self.remote_failure(e))
+            .map_err(|e| self.remote_failure(e));
+        let label = match &result {
+            Ok(()) => "ok",
+            Err(f) => f.kind.as_str(),
+        };
+        crate::metrics::fetch(&upstream::key(url), label);
+        result
     }
 
     /// Where to fetch from, in order: (url, is the primary).

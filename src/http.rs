@@ -39,6 +39,7 @@ pub struct HttpState {
     pub client_ip_header: Option<String>,
     pub limiter: RateLimiter,
     pub liveness: Arc<crate::daemon::Liveness>,
+    pub status_page: bool,
 }
 
 impl HttpState {
@@ -53,6 +54,7 @@ impl HttpState {
             client_ip_header: cfg.client_ip_header.as_ref().map(|h| h.to_ascii_lowercase()),
             limiter: RateLimiter::new(cfg.rate_limit_per_minute),
             liveness: Arc::default(),
+            status_page: cfg.status_page,
         }
     }
 
@@ -148,7 +150,106 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/hooks/{app}", post(hook))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/", get(status_index))
+        .route("/deploys/{id}", get(status_deploy))
         .with_state(state)
+}
+
+fn html(body: String) -> Response {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_or_else(|_| "this server".into(), |h| h.trim().to_string())
+}
+
+/// `GET /`: every app and the recent deploys.
+async fn status_index(State(st): State<Arc<HttpState>>) -> Response {
+    if !st.status_page {
+        return error(
+            StatusCode::NOT_FOUND,
+            "the status page is off (status_page = false)",
+        );
+    }
+    let env = st.queue.env();
+    let apps: Vec<(String, Option<String>)> = env
+        .apps
+        .values()
+        .map(|a| (a.name.clone(), crate::release::current(&a.path)))
+        .collect();
+    let data = env
+        .store
+        .call(move |c| {
+            let mut views = Vec::new();
+            for (name, live_release) in apps {
+                let summary = crate::store::summary(c, &name)?;
+                let live = match &live_release {
+                    Some(r) => crate::store::live_deploy(c, &name, r)?,
+                    None => None,
+                };
+                views.push(crate::page::AppView {
+                    name,
+                    live_release,
+                    live,
+                    summary,
+                });
+            }
+            views.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok((views, crate::store::history(c, None, 50)?))
+        })
+        .await;
+    match data {
+        Ok((views, recent)) => html(crate::page::index(
+            &hostname(),
+            &views,
+            &recent,
+            crate::model::now_ms(),
+        )),
+        Err(e) => {
+            tracing::error!("status page: {e}");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the audit database is not answering",
+            )
+        }
+    }
+}
+
+/// `GET /deploys/<id>`: one deploy and its log.
+async fn status_deploy(State(st): State<Arc<HttpState>>, Path(id): Path<String>) -> Response {
+    if !st.status_page {
+        return error(
+            StatusCode::NOT_FOUND,
+            "the status page is off (status_page = false)",
+        );
+    }
+    let Some(id) = crate::model::DeployId::parse(&id) else {
+        return error(StatusCode::NOT_FOUND, "no such deploy");
+    };
+    let env = st.queue.env();
+    let lookup = id.clone();
+    match env.store.call(move |c| crate::store::get(c, &lookup)).await {
+        Ok(Some(row)) => {
+            let log = std::fs::read_to_string(crate::deploylog::path_for(&env.logs_dir, &id)).ok();
+            html(crate::page::deploy(&row, log.as_deref(), crate::model::now_ms()))
+        }
+        Ok(None) => error(StatusCode::NOT_FOUND, "no such deploy"),
+        Err(e) => {
+            tracing::error!("status page: {e}");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the audit database is not answering",
+            )
+        }
+    }
 }
 
 /// Prometheus scrape: counters as recorded, gauges read now from the store and the upstream registry.

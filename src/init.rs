@@ -44,6 +44,7 @@ pub async fn run(opts: InitOptions) -> anyhow::Result<()> {
 }
 
 /// What a run did, for [`run`] to print and for tests to inspect.
+#[derive(Debug)]
 struct Done {
     plan: Plan,
     /// The public half of the deploy key, as a forge wants it pasted.
@@ -54,6 +55,7 @@ struct Done {
 
 /// Validated inputs, with absolute paths (the config's relative paths would be relative to the config file, not
 /// to where `haul init` ran).
+#[derive(Debug)]
 struct Plan {
     app: String,
     repo: String,
@@ -68,6 +70,7 @@ struct Plan {
     hook_url: String,
 }
 
+#[derive(Debug)]
 struct SshPlan {
     key: PathBuf,
     known_hosts: PathBuf,
@@ -100,7 +103,7 @@ async fn init(opts: &InitOptions) -> anyhow::Result<Done> {
             .is_some();
         if has_app {
             bail!(
-                "{} already has an app named {:?}; choose another name with --app, or edit that section by hand",
+                "{} already has an app named {:?}; choose another app name, or edit that section by hand",
                 plan.config.display(),
                 plan.app
             );
@@ -133,8 +136,8 @@ async fn init(opts: &InitOptions) -> anyhow::Result<Done> {
     let key_line = match (&plan.ssh, &public_key) {
         (Some(ssh), Some(public)) => {
             make_private_dir(parent(&ssh.key))?;
-            created.0.extend([ssh.key.clone(), public.clone()]);
             generate_key(&plan.app, &ssh.key).await?;
+            created.0.extend([ssh.key.clone(), public.clone()]);
             let line = std::fs::read_to_string(public)
                 .with_context(|| format!("ssh-keygen ran but {} cannot be read", public.display()))?;
             Some(line.trim().to_string())
@@ -143,8 +146,8 @@ async fn init(opts: &InitOptions) -> anyhow::Result<Done> {
     };
 
     make_private_dir(parent(&plan.secret))?;
-    created.0.push(plan.secret.clone());
     write_secret(&plan.secret)?;
+    created.0.push(plan.secret.clone());
 
     let section_to_append = match existing_config {
         Some(_) => Some(section),
@@ -152,8 +155,8 @@ async fn init(opts: &InitOptions) -> anyhow::Result<Done> {
             if let Some(dir) = plan.config.parent() {
                 std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
             }
-            created.0.push(plan.config.clone());
             write_new(&plan.config, 0o644, format!("{header}{section}").as_bytes())?;
+            created.0.push(plan.config.clone());
             None
         }
     };
@@ -190,8 +193,10 @@ fn plan(opts: &InitOptions) -> anyhow::Result<Plan> {
         )
     })?;
     let base = opts.public_url.trim_end_matches('/');
-    let valid_url = (base.starts_with("https://") || base.starts_with("http://"))
-        && base.len() > "https://".len()
+    let authority = base
+        .strip_prefix("https://")
+        .or_else(|| base.strip_prefix("http://"));
+    let valid_url = authority.is_some_and(|a| !a.is_empty() && !a.starts_with('/'))
         && !base.chars().any(|c| c.is_whitespace() || c.is_control());
     if !valid_url {
         bail!(
@@ -249,86 +254,64 @@ fn config_text(plan: &Plan) -> anyhow::Result<(String, String)> {
 # Address of the webhook HTTP server. Keep it on loopback, behind a reverse proxy that terminates TLS.
 listen = "127.0.0.1:9000"
 # haul's own files: the audit database, git mirrors, deploy logs, the control socket. One daemon per state_dir.
-state_dir = {state_dir}
+state_dir = {}
 "#,
-        state_dir = q(&plan.state_dir)?
+        q(&plan.state_dir)?
     );
-
-    let key = if plan.app.contains('.') {
-        toml_str(&plan.app)
-    } else {
-        plan.app.clone()
+    let ssh = match &plan.ssh {
+        Some(ssh) => format!(
+            r#"# Private half of a read-only deploy key (mode 0600), used alone: no agent, no ~/.ssh/config.
+deploy_key = {}
+# The forge's pinned host keys: an unknown or changed host key fails the fetch.
+known_hosts = {}
+"#,
+            q(&ssh.key)?,
+            q(&ssh.known_hosts)?
+        ),
+        None => String::new(),
     };
-    let mut s = String::new();
-    let _ = writeln!(s, "\n# The webhook URL of this app is /hooks/{}.", plan.app);
-    let _ = writeln!(s, "[apps.{key}]");
-    let _ = writeln!(s, "# The repository haul fetches from. haul only ever reads it.");
-    let _ = writeln!(s, "repo = {}", toml_str(&plan.repo));
-    let _ = writeln!(
-        s,
-        "# The only branch deployed. Pushes to other branches, tags and deletions are recorded as ignored."
+    let app = &plan.app;
+    // A dot in a bare key would make a nested table.
+    let key = if app.contains('.') {
+        toml_str(app)
+    } else {
+        app.clone()
+    };
+    let section = format!(
+        r#"
+# The webhook URL of this app is /hooks/{app}.
+[apps.{key}]
+# The repository haul fetches from. haul only ever reads it.
+repo = {repo}
+# The only branch deployed. Pushes to other branches, tags and deletions are recorded as ignored.
+branch = {branch}
+{ssh}# The app's directory: releases/<id>/ and the `current` symlink. Point your web server or unit at current.
+path = {path}
+# Releases kept on disk (at least 2); the live one and the one before it are never removed.
+keep_releases = 5
+# Commands run in order in the new release directory before the switch, each as `bash -euo pipefail -c`.
+# The first failure fails the deploy and leaves `current` alone. For example: ["npm ci", "npm run build"]
+build = []
+# Commands run in the release directory after the switch. If one fails, the previous release is put back.
+# For example: ["systemctl reload {app}"]
+activate = []
+# Limit for each build or activate command; on timeout its whole process group is killed.
+step_timeout = "10m"
+
+# Enables POST /hooks/{app}. Without this table the app deploys only by `haul deploy`.
+[apps.{key}.webhook]
+# How deliveries are verified: github, gitlab, gitea, forgejo, bitbucket, or standard (CI and scripts).
+provider = "{provider}"
+# The file holding the shared secret (mode 0600). The secret itself never goes in this file.
+secret_file = {secret}
+"#,
+        repo = toml_str(&plan.repo),
+        branch = toml_str(&plan.branch),
+        path = q(&plan.path)?,
+        provider = plan.provider.as_str(),
+        secret = q(&plan.secret)?,
     );
-    let _ = writeln!(s, "branch = {}", toml_str(&plan.branch));
-    if let Some(ssh) = &plan.ssh {
-        let _ = writeln!(
-            s,
-            "# Private half of a read-only deploy key (mode 0600), used alone: no agent, no ~/.ssh/config."
-        );
-        let _ = writeln!(s, "deploy_key = {}", q(&ssh.key)?);
-        let _ = writeln!(
-            s,
-            "# The pinned host keys of the forge: an unknown or changed host key fails the fetch."
-        );
-        let _ = writeln!(s, "known_hosts = {}", q(&ssh.known_hosts)?);
-    }
-    let _ = writeln!(
-        s,
-        "# The app's directory: releases/<id>/ and the `current` symlink. Point your web server or unit at current."
-    );
-    let _ = writeln!(s, "path = {}", q(&plan.path)?);
-    let _ = writeln!(
-        s,
-        "# Releases kept on disk (at least 2); the live one and the one before it are never removed."
-    );
-    let _ = writeln!(s, "keep_releases = 5");
-    let _ = writeln!(
-        s,
-        "# Commands run in order in the new release directory before the switch, each as `bash -euo pipefail -c`."
-    );
-    let _ = writeln!(
-        s,
-        "# The first failure fails the deploy and leaves `current` alone. For example: [\"npm ci\", \"npm run build\"]"
-    );
-    let _ = writeln!(s, "build = []");
-    let _ = writeln!(
-        s,
-        "# Commands run after the switch. If one fails, the previous release is put back. For example:"
-    );
-    let _ = writeln!(s, "# [\"systemctl reload {}\"]", plan.app);
-    let _ = writeln!(s, "activate = []");
-    let _ = writeln!(
-        s,
-        "# Limit for each build or activate command; on timeout its whole process group is killed."
-    );
-    let _ = writeln!(s, "step_timeout = \"10m\"");
-    let _ = writeln!(s);
-    let _ = writeln!(
-        s,
-        "# Enables POST /hooks/{}. Without this table the app deploys only by `haul deploy`.",
-        plan.app
-    );
-    let _ = writeln!(s, "[apps.{key}.webhook]");
-    let _ = writeln!(
-        s,
-        "# How deliveries are verified: github, gitlab, gitea, forgejo, bitbucket, or standard (CI and scripts)."
-    );
-    let _ = writeln!(s, "provider = {}", toml_str(plan.provider.as_str()));
-    let _ = writeln!(
-        s,
-        "# The file holding the shared secret (mode 0600). The secret itself never goes in this file."
-    );
-    let _ = writeln!(s, "secret_file = {}", q(&plan.secret)?);
-    Ok((header, s))
+    Ok((header, section))
 }
 
 /// A TOML basic string.
@@ -350,7 +333,7 @@ fn toml_str(s: &str) -> String {
 
 /// The host (and port, when not 22) an SSH repo URL connects to: `git@host:path`, `ssh://[user@]host[:port]/path`.
 fn ssh_host(repo: &str) -> Option<(String, Option<u16>)> {
-    let (authority, has_port) = match repo
+    let (authority, is_url) = match repo
         .strip_prefix("ssh://")
         .or_else(|| repo.strip_prefix("git+ssh://"))
     {
@@ -363,7 +346,7 @@ fn ssh_host(repo: &str) -> Option<(String, Option<u16>)> {
         (h, rest.strip_prefix(':'))
     } else {
         match hostport.rsplit_once(':') {
-            Some((h, p)) if has_port => (h, Some(p)),
+            Some((h, p)) if is_url => (h, Some(p)),
             _ => (hostport, None),
         }
     };
@@ -386,7 +369,7 @@ async fn generate_key(app: &str, key: &Path) -> anyhow::Result<()> {
         Err(e @ RunError::Spawn { .. }) => bail!(
             "{e}; install the OpenSSH client (Debian/Ubuntu: apt install openssh-client) and run haul init again"
         ),
-        Err(e) => bail!("{e}; nothing was kept, fix that and run haul init again"),
+        Err(e) => bail!("{e}; fix that, remove any {} it left, and run haul init again", key.display()),
     }
     // ssh-keygen writes 0600 already; this states the contract `haul check` enforces rather than relying on it.
     std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600))
@@ -403,7 +386,7 @@ fn write_secret(path: &Path) -> anyhow::Result<()> {
 }
 
 /// Creates `path` with `mode`, failing if anything is already there (never a truncate, never a follow of a
-/// symlink someone left in its place), and flushes it to disk.
+/// symlink someone left in its place), and flushes it to disk. A file it created but could not fill is removed.
 fn write_new(path: &Path, mode: u32, content: &[u8]) -> anyhow::Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -411,9 +394,10 @@ fn write_new(path: &Path, mode: u32, content: &[u8]) -> anyhow::Result<()> {
         .mode(mode)
         .open(path)
         .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(content)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("cannot write {}", path.display()))
+    f.write_all(content).and_then(|()| f.sync_all()).map_err(|e| {
+        let _ = std::fs::remove_file(path);
+        anyhow!("cannot write {}: {e}", path.display())
+    })
 }
 
 /// Creates `dir` (and missing parents) readable by its owner only. An existing directory is left as it is.
@@ -429,7 +413,8 @@ fn parent(p: &Path) -> &Path {
     p.parent().unwrap_or(Path::new("/"))
 }
 
-/// Files this run created, removed again unless the run completes.
+/// Files this run created, removed again unless the run completes. A file is added only once this run has
+/// made it, so a failure never removes something that was there before.
 struct Created(Vec<PathBuf>);
 
 impl Created {
@@ -523,156 +508,137 @@ fn published_fingerprints(host: &str) -> Option<&'static str> {
 impl Done {
     /// What was created, then every manual step in order, with the exact text to paste.
     fn instructions(&self) -> String {
-        let (plan, key_line, section_to_append) = (
-            &self.plan,
-            self.key_line.as_deref(),
-            self.section_to_append.as_deref(),
-        );
         let mut t = String::new();
-        let config = sh(&plan.config);
-        let secret = sh(&plan.secret);
-        let _ = writeln!(t, "Created for app {:?}:", plan.app);
+        // Writing into a String cannot fail.
+        let _ = self.write_instructions(&mut t);
+        t
+    }
+
+    fn write_instructions(&self, t: &mut String) -> std::fmt::Result {
+        let plan = &self.plan;
+        let (config, secret) = (sh(&plan.config), sh(&plan.secret));
+        writeln!(t, "Created for app {:?}:", plan.app)?;
         if let Some(ssh) = &plan.ssh {
-            let _ = writeln!(
-                t,
-                "  deploy key  {} (private, 0600) and {}.pub",
-                ssh.key.display(),
-                ssh.key.display()
-            );
+            let key = ssh.key.display();
+            writeln!(t, "  deploy key  {key} (private, 0600) and {key}.pub")?;
         }
-        let _ = writeln!(t, "  secret      {} (0600)", plan.secret.display());
-        match section_to_append {
-            None => {
-                let _ = writeln!(t, "  config      {}", plan.config.display());
-            }
-            Some(section) => {
-                let _ = writeln!(
-                    t,
-                    "\n{} already exists, so haul init left it alone. Append this section to it:\n{section}",
-                    plan.config.display()
-                );
-            }
+        writeln!(t, "  secret      {} (0600)", plan.secret.display())?;
+        match &self.section_to_append {
+            None => writeln!(t, "  config      {}", plan.config.display())?,
+            Some(section) => writeln!(
+                t,
+                "\n{} already exists, so haul init left it alone. Append this section to it:\n{}",
+                plan.config.display(),
+                section.trim_end()
+            )?,
         }
         if plan.ssh.is_none() {
-            let _ = writeln!(
-            t,
-            "\n{} is not an SSH URL, so no deploy key or known_hosts was made. For a private repository, prefer an \
-             SSH URL with a read-only deploy key (run haul init again with one).",
-            plan.repo
-        );
+            writeln!(
+                t,
+                "\n{} is not an SSH URL, so no deploy key or known_hosts was made. For a private repository on\n\
+                 a forge, prefer an SSH URL with a read-only deploy key.",
+                plan.repo
+            )?;
         }
 
-        let _ = writeln!(t, "\nNow, by hand:");
+        writeln!(t, "\nNow, by hand:")?;
         let mut step = 0;
         let mut next = || {
             step += 1;
             step
         };
-        if let (Some(ssh), Some(key_line)) = (&plan.ssh, key_line) {
-            let _ = writeln!(
+        if let (Some(ssh), Some(key_line)) = (&plan.ssh, &self.key_line) {
+            writeln!(
                 t,
-                "\n{}. Add this public key to the repository as a READ-ONLY deploy key:\n",
+                "\n{}. Add this public key to the repository as a READ-ONLY deploy key:\n\n     {key_line}\n",
                 next()
-            );
-            let _ = writeln!(t, "     {key_line}\n");
-            match forge(plan.provider) {
-                Some(f) => {
-                    let _ = writeln!(t, "   {}: {}.", f.name, f.deploy_key);
-                }
-                None => {
-                    for f in [&GITHUB, &GITLAB, &GITEA, &BITBUCKET] {
-                        let _ = writeln!(t, "   {}: {}.", f.name, f.deploy_key);
-                    }
-                }
+            )?;
+            let forges = match forge(plan.provider) {
+                Some(f) => vec![f],
+                None => vec![&GITHUB, &GITLAB, &GITEA, &BITBUCKET],
+            };
+            for f in forges {
+                writeln!(t, "   {}: {}.", f.name, f.deploy_key)?;
             }
 
-            let kh = sh(&ssh.known_hosts);
+            let (host, kh) = (&ssh.host, sh(&ssh.known_hosts));
             let port = ssh.port.map(|p| format!("-p {p} ")).unwrap_or_default();
-            let _ = writeln!(
+            writeln!(
                 t,
-                "\n{}. Pin {}'s SSH host key (haul never accepts a host key that is not in {}):\n",
+                "\n{}. Pin {host}'s SSH host key (haul never accepts a host key that is not in {}):\n\n     \
+                 ssh-keyscan {port}{host} >> {kh}\n     \
+                 ssh-keygen -lf {kh}\n\n   \
+                 Every fingerprint the second command prints for {host} must match one the forge publishes",
                 next(),
-                ssh.host,
                 ssh.known_hosts.display()
-            );
-            let _ = writeln!(t, "     ssh-keyscan {port}{} >> {kh}", ssh.host);
-            let _ = writeln!(t, "     ssh-keygen -lf {kh}\n");
-            let _ = writeln!(
-                t,
-                "   Every fingerprint the second command prints for {} must match one the forge publishes",
-                ssh.host
-            );
-            match published_fingerprints(&ssh.host) {
-                Some(url) => {
-                    let _ = writeln!(t, "   ({url}).");
-                }
-                None => {
-                    let _ = writeln!(
+            )?;
+            match published_fingerprints(host) {
+                Some(url) => writeln!(t, "   ({url}).")?,
+                None => writeln!(
                     t,
-                    "   (for a self-hosted forge, ask its administrator: `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on it)."
-                );
-                }
+                    "   (for a self-hosted forge, ask its administrator, who can run\n   \
+                     `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on it)."
+                )?,
             }
-            let _ = writeln!(
+            writeln!(
                 t,
                 "   If one does not match, delete its line from {} and find out why before going on.",
                 ssh.known_hosts.display()
-            );
+            )?;
         }
 
         match forge(plan.provider) {
-            Some(f) => {
-                let _ = writeln!(t, "\n{}. Add the webhook in {}: {}.\n", next(), f.name, f.webhook);
-                let _ = writeln!(t, "     URL           {}", plan.hook_url);
-                let _ = writeln!(t, "     Content type  {}", f.content_type);
-                let _ = writeln!(
-                    t,
-                    "     Secret        the contents of {secret} (print it with: cat {secret})"
-                );
-                let _ = writeln!(t, "     Events        {}", f.events);
-            }
-            None => {
-                let _ = writeln!(
+            Some(f) => writeln!(
                 t,
-                "\n{}. Let your CI (or any script) tell haul about a new commit with a Standard Webhooks request to\n",
-                next()
-            );
-                let _ = writeln!(t, "     {}\n", plan.hook_url);
-                let _ = writeln!(
+                "\n{}. Add the webhook in {}: {}.\n\n     \
+                 URL           {}\n     \
+                 Content type  {}\n     \
+                 Secret        the contents of {secret} (print it with: cat {secret})\n     \
+                 Events        {}",
+                next(),
+                f.name,
+                f.webhook,
+                plan.hook_url,
+                f.content_type,
+                f.events
+            )?,
+            None => writeln!(
                 t,
-                "   signed with the secret in {secret} (print it with: cat {secret}; store it as a CI secret)."
-            );
-                let _ = writeln!(
-                    t,
-                    "   examples/notify-haul.sh does it: notify-haul.sh {} SECRET_FILE [SHA]",
-                    plan.hook_url
-                );
-            }
+                "\n{}. Let your CI (or any script) announce a new commit with a Standard Webhooks request to\n\n     \
+                 {}\n\n   \
+                 signed with the secret in {secret} (print it with: cat {secret}; store it as a CI secret).\n   \
+                 examples/notify-haul.sh does it: notify-haul.sh {} SECRET_FILE [SHA]",
+                next(),
+                plan.hook_url,
+                plan.hook_url
+            )?,
         }
         if plan.hook_url.starts_with("http://") {
-            let _ = writeln!(
-            t,
-            "   That URL is plain http: put a TLS reverse proxy in front of haul, or pushes cross the network unencrypted."
-        );
+            writeln!(
+                t,
+                "   That URL is plain http: put a TLS reverse proxy in front of haul, or pushes cross the\n   \
+                 network unencrypted."
+            )?;
         }
 
-        let _ = writeln!(
+        let chown = match &plan.ssh {
+            Some(ssh) => format!("{} {secret}", sh(&ssh.key)),
+            None => secret.clone(),
+        };
+        writeln!(
             t,
-            "\n{}. Check the configuration and files, then start the daemon:\n",
-            next()
-        );
-        let _ = writeln!(t, "     haul check --config {config}");
-        let _ = writeln!(t, "     haul serve --config {config}\n");
-        let _ = writeln!(
-        t,
-        "   Run haul serve under systemd, as a user that can read the key and the secret and owns {} and {}\n   \
-         (for a user named haul: chown haul: {}{secret}). Then `haul deploy {} --config {config}` deploys now.",
-        plan.state_dir.display(),
-        plan.path.display(),
-        plan.ssh.as_ref().map(|s| format!("{} ", sh(&s.key))).unwrap_or_default(),
-        plan.app
-    );
-        t
+            "\n{}. Check the configuration and files, then start the daemon:\n\n     \
+             haul check --config {config}\n     \
+             haul serve --config {config}\n\n   \
+             Run haul serve under systemd (`haul systemd-unit` prints a unit) as a user that can read the key\n   \
+             and the secret and owns {} and {}; for a user named haul:\n\n     \
+             chown haul: {chown}\n\n   \
+             Then `haul deploy {} --config {config}` deploys now.",
+            next(),
+            plan.state_dir.display(),
+            plan.path.display(),
+            plan.app
+        )
     }
 }
 
@@ -821,7 +787,7 @@ mod tests {
         // A second app with an existing config: the config is left alone and the section printed appends cleanly.
         let done = init(&options(root, "api")).await.expect("second app");
         assert_eq!(snapshot("etc/haul.toml"), cfg);
-        let section = done.section_to_append.expect("a section to append");
+        let section = done.section_to_append.clone().expect("a section to append");
         assert!(section.contains("[apps.api]"), "{section}");
         assert!(done.instructions().contains(&section), "the section is printed");
         let mut appended = String::from_utf8(cfg).expect("utf-8");
@@ -835,13 +801,15 @@ mod tests {
     async fn bad_input_is_refused_before_anything_is_written() {
         let tmp = TempDir::new();
         let root = &tmp.0;
-        let cases: [(fn(&mut InitOptions), &str); 6] = [
+        type Change = fn(&mut InitOptions);
+        let cases: [(Change, &str); 7] = [
             (|o| o.app = "../x".into(), "not a valid app name"),
             (|o| o.repo = "--upload-pack=evil".into(), "not a git URL"),
             (|o| o.repo = String::new(), "not a git URL"),
             (|o| o.branch = "-x".into(), "branch"),
             (|o| o.provider = "svn".into(), "github, gitlab"),
             (|o| o.public_url = "deploy.example.com".into(), "http(s) URL"),
+            (|o| o.public_url = "https://".into(), "http(s) URL"),
         ];
         for (change, needle) in cases {
             let mut o = options(root, "blog");
@@ -850,6 +818,32 @@ mod tests {
             assert!(err.contains(needle), "{err:?} should mention {needle:?}");
             assert!(!root.join("etc").exists(), "a refused run wrote files ({needle})");
         }
+    }
+
+    #[tokio::test]
+    async fn a_failed_run_takes_back_what_it_created() {
+        let tmp = TempDir::new();
+        let root = &tmp.0;
+        std::fs::write(
+            root.join("blocker"),
+            "a file where the config's directory should be",
+        )
+        .expect("file");
+        let mut o = options(root, "blog");
+        o.config = root.join("blocker/haul.toml");
+        let err = init(&o)
+            .await
+            .expect_err("the config cannot be written")
+            .to_string();
+        assert!(err.contains("blocker"), "{err}");
+        for p in ["etc/keys/blog", "etc/keys/blog.pub", "etc/secrets/blog"] {
+            assert!(
+                !root.join(p).exists(),
+                "{p} was left behind, so a retry would be refused"
+            );
+        }
+        o.config = root.join("etc/haul.toml");
+        init(&o).await.expect("a retry starts clean");
     }
 
     #[tokio::test]

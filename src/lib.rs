@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`intake`]: webhook bytes + headers -> a verified, typed decision (pure; the trust boundary).
+//! - [`page`]: the server-rendered status page.
 //! - [`http`], [`control`]: the daemon's two doors (forge webhooks; the local `haul deploy` socket).
 //! - [`poll`]: the `poll = "5m"` timer: `git ls-remote`, and a deploy request when the remote moved.
 //! - [`queue`]: per app, one running deploy and one pending slot; newest wins; start-up recovery.
@@ -11,6 +12,7 @@
 //! - [`git`], [`release`], [`runner`]: the mirror and fetch, the on-disk release contract, the one subprocess runner.
 //! - [`upstream`]: per forge host: the fetch budget and the rate-limit circuit.
 //! - [`store`]: the audit log in SQLite, the only module that speaks SQL.
+//! - [`notify`]: notifications (webhook, Slack, ntfy, email) and the dead-man's switch.
 //! - [`metrics`]: Prometheus counters, histograms and scrape-time gauges.
 //! - [`systemd`]: sd_notify (ready, watchdog, status, stopping) and `haul systemd-unit`.
 //! - [`daemon`], [`cli`], [`demo`]: the daemon as a library function, the command line, the demo.
@@ -33,6 +35,8 @@ pub mod lock;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod notify;
+pub mod page;
 pub mod pipeline;
 pub mod poll;
 pub mod queue;

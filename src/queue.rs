@@ -32,6 +32,8 @@ pub struct Env {
     pub locks_dir: PathBuf,
     /// Process group ids of running steps (`<app>.pgid`).
     pub run_dir: PathBuf,
+    /// Where finished deploys are told (the daemon's notifier; none for an in-process deploy).
+    pub notifier: Option<crate::notify::Notifier>,
 }
 
 impl Env {
@@ -50,6 +52,7 @@ impl Env {
             mirrors_dir: cfg.mirrors_dir(),
             locks_dir: cfg.locks_dir(),
             run_dir: cfg.state_dir.join("run"),
+            notifier: None,
         }
     }
 
@@ -207,6 +210,11 @@ pub async fn recover(env: &Env, app: &str) -> Result<(), String> {
                 row.reason.as_deref().unwrap_or("haul stopped")
             ));
         }
+        tell(
+            env,
+            row,
+            &Outcome::new(State::Interrupted, row.reason.clone().unwrap_or_default()),
+        );
         tracing::warn!(
             deploy_id = %row.id, app = %app,
             "deploy was interrupted by a stop of haul; live release is {}",
@@ -356,6 +364,18 @@ async fn execute(env: &Env, row: &DeployRow) -> Outcome {
     record(env, row, outcome).await
 }
 
+/// Tells the notifier how a deploy ended (it decides who hears of it).
+fn tell(env: &Env, row: &DeployRow, outcome: &Outcome) {
+    let (Some(n), Some(kind)) = (&env.notifier, crate::notify::EventKind::from_state(outcome.state)) else {
+        return;
+    };
+    let mut e = crate::notify::Event::new(kind, &row.app, outcome.reason.clone());
+    e.deploy_id = Some(row.id.to_string());
+    e.sha = outcome.sha.clone().or_else(|| row.sha.clone());
+    e.actor = Some(row.actor.clone());
+    n.send(e);
+}
+
 fn short(sha: &str) -> &str {
     &sha[..sha.len().min(7)]
 }
@@ -365,6 +385,7 @@ async fn record(env: &Env, row: &DeployRow, outcome: Outcome) -> Outcome {
         .started_at
         .map(|s| std::time::Duration::from_millis((model::now_ms() - s).max(0) as u64));
     crate::metrics::deploy_finished(&row.app, outcome.state.as_str(), took);
+    tell(env, row, &outcome);
     let id = row.id.clone();
     let o = outcome.clone();
     let now = model::now_ms();

@@ -36,6 +36,8 @@ pub struct Cmd {
     pub pgid_file: Option<PathBuf>,
     /// Decides, per stderr line, whether it is logged, only kept for the error, or dropped.
     pub stderr_filter: Option<fn(&str) -> LineUse>,
+    /// Bytes written to the command's stdin (otherwise stdin is /dev/null).
+    pub stdin: Option<Vec<u8>>,
 }
 
 /// What to do with one line of stderr.
@@ -61,6 +63,7 @@ impl Cmd {
             redact: Vec::new(),
             pgid_file: None,
             stderr_filter: None,
+            stdin: None,
         }
     }
     pub fn arg(mut self, a: impl Into<OsString>) -> Cmd {
@@ -281,7 +284,11 @@ async fn pump_lines<R: AsyncRead + Unpin>(
 pub async fn run(cmd: &Cmd, log: Option<&Arc<DeployLog>>) -> Result<Output, RunError> {
     let mut c = tokio::process::Command::new(&cmd.program);
     c.args(&cmd.args)
-        .stdin(Stdio::null())
+        .stdin(if cmd.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -298,6 +305,12 @@ pub async fn run(cmd: &Cmd, log: Option<&Arc<DeployLog>>) -> Result<Output, RunE
         source,
     })?;
     let mut guard = GroupGuard(child.id().and_then(|p| i32::try_from(p).ok()));
+    if let (Some(data), Some(mut pipe)) = (cmd.stdin.clone(), child.stdin.take()) {
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = pipe.write_all(&data).await;
+        });
+    }
     let _pgid_record = match (&cmd.pgid_file, guard.0) {
         (Some(f), Some(pgid)) => PgidRecord::write(f, pgid),
         _ => None,

@@ -469,6 +469,16 @@ pub fn summary(conn: &Connection, app: &str) -> Result<AppSummary, StoreError> {
     })
 }
 
+/// The deploy that put `release_id` live most recently (a deploy or a rollback).
+pub fn live_deploy(conn: &Connection, app: &str, release_id: &str) -> Result<Option<DeployRow>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM deploys WHERE app = ?1 AND release_id = ?2 AND state = 'succeeded' ORDER BY seq DESC LIMIT 1"
+    );
+    Ok(conn
+        .query_row(&sql, params![app, release_id], row_to_deploy)
+        .optional()?)
+}
+
 /// The sha a release directory was built from.
 pub fn release_sha(conn: &Connection, app: &str, release_id: &str) -> Result<Option<String>, StoreError> {
     Ok(conn

@@ -4,5 +4,6 @@
 mod faults;
 mod forges;
 mod fuzz;
+mod ops;
 mod spine;
 mod support;

@@ -453,6 +453,10 @@ impl Haul {
     }
 
     pub fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    pub fn start_with_env(&mut self, env: &[(&str, &str)]) {
         self.starts += 1;
         let log = std::fs::File::create(self.dir.join(format!("daemon-{}.log", self.starts))).expect("log");
         let child = Command::new(env!("CARGO_BIN_EXE_haul"))
@@ -460,6 +464,7 @@ impl Haul {
             .arg(&self.config)
             .arg("serve")
             .env("HAUL_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -649,6 +654,92 @@ pub fn http_post<K: AsRef<str>, V: AsRef<str>>(
         status,
         serde_json::from_str(body).unwrap_or(serde_json::Value::String(body.to_string())),
     )
+}
+
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .expect("write");
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+/// Requests a [`Receiver`] got: (head, body).
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// An HTTP receiver on loopback that answers 200 and keeps every request (head and body).
+pub struct Receiver {
+    pub addr: String,
+    pub requests: Received,
+}
+
+impl Receiver {
+    pub fn start() -> Receiver {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = requests.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Read the head, then Content-Length bytes of body.
+                let (head, body) = loop {
+                    match conn.read(&mut chunk) {
+                        Ok(0) | Err(_) => break (String::from_utf8_lossy(&buf).into_owned(), Vec::new()),
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..i]).into_owned();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().to_string())
+                            })
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0);
+                        let mut body = buf[i + 4..].to_vec();
+                        while body.len() < len {
+                            match conn.read(&mut chunk) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => body.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        break (head, body);
+                    }
+                };
+                keep.lock().expect("lock").push((head, body));
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            }
+        });
+        Receiver { addr, requests }
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().expect("lock").len()
+    }
+
+    pub fn all(&self) -> Vec<(String, Vec<u8>)> {
+        self.requests.lock().expect("lock").clone()
+    }
 }
 
 pub fn delivery() -> String {
