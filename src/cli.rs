@@ -71,6 +71,9 @@ pub enum Command {
     /// One deploy's log.
     Logs {
         deploy_id: String,
+        /// The audit row and the log lines as JSON.
+        #[arg(long, conflicts_with = "follow")]
+        json: bool,
         /// Keep printing until the deploy finishes.
         #[arg(long, short)]
         follow: bool,
@@ -256,7 +259,11 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
         }
         Command::Status { json } => status(&cfg, json),
         Command::History { app, limit, json } => history(&cfg, app.as_deref(), limit, json),
-        Command::Logs { deploy_id, follow } => logs(&cfg, &deploy_id, follow).await,
+        Command::Logs {
+            deploy_id,
+            follow,
+            json,
+        } => logs(&cfg, &deploy_id, follow, json).await,
         Command::Check => check(&cfg),
         Command::SystemdUnit { user, exe } => {
             let exe = exe
@@ -384,6 +391,7 @@ async fn follow(cfg: &Config, id: &DeployId, pretty: bool) -> Result<DeployRow, 
     let color = pretty && std::io::stderr().is_terminal();
     loop {
         let path = deploylog::path_for(&cfg.logs_dir(), &id);
+        let mut started = None;
         let mut offset = 0u64;
         let mut partial = String::new();
         loop {
@@ -398,7 +406,7 @@ async fn follow(cfg: &Config, id: &DeployId, pretty: bool) -> Result<DeployRow, 
                         partial.push_str(&buf);
                         while let Some(i) = partial.find('\n') {
                             let line: String = partial.drain(..=i).collect();
-                            print_log_line(line.trim_end(), color);
+                            print_log_line(line.trim_end(), color, &mut started);
                         }
                     }
                 }
@@ -418,17 +426,22 @@ async fn follow(cfg: &Config, id: &DeployId, pretty: bool) -> Result<DeployRow, 
     }
 }
 
-fn print_log_line(line: &str, color: bool) {
+/// Prints one log line with the time elapsed since the deploy's first line (`+12s`), stages in bold.
+fn print_log_line(line: &str, color: bool, start: &mut Option<std::time::SystemTime>) {
     let mut err = std::io::stderr().lock();
-    // `2026-11-26T15:32:15Z ==> fetch ...`: show the time short and the stage bold.
+    // `2026-11-26T15:32:15Z ==> fetch ...`
     let (stamp, rest) = line.split_once(' ').unwrap_or(("", line));
-    let time = stamp.get(11..19).unwrap_or(stamp);
+    let at = humantime::parse_rfc3339(stamp).ok();
+    let first = *start.get_or_insert_with(|| at.unwrap_or_else(std::time::SystemTime::now));
+    let elapsed = at
+        .and_then(|t| t.duration_since(first).ok())
+        .map_or_else(String::new, |d| format!("+{}s", d.as_secs()));
     let _ = if !color {
-        writeln!(err, "{time} {rest}")
+        writeln!(err, "{elapsed:>5} {rest}")
     } else if rest.starts_with("==>") {
-        writeln!(err, "\x1b[2m{time}\x1b[0m \x1b[1;36m{rest}\x1b[0m")
+        writeln!(err, "\x1b[2m{elapsed:>5}\x1b[0m \x1b[1;36m{rest}\x1b[0m")
     } else {
-        writeln!(err, "\x1b[2m{time}\x1b[0m {rest}")
+        writeln!(err, "\x1b[2m{elapsed:>5}\x1b[0m {rest}")
     };
 }
 
@@ -679,7 +692,7 @@ fn history(cfg: &Config, app: Option<&str>, limit: usize, json: bool) -> Result<
     Ok(())
 }
 
-async fn logs(cfg: &Config, deploy_id: &str, follow_it: bool) -> Result<(), Exit> {
+async fn logs(cfg: &Config, deploy_id: &str, follow_it: bool, json: bool) -> Result<(), Exit> {
     let id =
         DeployId::parse(deploy_id).ok_or_else(|| Exit::usage(format!("{deploy_id:?} is not a deploy id")))?;
     if follow_it {
@@ -688,6 +701,20 @@ async fn logs(cfg: &Config, deploy_id: &str, follow_it: bool) -> Result<(), Exit
         return Ok(());
     }
     let path = deploylog::path_for(&cfg.logs_dir(), &id);
+    if json {
+        let row = store::get(&store::open_read(&cfg.db_path())?, &id)?
+            .ok_or_else(|| Exit::failed(format!("no deploy {id} in the audit log")))?;
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        let out = serde_json::json!({
+            "deploy": HistoryRow::from(&row),
+            "log": log.lines().collect::<Vec<_>>(),
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).map_err(|e| Exit::failed(e.to_string()))?
+        );
+        return Ok(());
+    }
     let text = std::fs::read_to_string(&path).map_err(|e| {
         Exit::failed(format!(
             "no log for {id} at {} ({e}); an ignored or superseded request never ran, so it has no log: see `haul history`",

@@ -120,17 +120,17 @@ impl Daemon {
         );
         let liveness = self.http.liveness.clone();
         let server = tokio::spawn(http::serve(self.listener, self.http, stop_rx.clone()));
+        systemd::notify(&format!(
+            "READY=1\nSTATUS=serving {} app(s) on {}",
+            self.queue.env().apps.len(),
+            self.addr
+        ));
         let watched: Vec<tokio::task::AbortHandle> = workers.iter().map(|w| w.abort_handle()).collect();
         let health = tokio::spawn(health_loop(
             self.queue.clone(),
             watched,
             liveness,
             stop_rx.clone(),
-        ));
-        systemd::notify(&format!(
-            "READY=1\nSTATUS=serving {} app(s) on {}",
-            self.queue.env().apps.len(),
-            self.addr
         ));
         shutdown.await;
         systemd::notify("STOPPING=1\nSTATUS=stopping: waiting for running deploys");

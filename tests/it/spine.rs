@@ -104,6 +104,11 @@ fn signed_push_deploys_over_ssh_and_is_audited() {
         "{deploy_lines:#?}"
     );
 
+    let log_json = h.cli(&["logs", &id2, "--json"]);
+    let log_json: serde_json::Value = serde_json::from_slice(&log_json.stdout).expect("logs json");
+    assert_eq!(log_json["deploy"]["outcome"], "succeeded");
+    assert!(log_json["log"].as_array().is_some_and(|l| l.len() > 5));
+
     // The read commands, for people and for scripts.
     let status = h.cli(&["status", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
