@@ -154,7 +154,7 @@ impl Daemon {
         }
         // Let notifications already on their way go out (bounded: a target that hangs is not waited for).
         for t in notify_tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+            let _ = tokio::time::timeout(Duration::from_secs(6), t).await;
         }
         tracing::info!("stopped");
         Ok(())

@@ -283,32 +283,52 @@ async fn deliver_loop(
     realert: std::collections::HashMap<String, i64>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut deliveries = tokio::task::JoinSet::new();
     loop {
-        let mut event = tokio::select! {
-            e = rx.recv() => match e { Some(e) => e, None => return },
-            _ = stop.changed() => return,
+        let event = tokio::select! {
+            e = rx.recv() => match e { Some(e) => e, None => break },
+            _ = stop.changed() => break,
         };
-        let window = realert.get(&event.app).copied().unwrap_or(24 * 3600 * 1000);
-        let mut probe = event.clone();
-        let admitted = store
-            .call(move |c| admit(c, &mut probe, window).map(|ok| (ok, probe.suppressed)))
-            .await;
-        match admitted {
-            Ok((false, _)) => {
-                tracing::info!(app = %event.app, "notification suppressed: the same failure was told less than realert_every ago");
-                continue;
-            }
-            Ok((true, suppressed)) => event.suppressed = suppressed,
-            Err(e) => tracing::warn!("notification state unavailable ({e}); sending anyway"),
+        handle(event, &targets, &store, &realert, &mut deliveries).await;
+        while deliveries.try_join_next().is_some() {}
+    }
+    // Stopping: what is already queued (a deploy interrupted by this very stop) still goes out, briefly.
+    while let Ok(event) = rx.try_recv() {
+        handle(event, &targets, &store, &realert, &mut deliveries).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while deliveries.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+async fn handle(
+    mut event: Event,
+    targets: &[NotifyTarget],
+    store: &Store,
+    realert: &std::collections::HashMap<String, i64>,
+    deliveries: &mut tokio::task::JoinSet<()>,
+) {
+    let window = realert.get(&event.app).copied().unwrap_or(24 * 3600 * 1000);
+    let mut probe = event.clone();
+    let admitted = store
+        .call(move |c| admit(c, &mut probe, window).map(|ok| (ok, probe.suppressed)))
+        .await;
+    match admitted {
+        Ok((false, _)) => {
+            tracing::info!(app = %event.app, "notification suppressed: the same failure was told less than realert_every ago");
+            return;
         }
-        for t in targets
-            .iter()
-            .filter(|t| t.wants(&event.app, event.event_kind().as_str()))
-        {
-            let (t, e) = (t.clone(), event.clone());
-            // Each delivery on its own: a slow target holds up nobody.
-            tokio::spawn(async move { deliver_with_retries(&t, &e).await });
-        }
+        Ok((true, suppressed)) => event.suppressed = suppressed,
+        Err(e) => tracing::warn!("notification state unavailable ({e}); sending anyway"),
+    }
+    for t in targets
+        .iter()
+        .filter(|t| t.wants(&event.app, event.event_kind().as_str()))
+    {
+        let (t, e) = (t.clone(), event.clone());
+        // Each delivery on its own: a slow target holds up nobody.
+        deliveries.spawn(async move { deliver_with_retries(&t, &e).await });
     }
 }
 

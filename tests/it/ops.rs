@@ -154,7 +154,9 @@ fn every_kind_of_notification_reaches_its_receiver_once() {
         "[[notify]]\nkind = \"webhook\"\nurl = \"http://{a}/hook\"\nsecret_file = \"{s}\"\n\n\
          [[notify]]\nkind = \"slack\"\nurl = \"http://{a}/slack\"\n\n\
          [[notify]]\nkind = \"ntfy\"\nurl = \"http://{a}/ntfy/haul\"\n\n\
-         [[notify]]\nkind = \"email\"\nto = [\"ops@example.com\"]\nfrom = \"haul@example.com\"\nsendmail = \"{m}\"\n",
+         [[notify]]\nkind = \"email\"\nto = [\"ops@example.com\"]\nfrom = \"haul@example.com\"\nsendmail = \"{m}\"\n\n\
+         [[notify]]\nkind = \"slack\"\nurl = \"http://127.0.0.1:{dead}/nobody-listens\"\n",
+        dead = free_port(),
         a = receiver.addr,
         s = notify_secret.display(),
         m = sendmail.display()
@@ -214,6 +216,10 @@ fn every_kind_of_notification_reaches_its_receiver_once() {
     );
     let (ntfy_head, ntfy) = by_path("/ntfy/haul");
     assert!(ntfy_head.contains("Priority: high") && String::from_utf8_lossy(&ntfy).contains("deploy FAILED"));
+    // A target that is down is retried a bounded number of times and logged; it held up nothing.
+    wait_until("the dead target to be given up", || {
+        h.daemon_log().contains("could not notify")
+    });
     let mail_text = std::fs::read_to_string(&mail).expect("mail");
     assert!(
         mail_text.contains("To: ops@example.com") && mail_text.contains("Subject: haul: blog failed"),
