@@ -307,12 +307,29 @@ async fn deploy(cfg: &Config, req: ControlRequest, no_follow: bool) -> Result<()
             let row = follow(cfg, &id, true).await?;
             finish_line(&row)
         }
-        None => deploy_in_process(cfg, req).await,
+        None => deploy_in_process(cfg, req, no_follow).await,
     }
 }
 
 /// No daemon: run the same pipeline here, under the same per-app lock.
-async fn deploy_in_process(cfg: &Config, req: ControlRequest) -> Result<(), Exit> {
+/// SIGINT, SIGTERM or SIGHUP (a closed SSH session): the name of the one that came.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+        _ = hup.recv() => "SIGHUP",
+    }
+}
+
+async fn deploy_in_process(cfg: &Config, req: ControlRequest, no_follow: bool) -> Result<(), Exit> {
     eprintln!("no daemon is running; running it in this process");
     for dir in [
         cfg.state_dir.clone(),
@@ -329,17 +346,33 @@ async fn deploy_in_process(cfg: &Config, req: ControlRequest) -> Result<(), Exit
     let request = req
         .to_request(&env.apps, &control::local_actor())
         .map_err(Exit::usage)?;
+    // What a killed daemon (or a killed `haul deploy`) left behind is cleaned up first, as a daemon's start
+    // would: its step ended, its row interrupted, its half-built release removed.
+    queue::recover(&env, &app).await.map_err(Exit::failed)?;
     let now = model::now_ms();
     let Enqueued::Recorded { id, .. } = store.call(move |c| store::enqueue(c, &request, now)).await? else {
         return Err(Exit::failed("the request was not recorded"));
     };
+    if no_follow {
+        println!("{id}");
+    }
     // Follow our own log while the pipeline runs.
     let follower = {
         let cfg = cfg.clone();
         let id = id.clone();
         tokio::spawn(async move { follow(&cfg, &id, true).await })
     };
-    let ran = queue::run_next(&env, &app).await.map_err(Exit::failed)?;
+    let ran = tokio::select! {
+        ran = queue::run_next(&env, &app) => ran.map_err(Exit::failed)?,
+        signal = interrupted() => {
+            // Dropping the deploy killed its step's process group; record it as a restart would.
+            follower.abort();
+            queue::recover(&env, &app).await.map_err(Exit::failed)?;
+            return Err(Exit::failed(format!(
+                "{signal}: deploy {id} was interrupted; `current` points at a complete release (see `haul status`)"
+            )));
+        }
+    };
     let row = follower.await.map_err(|e| Exit::failed(e.to_string()))??;
     if ran.is_none() {
         return Err(Exit::failed("the request was taken by another haul process"));

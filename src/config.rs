@@ -133,12 +133,19 @@ impl NotifyTarget {
     }
     pub fn describe(&self) -> String {
         match &self.kind {
-            NotifyKind::Webhook { url, .. } => format!("webhook {}", crate::git::redact_url(url)),
+            // Host only: paths and topics are often the secret.
+            NotifyKind::Webhook { url, .. } => format!("webhook to {}", url_host(url)),
             NotifyKind::Slack { .. } => "slack".to_string(),
-            NotifyKind::Ntfy { url } => format!("ntfy {}", crate::git::redact_url(url)),
+            NotifyKind::Ntfy { url } => format!("ntfy at {}", url_host(url)),
             NotifyKind::Email { to, .. } => format!("email {}", to.join(", ")),
         }
     }
+}
+
+fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    authority.rsplit('@').next().unwrap_or(authority)
 }
 
 /// What to do, at start-up, with a request that was queued when haul stopped.
@@ -255,6 +262,8 @@ pub struct WebhookConfig {
     pub provider: Provider,
     /// Where the secrets come from; read by [`WebhookConfig::load_secrets`].
     pub secret_files: Vec<PathBuf>,
+    /// The config file's directory: a relative secret file is found here (or in systemd's credentials).
+    pub base_dir: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -649,6 +658,7 @@ impl Config {
                     Some(WebhookConfig {
                         provider,
                         secret_files,
+                        base_dir: base.clone(),
                     })
                 }
             };
@@ -864,8 +874,9 @@ impl WebhookConfig {
         let mut out = Vec::new();
         for f in &self.secret_files {
             let path = match std::env::var_os("CREDENTIALS_DIRECTORY") {
-                Some(dir) if f.is_relative() => Path::new(&dir).join(f),
-                _ => f.clone(),
+                _ if f.is_absolute() => f.clone(),
+                Some(dir) => Path::new(&dir).join(f),
+                None => self.base_dir.join(f),
             };
             check_private_file(&path)?;
             let text = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;

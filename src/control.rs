@@ -214,10 +214,20 @@ pub async fn request(path: &Path, req: &ControlRequest) -> Result<Option<Control
     line.push(b'\n');
     write.write_all(&line).await.map_err(|e| e.to_string())?;
     let mut reply = String::new();
-    BufReader::new(read)
-        .read_line(&mut reply)
-        .await
-        .map_err(|e| format!("the daemon did not answer: {e}"))?;
+    match tokio::time::timeout(
+        Duration::from_secs(30),
+        BufReader::new(read).read_line(&mut reply),
+    )
+    .await
+    {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(format!("the daemon did not answer: {e}")),
+        Err(_) => {
+            return Err(
+                "the daemon did not answer within 30s; is it hung? (`haul status`, or its logs)".into(),
+            )
+        }
+    }
     serde_json::from_str(&reply)
         .map(Some)
         .map_err(|e| format!("the daemon's answer was not understood: {e}"))

@@ -55,6 +55,13 @@ pub async fn start(cfg: Config) -> anyhow::Result<Daemon> {
             cfg.state_dir.display()
         );
     };
+    // A private key others can read is refused here, not by ssh in the middle of a deploy.
+    for app in cfg.apps.values() {
+        if let Some(k) = &app.deploy_key {
+            crate::config::check_private_file(k)
+                .map_err(|e| anyhow::anyhow!("[apps.{}] deploy_key: {e}", app.name))?;
+        }
+    }
     let mut secrets = HashMap::new();
     for app in cfg.apps.values() {
         if let Some(w) = &app.webhook {
@@ -100,6 +107,8 @@ impl Daemon {
         let (stop_tx, stop_rx) = watch::channel(false);
         // Notifications first, so recovery's "interrupted" events are told.
         let notifier = self.queue.env().notifier.clone();
+        // Delivery goes on until the workers are done, so a deploy that ends during the grace is still told.
+        let (workers_done_tx, workers_done_rx) = watch::channel(false);
         let notify_tasks = match notifier {
             Some(n) => crate::notify::spawn(
                 &self.cfg,
@@ -107,6 +116,7 @@ impl Daemon {
                 n,
                 self.notify_rx,
                 stop_rx.clone(),
+                workers_done_rx,
             ),
             None => Vec::new(),
         };
@@ -152,6 +162,7 @@ impl Daemon {
                 abort.abort();
             }
         }
+        let _ = workers_done_tx.send(true);
         // Let notifications already on their way go out (bounded: a target that hangs is not waited for).
         for t in notify_tasks {
             let _ = tokio::time::timeout(Duration::from_secs(6), t).await;

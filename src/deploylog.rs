@@ -12,6 +12,8 @@ use crate::model::DeployId;
 pub struct DeployLog {
     file: Mutex<File>,
     path: PathBuf,
+    /// Strings never written (credentials in repository and mirror URLs).
+    redact: Vec<String>,
 }
 
 pub fn path_for(logs_dir: &Path, id: &DeployId) -> PathBuf {
@@ -30,6 +32,7 @@ impl DeployLog {
         Ok(DeployLog {
             file: Mutex::new(file),
             path,
+            redact: Vec::new(),
         })
     }
 
@@ -38,7 +41,17 @@ impl DeployLog {
     }
 
     /// Appends one line, stamped with the time. A failure to write the log never fails the deploy.
+    /// Every later line has these strings replaced by `***`.
+    pub fn with_redactions(mut self, secrets: Vec<String>) -> DeployLog {
+        self.redact = secrets.into_iter().filter(|s| !s.is_empty()).collect();
+        self
+    }
+
     pub fn line(&self, text: &str) {
+        let mut text = text.to_string();
+        for s in &self.redact {
+            text = text.replace(s.as_str(), "***");
+        }
         let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
         let mut f = match self.file.lock() {
             Ok(f) => f,
@@ -50,5 +63,27 @@ impl DeployLog {
     /// A stage header: `==> fetch`.
     pub fn stage(&self, text: &str) {
         self.line(&format!("==> {text}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: the fetch stage line carried a token from an https repo URL into the log.
+    #[test]
+    fn regression_credentials_never_reach_the_log() {
+        let dir = std::env::temp_dir().join(format!("haul-log-{}-{}", std::process::id(), fastrand::u32(..)));
+        let id = DeployId::new(0);
+        let log = DeployLog::create(&dir, &id)
+            .expect("log")
+            .with_redactions(vec!["ghp_SECRET".into()]);
+        log.stage("fetch https://deploy:ghp_SECRET@example.com/x.git (branch main)");
+        let text = std::fs::read_to_string(log.path()).expect("read");
+        assert!(
+            !text.contains("ghp_SECRET") && text.contains("deploy:***@example.com"),
+            "{text}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -38,7 +38,7 @@ pub fn ssh_command(app: &AppConfig) -> Option<String> {
 }
 
 /// The parts of a URL never written to a log: the password or token in `https://user:token@host/...`.
-fn url_secrets(repo: &str) -> Vec<String> {
+pub fn url_secrets(repo: &str) -> Vec<String> {
     let Some(rest) = repo.split_once("://").map(|(_, r)| r) else {
         return vec![];
     };
@@ -124,6 +124,8 @@ fn hint(kind: Kind, stderr: &[String]) -> &'static str {
     let text = stderr.join("\n").to_lowercase();
     if text.contains("host key verification failed") || text.contains("identification has changed") {
         " (the server's host key is not the pinned one in known_hosts: if the forge really rotated its key, verify the new fingerprint and update known_hosts)"
+    } else if text.contains("unprotected private key") || text.contains("bad permissions") {
+        " (ssh refused the deploy key file because other users can read it: `chmod 600` it)"
     } else if text.contains("permission denied") {
         " (the deploy key was refused: check it is added to the repository as a read-only deploy key)"
     } else if text.contains("couldn't find remote ref") {

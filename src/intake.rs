@@ -96,6 +96,16 @@ fn delivery(headers: &HeaderMap, names: &[&str]) -> Result<Option<String>, Rejec
     }
 }
 
+/// The delivery id of a forge that always sends one: without it, replays could not be recognised.
+fn required_delivery(headers: &HeaderMap, names: &[&str]) -> Result<String, Rejected> {
+    delivery(headers, names)?.ok_or_else(|| {
+        Rejected::Malformed(format!(
+            "missing delivery id header ({}); the forge always sends one",
+            names.join(" or ")
+        ))
+    })
+}
+
 /// Constant-time check of a hex HMAC-SHA256 against every configured secret.
 pub fn verify_hmac_sha256_hex(secrets: &[Vec<u8>], body: &[u8], hex_sig: &str) -> bool {
     let Ok(sig) = hex::decode(hex_sig) else {
@@ -191,7 +201,7 @@ fn verify_standard(
         return Err(Rejected::BadSignature);
     }
     // Checked after the signature, so an unsigned request learns nothing about the clock.
-    if (now_secs - ts).abs() > STANDARD_TOLERANCE_SECS {
+    if now_secs.abs_diff(ts) > STANDARD_TOLERANCE_SECS.unsigned_abs() {
         return Err(Rejected::Stale);
     }
     Ok(id.to_string())
@@ -254,7 +264,7 @@ fn github(
     }
     let event = header(headers, "x-github-event")
         .ok_or_else(|| Rejected::Malformed("missing X-GitHub-Event header".into()))?;
-    let delivery_id = delivery(headers, &["x-github-delivery"])?;
+    let delivery_id = Some(required_delivery(headers, &["x-github-delivery"])?);
     match event {
         "ping" => return Ok(Accepted::Ping),
         "push" => {}
@@ -370,7 +380,7 @@ fn gitea(
             if flavour == "forgejo" { "Forgejo" } else { "Gitea" }
         ))
     })?;
-    let delivery_id = delivery(headers, delivery_headers)?;
+    let delivery_id = Some(required_delivery(headers, delivery_headers)?);
     if event != "push" {
         return Ok(Accepted::OtherEvent(model::clean_actor(event)));
     }
@@ -452,7 +462,7 @@ fn bitbucket(
     }
     let event = header(headers, "x-event-key")
         .ok_or_else(|| Rejected::Malformed("missing X-Event-Key header".into()))?;
-    let delivery_id = delivery(headers, &["x-request-uuid", "x-request-id"])?;
+    let delivery_id = Some(required_delivery(headers, &["x-request-uuid", "x-request-id"])?);
     match event {
         "diagnostics:ping" => return Ok(Accepted::Ping),
         "repo:push" | "repo:refs_changed" => {}
@@ -729,7 +739,9 @@ mod tests {
             ),
         ];
         for (name, hs, body, want) in cases {
-            let h = headers(&hs.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>());
+            let mut h = headers(&hs.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>());
+            h.entry("x-github-delivery")
+                .or_insert(HeaderValue::from_static("d-1"));
             let got = evaluate(&app, Provider::Github, &secrets, &h, body.as_bytes(), 0).map(|a| match a {
                 Accepted::Deploy(_) => "deploy",
                 Accepted::Ignore(..) => "ignore",
@@ -985,6 +997,37 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_delivery_id_is_refused() {
+        let app = app_with("");
+        let body = push_body("refs/heads/main", &"a".repeat(40));
+        for provider in [
+            Provider::Github,
+            Provider::Gitea,
+            Provider::Forgejo,
+            Provider::Bitbucket,
+        ] {
+            let event = match provider {
+                Provider::Bitbucket => "repo:push",
+                _ => "push",
+            };
+            let mut h = signed(provider, event, &body, 0);
+            for k in [
+                "x-github-delivery",
+                "x-gitea-delivery",
+                "x-forgejo-delivery",
+                "x-request-uuid",
+            ] {
+                h.remove(k);
+            }
+            let got = evaluate(&app, provider, &[SECRET.to_vec()], &h, body.as_bytes(), 0);
+            assert!(
+                matches!(got, Err(Rejected::Malformed(ref m)) if m.contains("delivery id")),
+                "{provider:?}: {got:?}"
+            );
+        }
+    }
+
+    #[test]
     fn non_push_events_are_answered_not_recorded() {
         let app = app_with("");
         let now = 1_800_000_000;
@@ -1054,6 +1097,7 @@ mod tests {
             let h = headers(&[
                 ("x-hub-signature-256", &sign_github(signer, body.as_bytes())),
                 ("x-github-event", "push"),
+                ("x-github-delivery", "d-2"),
             ]);
             let got = evaluate(
                 &app,

@@ -46,14 +46,13 @@ pub fn try_lock(path: &Path) -> io::Result<Option<FileLock>> {
     }))
 }
 
-/// Waits for the lock.
+/// Waits for the lock. It polls rather than blocking a thread in `flock`, so the wait can be cancelled (a
+/// daemon asked to stop while an in-process `haul deploy` holds the app stops at once).
 pub async fn lock(path: &Path) -> io::Result<FileLock> {
-    let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let file = open(&path)?;
-        flock(&file, libc::LOCK_EX)?;
-        Ok(FileLock { _file: file, path })
-    })
-    .await
-    .map_err(io::Error::other)?
+    loop {
+        if let Some(l) = try_lock(path)? {
+            return Ok(l);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

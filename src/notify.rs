@@ -243,6 +243,7 @@ pub fn spawn(
     notifier: Notifier,
     rx: mpsc::UnboundedReceiver<Event>,
     stop: watch::Receiver<bool>,
+    workers_done: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let targets: Arc<Vec<NotifyTarget>> = Arc::new(cfg.notify.clone());
     let realert: std::collections::HashMap<String, i64> = cfg
@@ -255,7 +256,7 @@ pub fn spawn(
         targets,
         store.clone(),
         realert,
-        stop.clone(),
+        workers_done,
     ))];
     let watched: Vec<(String, i64, i64)> = cfg
         .apps

@@ -196,12 +196,12 @@ impl Pipeline {
 
     /// Fetches and decides what to deploy: the sha (which must be on the configured branch) and the id of the
     /// release directory it will become. Nothing on the app's `path` is touched yet.
-    pub async fn prepare(&self, job: &Job) -> Result<Target, Outcome> {
+    pub async fn prepare(&self, job: &Job, previous: &Previous) -> Result<Target, Outcome> {
         let started = Instant::now();
         let git = self.git();
         self.log.stage(&format!(
             "fetch {} ({})",
-            self.app.repo,
+            crate::git::redact_url(&self.app.repo),
             self.app.track.describe()
         ));
         git.ensure_mirror().await.map_err(|f| fail("fetch failed", &f))?;
@@ -226,6 +226,8 @@ impl Pipeline {
         });
         self.timed("fetch", started);
         let (git_ref, sha) = self.resolve(&git, job).await?;
+        self.refuse_going_back(&git, job, previous, &git_ref, &sha)
+            .await?;
         if let Some(mirror) = &report.mirror {
             self.vouch_for_mirror(&git, job, mirror, &git_ref, &sha).await?;
         }
@@ -237,6 +239,40 @@ impl Pipeline {
             release_id,
             fetch_note,
         })
+    }
+
+    /// A webhook or a poll never takes the app back in time: a sha that is an ancestor of the live one, and is
+    /// not what the remote's ref points at now, is a replayed or out-of-order trigger. (A real rewind, a
+    /// force-push of the branch to an older commit, makes that commit the tip, and deploys.)
+    async fn refuse_going_back(
+        &self,
+        git: &Git,
+        job: &Job,
+        previous: &Previous,
+        git_ref: &str,
+        sha: &str,
+    ) -> Result<(), Outcome> {
+        if !matches!(job.trigger, Trigger::Webhook | Trigger::Poll) {
+            return Ok(());
+        }
+        let Some(live) = previous.sha.as_deref().filter(|l| *l != sha) else {
+            return Ok(());
+        };
+        if !matches!(git.is_ancestor(sha, live).await, Ok(true)) {
+            return Ok(());
+        }
+        let tip = git.resolve_commit(git_ref).await.ok().flatten();
+        if tip.as_deref() == Some(sha) {
+            return Ok(());
+        }
+        Err(Outcome::new(
+            State::Ignored,
+            format!(
+                "{} is older than the live {} and is not the tip of {git_ref}: a replayed or out-of-order trigger; nothing deployed",
+                &sha[..sha.len().min(7)],
+                &live[..live.len().min(7)]
+            ),
+        ))
     }
 
     /// The objects came from a mirror: deploy the sha only if the primary published it. A signed webhook from
@@ -347,7 +383,9 @@ impl Pipeline {
 
         self.log
             .stage(&format!("switch current -> releases/{release_id}"));
-        if let Err(e) = release::switch(&self.app.path, release_id) {
+        if let Err(e) =
+            release::sync_filesystem(&dir).and_then(|()| release::switch(&self.app.path, release_id))
+        {
             outcome.reason = format!(
                 "cannot switch {}: {e}; current still points at {live}",
                 release::current_link(&self.app.path).display()
@@ -463,13 +501,20 @@ impl Pipeline {
     /// fails, the release that was live is put back again.
     pub async fn rollback(&self, job: &Job, candidates: &[Candidate], previous: &Previous) -> Outcome {
         let live = previous.release_id.as_deref();
-        let wanted = job.sha.as_deref().map(str::to_ascii_lowercase);
-        let chosen = match wanted.as_deref() {
-            None => candidates.iter().find(|c| Some(c.release_id.as_str()) != live),
+        let wanted = job.sha.as_deref();
+        let chosen = match wanted {
+            // "The one before the live one": the successful release built just before it, so a second
+            // rollback goes further back, not forward again.
+            None => match live.and_then(|l| candidates.iter().position(|c| c.release_id == l)) {
+                Some(i) => candidates.get(i + 1),
+                None => candidates.iter().find(|c| Some(c.release_id.as_str()) != live),
+            },
+            // A release id exactly; else a sha prefix, in either case.
             Some(w) => candidates.iter().find(|c| c.release_id == w).or_else(|| {
+                let w = w.to_ascii_lowercase();
                 candidates
                     .iter()
-                    .find(|c| model::is_sha_prefix(w) && c.sha.starts_with(w))
+                    .find(|c| model::is_sha_prefix(&w) && c.sha.starts_with(&w))
             }),
         };
         let Some(target) = chosen else {

@@ -71,14 +71,14 @@ async fn poll_once(queue: &Queue, app: &AppConfig, git: &Git) -> Result<(), Fail
     match git.remote_head().await? {
         None => tracing::warn!("poll: the remote has no {}", app.track.describe()),
         Some((git_ref, sha)) => {
-            let name = app.name.clone();
+            let (name, probe) = (app.name.clone(), sha.clone());
             let known = queue
                 .env()
                 .store
-                .call(move |c| store::last_attempted_sha(c, &name))
+                .call(move |c| store::sha_attempted(c, &name, &probe))
                 .await;
             match known {
-                Ok(Some(k)) if k == sha => {
+                Ok(true) => {
                     tracing::debug!("poll: {git_ref} is still at {sha}; nothing to do")
                 }
                 Ok(_) => {

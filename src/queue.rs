@@ -34,6 +34,8 @@ pub struct Env {
     pub run_dir: PathBuf,
     /// Where finished deploys are told (the daemon's notifier; none for an in-process deploy).
     pub notifier: Option<crate::notify::Notifier>,
+    /// When this process started: `on_restart = "hold"` holds only what was queued before.
+    pub started_ms: i64,
 }
 
 impl Env {
@@ -53,6 +55,7 @@ impl Env {
             locks_dir: cfg.locks_dir(),
             run_dir: cfg.state_dir.join("run"),
             notifier: None,
+            started_ms: model::now_ms(),
         }
     }
 
@@ -185,36 +188,23 @@ pub async fn recover(env: &Env, app: &str) -> Result<(), String> {
                 let _ = release::remove(&cfg.path, rid);
             }
         }
-        if kept_live {
+        let reason = if kept_live {
             // Killed after the switch: the new release is complete and live, but activate or the health
-            // check may not have finished. Say so where people look.
-            let (id, reason) = (
-                row.id.clone(),
-                format!(
-                    "haul stopped after switching to {}; its activate steps or health check may not have finished: check the app, or `haul rollback {app}`",
-                    live.as_deref().unwrap_or("")
-                ),
+            // check may not have finished. Say so where people look: the audit, the log, the notification.
+            let reason = format!(
+                "haul stopped after switching to {}; its activate steps or health check may not have finished: check the app, or `haul rollback {app}`",
+                live.as_deref().unwrap_or("")
             );
-            let o = Outcome {
-                state: State::Interrupted,
-                reason,
-                sha: None,
-                release_id: None,
-                previous_sha: None,
-            };
+            let (id, o) = (row.id.clone(), Outcome::new(State::Interrupted, reason.clone()));
             let _ = env.store.call(move |c| store::finish(c, &id, &o, now)).await;
-        }
+            reason
+        } else {
+            row.reason.clone().unwrap_or_else(|| "haul stopped".into())
+        };
         if let Ok(log) = DeployLog::create(&env.logs_dir, &row.id) {
-            log.stage(&format!(
-                "interrupted: {}",
-                row.reason.as_deref().unwrap_or("haul stopped")
-            ));
+            log.stage(&format!("interrupted: {reason}"));
         }
-        tell(
-            env,
-            row,
-            &Outcome::new(State::Interrupted, row.reason.clone().unwrap_or_default()),
-        );
+        tell(env, row, &Outcome::new(State::Interrupted, reason));
         tracing::warn!(
             deploy_id = %row.id, app = %app,
             "deploy was interrupted by a stop of haul; live release is {}",
@@ -224,10 +214,10 @@ pub async fn recover(env: &Env, app: &str) -> Result<(), String> {
     // Stray temporaries (index files, temp symlinks) a crash left behind.
     release::clean_temporaries(&cfg.path);
     if cfg.on_restart == crate::config::OnRestart::Hold {
-        let a = app.to_string();
+        let (a, started) = (app.to_string(), env.started_ms);
         let held = env
             .store
-            .call(move |c| store::hold_queued(c, &a, now))
+            .call(move |c| store::hold_queued(c, &a, started, now))
             .await
             .map_err(|e| e.to_string())?;
         if held > 0 {
@@ -263,8 +253,12 @@ async fn execute(env: &Env, row: &DeployRow) -> Outcome {
         let o = Outcome::new(State::Failed, format!("app {} is no longer configured", row.app));
         return record(env, row, o).await;
     };
+    let secrets = std::iter::once(&app.repo)
+        .chain(&app.mirrors)
+        .flat_map(|u| crate::git::url_secrets(u))
+        .collect();
     let log = match DeployLog::create(&env.logs_dir, &row.id) {
-        Ok(l) => Arc::new(l),
+        Ok(l) => Arc::new(l.with_redactions(secrets)),
         Err(e) => {
             let o = Outcome::new(
                 State::Failed,
@@ -329,7 +323,7 @@ async fn execute(env: &Env, row: &DeployRow) -> Outcome {
             .collect();
         pipeline.rollback(&job, &candidates, &previous).await
     } else {
-        match pipeline.prepare(&job).await {
+        match pipeline.prepare(&job, &previous).await {
             Err(o) => o,
             Ok(target) => {
                 // Recorded before anything is written under `path`, so recovery knows what to clean.

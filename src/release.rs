@@ -43,6 +43,19 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Flushes the filesystem holding `dir` to disk, so a release is durable before `current` points at it (a
+/// power cut must not leave `current` durable and the files it names empty).
+pub fn sync_filesystem(dir: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(dir)?;
+    // SAFETY: syncfs(2) on a descriptor we own for the duration of the call.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Points `current` at `releases/<id>` atomically and durably.
 pub fn switch(app_path: &Path, id: &str) -> io::Result<()> {
     let target = Path::new("releases").join(id);

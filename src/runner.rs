@@ -198,6 +198,8 @@ struct PgidRecord(PathBuf);
 
 impl PgidRecord {
     fn write(path: &std::path::Path, pgid: i32) -> Option<PgidRecord> {
+        // A group still recorded here was left by a haul that died: end it before it is forgotten.
+        kill_recorded_group(path);
         if let Some(parent) = path.parent() {
             let _ = std::fs::create_dir_all(parent);
         }
@@ -243,6 +245,30 @@ fn redact(line: &str, secrets: &[String]) -> String {
     out
 }
 
+/// Reads one line into `buf`, keeping at most [`MAX_LINE`] bytes of it and discarding the rest: a step that
+/// prints megabytes without a newline (a progress bar, a minified file) cannot grow haul's memory. Returns false
+/// at the end of the stream.
+async fn read_bounded_line<R: AsyncRead + Unpin>(reader: &mut BufReader<R>, buf: &mut Vec<u8>) -> bool {
+    let mut any = false;
+    loop {
+        let chunk = match reader.fill_buf().await {
+            Ok([]) | Err(_) => return any,
+            Ok(c) => c,
+        };
+        any = true;
+        let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        let room = MAX_LINE.saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..take.min(room)]);
+        reader.consume(take);
+        if done {
+            return true;
+        }
+    }
+}
+
 async fn pump_lines<R: AsyncRead + Unpin>(
     reader: R,
     log: Option<Arc<DeployLog>>,
@@ -254,11 +280,9 @@ async fn pump_lines<R: AsyncRead + Unpin>(
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
+        if !read_bounded_line(&mut reader, &mut buf).await {
+            break;
         }
-        buf.truncate(MAX_LINE);
         let line = redact(
             String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']),
             &redactions,
@@ -387,16 +411,22 @@ pub async fn run(cmd: &Cmd, log: Option<&Arc<DeployLog>>) -> Result<Output, RunE
     // readers a moment to drain, then stop reading rather than wait on it.
     guard.0 = None;
     let drain = Duration::from_secs(2);
+    // A reader still blocked after the drain belongs to a background process the step left: stop reading
+    // (aborting the task closes our end of the pipe), so no task, descriptor or log write outlives the step.
     let stdout = match stdout_task {
-        Some(t) => tokio::time::timeout(drain, t)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default(),
+        Some(mut t) => match tokio::time::timeout(drain, &mut t).await {
+            Ok(Ok(v)) => v,
+            _ => {
+                t.abort();
+                Vec::new()
+            }
+        },
         None => Vec::new(),
     };
-    if let Some(t) = stderr_task {
-        let _ = tokio::time::timeout(drain, t).await;
+    if let Some(mut t) = stderr_task {
+        if tokio::time::timeout(drain, &mut t).await.is_err() {
+            t.abort();
+        }
     }
     let stderr_tail: Vec<String> = tail
         .lock()

@@ -20,6 +20,8 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("the audit database writer has stopped")]
     Closed,
+    #[error("the audit database could not start a transaction (full disk? I/O error?); nothing was written")]
+    NotRun,
     #[error("audit database {path}: {message}")]
     Open { path: PathBuf, message: String },
 }
@@ -110,7 +112,8 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 }
 
 type Completer = Box<dyn FnOnce(Result<(), String>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> Completer + Send>;
+/// A write: run inside the group transaction, or (`None`) not run at all because there is no transaction.
+type Job = Box<dyn FnOnce(Option<&Connection>) -> Completer + Send>;
 
 /// The daemon's handle on the database: cheap to clone, safe to use from any task.
 #[derive(Clone)]
@@ -154,8 +157,11 @@ impl Store {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (otx, orx) = tokio::sync::oneshot::channel::<Result<T, StoreError>>();
-        let job: Job = Box::new(move |conn: &Connection| {
-            let result = in_savepoint(conn, f);
+        let job: Job = Box::new(move |conn: Option<&Connection>| {
+            let result = match conn {
+                Some(conn) => in_savepoint(conn, f),
+                None => Err(StoreError::NotRun),
+            };
             Box::new(move |committed: Result<(), String>| {
                 let out = match committed {
                     Ok(()) => result,
@@ -198,15 +204,29 @@ fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
         }
         let began = conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| e.to_string());
         if let Err(e) = began {
+            tracing::error!("audit database: cannot begin a transaction: {e}");
             for job in jobs {
-                // Run nothing; tell every caller why.
-                let _ = job; // the job is dropped; its oneshot closes and the caller sees Closed
-                tracing::error!("audit database: cannot begin a transaction: {e}");
+                job(None)(Err(e.clone()));
             }
             continue;
         }
-        let completers: Vec<Completer> = jobs.into_iter().map(|job| job(&conn)).collect();
-        let committed = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        // SQLite may roll the whole transaction back by itself (a full disk, an I/O error): then the jobs after
+        // it must not run in autocommit mode, each committing on its own while the batch reports failure.
+        let completers: Vec<Completer> = jobs
+            .into_iter()
+            .map(|job| {
+                if conn.is_autocommit() {
+                    job(None)
+                } else {
+                    job(Some(&conn))
+                }
+            })
+            .collect();
+        let committed = if conn.is_autocommit() {
+            Err("the transaction was rolled back by SQLite (a full disk or an I/O error)".to_string())
+        } else {
+            conn.execute_batch("COMMIT").map_err(|e| e.to_string())
+        };
         if committed.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
         }
@@ -324,6 +344,9 @@ fn insert(
 }
 
 /// Records a request as pending. The app's older pending request, if any, is superseded by it: newest wins.
+/// One exception: a webhook or a poll never supersedes a pending `haul rollback` (a person asked for it, and a
+/// redelivered trigger for the very release being rolled back from must not cancel it); the rollback runs
+/// first.
 pub fn enqueue(conn: &Connection, req: &DeployRequest, now: i64) -> Result<Enqueued, StoreError> {
     if let Some(first) = seen_delivery(conn, req)? {
         return Ok(Enqueued::Duplicate { first });
@@ -332,10 +355,13 @@ pub fn enqueue(conn: &Connection, req: &DeployRequest, now: i64) -> Result<Enque
     let mut stmt = conn.prepare_cached(
         "UPDATE deploys SET state = 'superseded', superseded_by = ?1, finished_at = ?2,
                 reason = 'superseded by ' || ?1 || ' before it started'
-         WHERE app = ?3 AND state = 'queued' AND id != ?1 RETURNING id",
+         WHERE app = ?3 AND state = 'queued' AND id != ?1
+           AND NOT (trigger = 'rollback' AND ?4 IN ('webhook', 'poll')) RETURNING id",
     )?;
     let superseded = stmt
-        .query_map(params![id.as_str(), now, req.app], |r| r.get::<_, String>(0))?
+        .query_map(params![id.as_str(), now, req.app, req.trigger.as_str()], |r| {
+            r.get::<_, String>(0)
+        })?
         .filter_map(|r| r.ok().as_deref().and_then(DeployId::parse))
         .collect();
     Ok(Enqueued::Recorded { id, superseded })
@@ -362,7 +388,8 @@ pub fn record_ignored(
 pub fn claim_next(conn: &Connection, app: &str, now: i64) -> Result<Option<DeployRow>, StoreError> {
     let sql = format!(
         "UPDATE deploys SET state = 'running', started_at = ?2
-         WHERE seq = (SELECT seq FROM deploys WHERE app = ?1 AND state = 'queued' ORDER BY seq DESC LIMIT 1)
+         WHERE seq = (SELECT seq FROM deploys WHERE app = ?1 AND state = 'queued'
+                      ORDER BY trigger = 'rollback' DESC, seq DESC LIMIT 1)
          RETURNING {COLUMNS}"
     );
     Ok(conn
@@ -491,28 +518,14 @@ pub fn release_sha(conn: &Connection, app: &str, release_id: &str) -> Result<Opt
         .flatten())
 }
 
-/// The sha of the app's newest request that was or will be tried (queued, running or finished, but not
-/// ignored or superseded): a poll that sees this sha on the remote has nothing new to ask for. A failed sha is
-/// included on purpose, so a broken commit is not redeployed on every poll.
-pub fn last_attempted_sha(conn: &Connection, app: &str) -> Result<Option<String>, StoreError> {
-    Ok(conn
-        .query_row(
-            "SELECT sha FROM deploys WHERE app = ?1 AND sha IS NOT NULL
-             AND state NOT IN ('ignored', 'superseded') ORDER BY seq DESC LIMIT 1",
-            params![app],
-            |r| r.get(0),
-        )
-        .optional()?
-        .flatten())
-}
-
-/// Releases that went live successfully (a deploy or a rollback that succeeded), newest first, with their sha:
+/// Releases that went live successfully (a deploy or a rollback that succeeded), newest built first (by audit
+/// order, not by id: two releases can be built within one second), with their sha:
 /// what `haul rollback` may go back to.
 pub fn successful_releases(conn: &Connection, app: &str) -> Result<Vec<(String, String)>, StoreError> {
     let mut stmt = conn.prepare(
-        "SELECT release_id, sha, max(seq) AS last FROM deploys
+        "SELECT release_id, sha, min(seq) AS built FROM deploys
          WHERE app = ?1 AND state = 'succeeded' AND release_id IS NOT NULL AND sha IS NOT NULL
-         GROUP BY release_id ORDER BY release_id DESC",
+         GROUP BY release_id ORDER BY built DESC",
     )?;
     let rows = stmt
         .query_map(params![app], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -521,12 +534,22 @@ pub fn successful_releases(conn: &Connection, app: &str) -> Result<Vec<(String, 
 }
 
 /// `on_restart = "hold"`: requests still queued at start-up are not run; they are closed with a reason.
-pub fn hold_queued(conn: &Connection, app: &str, now: i64) -> Result<usize, StoreError> {
+pub fn hold_queued(conn: &Connection, app: &str, before: i64, now: i64) -> Result<usize, StoreError> {
     Ok(conn.execute(
         "UPDATE deploys SET state = 'interrupted', finished_at = ?2,
                 reason = 'queued when haul stopped, and held at start-up (on_restart = \"hold\"); deploy it with `haul deploy`'
-         WHERE app = ?1 AND state = 'queued'",
-        params![app, now],
+         WHERE app = ?1 AND state = 'queued' AND requested_at < ?3",
+        params![app, now, before],
+    )?)
+}
+
+/// Was `sha` ever requested for `app` and tried (or is it waiting)? A poll never asks for such a sha again: not
+/// after it failed, and not after someone rolled it back.
+pub fn sha_attempted(conn: &Connection, app: &str, sha: &str) -> Result<bool, StoreError> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM deploys WHERE app = ?1 AND sha = ?2 AND state NOT IN ('ignored', 'superseded'))",
+        params![app, sha],
+        |r| r.get(0),
     )?)
 }
 

@@ -648,3 +648,167 @@ fn a_damaged_mirror_is_repaired_and_the_deploy_goes_on() {
         .arg(h.state_dir.join("mirrors/blog.git"))
         .args(["fsck", "--no-progress"]));
 }
+
+/// Regression: a signed push body replayed with a fresh delivery id (the id is not signed) put an older commit
+/// live again. Now a webhook never takes an app back in time, unless the branch really was rewound.
+#[test]
+fn regression_a_replayed_old_push_does_not_go_back_in_time_but_a_real_rewind_deploys() {
+    let t = TempDir::new("replay-old");
+    let git = GitServer::start(t.path());
+    let sha1 = git.commit(&[("v", "1")], "one");
+    let sha2 = git.commit(&[("v", "2")], "two");
+    let mut h = Haul::configure(t.path(), &git, "");
+    h.start();
+    assert_eq!(push_and_wait(&h, &sha1).state, State::Succeeded);
+    assert_eq!(push_and_wait(&h, &sha2).state, State::Succeeded);
+    let live = h.current();
+    // The first push again, with a new delivery id: refused after the fetch, nothing switched.
+    let row = push_and_wait(&h, &sha1);
+    assert_eq!(row.state, State::Ignored, "{:?}", row.reason);
+    assert!(
+        row.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("older than the live"),
+        "{:?}",
+        row.reason
+    );
+    assert_eq!(h.current(), live);
+    // Without a delivery id at all: refused at the door.
+    let body = github_push("refs/heads/main", &sha1);
+    let headers: Vec<(&str, String)> = signed_headers("push", "x", &body)
+        .into_iter()
+        .filter(|(k, _)| *k != "X-GitHub-Delivery")
+        .collect();
+    let (status, reply) = h.post("/hooks/blog", &headers, body.as_bytes());
+    assert_eq!(status, 400, "{reply}");
+    // Someone force-pushes main back to the first commit: that is the tip now, and it deploys.
+    sh(Command::new("git").current_dir(&git.work).args([
+        "push",
+        "--quiet",
+        "--force",
+        "origin",
+        &format!("{sha1}:refs/heads/main"),
+    ]));
+    let row = push_and_wait(&h, &sha1);
+    assert_eq!(row.state, State::Succeeded, "{:?}", row.reason);
+    assert_eq!(
+        std::fs::read_to_string(h.app_path.join("current/v")).expect("v"),
+        "1"
+    );
+}
+
+/// Regression: polling saw the branch tip differ from the live (rolled-back) release and deployed it again.
+#[test]
+fn regression_polling_does_not_undo_a_rollback() {
+    let t = TempDir::new("poll-rollback");
+    let git = GitServer::start(t.path());
+    let sha1 = git.commit(&[("v", "1")], "one");
+    let mut h = Haul::configure(t.path(), &git, "poll = \"1s\"");
+    h.start();
+    wait_until("the first poll deploy", || {
+        h.rows()
+            .iter()
+            .any(|r| r.sha.as_deref() == Some(sha1.as_str()) && r.state == State::Succeeded)
+    });
+    let sha2 = git.commit(&[("v", "2")], "two");
+    wait_until("the second poll deploy", || {
+        h.rows()
+            .iter()
+            .any(|r| r.sha.as_deref() == Some(sha2.as_str()) && r.state == State::Succeeded)
+    });
+    let out = h.cli(&["rollback", "blog"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(h.app_path.join("current/v")).expect("v"),
+        "1"
+    );
+    // Several polls later, the rollback stands.
+    let polls = |h: &Haul| h.daemon_log().matches("nothing to do").count();
+    let before = polls(&h);
+    wait_until("three more polls", || polls(&h) >= before + 3);
+    assert_eq!(
+        std::fs::read_to_string(h.app_path.join("current/v")).expect("v"),
+        "1"
+    );
+    assert!(
+        h.rows()[0].trigger == haul::model::Trigger::Rollback,
+        "nothing ran after the rollback"
+    );
+}
+
+/// Regression: `haul rollback --to <release id>` never matched (the id was lowercased), and a second
+/// `haul rollback` went forward to the release just rolled back from.
+#[test]
+fn regression_rollback_to_a_release_id_and_twice_in_a_row() {
+    let t = TempDir::new("rollback-ids");
+    let git = GitServer::start(t.path());
+    let mut h = Haul::configure(t.path(), &git, "");
+    h.start();
+    let mut releases = Vec::new();
+    for v in ["1", "2", "3"] {
+        let sha = git.commit(&[("v", v)], v);
+        let row = push_and_wait(&h, &sha);
+        assert_eq!(row.state, State::Succeeded);
+        releases.push(row.release_id.expect("rid"));
+    }
+    let rollback = |args: &[&str]| {
+        let mut all = vec!["rollback", "blog"];
+        all.extend_from_slice(args);
+        let out = h.cli(&all);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read_to_string(h.app_path.join("current/v")).expect("v")
+    };
+    assert_eq!(rollback(&[]), "2");
+    assert_eq!(rollback(&[]), "1", "a second rollback goes further back");
+    assert_eq!(rollback(&["--to", &releases[2]]), "3", "an exact release id");
+}
+
+/// Regression: an in-process `haul deploy` after a SIGKILLed daemon ran beside the dead daemon's step, and the
+/// dead deploy stayed `running` forever.
+#[test]
+fn regression_an_in_process_deploy_cleans_up_after_a_killed_daemon() {
+    let t = TempDir::new("inprocess-recover");
+    let git = GitServer::start(t.path());
+    let started = t.path().join("started");
+    let sha1 = git.commit(
+        &[
+            ("v", "1"),
+            (
+                "build.sh",
+                &format!(
+                    "if [ ! -e '{}' ]; then touch '{}'; exec sleep 603; fi",
+                    started.display(),
+                    started.display()
+                ),
+            ),
+        ],
+        "slow once",
+    );
+    let mut h = Haul::configure(t.path(), &git, "build = [\"sh build.sh\"]");
+    h.start();
+    let (_, reply) = h.push("refs/heads/main", &sha1, &delivery());
+    let id = reply["deploy_id"].as_str().expect("id").to_string();
+    wait_until("the build", || started.exists());
+    h.kill();
+    let out = h.cli(&["deploy", "blog"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(h.row(&id).state, State::Interrupted);
+    let leftover = Command::new("pgrep")
+        .args(["-f", "sleep 603"])
+        .output()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    assert!(
+        String::from_utf8_lossy(&leftover).trim().is_empty(),
+        "the dead daemon's step was ended"
+    );
+    assert_eq!(
+        std::fs::read_to_string(h.app_path.join("current/v")).expect("v"),
+        "1"
+    );
+}

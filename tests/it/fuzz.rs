@@ -127,6 +127,8 @@ fn headers_for(
         Provider::Gitea | Provider::Forgejo => {
             put("x-gitea-event", event);
             put("x-forgejo-event", event);
+            put("x-gitea-delivery", "f00d-4");
+            put("x-forgejo-delivery", "f00d-5");
             if sign {
                 put("x-gitea-signature", hmac.trim_start_matches("sha256="));
                 put("x-forgejo-signature", hmac.trim_start_matches("sha256="));
