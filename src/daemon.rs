@@ -135,13 +135,12 @@ impl Daemon {
             self.queue.env().apps.len(),
             self.addr
         ));
-        let watched: Vec<tokio::task::AbortHandle> = workers.iter().map(|w| w.abort_handle()).collect();
-        let health = tokio::spawn(health_loop(
+        liveness.watch(
             self.queue.clone(),
-            watched,
-            liveness,
-            stop_rx.clone(),
-        ));
+            workers.iter().map(|w| w.abort_handle()).collect(),
+        );
+        let health = systemd::watchdog_interval()
+            .map(|every| tokio::spawn(health_loop(liveness, every, stop_rx.clone())));
         shutdown.await;
         systemd::notify("STOPPING=1\nSTATUS=stopping: waiting for running deploys");
         tracing::info!(
@@ -150,7 +149,9 @@ impl Daemon {
         );
         let _ = stop_tx.send(true);
         let _ = control.await;
-        let _ = health.await;
+        if let Some(h) = health {
+            let _ = h.await;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
         // One deadline for all: a running deploy may finish within the grace; then it is cancelled, which kills
         // its step's process group, and the next start records it as interrupted.
@@ -172,43 +173,24 @@ impl Daemon {
     }
 }
 
-/// What `/healthz` reports: the last verdict of the health loop.
+/// The daemon's self-check, shared by `/healthz` (on demand) and the systemd watchdog loop: is the audit
+/// database answering, and is every deploy worker alive?
 #[derive(Default)]
 pub struct Liveness {
-    pub checked_at_ms: std::sync::atomic::AtomicI64,
-    pub problem: std::sync::Mutex<Option<String>>,
+    workers: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+    queue: std::sync::OnceLock<Arc<Queue>>,
 }
 
 impl Liveness {
-    /// `Ok` if the daemon's last self-check passed recently.
-    pub fn verdict(&self) -> Result<(), String> {
-        let at = self.checked_at_ms.load(std::sync::atomic::Ordering::Relaxed);
-        if let Some(p) = self.problem.lock().unwrap_or_else(|p| p.into_inner()).clone() {
-            return Err(p);
-        }
-        if at == 0 {
-            return Err("starting".into());
-        }
-        let age = crate::model::now_ms() - at;
-        if age > 3 * HEALTH_EVERY.as_millis() as i64 {
-            return Err(format!("the health loop has not run for {}s", age / 1000));
-        }
-        Ok(())
+    fn watch(&self, queue: Arc<Queue>, workers: Vec<tokio::task::AbortHandle>) {
+        *self.workers.lock().unwrap_or_else(|p| p.into_inner()) = workers;
+        let _ = self.queue.set(queue);
     }
-}
 
-const HEALTH_EVERY: Duration = Duration::from_secs(5);
-
-/// Every few seconds: is the database answering, and is every worker alive? If so, tell systemd's watchdog.
-/// A daemon that hangs stops sending, and systemd restarts it.
-async fn health_loop(
-    queue: Arc<Queue>,
-    workers: Vec<tokio::task::AbortHandle>,
-    liveness: Arc<Liveness>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let every = systemd::watchdog_interval().map_or(HEALTH_EVERY, |w| w.min(HEALTH_EVERY));
-    loop {
+    pub async fn check(&self) -> Result<(), String> {
+        let Some(queue) = self.queue.get() else {
+            return Err("starting".into());
+        };
         let db = tokio::time::timeout(
             Duration::from_secs(10),
             queue
@@ -217,22 +199,34 @@ async fn health_loop(
                 .call(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)),
         )
         .await;
-        let problem = match db {
-            Ok(Ok(_)) if workers.iter().all(|w| !w.is_finished()) => None,
-            Ok(Ok(_)) => Some("a deploy worker has stopped".to_string()),
-            Ok(Err(e)) => Some(format!("the audit database does not answer: {e}")),
-            Err(_) => Some("the audit database did not answer within 10s".to_string()),
-        };
-        match &problem {
-            None => {
+        match db {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("the audit database does not answer: {e}")),
+            Err(_) => return Err("the audit database did not answer within 10s".into()),
+        }
+        if self
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|w| w.is_finished())
+        {
+            return Err("a deploy worker has stopped".into());
+        }
+        Ok(())
+    }
+}
+
+/// Under systemd's watchdog only: every half `WatchdogSec`, the self-check, and `WATCHDOG=1` if it passes. A
+/// daemon that hangs stops sending, and systemd restarts it. Without a watchdog nothing wakes up idly.
+async fn health_loop(liveness: Arc<Liveness>, every: Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        match liveness.check().await {
+            Ok(()) => {
                 systemd::notify("WATCHDOG=1");
             }
-            Some(p) => tracing::error!("health: {p}"),
+            Err(p) => tracing::error!("health: {p}"),
         }
-        *liveness.problem.lock().unwrap_or_else(|p| p.into_inner()) = problem;
-        liveness
-            .checked_at_ms
-            .store(crate::model::now_ms(), std::sync::atomic::Ordering::Relaxed);
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,

@@ -298,7 +298,7 @@ async fn metrics(State(st): State<Arc<HttpState>>) -> Response {
 
 /// For the reverse proxy and uptime checks: 200 while the daemon, its database and its workers are alive.
 async fn healthz(State(st): State<Arc<HttpState>>) -> Response {
-    match st.liveness.verdict() {
+    match st.liveness.check().await {
         Ok(()) => (StatusCode::OK, "ok\n").into_response(),
         Err(problem) => (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {problem}\n")).into_response(),
     }

@@ -95,7 +95,7 @@ impl Queue {
         let result = self.env.store.call(move |c| store::enqueue(c, &req, now)).await?;
         if let Enqueued::Recorded { id, superseded } = &result {
             for s in superseded {
-                tracing::info!(deploy_id = %s, app = %app, superseded_by = %id, "superseded before it started");
+                tracing::debug!(deploy_id = %s, app = %app, superseded_by = %id, "superseded before it started");
             }
             if let Some(n) = self.wake.get(&app) {
                 n.notify_one();
@@ -253,6 +253,23 @@ async fn execute(env: &Env, row: &DeployRow) -> Outcome {
         let o = Outcome::new(State::Failed, format!("app {} is no longer configured", row.app));
         return record(env, row, o).await;
     };
+    // A redelivered or repeated trigger for what is already live: nothing to fetch, nothing to run, no log.
+    let previous = previous_release(env, &app).await;
+    if matches!(row.trigger, Trigger::Webhook | Trigger::Poll) && row.sha.is_some() && row.sha == previous.sha
+    {
+        let reason = format!(
+            "{} is already live as {}; nothing fetched",
+            short(row.sha.as_deref().unwrap_or("")),
+            previous.release_id.as_deref().unwrap_or("")
+        );
+        tracing::info!("{reason}");
+        let (id, r) = (row.id.clone(), reason.clone());
+        let now = model::now_ms();
+        if let Err(e) = env.store.call(move |c| store::skip(c, &id, &r, now)).await {
+            tracing::error!(deploy_id = %row.id, "cannot record the skip: {e}");
+        }
+        return Outcome::new(State::Ignored, reason);
+    }
     let secrets = std::iter::once(&app.repo)
         .chain(&app.mirrors)
         .flat_map(|u| crate::git::url_secrets(u))
@@ -276,7 +293,6 @@ async fn execute(env: &Env, row: &DeployRow) -> Outcome {
         row.actor,
         row.sha.as_deref().unwrap_or("branch tip")
     ));
-    let previous = previous_release(env, &app).await;
     let job = Job {
         id: row.id.clone(),
         trigger: row.trigger,
@@ -295,21 +311,7 @@ async fn execute(env: &Env, row: &DeployRow) -> Outcome {
         pgid_file: Some(env.pgid_path(&app.name)),
     };
     let started = std::time::Instant::now();
-    let automatic = matches!(row.trigger, Trigger::Webhook | Trigger::Poll);
-    let already_live = automatic && row.sha.is_some() && row.sha == previous.sha;
-    let outcome = if already_live {
-        // A redelivered or repeated trigger for what is already live: nothing to fetch, nothing to do.
-        let mut o = Outcome::new(
-            State::Ignored,
-            format!(
-                "{} is already live as {}; nothing fetched",
-                short(row.sha.as_deref().unwrap_or("")),
-                previous.release_id.as_deref().unwrap_or("")
-            ),
-        );
-        o.previous_sha = previous.sha.clone();
-        o
-    } else if row.trigger == Trigger::Rollback {
+    let outcome = if row.trigger == Trigger::Rollback {
         let name = app.name.clone();
         let on_disk = release::list(&app.path);
         let candidates: Vec<Candidate> = env

@@ -91,6 +91,10 @@ const SCHEMA: &[&str] = &[
     CREATE INDEX deliveries_seen ON deliveries(seen_at);",
     // v2: rollbacks name their target.
     "ALTER TABLE deploys ADD COLUMN target TEXT;",
+    // v3: per-app state lookups (the queue's supersede and claim, `haul status`) stay index seeks at 100,000
+    // rows instead of scans of the app's whole history; release lookups likewise.
+    "CREATE INDEX deploys_app_state_seq ON deploys(app, state, seq);
+     CREATE INDEX deploys_app_release ON deploys(app, release_id);",
 ];
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
@@ -403,6 +407,16 @@ pub fn finish(conn: &Connection, id: &DeployId, o: &Outcome, now: i64) -> Result
                 sha = COALESCE(?5, sha), release_id = COALESCE(?6, release_id), previous_sha = COALESCE(?7, previous_sha)
          WHERE id = ?1",
         params![id.as_str(), o.state.as_str(), o.reason, now, o.sha, o.release_id, o.previous_sha],
+    )?;
+    Ok(())
+}
+
+/// A claimed request that turned out to need nothing (its sha is already live): closed as ignored, and marked
+/// as never started, because nothing was fetched or run for it.
+pub fn skip(conn: &Connection, id: &DeployId, reason: &str, now: i64) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE deploys SET state = 'ignored', reason = ?2, started_at = NULL, finished_at = ?3 WHERE id = ?1",
+        params![id.as_str(), reason, now],
     )?;
     Ok(())
 }
