@@ -715,3 +715,25 @@ fn check_validates_keys_and_secrets() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("readable by other users"));
 }
+
+/// The README's first command: the self-contained demo deploys through the real daemon.
+#[test]
+fn the_demo_lands_a_release() {
+    let out = Command::new(env!("CARGO_BIN_EXE_haul"))
+        .args(["demo", "--once"])
+        .output()
+        .expect("run the demo");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("outcome succeeded") && stderr.contains("BUILD.txt in the live release says: built"),
+        "{stderr}"
+    );
+    // It says where it lives; clean that up.
+    if let Some(dir) = stderr
+        .lines()
+        .find_map(|l| l.split("everything lives in ").nth(1))
+    {
+        let _ = std::fs::remove_dir_all(dir.trim());
+    }
+}
