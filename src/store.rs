@@ -183,10 +183,10 @@ fn in_savepoint<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    conn.execute_batch("SAVEPOINT job")?;
+    conn.prepare_cached("SAVEPOINT job")?.execute([])?;
     match f(conn) {
         Ok(v) => {
-            conn.execute_batch("RELEASE job")?;
+            conn.prepare_cached("RELEASE job")?.execute([])?;
             Ok(v)
         }
         Err(e) => {
@@ -301,12 +301,10 @@ fn seen_delivery(conn: &Connection, req: &DeployRequest) -> Result<Option<Deploy
     let Some(d) = &req.delivery_id else {
         return Ok(None);
     };
+    // The hot path of a webhook flood: every statement here is prepared once and cached.
     let first: Option<String> = conn
-        .query_row(
-            "SELECT deploy_id FROM deliveries WHERE app = ?1 AND delivery_id = ?2",
-            params![req.app, d],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT deploy_id FROM deliveries WHERE app = ?1 AND delivery_id = ?2")?
+        .query_row(params![req.app, d], |r| r.get(0))
         .optional()?;
     Ok(first.as_deref().and_then(DeployId::parse))
 }
@@ -319,10 +317,11 @@ fn insert(
     now: i64,
 ) -> Result<DeployId, StoreError> {
     let id = DeployId::new(now);
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO deploys (id, app, trigger, provider, delivery_id, git_ref, sha, actor, state, reason, requested_at, finished_at, target)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-        params![
+        )?
+        .execute(params![
             id.as_str(),
             req.app,
             req.trigger.as_str(),
@@ -339,10 +338,10 @@ fn insert(
         ],
     )?;
     if let Some(d) = &req.delivery_id {
-        conn.execute(
+        conn.prepare_cached(
             "INSERT OR IGNORE INTO deliveries (app, delivery_id, deploy_id, seen_at) VALUES (?1, ?2, ?3, ?4)",
-            params![req.app, d, id.as_str(), now],
-        )?;
+        )?
+        .execute(params![req.app, d, id.as_str(), now])?;
     }
     Ok(id)
 }
