@@ -20,8 +20,6 @@ use crate::queue::{Env, Queue};
 use crate::store::{self, Store};
 use crate::systemd;
 
-const DELIVERY_RETENTION_MS: i64 = 8 * 24 * 3600 * 1000;
-
 pub struct Daemon {
     pub addr: SocketAddr,
     listener: tokio::net::TcpListener,
@@ -74,7 +72,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Daemon> {
     let store = Store::open(&cfg.db_path())?;
     let now = model::now_ms();
     store
-        .call(move |c| store::prune_deliveries(c, now, DELIVERY_RETENTION_MS))
+        .call(move |c| store::prune_deliveries(c, now, crate::queue::DELIVERY_RETENTION_MS))
         .await?;
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await

@@ -72,7 +72,11 @@ impl Env {
 pub struct Queue {
     env: Env,
     wake: HashMap<String, Arc<Notify>>,
+    pruned_at: std::sync::atomic::AtomicI64,
 }
+
+/// Replay protection keeps delivery ids at least 7 days; 8 to be safe.
+pub const DELIVERY_RETENTION_MS: i64 = 8 * 24 * 3600 * 1000;
 
 impl Queue {
     pub fn new(env: Env) -> Arc<Queue> {
@@ -81,7 +85,11 @@ impl Queue {
             .keys()
             .map(|a| (a.clone(), Arc::new(Notify::new())))
             .collect();
-        Arc::new(Queue { env, wake })
+        Arc::new(Queue {
+            env,
+            wake,
+            pruned_at: std::sync::atomic::AtomicI64::new(model::now_ms()),
+        })
     }
 
     pub fn env(&self) -> &Env {
@@ -92,6 +100,7 @@ impl Queue {
     pub async fn submit(&self, req: DeployRequest) -> Result<Enqueued, StoreError> {
         let app = req.app.clone();
         let now = model::now_ms();
+        self.prune_deliveries_hourly(now).await;
         let result = self.env.store.call(move |c| store::enqueue(c, &req, now)).await?;
         if let Enqueued::Recorded { id, superseded } = &result {
             for s in superseded {
@@ -102,6 +111,36 @@ impl Queue {
             }
         }
         Ok(result)
+    }
+
+    /// Delivery ids are kept 8 days for replay protection; older ones are dropped at most once an hour, on the
+    /// back of a request (never on an idle timer).
+    async fn prune_deliveries_hourly(&self, now: i64) {
+        const HOUR_MS: i64 = 3600 * 1000;
+        let last = self.pruned_at.load(std::sync::atomic::Ordering::Relaxed);
+        if now - last < HOUR_MS
+            || self
+                .pruned_at
+                .compare_exchange(
+                    last,
+                    now,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return;
+        }
+        let result = self
+            .env
+            .store
+            .call(move |c| store::prune_deliveries(c, now, DELIVERY_RETENTION_MS))
+            .await;
+        if let Ok(n) = result {
+            if n > 0 {
+                tracing::info!("forgot {n} delivery id(s) older than 8 days");
+            }
+        }
     }
 
     /// Records a request that will never run, with the reason.
