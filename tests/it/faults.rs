@@ -3,7 +3,6 @@
 //! disk fills up, the health check fails. After each: what the audit says, and that `current` is whole.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use haul::model::{State, Trigger};
 
@@ -11,12 +10,6 @@ use crate::support::*;
 
 fn log_of(h: &Haul, id: &str) -> String {
     std::fs::read_to_string(h.state_dir.join("logs").join(format!("{id}.log"))).unwrap_or_default()
-}
-
-fn push_and_wait(h: &Haul, sha: &str) -> haul::store::DeployRow {
-    let (status, reply) = h.push("refs/heads/main", sha, &delivery());
-    assert_eq!(status, 202, "{reply}");
-    h.wait_final(reply["deploy_id"].as_str().expect("id"))
 }
 
 /// `current` points at a complete release that some deploy finished building.
@@ -31,14 +24,6 @@ fn assert_current_is_whole(h: &Haul) {
         .filter(|n| n.ends_with(".index") || n.starts_with('.'))
         .collect();
     assert!(leftovers.is_empty(), "temporaries left: {leftovers:?}");
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

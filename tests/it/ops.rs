@@ -4,25 +4,11 @@
 
 use std::os::unix::net::UnixDatagram;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use haul::model::State;
 
 use crate::support::*;
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
-fn push_and_wait(h: &Haul, sha: &str) -> haul::store::DeployRow {
-    let (status, reply) = h.push("refs/heads/main", sha, &delivery());
-    assert_eq!(status, 202, "{reply}");
-    h.wait_final(reply["deploy_id"].as_str().expect("id"))
-}
 
 #[test]
 fn the_generated_unit_passes_systemd_analyze_verify() {

@@ -656,6 +656,22 @@ pub fn http_post<K: AsRef<str>, V: AsRef<str>>(
     )
 }
 
+/// Waits (up to [`WAIT`]) for `f` to hold.
+pub fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A signed push of `sha` to main, and the deploy it caused, once final.
+pub fn push_and_wait(h: &Haul, sha: &str) -> DeployRow {
+    let (status, reply) = h.push("refs/heads/main", sha, &delivery());
+    assert_eq!(status, 202, "{reply}");
+    h.wait_final(reply["deploy_id"].as_str().expect("id"))
+}
+
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30)))
