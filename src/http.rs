@@ -223,6 +223,30 @@ async fn status_index(State(st): State<Arc<HttpState>>) -> Response {
     }
 }
 
+/// The page shows at most the last 256 KiB of a log: a chatty build must not make every page view expensive.
+fn log_tail(path: &std::path::Path, id: &crate::model::DeployId) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const MAX: u64 = 256 * 1024;
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    let mut buf = Vec::new();
+    if len > MAX {
+        f.seek(SeekFrom::Start(len - MAX)).ok()?;
+    }
+    f.take(MAX).read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    if len > MAX {
+        // Start at a whole line.
+        let rest = text.split_once('\n').map_or(text.as_str(), |(_, r)| r);
+        Some(format!(
+            "[the first {} KiB are not shown: `haul logs {id}` has all of it]\n{rest}",
+            (len - MAX) / 1024
+        ))
+    } else {
+        Some(text)
+    }
+}
+
 /// `GET /deploys/<id>`: one deploy and its log.
 async fn status_deploy(State(st): State<Arc<HttpState>>, Path(id): Path<String>) -> Response {
     if !st.status_page {
@@ -238,7 +262,7 @@ async fn status_deploy(State(st): State<Arc<HttpState>>, Path(id): Path<String>)
     let lookup = id.clone();
     match env.store.call(move |c| crate::store::get(c, &lookup)).await {
         Ok(Some(row)) => {
-            let log = std::fs::read_to_string(crate::deploylog::path_for(&env.logs_dir, &id)).ok();
+            let log = log_tail(&crate::deploylog::path_for(&env.logs_dir, &id), &id);
             html(crate::page::deploy(&row, log.as_deref(), crate::model::now_ms()))
         }
         Ok(None) => error(StatusCode::NOT_FOUND, "no such deploy"),
@@ -537,4 +561,27 @@ pub async fn serve(
         while conns.join_next().await.is_some() {}
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: the deploy page loaded and escaped whole logs, however large.
+    #[test]
+    fn regression_the_page_shows_only_a_logs_tail() {
+        let dir =
+            std::env::temp_dir().join(format!("haul-tail-{}-{}", std::process::id(), fastrand::u32(..)));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("x.log");
+        let line = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n";
+        std::fs::write(&path, line.repeat(5000) + "the last line\n").expect("write");
+        let id = crate::model::DeployId::new(0);
+        let tail = log_tail(&path, &id).expect("tail");
+        assert!(tail.len() <= 256 * 1024 + 200, "{}", tail.len());
+        assert!(tail.starts_with("[the first ") && tail.ends_with("the last line\n"));
+        std::fs::write(&path, "short\n").expect("write");
+        assert_eq!(log_tail(&path, &id).as_deref(), Some("short\n"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
