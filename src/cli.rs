@@ -534,10 +534,14 @@ fn status(cfg: &Config, json: bool) -> Result<(), Exit> {
             vec![
                 r.app.clone(),
                 r.live_release.clone().unwrap_or_else(|| "-".into()),
-                r.live_sha.as_deref().map(short).unwrap_or("-").to_string(),
+                r.live_sha
+                    .as_deref()
+                    .map(model::short_sha)
+                    .unwrap_or("-")
+                    .to_string(),
                 r.last_outcome.clone().unwrap_or_else(|| "-".into()),
                 r.last_finished_at
-                    .map(|t| age(now - t))
+                    .map(|t| model::age(now - t))
                     .unwrap_or_else(|| "-".into()),
                 match (&r.running, r.queued) {
                     (Some(id), q) => {
@@ -551,20 +555,6 @@ fn status(cfg: &Config, json: bool) -> Result<(), Exit> {
         .collect();
     print_table(&["APP", "LIVE RELEASE", "SHA", "LAST", "AGE", "QUEUE"], &table, 3);
     Ok(())
-}
-
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(7)]
-}
-
-fn age(ms: i64) -> String {
-    let s = (ms / 1000).max(0);
-    match s {
-        0..=59 => format!("{s}s ago"),
-        60..=3599 => format!("{}m ago", s / 60),
-        3600..=86399 => format!("{}h ago", s / 3600),
-        _ => format!("{}d ago", s / 86400),
-    }
 }
 
 fn state_color(s: &str) -> &'static str {
@@ -698,7 +688,7 @@ fn history(cfg: &Config, app: Option<&str>, limit: usize, json: bool) -> Result<
                 r.id.to_string(),
                 r.app.clone(),
                 r.trigger.as_str().into(),
-                r.sha.as_deref().map(short).unwrap_or("-").into(),
+                r.sha.as_deref().map(model::short_sha).unwrap_or("-").into(),
                 r.actor.clone(),
                 r.state.to_string(),
                 when,

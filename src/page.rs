@@ -26,18 +26,11 @@ pub fn esc(s: &str) -> String {
 }
 
 fn short(sha: Option<&str>) -> &str {
-    sha.map_or("-", |s| &s[..s.len().min(7)])
+    sha.map_or("-", crate::model::short_sha)
 }
 
 fn age(now: i64, then: Option<i64>) -> String {
-    let Some(t) = then else { return "-".into() };
-    let s = ((now - t) / 1000).max(0);
-    match s {
-        0..=59 => format!("{s}s ago"),
-        60..=3599 => format!("{}m ago", s / 60),
-        3600..=86399 => format!("{}h ago", s / 3600),
-        _ => format!("{}d ago", s / 86400),
-    }
+    then.map_or_else(|| "-".into(), |t| crate::model::age(now - t))
 }
 
 fn took(r: &DeployRow) -> String {

@@ -298,7 +298,7 @@ async fn execute(env: &Env, row: &DeployRow) -> Outcome {
     {
         let reason = format!(
             "{} is already live as {}; nothing fetched",
-            short(row.sha.as_deref().unwrap_or("")),
+            model::short_sha(row.sha.as_deref().unwrap_or("")),
             previous.release_id.as_deref().unwrap_or("")
         );
         tracing::info!("{reason}");
@@ -409,10 +409,6 @@ fn tell(env: &Env, row: &DeployRow, outcome: &Outcome) {
     e.sha = outcome.sha.clone().or_else(|| row.sha.clone());
     e.actor = Some(row.actor.clone());
     n.send(e);
-}
-
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(7)]
 }
 
 async fn record(env: &Env, row: &DeployRow, outcome: Outcome) -> Outcome {
