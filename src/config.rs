@@ -77,6 +77,98 @@ pub struct AppConfig {
     /// Other places to fetch the same repository from (a cache, a mirror).
     pub mirrors: Vec<String>,
     pub mirror_mode: MirrorMode,
+    /// Where releases come from: git (`repo`), or an artifact built in CI (`image`, `object`, `url`).
+    pub source: Source,
+    /// When set, an artifact must carry a valid detached signature by this key.
+    pub verify: Option<crate::signature::Verifier>,
+    /// The most an artifact may unpack to.
+    pub max_artifact_bytes: u64,
+}
+
+/// Where an app's releases come from. Every source ends in the same place: a complete directory under
+/// `releases/`, recorded before it is written, switched to atomically.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A git repository (`repo`): a bare mirror fetched over SSH or HTTPS, checked out.
+    Git,
+    /// An OCI registry (`image` + `tag`): resolved to a digest, pulled by digest.
+    Image(ImageSource),
+    /// S3-compatible object storage (`object = "s3://bucket/key"`).
+    Object(ObjectSource),
+    /// A plain download (`url`).
+    Url(UrlSource),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageSource {
+    /// `host[:port]`.
+    pub registry: String,
+    /// `acme/api`.
+    pub repository: String,
+    pub kind: ImageKind,
+    /// Basic credentials (`registry_username` + `registry_password_file`), or a bearer token file.
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+    /// Talk plain HTTP to the registry (a registry on loopback or a private network only).
+    pub plain_http: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageKind {
+    /// An OCI artifact whose layers are tarballs: they become the release directory.
+    Artifact,
+    /// A container image the activate steps run (`HAUL_IMAGE`, pinned by digest); layers are not pulled.
+    Container,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectSource {
+    pub bucket: String,
+    /// The key, possibly with `{sha}` (the version a trigger names).
+    pub key: String,
+    /// An S3-compatible endpoint (`http://127.0.0.1:9000`); AWS when unset.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub access_key_id_file: Option<PathBuf>,
+    pub secret_access_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlSource {
+    /// `https://...`, possibly with `{sha}`.
+    pub url: String,
+    /// Sent as `Authorization: Bearer <token>`.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Source {
+    /// Does the location name the version (`{sha}`), so a trigger must say which?
+    pub fn is_templated(&self) -> bool {
+        match self {
+            Source::Object(o) => o.key.contains("{sha}"),
+            Source::Url(u) => u.url.contains("{sha}"),
+            Source::Git | Source::Image(_) => false,
+        }
+    }
+    pub fn is_artifact(&self) -> bool {
+        !matches!(self, Source::Git)
+    }
+}
+
+impl AppConfig {
+    /// The upstream host this app's fetches count against (budget and rate-limit circuit).
+    pub fn upstream(&self) -> String {
+        match &self.source {
+            Source::Git => crate::upstream::key(&self.repo),
+            Source::Image(i) => i.registry.clone(),
+            Source::Object(o) => match &o.endpoint {
+                Some(e) => crate::upstream::key(e),
+                None => format!("s3.{}.amazonaws.com", o.region),
+            },
+            Source::Url(u) => crate::upstream::key(&u.url),
+        }
+    }
 }
 
 /// When the mirrors are used.
@@ -306,7 +398,25 @@ struct RawNotify {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawApp {
+    #[serde(default)]
     repo: String,
+    image: Option<String>,
+    tag: Option<String>,
+    image_kind: Option<String>,
+    registry_username: Option<String>,
+    registry_password_file: Option<PathBuf>,
+    registry_token_file: Option<PathBuf>,
+    #[serde(default)]
+    plain_http: bool,
+    object: Option<String>,
+    s3_endpoint: Option<String>,
+    s3_region: Option<String>,
+    s3_access_key_id_file: Option<PathBuf>,
+    s3_secret_access_key_file: Option<PathBuf>,
+    url: Option<String>,
+    url_token_file: Option<PathBuf>,
+    verify: Option<RawVerify>,
+    max_artifact_size: Option<String>,
     #[serde(default = "default_branch")]
     branch: String,
     tags: Option<String>,
@@ -333,6 +443,15 @@ struct RawApp {
     mirror_mode: Option<String>,
     alert_if_no_success_within: Option<String>,
     realert_every: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVerify {
+    minisign_key: Option<PathBuf>,
+    ssh_allowed_signers: Option<PathBuf>,
+    ssh_identity: Option<String>,
+    ssh_namespace: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -410,11 +529,182 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         "" | "B" => 1,
         "KiB" | "K" => 1024,
         "MiB" | "M" => 1024 * 1024,
+        "GiB" | "G" => 1024 * 1024 * 1024,
         "kB" => 1000,
         "MB" => 1_000_000,
-        _ => return Err(format!("{s:?}: unknown unit (use B, KiB or MiB)")),
+        _ => return Err(format!("{s:?}: unknown unit (use B, KiB, MiB or GiB)")),
     };
     n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn is_tag_glob(glob: &str) -> bool {
+    let probe = glob.replace(['*', '?'], "x");
+    !glob.is_empty() && glob.len() <= 128 && model::is_valid_ref(&format!("refs/tags/{probe}")) && !glob.contains('/')
+}
+
+/// What `repo` shows for an artifact app (status, audit, page): where it comes from, without credentials.
+fn source_display(source: &Source) -> Option<String> {
+    match source {
+        Source::Git => None,
+        Source::Image(i) => Some(format!("oci://{}/{}", i.registry, i.repository)),
+        Source::Object(o) => Some(format!("s3://{}/{}", o.bucket, o.key)),
+        Source::Url(u) => Some(u.url.clone()),
+    }
+}
+
+/// The one source an app names: `repo`, `image`, `object` or `url`.
+fn parse_source(a: &RawApp, resolve: &dyn Fn(&Path) -> PathBuf) -> Result<Source, String> {
+    let named = [!a.repo.is_empty(), a.image.is_some(), a.object.is_some(), a.url.is_some()];
+    match named.iter().filter(|n| **n).count() {
+        0 => return Err("needs a source: `repo` (git), `image` (OCI registry), `object` (s3://...) or `url`".into()),
+        1 => {}
+        _ => return Err("names more than one source; use exactly one of `repo`, `image`, `object` or `url`".into()),
+    }
+    let image_keys = a.registry_username.is_some()
+        || a.registry_password_file.is_some()
+        || a.registry_token_file.is_some()
+        || a.image_kind.is_some()
+        || a.plain_http;
+    if image_keys && a.image.is_none() {
+        return Err("registry_* keys, image_kind and plain_http go with `image`".into());
+    }
+    let s3_keys = a.s3_endpoint.is_some()
+        || a.s3_region.is_some()
+        || a.s3_access_key_id_file.is_some()
+        || a.s3_secret_access_key_file.is_some();
+    if s3_keys && a.object.is_none() {
+        return Err("s3_* keys go with `object`".into());
+    }
+    if a.url_token_file.is_some() && a.url.is_none() {
+        return Err("url_token_file goes with `url`".into());
+    }
+    if a.image.is_none() && a.object.is_none() && a.url.is_none() {
+        return Ok(Source::Git);
+    }
+    let no_control = |k: &str, v: &str| {
+        if v.is_empty() || v.starts_with('-') || v.chars().any(|c| c.is_control() || c == ' ') {
+            Err(format!("{k} {v:?} is not valid"))
+        } else {
+            Ok(())
+        }
+    };
+    if let Some(image) = &a.image {
+        no_control("image", image)?;
+        if image.contains("://") || image.contains('@') || image.rsplit('/').next().is_some_and(|l| l.contains(':')) {
+            return Err(format!(
+                "image {image:?} is `registry.example.com/acme/api` (no scheme, tag or digest: the tag goes in `tag`)"
+            ));
+        }
+        let (registry, repository) = image
+            .split_once('/')
+            .filter(|(r, rest)| (r.contains('.') || r.contains(':') || *r == "localhost") && !rest.is_empty())
+            .ok_or_else(|| format!("image {image:?} must start with the registry host, like `ghcr.io/acme/api`"))?;
+        if !repository
+            .split('/')
+            .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)))
+        {
+            return Err(format!("image {image:?}: the repository part must be lowercase letters, digits, '.', '_', '-' and '/'"));
+        }
+        let kind = match a.image_kind.as_deref() {
+            None | Some("artifact") => ImageKind::Artifact,
+            Some("container") => ImageKind::Container,
+            Some(other) => return Err(format!("image_kind {other:?} must be \"artifact\" or \"container\"")),
+        };
+        if a.registry_username.is_some() != a.registry_password_file.is_some() {
+            return Err("registry_username and registry_password_file go together".into());
+        }
+        if a.registry_token_file.is_some() && a.registry_username.is_some() {
+            return Err("use registry_token_file or registry_username + registry_password_file, not both".into());
+        }
+        return Ok(Source::Image(ImageSource {
+            registry: registry.to_string(),
+            repository: repository.to_string(),
+            kind,
+            username: a.registry_username.clone(),
+            password_file: a.registry_password_file.as_deref().map(resolve),
+            token_file: a.registry_token_file.as_deref().map(resolve),
+            plain_http: a.plain_http,
+        }));
+    }
+    if let Some(object) = &a.object {
+        no_control("object", object)?;
+        let (bucket, key) = object
+            .strip_prefix("s3://")
+            .and_then(|r| r.split_once('/'))
+            .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+            .ok_or_else(|| format!("object {object:?} must be s3://bucket/key"))?;
+        check_template("object", key)?;
+        if let Some(e) = &a.s3_endpoint {
+            if !(e.starts_with("https://") || e.starts_with("http://")) || e.chars().any(char::is_control) {
+                return Err(format!("s3_endpoint {e:?} must be an http:// or https:// URL"));
+            }
+        }
+        if a.s3_access_key_id_file.is_some() != a.s3_secret_access_key_file.is_some() {
+            return Err("s3_access_key_id_file and s3_secret_access_key_file go together".into());
+        }
+        let region = a.s3_region.clone().unwrap_or_else(|| "us-east-1".into());
+        no_control("s3_region", &region)?;
+        return Ok(Source::Object(ObjectSource {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            endpoint: a.s3_endpoint.clone(),
+            region,
+            access_key_id_file: a.s3_access_key_id_file.as_deref().map(resolve),
+            secret_access_key_file: a.s3_secret_access_key_file.as_deref().map(resolve),
+        }));
+    }
+    let url = a.url.clone().unwrap_or_default();
+    no_control("url", &url)?;
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(format!("url {url:?} must be https:// (or http:// on a private network)"));
+    }
+    if url.split_once("://").is_some_and(|(_, r)| r.split('/').next().is_some_and(|a| a.contains('@'))) {
+        return Err("url must not carry credentials; put a token in url_token_file".into());
+    }
+    check_template("url", &url)?;
+    Ok(Source::Url(UrlSource {
+        url,
+        token_file: a.url_token_file.as_deref().map(resolve),
+    }))
+}
+
+/// Only `{sha}` may be filled in, and only once the trigger's value is validated.
+fn check_template(key: &str, t: &str) -> Result<(), String> {
+    let stripped = t.replace("{sha}", "");
+    if stripped.contains('{') || stripped.contains('}') {
+        return Err(format!("{key} {t:?}: the only placeholder is {{sha}}"));
+    }
+    Ok(())
+}
+
+fn parse_verify(v: &RawVerify, resolve: &dyn Fn(&Path) -> PathBuf) -> Result<crate::signature::Verifier, String> {
+    use crate::signature::Verifier;
+    match (&v.minisign_key, &v.ssh_allowed_signers) {
+        (Some(k), None) => {
+            if v.ssh_identity.is_some() || v.ssh_namespace.is_some() {
+                return Err("verify: ssh_identity and ssh_namespace go with ssh_allowed_signers".into());
+            }
+            Ok(Verifier::Minisign { key_file: resolve(k) })
+        }
+        (None, Some(signers)) => {
+            let identity = v
+                .ssh_identity
+                .clone()
+                .ok_or("verify: ssh_allowed_signers needs ssh_identity (the principal CI signs as)")?;
+            let namespace = v.ssh_namespace.clone().unwrap_or_else(|| "haul".into());
+            for (k, val) in [("ssh_identity", &identity), ("ssh_namespace", &namespace)] {
+                if val.is_empty() || val.starts_with('-') || val.chars().any(|c| c.is_control() || c == ' ') {
+                    return Err(format!("verify: {k} {val:?} is not valid"));
+                }
+            }
+            Ok(Verifier::Ssh {
+                allowed_signers: resolve(signers),
+                identity,
+                namespace,
+            })
+        }
+        _ => Err("verify needs exactly one of minisign_key or ssh_allowed_signers".into()),
+    }
 }
 
 /// Is this repo URL one that goes over SSH (and so needs a deploy key and pinned host keys)?
@@ -529,9 +819,45 @@ impl Config {
                     Some(d)
                 }
             };
-            if a.repo.is_empty() || a.repo.starts_with('-') || a.repo.chars().any(char::is_control) {
+            let source = parse_source(&a, &resolve).map_err(|m| ctx(&m))?;
+            let track = match (&source, &a.tag) {
+                (Source::Image(_), Some(glob)) => {
+                    if !is_tag_glob(glob) {
+                        return Err(ctx(&format!(
+                            "tag {glob:?} is not an image tag or a tag glob like \"v*\""
+                        )));
+                    }
+                    Track::Tags(glob.clone())
+                }
+                (Source::Image(_), None) => Track::Tags("latest".into()),
+                (_, Some(_)) => return Err(ctx("`tag` goes with `image`; a git app uses `tags`")),
+                _ => track,
+            };
+            if source.is_artifact() && a.tags.is_some() {
+                return Err(ctx("`tags` is for git apps; an image app names its tag (or glob) in `tag`"));
+            }
+            if source.is_templated() && poll.is_some() {
+                return Err(ctx("poll cannot watch a location with {sha} in it (which sha?); poll a fixed key or URL, or send a webhook after the upload"));
+            }
+            if !source.is_artifact()
+                && (a.repo.is_empty() || a.repo.starts_with('-') || a.repo.chars().any(char::is_control))
+            {
                 return Err(ctx(&format!("repo {:?} is not a git URL or path", a.repo)));
             }
+            if source.is_artifact() && !a.mirrors.is_empty() {
+                return Err(ctx("mirrors are for git apps"));
+            }
+            let verify = match &a.verify {
+                None => None,
+                Some(_) if !source.is_artifact() => {
+                    return Err(ctx("verify applies to artifacts (image, object, url); git apps are pinned by sha"))
+                }
+                Some(v) => Some(parse_verify(v, &resolve).map_err(|m| ctx(&m))?),
+            };
+            let max_artifact_bytes = match &a.max_artifact_size {
+                Some(s) => parse_size(s).map_err(|e| ctx(&format!("max_artifact_size: {e}")))? as u64,
+                None => 4 * 1024 * 1024 * 1024,
+            };
             if is_ssh_url(&a.repo) && (a.deploy_key.is_none() || a.known_hosts.is_none()) {
                 return Err(ctx("an SSH repo needs `deploy_key` (the private half of a read-only deploy key) and `known_hosts` (the pinned host keys)"));
             }
@@ -663,7 +989,9 @@ impl Config {
                 }
             };
             let app = AppConfig {
-                repo: if a.repo.contains("://") || is_ssh_url(&a.repo) {
+                repo: if let Some(display) = source_display(&source) {
+                    display
+                } else if a.repo.contains("://") || is_ssh_url(&a.repo) {
                     a.repo
                 } else {
                     resolve(Path::new(&a.repo)).to_string_lossy().into_owned()
@@ -690,6 +1018,9 @@ impl Config {
                 mirrors: a.mirrors.clone(),
                 mirror_mode,
                 name: name.clone(),
+                source,
+                verify,
+                max_artifact_bytes,
             };
             apps.insert(name, app);
         }

@@ -54,6 +54,7 @@ impl ControlRequest {
             sha: None,
             actor: model::clean_actor(actor),
             target: None,
+            digest: None,
         };
         match self {
             ControlRequest::Deploy { sha, .. } => {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::config::{self, AppConfig, MirrorMode, Track};
 use crate::deploylog::DeployLog;
-use crate::failure::{self, Failure, Kind};
+use crate::failure::{Failure, Kind};
 use crate::runner::{self, Cmd, LineUse, RunError};
 use crate::upstream;
 
@@ -137,8 +137,7 @@ fn hint(kind: Kind, stderr: &[String]) -> &'static str {
     }
 }
 
-/// A deploy waits at most this long for a rate-limit circuit to close; beyond it, the deploy fails and says so.
-pub const MAX_CIRCUIT_WAIT: Duration = Duration::from_secs(600);
+pub use upstream::MAX_CIRCUIT_WAIT;
 
 /// How a fetch went, for the log and the audit.
 #[derive(Debug, Default, Clone)]
@@ -374,94 +373,39 @@ impl Git {
         self.ensure_mirror().await.is_ok()
     }
 
-    /// Fetches from one source within its upstream's budget and circuit, retrying transient and rate-limited
-    /// failures a bounded number of times (`fetch_attempts` in all) with backoff and full jitter. A permanent
-    /// failure returns at once: exactly one attempt (after one repair, if the mirror itself was damaged).
+    /// Fetches from one source within its upstream's budget and circuit ([`upstream::guarded`]: bounded,
+    /// jittered, rate-limit aware). A damaged local mirror is repaired once without counting as an attempt.
     async fn fetch_from(&self, url: &str) -> Result<FetchReport, Failure> {
-        let attempts = self.app.fetch_attempts.max(1);
-        let host = upstream::key(url);
-        let upstreams = upstream::global();
-        let mut report = FetchReport::default();
-        loop {
-            // The circuit: a forge that rate-limited us is left alone until it said we may come back.
-            if let Some(open) = upstreams.open_for(&host) {
-                if open > MAX_CIRCUIT_WAIT {
-                    return Err(Failure {
-                        kind: Kind::RateLimited,
-                        message: format!(
-                            "{host} rate-limited this deploy key; its circuit stays open for {}s more, so haul is not fetching (it will deploy on the next trigger after that)",
-                            open.as_secs()
-                        ),
-                        retry_after: Some(open),
-                    });
-                }
-                self.note(&format!(
-                    "  ! {host} is rate-limiting us (circuit open): waiting {:.1}s before fetching",
-                    open.as_secs_f64()
-                ));
-                tracing::warn!(app = %self.app.name, upstream = %host, "circuit open: waiting {:.1}s", open.as_secs_f64());
-                report.waited += open;
-                tokio::time::sleep(open).await;
-            }
-            // The budget: a storm of triggers waits here (and coalesces in the queue) instead of hammering.
-            while let Err(wait) = upstreams.take(&host, self.app.max_fetches_per_minute) {
-                self.note(&format!(
-                    "  ! fetch budget for {host} spent (max_fetches_per_minute = {}): waiting {:.1}s",
-                    self.app.max_fetches_per_minute,
-                    wait.as_secs_f64()
-                ));
-                report.waited += wait;
-                tokio::time::sleep(wait).await;
-            }
-            report.attempts += 1;
-            let attempt = report.attempts;
-            match self.fetch_once(url).await {
-                Ok(()) => return Ok(report),
-                Err(f)
-                    if !report.repaired && is_local_damage(&f.message) && self.repair_if_broken().await =>
-                {
-                    report.repaired = true;
-                    self.note(&format!("  ! fetch attempt {attempt}/{attempts} failed on a damaged mirror; repaired, fetching again"));
-                    report.attempts -= 1;
-                }
-                Err(f) if f.kind == Kind::RateLimited => {
-                    let open = f.retry_after.unwrap_or(upstream::DEFAULT_OPEN);
-                    upstreams.open(&host, open);
-                    report.rate_limited = Some(open);
-                    self.note(&format!(
-                        "  ! fetch attempt {attempt}/{attempts} was rate-limited by {host} (Retry-After {}s): circuit open",
-                        open.as_secs()
-                    ));
-                    tracing::warn!(app = %self.app.name, upstream = %host, "rate-limited; circuit open for {}s", open.as_secs());
-                    if attempt >= attempts {
-                        return Err(Failure {
-                            message: format!(
-                                "{} (after {attempt} attempts; circuit open for {}s)",
-                                f.message,
-                                open.as_secs()
-                            ),
-                            ..f
-                        });
+        let repaired = std::sync::atomic::AtomicBool::new(false);
+        let note = |m: &str| self.note(m);
+        let (result, r) = upstream::guarded(
+            &upstream::key(url),
+            self.app.max_fetches_per_minute,
+            self.app.fetch_attempts,
+            &note,
+            || async {
+                match self.fetch_once(url).await {
+                    Err(f)
+                        if !repaired.load(std::sync::atomic::Ordering::Relaxed)
+                            && is_local_damage(&f.message)
+                            && self.repair_if_broken().await =>
+                    {
+                        repaired.store(true, std::sync::atomic::Ordering::Relaxed);
+                        self.note("  ! the fetch failed on a damaged mirror; repaired, fetching again");
+                        self.fetch_once(url).await
                     }
+                    other => other,
                 }
-                Err(f) if f.kind == Kind::Transient && attempt < attempts => {
-                    let wait = failure::backoff(attempt - 1, Duration::from_secs(1), Duration::from_secs(30));
-                    self.note(&format!(
-                        "  ! fetch attempt {attempt}/{attempts} failed (transient): {f}; retrying in {:.1}s",
-                        wait.as_secs_f64()
-                    ));
-                    tracing::warn!(app = %self.app.name, attempt, "fetch failed (transient), retrying: {f}");
-                    report.waited += wait;
-                    tokio::time::sleep(wait).await;
-                }
-                Err(mut f) => {
-                    if attempt > 1 {
-                        f.message = format!("{} (after {attempt} attempts)", f.message);
-                    }
-                    return Err(f);
-                }
-            }
-        }
+            },
+        )
+        .await;
+        result.map(|()| FetchReport {
+            attempts: r.attempts,
+            waited: r.waited,
+            rate_limited: r.rate_limited,
+            mirror: None,
+            repaired: repaired.into_inner(),
+        })
     }
 
     /// The full sha of `rev` if it names a commit in the mirror.

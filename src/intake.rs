@@ -592,6 +592,7 @@ fn decide(
         git_ref: Some(c.git_ref.clone()),
         actor: model::clean_actor(actor),
         target: None,
+        digest: None,
     };
     let is_deletion = |c: &Change| c.deleted || c.sha.as_deref().is_some_and(model::is_zero_sha);
     if let Some(c) = changes

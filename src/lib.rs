@@ -18,6 +18,7 @@
 //! - [`daemon`], [`cli`], [`demo`]: the daemon as a library function, the command line, the demo.
 //! - [`model`], [`config`], [`failure`]: the shared vocabulary, the configuration contract, typed failures.
 
+pub mod artifact;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -42,6 +43,8 @@ pub mod poll;
 pub mod queue;
 pub mod release;
 pub mod runner;
+pub mod signature;
 pub mod store;
 pub mod systemd;
+pub mod unpack;
 pub mod upstream;

@@ -150,6 +150,8 @@ pub struct DeployRequest {
     pub actor: String,
     /// For a rollback: the release id or sha asked for (none: the release before the live one).
     pub target: Option<String>,
+    /// For an artifact: the content digest (`sha256:<hex>`) the trigger pinned; what is downloaded must match.
+    pub digest: Option<String>,
 }
 
 /// How a deploy ended, and the facts it leaves in the audit.
@@ -161,6 +163,8 @@ pub struct Outcome {
     pub sha: Option<String>,
     pub release_id: Option<String>,
     pub previous_sha: Option<String>,
+    /// For an artifact: the digest (`sha256:<hex>`) of what was downloaded and verified.
+    pub digest: Option<String>,
 }
 
 impl Outcome {
@@ -171,6 +175,7 @@ impl Outcome {
             sha: None,
             release_id: None,
             previous_sha: None,
+            digest: None,
         }
     }
 }
@@ -194,6 +199,12 @@ pub fn age(ms: i64) -> String {
 /// 40 (SHA-1) or 64 (SHA-256) lowercase hex digits.
 pub fn is_full_sha(s: &str) -> bool {
     (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// `sha256:<64 lowercase hex>`: the only digest form haul accepts from a trigger.
+pub fn is_sha256_digest(s: &str) -> bool {
+    s.strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
 /// An abbreviated sha a person may type: 4 to 64 hex digits (either case).

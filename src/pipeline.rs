@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{AppConfig, HealthCheck, Track};
+use crate::config::{AppConfig, HealthCheck, Source, Track};
 use crate::deploylog::DeployLog;
 use crate::failure::Failure;
 use crate::git::Git;
@@ -18,6 +18,11 @@ use crate::httpc;
 use crate::model::{self, DeployId, Outcome, State, Trigger};
 use crate::release;
 use crate::runner::{self, Cmd};
+
+/// Where an app's downloads go, under the state directory (next to the mirrors).
+pub fn downloads_dir(mirrors_dir: &Path, app: &str) -> PathBuf {
+    mirrors_dir.with_file_name("downloads").join(app)
+}
 
 /// What the queue hands the pipeline.
 #[derive(Debug, Clone)]
@@ -28,6 +33,8 @@ pub struct Job {
     /// A full sha (webhook), a prefix (`--sha`), or none for the branch tip.
     pub sha: Option<String>,
     pub actor: String,
+    /// An artifact's content digest the trigger pinned.
+    pub digest: Option<String>,
 }
 
 /// What a deploy will put live.
@@ -39,6 +46,8 @@ pub struct Target {
     pub release_id: String,
     /// Something about the fetch the audit should say (a rate limit that was waited out).
     pub fetch_note: Option<String>,
+    /// An artifact downloaded and verified, to unpack instead of a checkout.
+    pub artifact: Option<crate::artifact::Fetched>,
 }
 
 /// The live release before this deploy, and the sha it was built from.
@@ -46,6 +55,8 @@ pub struct Target {
 pub struct Previous {
     pub release_id: Option<String>,
     pub sha: Option<String>,
+    /// An artifact's digest.
+    pub digest: Option<String>,
 }
 
 pub struct Pipeline {
@@ -84,8 +95,9 @@ impl Pipeline {
         sha: &str,
         release_dir: &Path,
         previous: &Previous,
+        digest: Option<&str>,
     ) -> Vec<(String, OsString)> {
-        vec![
+        let mut env: Vec<(String, OsString)> = vec![
             ("HAUL_APP".into(), self.app.name.clone().into()),
             ("HAUL_DEPLOY_ID".into(), job.id.to_string().into()),
             ("HAUL_SHA".into(), sha.into()),
@@ -97,7 +109,14 @@ impl Pipeline {
                 "HAUL_PREVIOUS_SHA".into(),
                 previous.sha.clone().unwrap_or_default().into(),
             ),
-        ]
+        ];
+        if let Source::Image(img) = &self.app.source {
+            env.push(("HAUL_IMAGE".into(), crate::artifact::pinned_image(img, sha).into()));
+            env.push(("HAUL_DIGEST".into(), format!("sha256:{sha}").into()));
+        } else if let Some(d) = digest {
+            env.push(("HAUL_DIGEST".into(), d.into()));
+        }
+        env
     }
 
     /// Runs `steps` in order in `dir`; the first failure stops them.
@@ -197,6 +216,9 @@ impl Pipeline {
     /// Fetches and decides what to deploy: the sha (which must be on the configured branch) and the id of the
     /// release directory it will become. Nothing on the app's `path` is touched yet.
     pub async fn prepare(&self, job: &Job, previous: &Previous) -> Result<Target, Outcome> {
+        if self.app.source.is_artifact() {
+            return self.prepare_artifact(job, previous).await;
+        }
         let started = Instant::now();
         let git = self.git();
         self.log.stage(&format!(
@@ -238,7 +260,166 @@ impl Pipeline {
             sha,
             release_id,
             fetch_note,
+            artifact: None,
         })
+    }
+
+    /// Where this deploy's downloads go: private to haul, removed when the deploy ends (and at start-up).
+    pub fn downloads_dir(&self, job: &Job) -> PathBuf {
+        downloads_dir(&self.mirrors_dir, &self.app.name).join(job.id.as_str())
+    }
+
+    /// An artifact: decide what to deploy (for an image, one `HEAD` for the tag's digest), skip it if it is
+    /// already live, else download and verify it. Nothing on the app's `path` is touched yet.
+    async fn prepare_artifact(&self, job: &Job, previous: &Previous) -> Result<Target, Outcome> {
+        use crate::artifact::{self, Wanted};
+        let started = Instant::now();
+        let failed = |what: &str, f: Failure| fail(&format!("{what} ({})", f.kind.as_str()), &f);
+        let is_image = matches!(self.app.source, Source::Image(_));
+        let automatic = matches!(job.trigger, Trigger::Webhook | Trigger::Poll);
+        let wanted = Wanted {
+            tag: job.git_ref.as_deref().and_then(|r| r.strip_prefix("refs/tags/")).map(String::from),
+            version: if is_image { None } else { job.sha.clone() },
+            digest: match (is_image, &job.sha, &job.digest) {
+                (true, Some(sha), _) if model::is_full_sha(sha) && sha.len() == 64 => Some(format!("sha256:{sha}")),
+                (_, _, d) => d.clone(),
+            },
+        };
+        let note = |m: &str| self.log.line(m);
+        self.log.stage(&format!("resolve {}", self.app.repo));
+        let (resolved, report) = crate::upstream::guarded(
+            &self.app.upstream(),
+            self.app.max_fetches_per_minute,
+            self.app.fetch_attempts,
+            &note,
+            || artifact::resolve(&self.app, &wanted),
+        )
+        .await;
+        let mut resolved = resolved.map_err(|f| failed("resolve failed", f))?;
+        if is_image {
+            let current = resolved.digest.clone().unwrap_or_default();
+            match &wanted.digest {
+                // A trigger's digest must still be what the tag points at: an old delivery never rolls back.
+                Some(pinned) if *pinned != current && automatic => {
+                    return Err(Outcome::new(
+                        State::Ignored,
+                        format!(
+                            "the trigger named {pinned}, but tag {} now points at {current}: a replayed or out-of-order trigger; nothing deployed",
+                            resolved.name
+                        ),
+                    ))
+                }
+                // A person may deploy any digest of the repository.
+                Some(pinned) => resolved.digest = Some(pinned.clone()),
+                None => {}
+            }
+            let hex = resolved.digest.as_deref().map(|d| d.trim_start_matches("sha256:").to_string());
+            if automatic && hex.is_some() && hex == previous.sha {
+                return Err(Outcome::new(
+                    State::Ignored,
+                    format!(
+                        "{} is already live as {}; nothing downloaded",
+                        resolved.location,
+                        previous.release_id.as_deref().unwrap_or("")
+                    ),
+                ));
+            }
+        }
+        self.log.line(&format!("    {}", resolved.location));
+        let dir = self.downloads_dir(job);
+        self.log.stage("download and verify");
+        let (fetched, report2) = crate::upstream::guarded(
+            &self.app.upstream(),
+            self.app.max_fetches_per_minute,
+            self.app.fetch_attempts,
+            &note,
+            || artifact::download(&self.app, &resolved, &wanted, &dir),
+        )
+        .await;
+        let fetched = fetched.map_err(|f| {
+            let _ = std::fs::remove_dir_all(&dir);
+            failed("download failed", f)
+        })?;
+        for n in &fetched.notes {
+            self.log.line(&format!("    {n}"));
+        }
+        self.timed("fetch", started);
+        let hex = fetched.digest.trim_start_matches("sha256:").to_string();
+        // What the audit calls the sha: the digest, unless a templated location is named by a version.
+        let sha = if !is_image && self.app.source.is_templated() {
+            wanted.version.clone().map(|v| v.to_ascii_lowercase()).unwrap_or(hex)
+        } else {
+            hex
+        };
+        if automatic && Some(&sha) == previous.sha.as_ref() && Some(&fetched.digest) == previous.digest.as_ref() {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(Outcome::new(
+                State::Ignored,
+                format!(
+                    "{} ({}) is already live as {}; nothing changed",
+                    resolved.location,
+                    fetched.digest,
+                    previous.release_id.as_deref().unwrap_or("")
+                ),
+            ));
+        }
+        let attempts = report.attempts + report2.attempts;
+        let fetch_note = report.rate_limited.or(report2.rate_limited).map(|open| {
+            format!(
+                "the upstream rate-limited haul (circuit open {}s); haul waited {:.0}s and tried {attempts} time(s)",
+                open.as_secs(),
+                (report.waited + report2.waited).as_secs_f64(),
+            )
+        });
+        let git_ref = match &job.git_ref {
+            Some(r) => r.clone(),
+            None if is_image => format!("refs/tags/{}", resolved.name),
+            None => String::new(),
+        };
+        self.log.line(&format!("    deploying {} ({})", fetched.digest, resolved.location));
+        let release_id = release::new_release_id(&self.app.path, model::now_ms(), &sha);
+        Ok(Target {
+            git_ref,
+            sha,
+            release_id,
+            fetch_note,
+            artifact: Some(fetched),
+        })
+    }
+
+    /// Puts a verified artifact into `dir`: its tarballs unpacked safely, or (a container image) a note of
+    /// the pinned image for the activate steps.
+    async fn materialise(&self, target: &Target, dir: &Path) -> Result<(), Failure> {
+        let Some(art) = &target.artifact else {
+            return Err(Failure::permanent("no artifact to unpack"));
+        };
+        std::fs::create_dir_all(dir).map_err(|e| Failure::permanent(format!("cannot create {}: {e}", dir.display())))?;
+        if let Source::Image(img) = &self.app.source {
+            if img.kind == crate::config::ImageKind::Container {
+                let pinned = crate::artifact::pinned_image(img, &target.sha);
+                return std::fs::write(dir.join(".haul-image"), format!("{pinned}\n"))
+                    .map_err(|e| Failure::permanent(format!("cannot write {}: {e}", dir.display())));
+            }
+        }
+        let limits = crate::unpack::Limits {
+            max_bytes: self.app.max_artifact_bytes,
+            ..crate::unpack::Limits::default()
+        };
+        for f in &art.files {
+            let (f, dir2, limits2) = (f.clone(), dir.to_path_buf(), limits.clone());
+            let unpacked = tokio::task::spawn_blocking(move || {
+                let file = std::fs::File::open(&f).map_err(|e| crate::unpack::UnpackError::Io(format!("{}: {e}", f.display())))?;
+                crate::unpack::unpack(std::io::BufReader::new(file), &dir2, &limits2)
+            })
+            .await
+            .map_err(|e| Failure::permanent(format!("unpacking did not finish: {e}")))?
+            .map_err(|e| Failure::permanent(format!("the artifact {} was refused while unpacking: {e}", art.digest)))?;
+            self.log.line(&format!(
+                "    unpacked {} file(s), {} dir(s), {} link(s), {} bytes",
+                unpacked.files, unpacked.dirs, unpacked.links, unpacked.bytes
+            ));
+        }
+        Ok(())
     }
 
     /// A webhook or a poll never takes the app back in time: a sha that is an ancestor of the live one, and is
@@ -329,6 +510,7 @@ impl Pipeline {
             sha,
             release_id,
             fetch_note,
+            ..
         } = target;
         let short = &sha[..sha.len().min(7)];
         let dir = release::release_dir(&self.app.path, release_id);
@@ -338,6 +520,7 @@ impl Pipeline {
             sha: Some(sha.clone()),
             release_id: Some(release_id.clone()),
             previous_sha: previous.sha.clone(),
+            digest: target.artifact.as_ref().map(|a| a.digest.clone()),
         };
         let live = previous.release_id.as_deref().unwrap_or("nothing");
 
@@ -352,8 +535,15 @@ impl Pipeline {
             );
             return outcome;
         }
-        let mut checked_out = git.checkout(sha, &dir).await;
-        if let Err(f) = &checked_out {
+        let artifact = target.artifact.as_ref();
+        let mut checked_out = if artifact.is_some() {
+            let r = self.materialise(target, &dir).await;
+            let _ = std::fs::remove_dir_all(self.downloads_dir(job));
+            r
+        } else {
+            git.checkout(sha, &dir).await
+        };
+        if let (Err(f), None) = (&checked_out, artifact) {
             // Objects the mirror should have are gone (a bad disk): repair it, fetch again, try once more.
             if crate::git::is_local_damage(&f.message) && git.repair_if_broken().await {
                 let _ = release::remove(&self.app.path, release_id);
@@ -373,7 +563,8 @@ impl Pipeline {
 
         self.timed("checkout", t);
         let t = Instant::now();
-        let env = self.step_env(job, git_ref, sha, &dir, previous);
+        let digest = artifact.as_ref().map(|a| a.digest.as_str());
+        let env = self.step_env(job, git_ref, sha, &dir, previous, digest);
         if let Err(e) = self.run_steps("build", &self.app.build, &dir, &env).await {
             outcome.reason = format!("{e}; current still points at {live}");
             return outcome;
@@ -540,6 +731,7 @@ impl Pipeline {
             sha: Some(target.sha.clone()),
             release_id: Some(target.release_id.clone()),
             previous_sha: previous.sha.clone(),
+            digest: None,
         };
         if Some(target.release_id.as_str()) == live {
             o.state = State::Succeeded;
@@ -560,7 +752,7 @@ impl Pipeline {
             return o;
         }
         let git_ref = job.git_ref.clone().unwrap_or_default();
-        let mut env = self.step_env(job, &git_ref, &target.sha, &dir, previous);
+        let mut env = self.step_env(job, &git_ref, &target.sha, &dir, previous, None);
         env.push(("HAUL_ROLLBACK".into(), "1".into()));
         let activated = match self.run_steps("activate", &self.app.activate, &dir, &env).await {
             Ok(()) => self.health(&dir, &env).await,
@@ -607,7 +799,7 @@ impl Pipeline {
         let prev_dir = release::release_dir(&self.app.path, prev_id);
         let prev_sha = previous.sha.clone().unwrap_or_default();
         let prev_ref = job.git_ref.clone().unwrap_or_default();
-        let mut env = self.step_env(job, &prev_ref, &prev_sha, &prev_dir, previous);
+        let mut env = self.step_env(job, &prev_ref, &prev_sha, &prev_dir, previous, previous.digest.as_deref());
         env.push(("HAUL_ROLLBACK".into(), "1".into()));
         let reactivated = self
             .run_steps("re-activate", &self.app.activate, &prev_dir, &env)

@@ -92,6 +92,7 @@ async fn poll_once(queue: &Queue, app: &AppConfig, git: &Git) -> Result<(), Fail
                         sha: Some(sha),
                         actor: "poll".into(),
                         target: None,
+                        digest: None,
                     };
                     if let Err(e) = queue.submit(req).await {
                         tracing::error!("poll: cannot record the deploy request: {e}");

@@ -250,8 +250,9 @@ pub async fn recover(env: &Env, app: &str) -> Result<(), String> {
             live.as_deref().unwrap_or("none")
         );
     }
-    // Stray temporaries (index files, temp symlinks) a crash left behind.
+    // Stray temporaries (index files, temp symlinks, downloads) a crash left behind.
     release::clean_temporaries(&cfg.path);
+    let _ = std::fs::remove_dir_all(crate::pipeline::downloads_dir(&env.mirrors_dir, app));
     if cfg.on_restart == crate::config::OnRestart::Hold {
         let (a, started) = (app.to_string(), env.started_ms);
         let held = env
@@ -294,7 +295,10 @@ async fn execute(env: &Env, row: &DeployRow) -> Outcome {
     };
     // A redelivered or repeated trigger for what is already live: nothing to fetch, nothing to run, no log.
     let previous = previous_release(env, &app).await;
-    if matches!(row.trigger, Trigger::Webhook | Trigger::Poll) && row.sha.is_some() && row.sha == previous.sha
+    if matches!(row.trigger, Trigger::Webhook | Trigger::Poll)
+        && row.sha.is_some()
+        && row.sha == previous.sha
+        && (row.digest.is_none() || row.digest == previous.digest)
     {
         let reason = format!(
             "{} is already live as {}; nothing fetched",
@@ -312,6 +316,7 @@ async fn execute(env: &Env, row: &DeployRow) -> Outcome {
     let secrets = std::iter::once(&app.repo)
         .chain(&app.mirrors)
         .flat_map(|u| crate::git::url_secrets(u))
+        .chain(crate::artifact::secrets(&app))
         .collect();
     let log = match DeployLog::create(&env.logs_dir, &row.id) {
         Ok(l) => Arc::new(l.with_redactions(secrets)),
@@ -342,6 +347,7 @@ async fn execute(env: &Env, row: &DeployRow) -> Outcome {
             row.sha.clone()
         },
         actor: row.actor.clone(),
+        digest: row.digest.clone(),
     };
     let pipeline = Pipeline {
         app: app.clone(),
@@ -374,9 +380,10 @@ async fn execute(env: &Env, row: &DeployRow) -> Outcome {
                     target.release_id.clone(),
                     previous.sha.clone(),
                 );
+                let digest = target.artifact.as_ref().map(|a| a.digest.clone());
                 match env
                     .store
-                    .call(move |c| store::set_release(c, &id, &sha, &rid, prev.as_deref()))
+                    .call(move |c| store::set_release(c, &id, &sha, &rid, prev.as_deref(), digest.as_deref()))
                     .await
                 {
                     Ok(()) => pipeline.release(&job, &target, &previous).await,
@@ -432,14 +439,14 @@ async fn previous_release(env: &Env, app: &AppConfig) -> Previous {
         return Previous::default();
     };
     let (a, r) = (app.name.clone(), release_id.clone());
-    let sha = env
+    let (sha, digest) = env
         .store
         .call(move |c| store::release_sha(c, &a, &r))
         .await
-        .ok()
-        .flatten();
+        .unwrap_or_default();
     Previous {
         release_id: Some(release_id),
         sha,
+        digest,
     }
 }

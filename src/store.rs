@@ -44,6 +44,8 @@ pub struct DeployRow {
     pub superseded_by: Option<DeployId>,
     /// For a rollback: what was asked for.
     pub target: Option<String>,
+    /// For an artifact: the digest pinned by the trigger, then the one downloaded and verified.
+    pub digest: Option<String>,
     pub requested_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
@@ -97,6 +99,8 @@ const SCHEMA: &[&str] = &[
      CREATE INDEX deploys_app_release ON deploys(app, release_id);",
     // v4: (app, state, seq) serves every state lookup; the partial state index was only extra writes.
     "DROP INDEX IF EXISTS deploys_state;",
+    // v5: artifacts (images, objects) record the content digest pinned and verified.
+    "ALTER TABLE deploys ADD COLUMN digest TEXT;",
 ];
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
@@ -267,7 +271,7 @@ pub fn open_read(path: &Path) -> Result<Connection, StoreError> {
 
 const COLUMNS: &str =
     "id, app, trigger, provider, delivery_id, git_ref, sha, actor, state, reason, release_id, \
-                       previous_sha, superseded_by, requested_at, started_at, finished_at, target";
+                       previous_sha, superseded_by, requested_at, started_at, finished_at, target, digest";
 
 fn row_to_deploy(r: &Row<'_>) -> rusqlite::Result<DeployRow> {
     let bad = |i: usize, what: &str, v: String| {
@@ -299,6 +303,7 @@ fn row_to_deploy(r: &Row<'_>) -> rusqlite::Result<DeployRow> {
         started_at: r.get(14)?,
         finished_at: r.get(15)?,
         target: r.get(16)?,
+        digest: r.get(17)?,
     })
 }
 
@@ -323,8 +328,8 @@ fn insert(
 ) -> Result<DeployId, StoreError> {
     let id = DeployId::new(now);
     conn.prepare_cached(
-        "INSERT INTO deploys (id, app, trigger, provider, delivery_id, git_ref, sha, actor, state, reason, requested_at, finished_at, target)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        "INSERT INTO deploys (id, app, trigger, provider, delivery_id, git_ref, sha, actor, state, reason, requested_at, finished_at, target, digest)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )?
         .execute(params![
             id.as_str(),
@@ -340,6 +345,7 @@ fn insert(
             now,
             state.is_final().then_some(now),
             req.target,
+            req.digest,
         ],
     )?;
     if let Some(d) = &req.delivery_id {
@@ -408,9 +414,10 @@ pub fn claim_next(conn: &Connection, app: &str, now: i64) -> Result<Option<Deplo
 pub fn finish(conn: &Connection, id: &DeployId, o: &Outcome, now: i64) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE deploys SET state = ?2, reason = ?3, finished_at = ?4,
-                sha = COALESCE(?5, sha), release_id = COALESCE(?6, release_id), previous_sha = COALESCE(?7, previous_sha)
+                sha = COALESCE(?5, sha), release_id = COALESCE(?6, release_id), previous_sha = COALESCE(?7, previous_sha),
+                digest = COALESCE(?8, digest)
          WHERE id = ?1",
-        params![id.as_str(), o.state.as_str(), o.reason, now, o.sha, o.release_id, o.previous_sha],
+        params![id.as_str(), o.state.as_str(), o.reason, now, o.sha, o.release_id, o.previous_sha, o.digest],
     )?;
     Ok(())
 }
@@ -433,10 +440,11 @@ pub fn set_release(
     sha: &str,
     release_id: &str,
     previous_sha: Option<&str>,
+    digest: Option<&str>,
 ) -> Result<(), StoreError> {
     conn.execute(
-        "UPDATE deploys SET sha = ?2, release_id = ?3, previous_sha = ?4 WHERE id = ?1",
-        params![id.as_str(), sha, release_id, previous_sha],
+        "UPDATE deploys SET sha = ?2, release_id = ?3, previous_sha = ?4, digest = COALESCE(?5, digest) WHERE id = ?1",
+        params![id.as_str(), sha, release_id, previous_sha, digest],
     )?;
     Ok(())
 }
@@ -524,16 +532,20 @@ pub fn live_deploy(conn: &Connection, app: &str, release_id: &str) -> Result<Opt
         .optional()?)
 }
 
-/// The sha a release directory was built from.
-pub fn release_sha(conn: &Connection, app: &str, release_id: &str) -> Result<Option<String>, StoreError> {
+/// The sha a release directory was built from, and (an artifact) the digest of what it was unpacked from.
+pub fn release_sha(
+    conn: &Connection,
+    app: &str,
+    release_id: &str,
+) -> Result<(Option<String>, Option<String>), StoreError> {
     Ok(conn
         .query_row(
-            "SELECT sha FROM deploys WHERE app = ?1 AND release_id = ?2 ORDER BY seq DESC LIMIT 1",
+            "SELECT sha, digest FROM deploys WHERE app = ?1 AND release_id = ?2 ORDER BY seq DESC LIMIT 1",
             params![app, release_id],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?
-        .flatten())
+        .unwrap_or_default())
 }
 
 /// Releases that went live successfully (a deploy or a rollback that succeeded), newest built first (by audit
@@ -593,6 +605,7 @@ mod tests {
             sha: Some("a".repeat(40)),
             actor: "octocat".into(),
             target: None,
+            digest: None,
         }
     }
 

@@ -92,6 +92,114 @@ impl Upstreams {
     }
 }
 
+/// A deploy waits at most this long for a rate-limit circuit to close; beyond it, the deploy fails and says so.
+pub const MAX_CIRCUIT_WAIT: Duration = Duration::from_secs(600);
+
+/// What one guarded operation cost.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub attempts: u32,
+    /// Time spent waiting: backoff, budget, circuit.
+    pub waited: Duration,
+    /// Set if the upstream rate-limited us: how long it asked us to stay away.
+    pub rate_limited: Option<Duration>,
+}
+
+/// Runs `op` (one fetch, one download) against `host` within its budget and circuit, retrying transient and
+/// rate-limited failures a bounded number of times (`attempts` in all) with backoff and full jitter. A
+/// permanent failure returns at once: exactly one attempt. Every source (git, registry, object store, URL)
+/// goes through here, so none of them can loop.
+pub async fn guarded<T, F, Fut>(
+    host: &str,
+    per_minute: u32,
+    attempts: u32,
+    note: &(dyn Fn(&str) + Sync),
+    mut op: F,
+) -> (Result<T, crate::failure::Failure>, Report)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::failure::Failure>>,
+{
+    use crate::failure::{self, Failure, Kind};
+    let attempts = attempts.max(1);
+    let upstreams = global();
+    let mut report = Report::default();
+    loop {
+        // The circuit: an upstream that rate-limited us is left alone until it said we may come back.
+        if let Some(open) = upstreams.open_for(host) {
+            if open > MAX_CIRCUIT_WAIT {
+                let f = Failure {
+                    kind: Kind::RateLimited,
+                    message: format!(
+                        "{host} rate-limited us; its circuit stays open for {}s more, so haul is not fetching (it will deploy on the next trigger after that)",
+                        open.as_secs()
+                    ),
+                    retry_after: Some(open),
+                };
+                return (Err(f), report);
+            }
+            note(&format!(
+                "  ! {host} is rate-limiting us (circuit open): waiting {:.1}s before fetching",
+                open.as_secs_f64()
+            ));
+            tracing::warn!(upstream = %host, "circuit open: waiting {:.1}s", open.as_secs_f64());
+            report.waited += open;
+            tokio::time::sleep(open).await;
+        }
+        // The budget: a storm of triggers waits here (and coalesces in the queue) instead of hammering.
+        while let Err(wait) = upstreams.take(host, per_minute) {
+            note(&format!(
+                "  ! fetch budget for {host} spent (max_fetches_per_minute = {per_minute}): waiting {:.1}s",
+                wait.as_secs_f64()
+            ));
+            report.waited += wait;
+            tokio::time::sleep(wait).await;
+        }
+        report.attempts += 1;
+        let attempt = report.attempts;
+        match op().await {
+            Ok(v) => return (Ok(v), report),
+            Err(f) if f.kind == Kind::RateLimited => {
+                let open = f.retry_after.unwrap_or(DEFAULT_OPEN);
+                upstreams.open(host, open);
+                report.rate_limited = Some(open);
+                note(&format!(
+                    "  ! fetch attempt {attempt}/{attempts} was rate-limited by {host} (Retry-After {}s): circuit open",
+                    open.as_secs()
+                ));
+                tracing::warn!(upstream = %host, "rate-limited; circuit open for {}s", open.as_secs());
+                if attempt >= attempts {
+                    let f = Failure {
+                        message: format!(
+                            "{} (after {attempt} attempts; circuit open for {}s)",
+                            f.message,
+                            open.as_secs()
+                        ),
+                        ..f
+                    };
+                    return (Err(f), report);
+                }
+            }
+            Err(f) if f.kind == Kind::Transient && attempt < attempts => {
+                let wait = failure::backoff(attempt - 1, Duration::from_secs(1), Duration::from_secs(30));
+                note(&format!(
+                    "  ! fetch attempt {attempt}/{attempts} failed (transient): {f}; retrying in {:.1}s",
+                    wait.as_secs_f64()
+                ));
+                tracing::warn!(upstream = %host, attempt, "failed (transient), retrying: {f}");
+                report.waited += wait;
+                tokio::time::sleep(wait).await;
+            }
+            Err(mut f) => {
+                if attempt > 1 {
+                    f.message = format!("{} (after {attempt} attempts)", f.message);
+                }
+                return (Err(f), report);
+            }
+        }
+    }
+}
+
 /// `Retry-After` (seconds or an HTTP date) or GitHub's `x-ratelimit-reset` (epoch seconds), from lines of a git
 /// HTTP trace.
 pub fn retry_after(lines: &[String]) -> Option<Duration> {
