@@ -275,16 +275,19 @@ pub enum Provider {
     Forgejo,
     Bitbucket,
     Standard,
+    /// A registry's own notifications (Docker Distribution), for image apps.
+    Distribution,
 }
 
 impl Provider {
-    pub const ALL: [Provider; 6] = [
+    pub const ALL: [Provider; 7] = [
         Provider::Github,
         Provider::Gitlab,
         Provider::Gitea,
         Provider::Forgejo,
         Provider::Bitbucket,
         Provider::Standard,
+        Provider::Distribution,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -294,6 +297,7 @@ impl Provider {
             Provider::Forgejo => "forgejo",
             Provider::Bitbucket => "bitbucket",
             Provider::Standard => "standard",
+            Provider::Distribution => "distribution",
         }
     }
     pub fn parse(s: &str) -> Option<Provider> {
@@ -968,6 +972,9 @@ impl Config {
                             known.join(", ")
                         )));
                     };
+                    if provider == Provider::Distribution && !matches!(source, Source::Image(_)) {
+                        return Err(ctx("webhook.provider \"distribution\" (a registry's notifications) is for image apps"));
+                    }
                     let mut secret_files: Vec<PathBuf> = w.secret_file.into_iter().collect();
                     secret_files.extend(w.previous_secret_file);
                     secret_files.extend(w.secret_files);

@@ -490,7 +490,7 @@ fn forge(p: Provider) -> Option<&'static Forge> {
         Provider::Gitlab => Some(&GITLAB),
         Provider::Gitea | Provider::Forgejo => Some(&GITEA),
         Provider::Bitbucket => Some(&BITBUCKET),
-        Provider::Standard => None,
+        Provider::Standard | Provider::Distribution => None,
     }
 }
 

@@ -13,7 +13,7 @@ use sha2::Sha256;
 use base64::Engine;
 use subtle::ConstantTimeEq;
 
-use crate::config::{AppConfig, Provider, Track};
+use crate::config::{AppConfig, Provider, Source, Track};
 use crate::model::{self, DeployRequest, Trigger};
 
 /// What a verified webhook asks for.
@@ -74,6 +74,7 @@ pub fn evaluate(
         Provider::Forgejo => gitea(app, secrets, headers, body, "forgejo"),
         Provider::Bitbucket => bitbucket(app, secrets, headers, body),
         Provider::Standard => standard(app, secrets, headers, body, now_secs),
+        Provider::Distribution => distribution(app, secrets, headers, body),
     }
 }
 
@@ -268,6 +269,9 @@ fn github(
     match event {
         "ping" => return Ok(Accepted::Ping),
         "push" => {}
+        "package" | "registry_package" if matches!(app.source, Source::Image(_)) => {
+            return github_package(app, delivery_id, body)
+        }
         other => return Ok(Accepted::OtherEvent(model::clean_actor(other))),
     }
     let push: GithubPush = parse(body)?;
@@ -282,6 +286,198 @@ fn github(
         deleted: push.deleted,
     };
     decide(app, "github", delivery_id, vec![change], &actor)
+}
+
+/// GitHub's `package` / `registry_package` event: a container version published to GHCR.
+#[derive(Deserialize)]
+struct GithubPackageEvent {
+    action: Option<String>,
+    package: Option<GithubPackage>,
+    registry_package: Option<GithubPackage>,
+    sender: Option<Login>,
+}
+
+#[derive(Deserialize)]
+struct GithubPackage {
+    name: Option<String>,
+    package_version: Option<GithubPackageVersion>,
+}
+
+#[derive(Deserialize)]
+struct GithubPackageVersion {
+    version: Option<String>,
+    name: Option<String>,
+    container_metadata: Option<GithubContainer>,
+}
+
+#[derive(Deserialize)]
+struct GithubContainer {
+    tag: Option<GithubTag>,
+}
+
+#[derive(Deserialize)]
+struct GithubTag {
+    name: Option<String>,
+    digest: Option<String>,
+}
+
+fn github_package(app: &AppConfig, delivery_id: Option<String>, body: &[u8]) -> Result<Accepted, Rejected> {
+    let ev: GithubPackageEvent = parse(body)?;
+    if !matches!(ev.action.as_deref(), Some("published" | "updated")) {
+        return Ok(Accepted::OtherEvent(format!(
+            "package {}",
+            model::clean_actor(ev.action.as_deref().unwrap_or("event"))
+        )));
+    }
+    let Some(pkg) = ev.package.or(ev.registry_package) else {
+        return Err(Rejected::Malformed("package event has no \"package\"".into()));
+    };
+    let Source::Image(img) = &app.source else {
+        return Ok(Accepted::OtherEvent("package".into()));
+    };
+    // Another package of the same owner: not this app's business.
+    let ours = img.repository.rsplit('/').next().unwrap_or("");
+    if !pkg.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(ours)) {
+        return Ok(Accepted::OtherEvent(format!(
+            "package {}",
+            model::clean_actor(pkg.name.as_deref().unwrap_or("?"))
+        )));
+    }
+    let version = pkg.package_version;
+    let tag = version
+        .as_ref()
+        .and_then(|v| v.container_metadata.as_ref())
+        .and_then(|c| c.tag.as_ref());
+    let digest = version
+        .as_ref()
+        .and_then(|v| v.version.clone().or_else(|| v.name.clone()))
+        .filter(|d| model::is_sha256_digest(d))
+        .or_else(|| tag.and_then(|t| t.digest.clone()).filter(|d| model::is_sha256_digest(d)));
+    let tag = tag.and_then(|t| t.name.clone()).filter(|t| !t.is_empty());
+    let actor = ev.sender.and_then(|s| s.login).unwrap_or_default();
+    decide_image(app, "github", delivery_id, tag, digest, &actor)
+}
+
+/// The registry's own notification (Docker Distribution's webhook): a JSON envelope of events, authenticated
+/// by the `Authorization` header the registry was configured to send.
+#[derive(Deserialize)]
+struct DistributionEnvelope {
+    events: Vec<DistributionEvent>,
+}
+
+#[derive(Deserialize)]
+struct DistributionEvent {
+    id: Option<String>,
+    action: Option<String>,
+    target: Option<DistributionTarget>,
+    actor: Option<Named>,
+}
+
+#[derive(Deserialize)]
+struct DistributionTarget {
+    #[serde(rename = "mediaType")]
+    media_type: Option<String>,
+    digest: Option<String>,
+    repository: Option<String>,
+    tag: Option<String>,
+}
+
+fn distribution(
+    app: &AppConfig,
+    secrets: &[Vec<u8>],
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Accepted, Rejected> {
+    let auth = header(headers, "authorization").ok_or(Rejected::MissingSignature("Authorization"))?;
+    let token = auth.strip_prefix("Bearer ").ok_or(Rejected::BadSignature)?.trim();
+    let mut ok = false;
+    for s in secrets {
+        ok |= bool::from(token.as_bytes().ct_eq(s));
+    }
+    if !ok {
+        return Err(Rejected::BadSignature);
+    }
+    let env: DistributionEnvelope = parse(body)?;
+    let Source::Image(img) = &app.source else {
+        return Ok(Accepted::OtherEvent("registry event".into()));
+    };
+    // The newest push of a tagged manifest to this repository; pulls, blob events and other repositories are
+    // not this app's business.
+    let push = env.events.iter().rev().find(|e| {
+        e.action.as_deref() == Some("push")
+            && e.target.as_ref().is_some_and(|t| {
+                t.repository.as_deref() == Some(img.repository.as_str())
+                    && t.tag.as_deref().is_some_and(|t| !t.is_empty())
+                    && t.media_type.as_deref().is_some_and(|m| m.contains("manifest") || m.contains("index"))
+            })
+    });
+    let Some(ev) = push else {
+        return Ok(Accepted::OtherEvent("registry event".into()));
+    };
+    let id = ev
+        .id
+        .clone()
+        .ok_or_else(|| Rejected::Malformed("registry event has no id".into()))?;
+    if !model::is_valid_delivery_id(&id) {
+        return Err(Rejected::Malformed("registry event id is not a valid delivery id".into()));
+    }
+    let target = ev.target.as_ref();
+    let actor = ev.actor.as_ref().and_then(|a| a.name.clone()).unwrap_or_else(|| "registry".into());
+    decide_image(
+        app,
+        "distribution",
+        Some(id),
+        target.and_then(|t| t.tag.clone()),
+        target.and_then(|t| t.digest.clone()),
+        &actor,
+    )
+}
+
+/// `decide` for an image app: the tag must be a valid tag this app deploys, the digest a sha256 digest.
+fn decide_image(
+    app: &AppConfig,
+    provider: &str,
+    delivery_id: Option<String>,
+    tag: Option<String>,
+    digest: Option<String>,
+    actor: &str,
+) -> Result<Accepted, Rejected> {
+    if let Some(d) = &digest {
+        if !model::is_sha256_digest(d) {
+            return Err(Rejected::Malformed("digest is not sha256:<64 hex digits>".into()));
+        }
+    }
+    let fixed = match &app.track {
+        Track::Tags(g) if !g.contains(['*', '?']) => Some(g.clone()),
+        _ => None,
+    };
+    let tag = match tag.or(fixed) {
+        Some(t) if model::is_valid_ref(&format!("refs/tags/{t}")) && !t.contains('/') => t,
+        Some(_) => return Err(Rejected::Malformed("tag is not a valid image tag".into())),
+        None => {
+            return Err(Rejected::Malformed(
+                "this app deploys tags matching a glob: the trigger must name the tag".into(),
+            ))
+        }
+    };
+    let git_ref = format!("refs/tags/{tag}");
+    let request = DeployRequest {
+        app: app.name.clone(),
+        trigger: Trigger::Webhook,
+        provider: Some(provider.to_string()),
+        delivery_id,
+        git_ref: Some(git_ref.clone()),
+        sha: digest.as_deref().map(|d| d.trim_start_matches("sha256:").to_string()),
+        actor: model::clean_actor(actor),
+        target: None,
+        digest,
+    };
+    if app.track.wants(&git_ref) {
+        Ok(Accepted::Deploy(request))
+    } else {
+        let reason = format!("tag {tag}: this app deploys {}", app.track.describe());
+        Ok(Accepted::Ignore(request, reason))
+    }
 }
 
 #[derive(Deserialize)]
@@ -518,6 +714,11 @@ struct StandardPayload {
     git_ref: Option<String>,
     sha: Option<String>,
     actor: Option<String>,
+    /// An artifact: the image tag.
+    tag: Option<String>,
+    /// An artifact: the digest it must have (`sha256:<hex>`); `sha256` (bare hex) says the same.
+    digest: Option<String>,
+    sha256: Option<String>,
 }
 
 fn standard(
@@ -534,6 +735,26 @@ fn standard(
         Some("ping") => return Ok(Accepted::Ping),
         Some(other) => return Ok(Accepted::OtherEvent(model::clean_actor(other))),
     }
+    let digest = match (p.digest, p.sha256) {
+        (Some(d), _) => Some(d),
+        (None, Some(h)) => Some(format!("sha256:{h}")),
+        (None, None) => None,
+    };
+    let actor = p.actor.as_deref().unwrap_or("standard webhook");
+    if matches!(app.source, Source::Image(_)) {
+        let tag = p.tag.or_else(|| {
+            p.git_ref
+                .as_deref()
+                .and_then(|r| r.strip_prefix("refs/tags/"))
+                .map(String::from)
+        });
+        return decide_image(app, "standard", Some(id), tag, digest, actor);
+    }
+    if let Some(d) = &digest {
+        if !model::is_sha256_digest(d) {
+            return Err(Rejected::Malformed("digest is not sha256:<64 hex digits>".into()));
+        }
+    }
     let git_ref = match (p.git_ref, &app.track) {
         (Some(r), _) => r,
         (None, Track::Branch(b)) => format!("refs/heads/{b}"),
@@ -548,13 +769,15 @@ fn standard(
         sha: p.sha,
         deleted: false,
     };
-    decide(
-        app,
-        "standard",
-        Some(id),
-        vec![change],
-        p.actor.as_deref().unwrap_or("standard webhook"),
-    )
+    let decided = decide(app, "standard", Some(id), vec![change], actor)?;
+    // An object or URL app: the digest the upload must have travels with the request.
+    Ok(match decided {
+        Accepted::Deploy(mut r) if app.source.is_artifact() => {
+            r.digest = digest;
+            Accepted::Deploy(r)
+        }
+        other => other,
+    })
 }
 
 /// The part every forge shares once its payload is parsed: validate refs and shas, then filter. With several

@@ -1,5 +1,5 @@
 //! Polling: for apps with `poll = "5m"`, a timer that asks the remote with one `git ls-remote` (never a fetch)
-//! whether the branch (or the newest matching tag) moved, and if so enqueues a deploy with trigger `poll`,
+//! whether the branch (or the newest matching tag) moved (for an artifact: one `HEAD`), and if so enqueues a deploy with trigger `poll`,
 //! through the same queue and coalescing as a webhook. It catches the webhook that was lost, or arrives late.
 //!
 //! It never loops: a sha that was already tried (even if it failed) is not asked for again, the interval has
@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use crate::config::AppConfig;
+use crate::config::{AppConfig, Source};
 use crate::failure::{Failure, Kind};
 use crate::git::Git;
 use crate::model::{DeployRequest, Trigger};
@@ -38,6 +38,7 @@ async fn poller(queue: Arc<Queue>, app: Arc<AppConfig>, mut shutdown: watch::Rec
         return;
     };
     let git = Git::new(app.clone(), &queue.env().mirrors_dir, None);
+    let mut last_etag: Option<String> = None;
     let mut failures: u32 = 0;
     loop {
         // After failures, wait longer (up to 16 intervals, at most an hour more): never hammer a forge.
@@ -49,7 +50,11 @@ async fn poller(queue: Arc<Queue>, app: Arc<AppConfig>, mut shutdown: watch::Rec
             _ = shutdown.changed() => return,
         }
         let span = tracing::info_span!("poll", app = %app.name);
-        match poll_once(&queue, &app, &git).instrument(span).await {
+        let polled = match &app.source {
+            Source::Git => poll_once(&queue, &app, &git).instrument(span).await,
+            _ => poll_artifact(&queue, &app, &mut last_etag).instrument(span).await,
+        };
+        match polled {
             Ok(()) => failures = 0,
             Err(f) => {
                 failures += 1;
@@ -64,6 +69,68 @@ async fn poller(queue: Arc<Queue>, app: Arc<AppConfig>, mut shutdown: watch::Rec
             }
         }
     }
+}
+
+/// One cheap look at an artifact: an image tag's digest by `HEAD` (registries rate-limit pulls, not HEADs),
+/// an object's or URL's ETag. Only a change enqueues a deploy; the download happens in the deploy.
+async fn poll_artifact(queue: &Queue, app: &AppConfig, last_etag: &mut Option<String>) -> Result<(), Failure> {
+    let (git_ref, sha, digest) = match &app.source {
+        Source::Image(_) => {
+            let r = crate::artifact::resolve(app, &crate::artifact::Wanted::default()).await?;
+            let digest = r.digest.unwrap_or_default();
+            let hex = digest.trim_start_matches("sha256:").to_string();
+            (Some(format!("refs/tags/{}", r.name)), Some(hex), Some(digest))
+        }
+        Source::Object(o) => {
+            let etag = crate::artifact::object_etag(app, o).await?;
+            if last_etag.as_deref() == Some(etag.as_str()) {
+                tracing::debug!("poll: {} is unchanged", app.repo);
+                return Ok(());
+            }
+            *last_etag = Some(etag);
+            (None, None, None)
+        }
+        Source::Url(u) => {
+            let etag = crate::artifact::url_etag(app, u).await?;
+            if last_etag.as_deref() == Some(etag.as_str()) {
+                tracing::debug!("poll: {} is unchanged", app.repo);
+                return Ok(());
+            }
+            *last_etag = Some(etag);
+            (None, None, None)
+        }
+        Source::Git => return Ok(()),
+    };
+    if let Some(hex) = &sha {
+        let (name, probe) = (app.name.clone(), hex.clone());
+        match queue.env().store.call(move |c| store::sha_attempted(c, &name, &probe)).await {
+            Ok(true) => {
+                tracing::debug!("poll: {} is still at {hex}; nothing to do", app.repo);
+                return Ok(());
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!("poll: cannot read the audit log: {e}");
+                return Ok(());
+            }
+        }
+    }
+    tracing::info!("poll: {} changed; queueing a deploy", app.repo);
+    let req = DeployRequest {
+        app: app.name.clone(),
+        trigger: Trigger::Poll,
+        provider: None,
+        delivery_id: None,
+        git_ref,
+        sha,
+        actor: "poll".into(),
+        target: None,
+        digest,
+    };
+    if let Err(e) = queue.submit(req).await {
+        tracing::error!("poll: cannot record the deploy request: {e}");
+    }
+    Ok(())
 }
 
 /// One look at the remote; enqueues a deploy if it moved.
