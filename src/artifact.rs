@@ -112,11 +112,8 @@ pub async fn resolve(app: &AppConfig, wanted: &Wanted) -> Result<Resolved, Failu
     match &app.source {
         Source::Image(img) => {
             let tag = image_tag(app, img, wanted).await?;
-            let reference = oci_client::Reference::with_tag(
-                img.registry.clone(),
-                img.repository.clone(),
-                tag.clone(),
-            );
+            let reference =
+                oci_client::Reference::with_tag(img.registry.clone(), img.repository.clone(), tag.clone());
             let (client, auth) = oci(app, img)?;
             let digest = client
                 .fetch_manifest_digest(&reference, &auth)
@@ -237,7 +234,9 @@ pub async fn download(
                 resolved.location, fetched.digest
             )));
         }
-        fetched.notes.push(format!("digest {pinned} matches the trigger's"));
+        fetched
+            .notes
+            .push(format!("digest {pinned} matches the trigger's"));
     }
     Ok(fetched)
 }
@@ -250,7 +249,10 @@ const MANIFEST_TYPES: [&str; 2] = [
     oci_client::manifest::IMAGE_MANIFEST_MEDIA_TYPE,
 ];
 
-fn oci(app: &AppConfig, img: &ImageSource) -> Result<(oci_client::Client, oci_client::secrets::RegistryAuth), Failure> {
+fn oci(
+    app: &AppConfig,
+    img: &ImageSource,
+) -> Result<(oci_client::Client, oci_client::secrets::RegistryAuth), Failure> {
     use oci_client::client::{ClientConfig, ClientProtocol};
     use oci_client::secrets::RegistryAuth;
     let config = ClientConfig {
@@ -411,11 +413,7 @@ async fn download_image(
             files.push(path);
         }
     }
-    Ok(Fetched {
-        digest,
-        files,
-        notes,
-    })
+    Ok(Fetched { digest, files, notes })
 }
 
 /// The detached signature of an image: the first layer of the artifact tagged `sha256-<hex>.minisig` (or
@@ -448,7 +446,9 @@ async fn image_signature(
         .first()
         .ok_or_else(|| permanent(format!("the signature artifact {sig_tag} has no layer")))?;
     if layer.size > 64 * 1024 {
-        return Err(permanent(format!("the signature in {sig_tag} is larger than 64 KiB")));
+        return Err(permanent(format!(
+            "the signature in {sig_tag} is larger than 64 KiB"
+        )));
     }
     let mut sig = Vec::new();
     client
@@ -577,15 +577,17 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").chars().take(300).collect()
 }
 
-async fn download_object(app: &AppConfig, o: &ObjectSource, key: &str, dir: &Path) -> Result<Fetched, Failure> {
+async fn download_object(
+    app: &AppConfig,
+    o: &ObjectSource,
+    key: &str,
+    dir: &Path,
+) -> Result<Fetched, Failure> {
     use object_store::ObjectStoreExt;
     let store = s3(app, o)?;
     let what = format!("s3://{}/{key}", o.bucket);
     let path = object_store::path::Path::from(key);
-    let got = store
-        .get(&path)
-        .await
-        .map_err(|e| s3_failure(app, &what, e))?;
+    let got = store.get(&path).await.map_err(|e| s3_failure(app, &what, e))?;
     if got.meta.size > app.max_artifact_bytes {
         return Err(permanent(format!(
             "{what} is {} bytes, over max_artifact_size ({} bytes)",
@@ -602,16 +604,17 @@ async fn download_object(app: &AppConfig, o: &ObjectSource, key: &str, dir: &Pat
                 .bytes()
                 .await
                 .map_err(|e| s3_failure(app, &format!("s3://{}/{sig_key}", o.bucket), e))?,
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(permanent(format!(
-                    "{what} is not signed: there is no s3://{}/{sig_key}, and verify is configured; refusing it",
-                    o.bucket
-                )))
-            }
+            Err(object_store::Error::NotFound { .. }) => return Err(permanent(format!(
+                "{what} is not signed: there is no s3://{}/{sig_key}, and verify is configured; refusing it",
+                o.bucket
+            ))),
             Err(e) => return Err(s3_failure(app, &format!("s3://{}/{sig_key}", o.bucket), e)),
         };
         if sig.len() > 64 * 1024 {
-            return Err(permanent(format!("the signature s3://{}/{sig_key} is larger than 64 KiB", o.bucket)));
+            return Err(permanent(format!(
+                "the signature s3://{}/{sig_key} is larger than 64 KiB",
+                o.bucket
+            )));
         }
         notes.push(check_signature(v, &file, &sig, &digest).await?);
     }
@@ -729,10 +732,16 @@ pub async fn url_etag(app: &AppConfig, u: &UrlSource) -> Result<String, Failure>
     if !r.status().is_success() {
         return Err(http_status_failure(app, &u.url, &r));
     }
-    let h = |n: reqwest::header::HeaderName| r.headers().get(n).and_then(|v| v.to_str().ok()).map(String::from);
+    let h =
+        |n: reqwest::header::HeaderName| r.headers().get(n).and_then(|v| v.to_str().ok()).map(String::from);
     h(reqwest::header::ETAG)
         .or_else(|| h(reqwest::header::LAST_MODIFIED))
-        .ok_or_else(|| permanent(format!("{} sends neither ETag nor Last-Modified: poll cannot tell when it changes", u.url)))
+        .ok_or_else(|| {
+            permanent(format!(
+                "{} sends neither ETag nor Last-Modified: poll cannot tell when it changes",
+                u.url
+            ))
+        })
 }
 
 /// `HAUL_IMAGE` for a container image deployed by digest.
@@ -746,7 +755,10 @@ mod tests {
 
     #[test]
     fn version_order() {
-        let tags: Vec<String> = ["v1.9", "v1.10", "v1.2", "v0.99"].iter().map(|s| s.to_string()).collect();
+        let tags: Vec<String> = ["v1.9", "v1.10", "v1.2", "v0.99"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert_eq!(newest(tags.iter()).map(String::as_str), Some("v1.10"));
         assert!(version_cmp("v2", "v10").is_lt());
         assert!(version_cmp("v1.0.1", "v1.0").is_gt());
@@ -754,7 +766,10 @@ mod tests {
 
     #[test]
     fn templates_take_only_shas() {
-        assert_eq!(fill("a/{sha}.tgz", Some("ABCDEF1")).ok().as_deref(), Some("a/abcdef1.tgz"));
+        assert_eq!(
+            fill("a/{sha}.tgz", Some("ABCDEF1")).ok().as_deref(),
+            Some("a/abcdef1.tgz")
+        );
         assert!(fill("a/{sha}.tgz", Some("../x")).is_err());
         assert!(fill("a/{sha}.tgz", None).is_err());
         assert_eq!(fill("a/b.tgz", None).ok().as_deref(), Some("a/b.tgz"));

@@ -543,7 +543,10 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
 
 fn is_tag_glob(glob: &str) -> bool {
     let probe = glob.replace(['*', '?'], "x");
-    !glob.is_empty() && glob.len() <= 128 && model::is_valid_ref(&format!("refs/tags/{probe}")) && !glob.contains('/')
+    !glob.is_empty()
+        && glob.len() <= 128
+        && model::is_valid_ref(&format!("refs/tags/{probe}"))
+        && !glob.contains('/')
 }
 
 /// What `repo` shows for an artifact app (status, audit, page): where it comes from, without credentials.
@@ -558,11 +561,24 @@ fn source_display(source: &Source) -> Option<String> {
 
 /// The one source an app names: `repo`, `image`, `object` or `url`.
 fn parse_source(a: &RawApp, resolve: &dyn Fn(&Path) -> PathBuf) -> Result<Source, String> {
-    let named = [!a.repo.is_empty(), a.image.is_some(), a.object.is_some(), a.url.is_some()];
+    let named = [
+        !a.repo.is_empty(),
+        a.image.is_some(),
+        a.object.is_some(),
+        a.url.is_some(),
+    ];
     match named.iter().filter(|n| **n).count() {
-        0 => return Err("needs a source: `repo` (git), `image` (OCI registry), `object` (s3://...) or `url`".into()),
+        0 => {
+            return Err(
+                "needs a source: `repo` (git), `image` (OCI registry), `object` (s3://...) or `url`".into(),
+            )
+        }
         1 => {}
-        _ => return Err("names more than one source; use exactly one of `repo`, `image`, `object` or `url`".into()),
+        _ => {
+            return Err(
+                "names more than one source; use exactly one of `repo`, `image`, `object` or `url`".into(),
+            )
+        }
     }
     let image_keys = a.registry_username.is_some()
         || a.registry_password_file.is_some()
@@ -594,7 +610,10 @@ fn parse_source(a: &RawApp, resolve: &dyn Fn(&Path) -> PathBuf) -> Result<Source
     };
     if let Some(image) = &a.image {
         no_control("image", image)?;
-        if image.contains("://") || image.contains('@') || image.rsplit('/').next().is_some_and(|l| l.contains(':')) {
+        if image.contains("://")
+            || image.contains('@')
+            || image.rsplit('/').next().is_some_and(|l| l.contains(':'))
+        {
             return Err(format!(
                 "image {image:?} is `registry.example.com/acme/api` (no scheme, tag or digest: the tag goes in `tag`)"
             ));
@@ -602,23 +621,32 @@ fn parse_source(a: &RawApp, resolve: &dyn Fn(&Path) -> PathBuf) -> Result<Source
         let (registry, repository) = image
             .split_once('/')
             .filter(|(r, rest)| (r.contains('.') || r.contains(':') || *r == "localhost") && !rest.is_empty())
-            .ok_or_else(|| format!("image {image:?} must start with the registry host, like `ghcr.io/acme/api`"))?;
-        if !repository
-            .split('/')
-            .all(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)))
-        {
+            .ok_or_else(|| {
+                format!("image {image:?} must start with the registry host, like `ghcr.io/acme/api`")
+            })?;
+        if !repository.split('/').all(|c| {
+            !c.is_empty()
+                && c.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        }) {
             return Err(format!("image {image:?}: the repository part must be lowercase letters, digits, '.', '_', '-' and '/'"));
         }
         let kind = match a.image_kind.as_deref() {
             None | Some("artifact") => ImageKind::Artifact,
             Some("container") => ImageKind::Container,
-            Some(other) => return Err(format!("image_kind {other:?} must be \"artifact\" or \"container\"")),
+            Some(other) => {
+                return Err(format!(
+                    "image_kind {other:?} must be \"artifact\" or \"container\""
+                ))
+            }
         };
         if a.registry_username.is_some() != a.registry_password_file.is_some() {
             return Err("registry_username and registry_password_file go together".into());
         }
         if a.registry_token_file.is_some() && a.registry_username.is_some() {
-            return Err("use registry_token_file or registry_username + registry_password_file, not both".into());
+            return Err(
+                "use registry_token_file or registry_username + registry_password_file, not both".into(),
+            );
         }
         return Ok(Source::Image(ImageSource {
             registry: registry.to_string(),
@@ -660,9 +688,14 @@ fn parse_source(a: &RawApp, resolve: &dyn Fn(&Path) -> PathBuf) -> Result<Source
     let url = a.url.clone().unwrap_or_default();
     no_control("url", &url)?;
     if !(url.starts_with("https://") || url.starts_with("http://")) {
-        return Err(format!("url {url:?} must be https:// (or http:// on a private network)"));
+        return Err(format!(
+            "url {url:?} must be https:// (or http:// on a private network)"
+        ));
     }
-    if url.split_once("://").is_some_and(|(_, r)| r.split('/').next().is_some_and(|a| a.contains('@'))) {
+    if url
+        .split_once("://")
+        .is_some_and(|(_, r)| r.split('/').next().is_some_and(|a| a.contains('@')))
+    {
         return Err("url must not carry credentials; put a token in url_token_file".into());
     }
     check_template("url", &url)?;
@@ -681,7 +714,10 @@ fn check_template(key: &str, t: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_verify(v: &RawVerify, resolve: &dyn Fn(&Path) -> PathBuf) -> Result<crate::signature::Verifier, String> {
+fn parse_verify(
+    v: &RawVerify,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<crate::signature::Verifier, String> {
     use crate::signature::Verifier;
     match (&v.minisign_key, &v.ssh_allowed_signers) {
         (Some(k), None) => {
@@ -838,7 +874,9 @@ impl Config {
                 _ => track,
             };
             if source.is_artifact() && a.tags.is_some() {
-                return Err(ctx("`tags` is for git apps; an image app names its tag (or glob) in `tag`"));
+                return Err(ctx(
+                    "`tags` is for git apps; an image app names its tag (or glob) in `tag`",
+                ));
             }
             if source.is_templated() && poll.is_some() {
                 return Err(ctx("poll cannot watch a location with {sha} in it (which sha?); poll a fixed key or URL, or send a webhook after the upload"));
@@ -854,7 +892,9 @@ impl Config {
             let verify = match &a.verify {
                 None => None,
                 Some(_) if !source.is_artifact() => {
-                    return Err(ctx("verify applies to artifacts (image, object, url); git apps are pinned by sha"))
+                    return Err(ctx(
+                        "verify applies to artifacts (image, object, url); git apps are pinned by sha",
+                    ))
                 }
                 Some(v) => Some(parse_verify(v, &resolve).map_err(|m| ctx(&m))?),
             };

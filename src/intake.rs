@@ -352,8 +352,15 @@ fn github_package(app: &AppConfig, delivery_id: Option<String>, body: &[u8]) -> 
         .as_ref()
         .and_then(|v| v.version.clone().or_else(|| v.name.clone()))
         .filter(|d| model::is_sha256_digest(d))
-        .or_else(|| tag.and_then(|t| t.digest.clone()).filter(|d| model::is_sha256_digest(d)));
-    let tag = tag.and_then(|t| t.name.clone()).filter(|t| !t.is_empty());
+        .or_else(|| {
+            tag.and_then(|t| t.digest.clone())
+                .filter(|d| model::is_sha256_digest(d))
+        });
+    // An untagged version (a platform's manifest of a multi-arch push, say) is not any tag's new version.
+    let Some(tag) = tag.and_then(|t| t.name.clone()).filter(|t| !t.is_empty()) else {
+        return Ok(Accepted::OtherEvent("untagged package version".into()));
+    };
+    let tag = Some(tag);
     let actor = ev.sender.and_then(|s| s.login).unwrap_or_default();
     decide_image(app, "github", delivery_id, tag, digest, &actor)
 }
@@ -408,7 +415,9 @@ fn distribution(
             && e.target.as_ref().is_some_and(|t| {
                 t.repository.as_deref() == Some(img.repository.as_str())
                     && t.tag.as_deref().is_some_and(|t| !t.is_empty())
-                    && t.media_type.as_deref().is_some_and(|m| m.contains("manifest") || m.contains("index"))
+                    && t.media_type
+                        .as_deref()
+                        .is_some_and(|m| m.contains("manifest") || m.contains("index"))
             })
     });
     let Some(ev) = push else {
@@ -419,10 +428,16 @@ fn distribution(
         .clone()
         .ok_or_else(|| Rejected::Malformed("registry event has no id".into()))?;
     if !model::is_valid_delivery_id(&id) {
-        return Err(Rejected::Malformed("registry event id is not a valid delivery id".into()));
+        return Err(Rejected::Malformed(
+            "registry event id is not a valid delivery id".into(),
+        ));
     }
     let target = ev.target.as_ref();
-    let actor = ev.actor.as_ref().and_then(|a| a.name.clone()).unwrap_or_else(|| "registry".into());
+    let actor = ev
+        .actor
+        .as_ref()
+        .and_then(|a| a.name.clone())
+        .unwrap_or_else(|| "registry".into());
     decide_image(
         app,
         "distribution",
@@ -467,7 +482,9 @@ fn decide_image(
         provider: Some(provider.to_string()),
         delivery_id,
         git_ref: Some(git_ref.clone()),
-        sha: digest.as_deref().map(|d| d.trim_start_matches("sha256:").to_string()),
+        sha: digest
+            .as_deref()
+            .map(|d| d.trim_start_matches("sha256:").to_string()),
         actor: model::clean_actor(actor),
         target: None,
         digest,
@@ -1107,6 +1124,10 @@ mod tests {
                     ("webhook-signature", &s),
                 ])
             }
+            Provider::Distribution => headers(&[(
+                "authorization",
+                &format!("Bearer {}", std::str::from_utf8(SECRET).expect("utf8")),
+            )]),
         }
     }
 
@@ -1136,7 +1157,228 @@ mod tests {
                 )
             }
             Provider::Standard => (format!(r#"{{"ref":"{r}","sha":"{sha}","actor":"octocat"}}"#), ""),
+            Provider::Distribution => (
+                distribution_body("acme/api", r.trim_start_matches("refs/tags/"), sha),
+                "",
+            ),
         }
+    }
+
+    fn distribution_body(repo: &str, tag: &str, digest: &str) -> String {
+        format!(
+            r#"{{"events":[{{"id":"ev-1","timestamp":"2026-11-26T18:00:00Z","action":"push","target":{{"mediaType":"application/vnd.oci.image.manifest.v1+json","size":400,"digest":"{digest}","repository":"{repo}","url":"http://127.0.0.1:5000/v2/{repo}/manifests/{digest}","tag":"{tag}"}},"request":{{"id":"r","addr":"127.0.0.1","host":"127.0.0.1:5000","method":"PUT","useragent":"skopeo"}},"actor":{{"name":"pusher"}},"source":{{"addr":"x:5000","instanceID":"i"}}}}]}}"#
+        )
+    }
+
+    fn image_app(extra: &str) -> AppConfig {
+        crate::config::Config::parse(
+            std::path::Path::new("/x/haul.toml"),
+            &format!("state_dir = \"/s\"\n[apps.api]\nimage = \"127.0.0.1:5000/acme/api\"\ntag = \"main\"\npath = \"/p\"\n{extra}\n"),
+        )
+        .expect("config")
+        .apps
+        .remove("api")
+        .expect("api")
+    }
+
+    /// Registry notifications, GitHub package events and Standard Webhooks naming a digest: what an image or
+    /// object app accepts, and every bad input refused with nothing recorded.
+    #[test]
+    fn artifact_triggers_fail_closed() {
+        let now = 1_800_000_000;
+        let app = image_app("");
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let secrets = [SECRET.to_vec()];
+        let body = distribution_body("acme/api", "main", &digest);
+        let h = signed(Provider::Distribution, "", &body, now);
+        let eval = |app: &AppConfig, p: Provider, h: &HeaderMap, b: &str| {
+            evaluate(app, p, &secrets, h, b.as_bytes(), now)
+        };
+        match eval(&app, Provider::Distribution, &h, &body) {
+            Ok(Accepted::Deploy(r)) => {
+                assert_eq!(r.git_ref.as_deref(), Some("refs/tags/main"));
+                assert_eq!(r.sha.as_deref(), Some("a".repeat(64).as_str()));
+                assert_eq!(r.digest.as_deref(), Some(digest.as_str()));
+                assert_eq!(r.delivery_id.as_deref(), Some("ev-1"));
+                assert_eq!(r.actor, "pusher");
+            }
+            other => panic!("registry push gave {other:?}"),
+        }
+        let bad_token = headers(&[("authorization", "Bearer not the secret at all")]);
+        assert_eq!(
+            eval(&app, Provider::Distribution, &bad_token, &body),
+            Err(Rejected::BadSignature)
+        );
+        assert_eq!(
+            eval(&app, Provider::Distribution, &HeaderMap::new(), &body),
+            Err(Rejected::MissingSignature("Authorization"))
+        );
+        let basic = headers(&[("authorization", "Basic dXNlcjpwYXNz")]);
+        assert_eq!(
+            eval(&app, Provider::Distribution, &basic, &body),
+            Err(Rejected::BadSignature)
+        );
+        // Another tag: recorded as ignored; another repository or a pull: not this app's business.
+        assert!(matches!(
+            eval(
+                &app,
+                Provider::Distribution,
+                &h,
+                &distribution_body("acme/api", "dev", &digest)
+            ),
+            Ok(Accepted::Ignore(..))
+        ));
+        assert!(matches!(
+            eval(
+                &app,
+                Provider::Distribution,
+                &h,
+                &distribution_body("acme/other", "main", &digest)
+            ),
+            Ok(Accepted::OtherEvent(_))
+        ));
+        assert!(matches!(
+            eval(
+                &app,
+                Provider::Distribution,
+                &h,
+                &body.replace("\"push\"", "\"pull\"")
+            ),
+            Ok(Accepted::OtherEvent(_))
+        ));
+        // Malformed digests and tags, and bodies that are not envelopes.
+        for bad in [
+            distribution_body("acme/api", "main", "sha256:abc"),
+            distribution_body("acme/api", "main", &format!("sha512:{}", "a".repeat(128))),
+            distribution_body("acme/api", "main", &format!("sha256:{}", "A".repeat(64))),
+            distribution_body("acme/api", "-main", &digest),
+            distribution_body("acme/api", "ma..in", &digest),
+            body.replace("\"id\":\"ev-1\"", "\"id\":\"ev 1\\n\""),
+            "{}".to_string(),
+            "not json".to_string(),
+        ] {
+            assert!(
+                matches!(
+                    eval(&app, Provider::Distribution, &h, &bad),
+                    Err(Rejected::Malformed(_))
+                ),
+                "{bad}"
+            );
+        }
+        // Standard Webhooks from CI: a tag and a digest.
+        let std_body = format!(r#"{{"tag":"main","digest":"{digest}","actor":"ci"}}"#);
+        let sh = signed(Provider::Standard, "", &std_body, now);
+        match eval(&app, Provider::Standard, &sh, &std_body) {
+            Ok(Accepted::Deploy(r)) => assert_eq!(r.digest.as_deref(), Some(digest.as_str())),
+            other => panic!("standard image trigger gave {other:?}"),
+        }
+        let bad_digest = r#"{"tag":"main","digest":"sha256:../../etc"}"#;
+        let sh = signed(Provider::Standard, "", bad_digest, now);
+        assert!(matches!(
+            eval(&app, Provider::Standard, &sh, bad_digest),
+            Err(Rejected::Malformed(_))
+        ));
+        // An object app: the commit names the key, the sha256 pins the bytes.
+        let obj = crate::config::Config::parse(
+            std::path::Path::new("/x/haul.toml"),
+            "state_dir = \"/s\"\n[apps.o]\nobject = \"s3://b/app-{sha}.tgz\"\npath = \"/p\"\n",
+        )
+        .expect("config")
+        .apps
+        .remove("o")
+        .expect("o");
+        let sha = "c".repeat(40);
+        let ob = format!(
+            r#"{{"ref":"refs/heads/main","sha":"{sha}","sha256":"{}"}}"#,
+            "b".repeat(64)
+        );
+        let sh = signed(Provider::Standard, "", &ob, now);
+        match eval(&obj, Provider::Standard, &sh, &ob) {
+            Ok(Accepted::Deploy(r)) => {
+                assert_eq!(r.sha.as_deref(), Some(sha.as_str()));
+                assert_eq!(r.digest, Some(format!("sha256:{}", "b".repeat(64))));
+            }
+            other => panic!("standard object trigger gave {other:?}"),
+        }
+        let ob_bad = format!(r#"{{"ref":"refs/heads/main","sha":"{sha}","sha256":"zz"}}"#);
+        let sh = signed(Provider::Standard, "", &ob_bad, now);
+        assert!(matches!(
+            eval(&obj, Provider::Standard, &sh, &ob_bad),
+            Err(Rejected::Malformed(_))
+        ));
+    }
+
+    /// GitHub's own `package` example (tests/fixtures), with the test's package name, tag and digest.
+    #[test]
+    fn github_package_events() {
+        let now = 1_800_000_000;
+        let app = crate::config::Config::parse(
+            std::path::Path::new("/x/haul.toml"),
+            "state_dir = \"/s\"\n[apps.api]\nimage = \"ghcr.io/codertocat/hello-world-npm\"\ntag = \"main\"\npath = \"/p\"\n",
+        )
+        .expect("config")
+        .apps
+        .remove("api")
+        .expect("api");
+        let fixture = include_str!("../tests/fixtures/github/package-published.json");
+        let digest = format!("sha256:{}", "d".repeat(64));
+        let mut v: serde_json::Value = serde_json::from_str(fixture).expect("fixture");
+        v["package"]["package_version"]["version"] = digest.clone().into();
+        v["package"]["package_version"]["container_metadata"]["tag"]["name"] = "main".into();
+        let body = v.to_string();
+        let h = signed(Provider::Github, "package", &body, now);
+        match evaluate(
+            &app,
+            Provider::Github,
+            &[SECRET.to_vec()],
+            &h,
+            body.as_bytes(),
+            now,
+        ) {
+            Ok(Accepted::Deploy(r)) => {
+                assert_eq!(r.digest.as_deref(), Some(digest.as_str()));
+                assert_eq!(r.git_ref.as_deref(), Some("refs/tags/main"));
+                assert_eq!(r.actor, "Codertocat");
+            }
+            other => panic!("package event gave {other:?}"),
+        }
+        // GitHub's example as published: an untagged version of this app's package cannot be placed.
+        let h = signed(Provider::Github, "package", fixture, now);
+        let raw = evaluate(
+            &app,
+            Provider::Github,
+            &[SECRET.to_vec()],
+            &h,
+            fixture.as_bytes(),
+            now,
+        );
+        assert!(matches!(raw, Ok(Accepted::OtherEvent(_))), "{raw:?}");
+        // Another package: not this app's; a tampered body: refused.
+        v["package"]["name"] = "other".into();
+        let other = v.to_string();
+        let h = signed(Provider::Github, "package", &other, now);
+        assert!(matches!(
+            evaluate(
+                &app,
+                Provider::Github,
+                &[SECRET.to_vec()],
+                &h,
+                other.as_bytes(),
+                now
+            ),
+            Ok(Accepted::OtherEvent(_))
+        ));
+        assert_eq!(
+            evaluate(
+                &app,
+                Provider::Github,
+                &[SECRET.to_vec()],
+                &h,
+                body.as_bytes(),
+                now
+            ),
+            Err(Rejected::BadSignature)
+        );
     }
 
     /// The table every provider must pass: valid, wrong secret, missing header, tampered body, non-push event,
@@ -1146,7 +1388,8 @@ mod tests {
         let app = app_with("");
         let sha = "c".repeat(40);
         let now = 1_800_000_000;
-        for provider in Provider::ALL {
+        // `distribution` is for image apps: its own table is `artifact_triggers_fail_closed`.
+        for provider in Provider::ALL.into_iter().filter(|p| *p != Provider::Distribution) {
             let (body, event) = payload(provider, "refs/heads/main", &sha);
             let h = signed(provider, event, &body, now);
             let eval =

@@ -111,7 +111,10 @@ impl Pipeline {
             ),
         ];
         if let Source::Image(img) = &self.app.source {
-            env.push(("HAUL_IMAGE".into(), crate::artifact::pinned_image(img, sha).into()));
+            env.push((
+                "HAUL_IMAGE".into(),
+                crate::artifact::pinned_image(img, sha).into(),
+            ));
             env.push(("HAUL_DIGEST".into(), format!("sha256:{sha}").into()));
         } else if let Some(d) = digest {
             env.push(("HAUL_DIGEST".into(), d.into()));
@@ -278,10 +281,16 @@ impl Pipeline {
         let is_image = matches!(self.app.source, Source::Image(_));
         let automatic = matches!(job.trigger, Trigger::Webhook | Trigger::Poll);
         let wanted = Wanted {
-            tag: job.git_ref.as_deref().and_then(|r| r.strip_prefix("refs/tags/")).map(String::from),
+            tag: job
+                .git_ref
+                .as_deref()
+                .and_then(|r| r.strip_prefix("refs/tags/"))
+                .map(String::from),
             version: if is_image { None } else { job.sha.clone() },
             digest: match (is_image, &job.sha, &job.digest) {
-                (true, Some(sha), _) if model::is_full_sha(sha) && sha.len() == 64 => Some(format!("sha256:{sha}")),
+                (true, Some(sha), _) if model::is_full_sha(sha) && sha.len() == 64 => {
+                    Some(format!("sha256:{sha}"))
+                }
                 (_, _, d) => d.clone(),
             },
         };
@@ -313,7 +322,10 @@ impl Pipeline {
                 Some(pinned) => resolved.digest = Some(pinned.clone()),
                 None => {}
             }
-            let hex = resolved.digest.as_deref().map(|d| d.trim_start_matches("sha256:").to_string());
+            let hex = resolved
+                .digest
+                .as_deref()
+                .map(|d| d.trim_start_matches("sha256:").to_string());
             if automatic && hex.is_some() && hex == previous.sha {
                 return Err(Outcome::new(
                     State::Ignored,
@@ -347,11 +359,18 @@ impl Pipeline {
         let hex = fetched.digest.trim_start_matches("sha256:").to_string();
         // What the audit calls the sha: the digest, unless a templated location is named by a version.
         let sha = if !is_image && self.app.source.is_templated() {
-            wanted.version.clone().map(|v| v.to_ascii_lowercase()).unwrap_or(hex)
+            wanted
+                .version
+                .clone()
+                .map(|v| v.to_ascii_lowercase())
+                .unwrap_or(hex)
         } else {
             hex
         };
-        if automatic && Some(&sha) == previous.sha.as_ref() && Some(&fetched.digest) == previous.digest.as_ref() {
+        if automatic
+            && Some(&sha) == previous.sha.as_ref()
+            && Some(&fetched.digest) == previous.digest.as_ref()
+        {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(Outcome::new(
                 State::Ignored,
@@ -376,7 +395,10 @@ impl Pipeline {
             None if is_image => format!("refs/tags/{}", resolved.name),
             None => String::new(),
         };
-        self.log.line(&format!("    deploying {} ({})", fetched.digest, resolved.location));
+        self.log.line(&format!(
+            "    deploying {} ({})",
+            fetched.digest, resolved.location
+        ));
         let release_id = release::new_release_id(&self.app.path, model::now_ms(), &sha);
         Ok(Target {
             git_ref,
@@ -393,7 +415,8 @@ impl Pipeline {
         let Some(art) = &target.artifact else {
             return Err(Failure::permanent("no artifact to unpack"));
         };
-        std::fs::create_dir_all(dir).map_err(|e| Failure::permanent(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Failure::permanent(format!("cannot create {}: {e}", dir.display())))?;
         if let Source::Image(img) = &self.app.source {
             if img.kind == crate::config::ImageKind::Container {
                 let pinned = crate::artifact::pinned_image(img, &target.sha);
@@ -408,12 +431,18 @@ impl Pipeline {
         for f in &art.files {
             let (f, dir2, limits2) = (f.clone(), dir.to_path_buf(), limits.clone());
             let unpacked = tokio::task::spawn_blocking(move || {
-                let file = std::fs::File::open(&f).map_err(|e| crate::unpack::UnpackError::Io(format!("{}: {e}", f.display())))?;
+                let file = std::fs::File::open(&f)
+                    .map_err(|e| crate::unpack::UnpackError::Io(format!("{}: {e}", f.display())))?;
                 crate::unpack::unpack(std::io::BufReader::new(file), &dir2, &limits2)
             })
             .await
             .map_err(|e| Failure::permanent(format!("unpacking did not finish: {e}")))?
-            .map_err(|e| Failure::permanent(format!("the artifact {} was refused while unpacking: {e}", art.digest)))?;
+            .map_err(|e| {
+                Failure::permanent(format!(
+                    "the artifact {} was refused while unpacking: {e}",
+                    art.digest
+                ))
+            })?;
             self.log.line(&format!(
                 "    unpacked {} file(s), {} dir(s), {} link(s), {} bytes",
                 unpacked.files, unpacked.dirs, unpacked.links, unpacked.bytes
@@ -799,7 +828,14 @@ impl Pipeline {
         let prev_dir = release::release_dir(&self.app.path, prev_id);
         let prev_sha = previous.sha.clone().unwrap_or_default();
         let prev_ref = job.git_ref.clone().unwrap_or_default();
-        let mut env = self.step_env(job, &prev_ref, &prev_sha, &prev_dir, previous, previous.digest.as_deref());
+        let mut env = self.step_env(
+            job,
+            &prev_ref,
+            &prev_sha,
+            &prev_dir,
+            previous,
+            previous.digest.as_deref(),
+        );
         env.push(("HAUL_ROLLBACK".into(), "1".into()));
         let reactivated = self
             .run_steps("re-activate", &self.app.activate, &prev_dir, &env)

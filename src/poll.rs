@@ -73,7 +73,11 @@ async fn poller(queue: Arc<Queue>, app: Arc<AppConfig>, mut shutdown: watch::Rec
 
 /// One cheap look at an artifact: an image tag's digest by `HEAD` (registries rate-limit pulls, not HEADs),
 /// an object's or URL's ETag. Only a change enqueues a deploy; the download happens in the deploy.
-async fn poll_artifact(queue: &Queue, app: &AppConfig, last_etag: &mut Option<String>) -> Result<(), Failure> {
+async fn poll_artifact(
+    queue: &Queue,
+    app: &AppConfig,
+    last_etag: &mut Option<String>,
+) -> Result<(), Failure> {
     let (git_ref, sha, digest) = match &app.source {
         Source::Image(_) => {
             let r = crate::artifact::resolve(app, &crate::artifact::Wanted::default()).await?;
@@ -103,7 +107,12 @@ async fn poll_artifact(queue: &Queue, app: &AppConfig, last_etag: &mut Option<St
     };
     if let Some(hex) = &sha {
         let (name, probe) = (app.name.clone(), hex.clone());
-        match queue.env().store.call(move |c| store::sha_attempted(c, &name, &probe)).await {
+        match queue
+            .env()
+            .store
+            .call(move |c| store::sha_attempted(c, &name, &probe))
+            .await
+        {
             Ok(true) => {
                 tracing::debug!("poll: {} is still at {hex}; nothing to do", app.repo);
                 return Ok(());
