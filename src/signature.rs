@@ -118,8 +118,13 @@ impl MinisignKey {
     }
 }
 
+/// As minisign prints it in a key's comment: upper-case hex, without leading zeros.
 fn key_id(bytes: &[u8]) -> String {
-    bytes.iter().rev().map(|b| format!("{b:02X}")).collect()
+    let full: String = bytes.iter().rev().map(|b| format!("{b:02X}")).collect();
+    match full.trim_start_matches('0') {
+        "" => "0".to_string(),
+        trimmed => trimmed.to_string(),
+    }
 }
 
 fn verify_minisign(key_file: &Path, data: &Path, sig: &[u8]) -> Result<(), SigError> {
