@@ -604,10 +604,12 @@ async fn download_object(
                 .bytes()
                 .await
                 .map_err(|e| s3_failure(app, &format!("s3://{}/{sig_key}", o.bucket), e))?,
-            Err(object_store::Error::NotFound { .. }) => return Err(permanent(format!(
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(permanent(format!(
                 "{what} is not signed: there is no s3://{}/{sig_key}, and verify is configured; refusing it",
                 o.bucket
-            ))),
+            )))
+            }
             Err(e) => return Err(s3_failure(app, &format!("s3://{}/{sig_key}", o.bucket), e)),
         };
         if sig.len() > 64 * 1024 {

@@ -1333,6 +1333,65 @@ mod tests {
     }
 
     #[test]
+    fn artifact_sources() {
+        let base = "state_dir = \"/tmp/s\"\n[apps.a]\npath = \"/srv/a\"\n";
+        let ok = parse(&format!(
+            "{base}image = \"reg.example.com:5000/acme/api\"\ntag = \"v*\"\nregistry_username = \"d\"\nregistry_password_file = \"pw\"\nverify = {{ minisign_key = \"k.pub\" }}\npoll = \"5m\"\n"
+        ))
+        .expect("image app");
+        match &ok.apps["a"].source {
+            Source::Image(i) => {
+                assert_eq!(
+                    (i.registry.as_str(), i.repository.as_str()),
+                    ("reg.example.com:5000", "acme/api")
+                );
+                assert_eq!(i.password_file.as_deref(), Some(Path::new("/etc/haul/pw")));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(ok.apps["a"].track, Track::Tags("v*".into()));
+        assert_eq!(ok.apps["a"].upstream(), "reg.example.com:5000");
+        let obj = parse(&format!(
+            "{base}object = \"s3://b/app-{{sha}}.tar.gz\"\ns3_endpoint = \"http://127.0.0.1:9\"\ns3_access_key_id_file = \"id\"\ns3_secret_access_key_file = \"key\"\n"
+        ))
+        .expect("object app");
+        assert!(obj.apps["a"].source.is_templated());
+        assert_eq!(obj.apps["a"].upstream(), "127.0.0.1:9");
+        let cases = [
+            (format!("{base}repo = \"/r\"\nimage = \"r.io/a/b\"\n"), "more than one source"),
+            (base.to_string(), "needs a source"),
+            (format!("{base}image = \"https://r.io/a/b\"\n"), "no scheme"),
+            (format!("{base}image = \"r.io/a/b:main\"\n"), "no scheme, tag or digest"),
+            (format!("{base}image = \"acme/api\"\n"), "registry host"),
+            (format!("{base}image = \"r.io/Acme/api\"\n"), "lowercase"),
+            (format!("{base}image = \"r.io/a/b\"\ntag = \"-x\"\n"), "tag"),
+            (format!("{base}image = \"r.io/a/b\"\nimage_kind = \"vm\"\n"), "image_kind"),
+            (format!("{base}image = \"r.io/a/b\"\nregistry_username = \"u\"\n"), "go together"),
+            (format!("{base}repo = \"/r\"\nplain_http = true\n"), "go with `image`"),
+            (format!("{base}object = \"b/key\"\n"), "s3://bucket/key"),
+            (format!("{base}object = \"s3://b/{{version}}.tgz\"\n"), "only placeholder"),
+            (format!("{base}object = \"s3://b/{{sha}}.tgz\"\npoll = \"1m\"\n"), "poll cannot watch"),
+            (format!("{base}object = \"s3://b/k\"\ns3_endpoint = \"ftp://x\"\n"), "s3_endpoint"),
+            (format!("{base}object = \"s3://b/k\"\ns3_access_key_id_file = \"x\"\n"), "go together"),
+            (format!("{base}url = \"https://u:p@h/a.tgz\"\n"), "credentials"),
+            (format!("{base}url = \"file:///etc/passwd\"\n"), "https://"),
+            (format!("{base}repo = \"/r\"\nverify = {{ minisign_key = \"k\" }}\n"), "verify applies"),
+            (format!("{base}url = \"https://h/a\"\nverify = {{ }}\n"), "exactly one"),
+            (format!("{base}url = \"https://h/a\"\nverify = {{ ssh_allowed_signers = \"s\" }}\n"), "ssh_identity"),
+            (format!("{base}url = \"https://h/a\"\ntag = \"v1\"\n"), "`tag` goes with `image`"),
+            (
+                format!("{base}repo = \"/r\"\n[apps.a.webhook]\nprovider = \"distribution\"\nsecret_file = \"/s\"\n"),
+                "for image apps",
+            ),
+            (format!("{base}url = \"https://h/a\"\nmax_artifact_size = \"lots\"\n"), "max_artifact_size"),
+        ];
+        for (text, needle) in cases {
+            let err = parse(&text).expect_err(&text).to_string();
+            assert!(err.contains(needle), "{text:?} gave {err:?}, wanted {needle:?}");
+        }
+    }
+
+    #[test]
     fn url_kinds() {
         assert!(is_ssh_url("git@github.com:acme/blog.git"));
         assert!(is_ssh_url("ssh://git@127.0.0.1:2222/srv/x.git"));
