@@ -55,6 +55,15 @@ pub struct Wanted {
     pub digest: Option<String>,
 }
 
+/// rustls needs its crypto chosen once per process: ring (no C toolchain, no cmake).
+fn tls() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err means another part of the process installed one first: that one is used.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 fn permanent(m: String) -> Failure {
     Failure::permanent(m)
 }
@@ -255,6 +264,7 @@ fn oci(
 ) -> Result<(oci_client::Client, oci_client::secrets::RegistryAuth), Failure> {
     use oci_client::client::{ClientConfig, ClientProtocol};
     use oci_client::secrets::RegistryAuth;
+    tls();
     let config = ClientConfig {
         protocol: if img.plain_http {
             ClientProtocol::Http
@@ -432,8 +442,10 @@ async fn image_signature(
             let f = oci_failure(app, &format!("signature tag {sig_tag}"), e);
             if f.kind == Kind::Permanent && f.message.contains(" has no ") {
                 return Err(permanent(format!(
-                    "the artifact is not signed: {}/{} has no tag {sig_tag}, and verify is configured; refusing it",
-                    img.registry, img.repository
+                    "the artifact is not signed: {}/{} has no tag {sig_tag}, and verify wants a signature by {}; refusing it",
+                    img.registry,
+                    img.repository,
+                    app.verify.as_ref().map(|v| v.describe()).unwrap_or_default()
                 )));
             }
             return Err(f);
@@ -518,6 +530,7 @@ where
 fn s3(app: &AppConfig, o: &ObjectSource) -> Result<object_store::aws::AmazonS3, Failure> {
     use object_store::aws::AmazonS3Builder;
     use object_store::{ClientOptions, RetryConfig};
+    tls();
     let mut options = ClientOptions::new()
         .with_timeout(app.fetch_timeout)
         .with_connect_timeout(Duration::from_secs(10));
@@ -606,8 +619,9 @@ async fn download_object(
                 .map_err(|e| s3_failure(app, &format!("s3://{}/{sig_key}", o.bucket), e))?,
             Err(object_store::Error::NotFound { .. }) => {
                 return Err(permanent(format!(
-                "{what} is not signed: there is no s3://{}/{sig_key}, and verify is configured; refusing it",
-                o.bucket
+                "{what} ({digest}) is not signed: there is no s3://{}/{sig_key}, and verify wants a signature by {}; refusing it",
+                o.bucket,
+                v.describe()
             )))
             }
             Err(e) => return Err(s3_failure(app, &format!("s3://{}/{sig_key}", o.bucket), e)),
@@ -642,6 +656,7 @@ pub async fn object_etag(app: &AppConfig, o: &ObjectSource) -> Result<String, Fa
 }
 
 fn http_client(app: &AppConfig) -> Result<reqwest::Client, Failure> {
+    tls();
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(app.fetch_timeout)
@@ -709,8 +724,9 @@ async fn download_url(app: &AppConfig, u: &UrlSource, url: &str, dir: &Path) -> 
             Ok(r) => r.bytes().await.map_err(|e| http_send_failure(&sig_url, e))?,
             Err(f) if f.kind == Kind::Permanent && f.message.contains("no such artifact") => {
                 return Err(permanent(format!(
-                    "{shown} is not signed: {} does not exist, and verify is configured; refusing it",
-                    crate::git::redact_url(&sig_url)
+                    "{shown} ({digest}) is not signed: {} does not exist, and verify wants a signature by {}; refusing it",
+                    crate::git::redact_url(&sig_url),
+                    v.describe()
                 )))
             }
             Err(f) => return Err(f),

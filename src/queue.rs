@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::sync::{watch, Notify};
 use tracing::Instrument;
 
@@ -283,7 +284,30 @@ pub async fn run_next(env: &Env, app: &str) -> Result<Option<(DeployRow, Outcome
         return Ok(None);
     };
     let span = tracing::info_span!("deploy", id = %row.id, app = %row.app);
-    let outcome = execute(env, &row).instrument(span).await;
+    // A bug that panics must not leave the deploy `running` forever and the app's worker dead: it is
+    // recorded as a failure like any other, and the worker goes on.
+    let outcome = match std::panic::AssertUnwindSafe(execute(env, &row).instrument(span))
+        .catch_unwind()
+        .await
+    {
+        Ok(o) => o,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(deploy_id = %row.id, "haul hit a bug during this deploy: {what}");
+            let o = Outcome::new(
+                State::Failed,
+                format!(
+                    "haul hit a bug during this deploy ({what}) and stopped it there; check `haul status {}` and please report the bug",
+                    row.app
+                ),
+            );
+            record(env, &row, o).await
+        }
+    };
     Ok(Some((row, outcome)))
 }
 

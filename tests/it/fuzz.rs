@@ -22,6 +22,7 @@ fn seeds() -> Vec<Vec<u8>> {
         "fixtures/forgejo",
         "fixtures/bitbucket-cloud",
         "fixtures/bitbucket-server",
+        "fixtures/distribution",
         "fuzz-corpus",
     ] {
         if let Ok(rd) = std::fs::read_dir(root.join(dir)) {
@@ -106,7 +107,7 @@ fn headers_for(
         Provider::Gitlab => &["Push Hook", "Tag Push Hook", "Note Hook", ""],
         Provider::Gitea | Provider::Forgejo => &["push", "create", "delete", ""],
         Provider::Bitbucket => &["repo:push", "repo:refs_changed", "diagnostics:ping", ""],
-        Provider::Standard => &[""],
+        Provider::Standard | Provider::Distribution => &[""],
     };
     let event = events[event_pick as usize % events.len()];
     match provider {
@@ -139,6 +140,11 @@ fn headers_for(
             put("x-request-uuid", "f00d-3");
             if sign {
                 put("x-hub-signature", &hmac);
+            }
+        }
+        Provider::Distribution => {
+            if sign {
+                put("authorization", &format!("Bearer {SECRET}"));
             }
         }
         Provider::Standard => {
@@ -178,13 +184,30 @@ fn intake_never_panics_and_accepts_only_safe_requests() {
         .and_then(|c| c.parse().ok())
         .unwrap_or(2000);
     let seeds = seeds();
-    for (provider, extra) in Provider::ALL
+    // Git apps for every forge; image apps for the triggers that can name an image (registry notifications,
+    // GitHub package events, Standard Webhooks from CI).
+    const IMAGE: &str = "image = \"127.0.0.1:5000/apps/blog\"\n";
+    let git = Provider::ALL
         .iter()
-        .flat_map(|p| [(*p, ""), (*p, "tags = \"v*\"")])
-    {
+        .filter(|p| **p != Provider::Distribution)
+        .flat_map(|p| {
+            [
+                (*p, "repo = \"/r\"\n".to_string()),
+                (*p, "repo = \"/r\"\ntags = \"v*\"".to_string()),
+            ]
+        });
+    let image = [Provider::Distribution, Provider::Github, Provider::Standard]
+        .into_iter()
+        .flat_map(|p| {
+            [
+                (p, format!("{IMAGE}tag = \"v1\"")),
+                (p, format!("{IMAGE}tag = \"v*\"")),
+            ]
+        });
+    for (provider, extra) in git.chain(image) {
         let cfg = Config::parse(
             std::path::Path::new("/fuzz/haul.toml"),
-            &format!("state_dir = \"/s\"\n[apps.a]\nrepo = \"/r\"\npath = \"/p\"\n{extra}\n"),
+            &format!("state_dir = \"/s\"\n[apps.a]\npath = \"/p\"\n{extra}\n"),
         )
         .expect("config");
         let app = cfg.apps["a"].clone();
@@ -220,6 +243,11 @@ fn intake_never_panics_and_accepts_only_safe_requests() {
                         r.sha.as_deref().is_none_or(haul::model::is_full_sha),
                         "accepted a bad sha: {:?}",
                         r.sha
+                    );
+                    prop_assert!(
+                        r.digest.as_deref().is_none_or(haul::model::is_sha256_digest),
+                        "accepted a bad digest: {:?}",
+                        r.digest
                     );
                     prop_assert!(
                         !r.actor.chars().any(char::is_control),

@@ -1,6 +1,8 @@
 //! haul's integration tests: one binary, real servers on loopback (sshd + git-shell, the haul daemon), no
 //! mocks. Each test gets its own temporary directory and ports. Run with `./scripts/test`.
 
+mod artifact_servers;
+mod artifacts;
 mod faults;
 mod forges;
 mod fuzz;

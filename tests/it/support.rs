@@ -389,6 +389,62 @@ impl Drop for HttpGitServer {
     }
 }
 
+/// A real HTTP file server (tests/support/http_files.py) serving `root`, with ETags, an optional bearer
+/// token, and rate limits on demand.
+pub struct FileServer {
+    pub url: String,
+    log: PathBuf,
+    child: Child,
+}
+
+impl FileServer {
+    pub fn start(root: &Path, limited: i32, retry_after: u32, token: Option<&str>) -> FileServer {
+        let dir = root.with_extension("server");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let port_file = dir.join("port");
+        let log = dir.join("requests.log");
+        let child = Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/http_files.py"))
+            .arg(root)
+            .arg(&port_file)
+            .arg(&log)
+            .arg(limited.to_string())
+            .arg(retry_after.to_string())
+            .args(token)
+            .spawn()
+            .expect("start the HTTP file server");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let port = loop {
+            if let Ok(p) = std::fs::read_to_string(&port_file) {
+                break p.trim().parse::<u16>().expect("port");
+            }
+            assert!(Instant::now() < deadline, "HTTP file server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        FileServer {
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+            child,
+        }
+    }
+
+    /// Every request so far, as "METHOD PATH STATUS".
+    pub fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The real `haul` binary, serving one app `blog` from a [`GitServer`].
 pub struct Haul {
     pub dir: PathBuf,
@@ -439,6 +495,34 @@ impl Haul {
         std::fs::write(&config, text).expect("config");
         Haul {
             app_path: dir.join("srv").join(apps.first().map(|a| a.0).unwrap_or("blog")),
+            dir,
+            config,
+            state_dir,
+            port,
+            child: None,
+            starts: 0,
+        }
+    }
+
+    /// A config written by the test: `apps` holds `[apps.*]` tables, in which `{SRV}` becomes the directory of
+    /// the apps' paths and `{SECRET}` the webhook secret file. `app` is the app `app_path` points at.
+    pub fn configure_raw(dir: &Path, app: &str, apps: &str) -> Haul {
+        let dir = dir.join("haul");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let secret_file = dir.join("webhook.secret");
+        write_private(&secret_file, SECRET);
+        let port = free_port();
+        let state_dir = dir.join("state");
+        let text = format!(
+            "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n\n{}",
+            state_dir.display(),
+            apps.replace("{SRV}", &dir.join("srv").display().to_string())
+                .replace("{SECRET}", &secret_file.display().to_string())
+        );
+        let config = dir.join("haul.toml");
+        std::fs::write(&config, text).expect("config");
+        Haul {
+            app_path: dir.join("srv").join(app),
             dir,
             config,
             state_dir,
