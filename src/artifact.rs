@@ -121,13 +121,7 @@ pub async fn resolve(app: &AppConfig, wanted: &Wanted) -> Result<Resolved, Failu
     match &app.source {
         Source::Image(img) => {
             let tag = image_tag(app, img, wanted).await?;
-            let reference =
-                oci_client::Reference::with_tag(img.registry.clone(), img.repository.clone(), tag.clone());
-            let (client, auth) = oci(app, img)?;
-            let digest = client
-                .fetch_manifest_digest(&reference, &auth)
-                .await
-                .map_err(|e| oci_failure(app, &format!("tag {tag}"), e))?;
+            let digest = head_digest(app, img, &tag).await?;
             if !crate::model::is_sha256_digest(&digest) {
                 return Err(permanent(format!(
                     "the registry answered {digest:?} for tag {tag}; haul deploys sha256 digests only"
@@ -668,11 +662,15 @@ fn http_client(app: &AppConfig) -> Result<reqwest::Client, Failure> {
 
 /// Types an HTTP answer at its source.
 fn http_status_failure(app: &AppConfig, url: &str, r: &reqwest::Response) -> Failure {
+    let credential = match &app.source {
+        Source::Image(_) => "registry_username / registry_password_file (or registry_token_file)",
+        _ => "url_token_file",
+    };
     let status = r.status();
     let shown = crate::git::redact_url(url);
     match status.as_u16() {
         401 | 403 => permanent(format!(
-            "{shown} answered {status}: the token (url_token_file) was refused for app {}; not retried",
+            "{shown} answered {status}: the registry refused haul's credentials ({credential}) for app {}; not retried",
             app.name
         )),
         404 | 410 => permanent(format!("{shown} answered {status}: there is no such artifact")),
@@ -762,6 +760,155 @@ pub async fn url_etag(app: &AppConfig, u: &UrlSource) -> Result<String, Failure>
         })
 }
 
+/// A tag's manifest digest by one `HEAD` (what polls ask every interval: registries rate-limit pulls, not
+/// HEADs). Written here rather than through the OCI client, so that a 429 stops at the first answer and its
+/// `Retry-After` is honoured (the client falls back to a GET and drops the header). Credentials: Basic or a
+/// bearer token sent at once; an anonymous or Basic account is exchanged for a pull token when the registry
+/// answers with a Bearer challenge (Docker Hub, GHCR).
+async fn head_digest(app: &AppConfig, img: &ImageSource, tag: &str) -> Result<String, Failure> {
+    let scheme = if img.plain_http { "http" } else { "https" };
+    let url = format!(
+        "{scheme}://{}/v2/{}/manifests/{tag}",
+        img.registry, img.repository
+    );
+    let client = http_client(app)?;
+    let basic = match (&img.username, &img.password_file) {
+        (Some(u), Some(p)) => Some((u.clone(), read_secret(p)?)),
+        _ => None,
+    };
+    let first = match (&basic, &img.token_file) {
+        (Some((u, p)), _) => Some(format!(
+            "Basic {}",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("{u}:{p}"))
+        )),
+        (None, Some(t)) => Some(format!("Bearer {}", read_secret(t)?)),
+        (None, None) => None,
+    };
+    let accept = [
+        oci_client::manifest::OCI_IMAGE_MEDIA_TYPE,
+        oci_client::manifest::IMAGE_MANIFEST_MEDIA_TYPE,
+        oci_client::manifest::OCI_IMAGE_INDEX_MEDIA_TYPE,
+        oci_client::manifest::IMAGE_MANIFEST_LIST_MEDIA_TYPE,
+    ]
+    .join(", ");
+    let head = |auth: Option<String>| {
+        let mut req = client.head(&url).header(reqwest::header::ACCEPT, &accept);
+        if let Some(a) = auth {
+            req = req.header(reqwest::header::AUTHORIZATION, a);
+        }
+        req.send()
+    };
+    let mut r = head(first.clone())
+        .await
+        .map_err(|e| http_send_failure(&url, e))?;
+    let challenge = r
+        .headers()
+        .get(reqwest::header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(parse_challenge);
+    if let (reqwest::StatusCode::UNAUTHORIZED, Some(ch), false) = (
+        r.status(),
+        challenge,
+        first.as_deref().is_some_and(|a| a.starts_with("Bearer")),
+    ) {
+        let token = pull_token(app, &client, img, &ch, basic.as_ref()).await?;
+        r = head(Some(format!("Bearer {token}")))
+            .await
+            .map_err(|e| http_send_failure(&url, e))?;
+    }
+    if !r.status().is_success() {
+        return Err(match r.status().as_u16() {
+            404 => permanent(format!("{}/{} has no tag {tag}", img.registry, img.repository)),
+            _ => http_status_failure(app, &url, &r),
+        });
+    }
+    let digest = r
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    match digest {
+        Some(d) => Ok(d),
+        // A registry that does not say: the OCI client's GET, which hashes the manifest.
+        None => {
+            let reference =
+                oci_client::Reference::with_tag(img.registry.clone(), img.repository.clone(), tag.into());
+            let (client, auth) = oci(app, img)?;
+            client
+                .fetch_manifest_digest(&reference, &auth)
+                .await
+                .map_err(|e| oci_failure(app, &format!("tag {tag}"), e))
+        }
+    }
+}
+
+/// `realm="...",service="...",scope="..."` from a Bearer challenge.
+fn parse_challenge(s: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = s.trim();
+    while let Some(eq) = rest.find('=') {
+        let key = rest[..eq]
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
+        let after = &rest[eq + 1..];
+        let (value, next) = match after.strip_prefix('"') {
+            Some(q) => match q.find('"') {
+                Some(end) => (&q[..end], &q[end + 1..]),
+                None => (q, ""),
+            },
+            None => match after.find(',') {
+                Some(c) => (&after[..c], &after[c..]),
+                None => (after, ""),
+            },
+        };
+        out.push((key, value.to_string()));
+        rest = next.trim_start_matches([',', ' ']);
+    }
+    out
+}
+
+/// Exchanges the account (or nobody) for a pull token at the challenge's realm.
+async fn pull_token(
+    app: &AppConfig,
+    client: &reqwest::Client,
+    img: &ImageSource,
+    challenge: &[(String, String)],
+    basic: Option<&(String, String)>,
+) -> Result<String, Failure> {
+    let get = |k: &str| challenge.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    let realm = get("realm").ok_or_else(|| permanent("the registry's auth challenge has no realm".into()))?;
+    if !(realm.starts_with("https://") || (img.plain_http && realm.starts_with("http://"))) {
+        return Err(permanent(format!(
+            "the registry's token realm {realm:?} is not https://"
+        )));
+    }
+    let mut query = vec![("scope".to_string(), format!("repository:{}:pull", img.repository))];
+    if let Some(service) = get("service") {
+        query.push(("service".to_string(), service));
+    }
+    let mut req = client.get(&realm).query(&query);
+    if let Some((u, p)) = basic {
+        req = req.basic_auth(u, Some(p));
+    }
+    let r = req.send().await.map_err(|e| http_send_failure(&realm, e))?;
+    if !r.status().is_success() {
+        return Err(http_status_failure(app, &realm, &r));
+    }
+    let body: serde_json::Value = r.json().await.map_err(|e| {
+        permanent(format!(
+            "the registry's token service answered something else than a token: {e}"
+        ))
+    })?;
+    body.get("token")
+        .or_else(|| body.get("access_token"))
+        .and_then(|t| t.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| permanent("the registry's token service answered without a token".into()))
+}
+
 /// `HAUL_IMAGE` for a container image deployed by digest.
 pub fn pinned_image(img: &ImageSource, digest_hex: &str) -> String {
     format!("{}/{}@sha256:{digest_hex}", img.registry, img.repository)
@@ -791,5 +938,28 @@ mod tests {
         assert!(fill("a/{sha}.tgz", Some("../x")).is_err());
         assert!(fill("a/{sha}.tgz", None).is_err());
         assert_eq!(fill("a/b.tgz", None).ok().as_deref(), Some("a/b.tgz"));
+    }
+
+    #[test]
+    fn bearer_challenges() {
+        let c = parse_challenge(
+            r#"realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/ubuntu:pull,push""#,
+        );
+        assert_eq!(
+            c,
+            [
+                ("realm".to_string(), "https://auth.docker.io/token".to_string()),
+                ("service".to_string(), "registry.docker.io".to_string()),
+                (
+                    "scope".to_string(),
+                    "repository:library/ubuntu:pull,push".to_string()
+                ),
+            ]
+        );
+        assert_eq!(
+            parse_challenge("realm=x"),
+            [("realm".to_string(), "x".to_string())]
+        );
+        assert!(parse_challenge("").is_empty());
     }
 }
