@@ -182,36 +182,7 @@ async fn image_tag(app: &AppConfig, img: &ImageSource, wanted: &Wanted) -> Resul
 
 /// The newest by version order (`v1.10` after `v1.9`), as `git tag --sort=v:refname` would say.
 fn newest<'a>(tags: impl Iterator<Item = &'a String>) -> Option<&'a String> {
-    tags.max_by(|a, b| version_cmp(a, b))
-}
-
-fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
-    fn parts(s: &str) -> Vec<(bool, &str)> {
-        let mut out = Vec::new();
-        let mut start = 0;
-        let bytes = s.as_bytes();
-        for i in 1..=bytes.len() {
-            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
-                out.push((bytes[start].is_ascii_digit(), &s[start..i]));
-                start = i;
-            }
-        }
-        out
-    }
-    let (pa, pb) = (parts(a), parts(b));
-    for (x, y) in pa.iter().zip(&pb) {
-        let o = match (x, y) {
-            ((true, n), (true, m)) => {
-                let (n, m) = (n.trim_start_matches('0'), m.trim_start_matches('0'));
-                n.len().cmp(&m.len()).then_with(|| n.cmp(m))
-            }
-            ((_, n), (_, m)) => n.cmp(m),
-        };
-        if o.is_ne() {
-            return o;
-        }
-    }
-    pa.len().cmp(&pb.len())
+    tags.max_by(|a, b| crate::git::version_cmp(a, b))
 }
 
 /// Downloads what `resolved` names into `dir` (private to this deploy) and verifies it.
@@ -925,8 +896,6 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         assert_eq!(newest(tags.iter()).map(String::as_str), Some("v1.10"));
-        assert!(version_cmp("v2", "v10").is_lt());
-        assert!(version_cmp("v1.0.1", "v1.0").is_gt());
     }
 
     #[test]

@@ -157,6 +157,32 @@ impl Source {
 }
 
 impl AppConfig {
+    /// The artifact credential files this app reads (each must be private): (config key, path).
+    pub fn credential_files(&self) -> Vec<(&'static str, &Path)> {
+        let mut out: Vec<(&'static str, &Path)> = Vec::new();
+        match &self.source {
+            Source::Image(i) => {
+                out.extend(i.password_file.as_deref().map(|p| ("registry_password_file", p)));
+                out.extend(i.token_file.as_deref().map(|p| ("registry_token_file", p)));
+            }
+            Source::Object(o) => {
+                out.extend(
+                    o.access_key_id_file
+                        .as_deref()
+                        .map(|p| ("s3_access_key_id_file", p)),
+                );
+                out.extend(
+                    o.secret_access_key_file
+                        .as_deref()
+                        .map(|p| ("s3_secret_access_key_file", p)),
+                );
+            }
+            Source::Url(u) => out.extend(u.token_file.as_deref().map(|p| ("url_token_file", p))),
+            Source::Git => {}
+        }
+        out
+    }
+
     /// The upstream host this app's fetches count against (budget and rate-limit circuit).
     pub fn upstream(&self) -> String {
         match &self.source {
@@ -1214,6 +1240,25 @@ impl Config {
                     problems.push(format!("[apps.{}] webhook: {e}", app.name));
                 }
             }
+            for (key, file) in app.credential_files() {
+                if let Err(e) = check_private_file(file) {
+                    problems.push(format!("[apps.{}] {key}: {e}", app.name));
+                }
+            }
+            let verify_file = match &app.verify {
+                Some(crate::signature::Verifier::Minisign { key_file }) => {
+                    Some(("verify.minisign_key", key_file))
+                }
+                Some(crate::signature::Verifier::Ssh { allowed_signers, .. }) => {
+                    Some(("verify.ssh_allowed_signers", allowed_signers))
+                }
+                None => None,
+            };
+            if let Some((key, file)) = verify_file {
+                if let Err(e) = std::fs::metadata(file) {
+                    problems.push(format!("[apps.{}] {key} {}: {e}", app.name, file.display()));
+                }
+            }
         }
         problems
     }
@@ -1298,6 +1343,11 @@ mod tests {
         assert_eq!(blog.step_timeout, Duration::from_secs(600));
         assert_eq!(blog.build, ["npm ci", "npm run build"]);
         assert_eq!(blog.webhook.as_ref().map(|w| w.provider), Some(Provider::Github));
+        let artifacts =
+            parse(include_str!("../examples/artifacts.toml")).expect("examples/artifacts.toml must parse");
+        assert!(matches!(&artifacts.apps["shop"].source, Source::Image(i) if i.kind == ImageKind::Container));
+        assert!(artifacts.apps["worker"].source.is_templated());
+        assert!(artifacts.apps["api"].verify.is_some());
     }
 
     #[test]

@@ -59,6 +59,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Daemon> {
             crate::config::check_private_file(k)
                 .map_err(|e| anyhow::anyhow!("[apps.{}] deploy_key: {e}", app.name))?;
         }
+        for (key, file) in app.credential_files() {
+            crate::config::check_private_file(file)
+                .map_err(|e| anyhow::anyhow!("[apps.{}] {key}: {e}", app.name))?;
+        }
     }
     let mut secrets = HashMap::new();
     for app in cfg.apps.values() {

@@ -294,6 +294,14 @@ impl Pipeline {
                 (_, _, d) => d.clone(),
             },
         };
+        if let (true, Some(s)) = (is_image, &job.sha) {
+            if wanted.digest.is_none() {
+                return Err(Outcome::new(
+                    State::Failed,
+                    format!("{s:?} is not a manifest digest: an image is deployed by its full sha256 (64 hex digits), or by its tag"),
+                ));
+            }
+        }
         let note = |m: &str| self.log.line(m);
         self.log.stage(&format!("resolve {}", self.app.repo));
         let (resolved, report) = crate::upstream::guarded(

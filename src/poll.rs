@@ -85,17 +85,12 @@ async fn poll_artifact(
             let hex = digest.trim_start_matches("sha256:").to_string();
             (Some(format!("refs/tags/{}", r.name)), Some(hex), Some(digest))
         }
-        Source::Object(o) => {
-            let etag = crate::artifact::object_etag(app, o).await?;
-            if last_etag.as_deref() == Some(etag.as_str()) {
-                tracing::debug!("poll: {} is unchanged", app.repo);
-                return Ok(());
-            }
-            *last_etag = Some(etag);
-            (None, None, None)
-        }
-        Source::Url(u) => {
-            let etag = crate::artifact::url_etag(app, u).await?;
+        Source::Object(_) | Source::Url(_) => {
+            let etag = match &app.source {
+                Source::Object(o) => crate::artifact::object_etag(app, o).await?,
+                Source::Url(u) => crate::artifact::url_etag(app, u).await?,
+                _ => return Ok(()),
+            };
             if last_etag.as_deref() == Some(etag.as_str()) {
                 tracing::debug!("poll: {} is unchanged", app.repo);
                 return Ok(());

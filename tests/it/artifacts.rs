@@ -17,15 +17,11 @@ use crate::support::*;
 /// A Standard Webhooks delivery, as a CI job sends it after the upload.
 fn ci_hook(h: &Haul, app: &str, body: &Value) -> (u16, Value) {
     let body = body.to_string();
-    let id = format!("msg_{}", delivery());
-    let ts = haul::model::now_ms() / 1000;
-    let sig = haul::intake::sign_standard(SECRET.as_bytes(), &id, ts, body.as_bytes());
-    let headers = vec![
-        ("webhook-id", id),
-        ("webhook-timestamp", ts.to_string()),
-        ("webhook-signature", sig),
-    ];
-    h.post(&format!("/hooks/{app}"), &headers, body.as_bytes())
+    h.post(
+        &format!("/hooks/{app}"),
+        &standard_headers(&body),
+        body.as_bytes(),
+    )
 }
 
 fn deploy_id(reply: &(u16, Value)) -> String {

@@ -83,14 +83,7 @@ fn documented_push(provider: &str, sha: &str) -> (Vec<(&'static str, String)>, S
         }
         "standard" => {
             let body = serde_json::json!({"type": "push", "ref": "refs/heads/main", "sha": sha, "actor": "ci-job-4711"}).to_string();
-            let id = format!("msg_{}", delivery());
-            let ts = haul::model::now_ms() / 1000;
-            let sig = haul::intake::sign_standard(SECRET.as_bytes(), &id, ts, body.as_bytes());
-            let h = vec![
-                ("webhook-id", id),
-                ("webhook-timestamp", ts.to_string()),
-                ("webhook-signature", sig),
-            ];
+            let h = standard_headers(&body);
             (h, body, "ci-job-4711")
         }
         other => panic!("no fixture for {other}"),

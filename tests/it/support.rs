@@ -336,6 +336,30 @@ pub fn kill_tree(pid: u32) {
 
 /// A real git smart-HTTP server (`git http-backend` behind `tests/support/git_http_server.py`) serving the
 /// repositories of a [`GitServer`], answering `limited` requests with 429 first (-1: all of them).
+/// The port a test server wrote to `port_file` once it listened.
+fn wait_port_file(port_file: &Path, what: &str) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(p) = std::fs::read_to_string(port_file) {
+            return p.trim().parse::<u16>().expect("port");
+        }
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Standard Webhooks headers for `body`, signed now with the test secret and a fresh id.
+pub fn standard_headers(body: &str) -> Vec<(&'static str, String)> {
+    let id = format!("msg_{}", delivery());
+    let ts = haul::model::now_ms() / 1000;
+    let sig = haul::intake::sign_standard(SECRET.as_bytes(), &id, ts, body.as_bytes());
+    vec![
+        ("webhook-id", id),
+        ("webhook-timestamp", ts.to_string()),
+        ("webhook-signature", sig),
+    ]
+}
+
 pub struct HttpGitServer {
     pub url: String,
     log: PathBuf,
@@ -357,14 +381,7 @@ impl HttpGitServer {
             .arg(retry_after.to_string())
             .spawn()
             .expect("start the git HTTP server");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let port = loop {
-            if let Ok(p) = std::fs::read_to_string(&port_file) {
-                break p.trim().parse::<u16>().expect("port");
-            }
-            assert!(Instant::now() < deadline, "git HTTP server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let port = wait_port_file(&port_file, "git HTTP server");
         HttpGitServer {
             url: format!("http://127.0.0.1:{port}/repo.git"),
             log,
@@ -413,14 +430,7 @@ impl FileServer {
             .args(token)
             .spawn()
             .expect("start the HTTP file server");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let port = loop {
-            if let Ok(p) = std::fs::read_to_string(&port_file) {
-                break p.trim().parse::<u16>().expect("port");
-            }
-            assert!(Instant::now() < deadline, "HTTP file server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let port = wait_port_file(&port_file, "HTTP file server");
         FileServer {
             url: format!("http://127.0.0.1:{port}"),
             log,
