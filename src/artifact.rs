@@ -55,6 +55,90 @@ pub struct Wanted {
     pub digest: Option<String>,
 }
 
+/// Signatures, token answers: small things, read with a cap so a hostile server cannot fill memory.
+const SMALL_MAX: u64 = 64 * 1024;
+
+/// An `AsyncWrite` that refuses to take more than `left` bytes: what a registry sends beyond what it
+/// declared (or beyond `max_artifact_size`) is an error, not a full disk.
+struct Capped<W> {
+    inner: W,
+    left: u64,
+    what: &'static str,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Capped<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if buf.len() as u64 > self.left {
+            let what = self.what;
+            return std::task::Poll::Ready(Err(std::io::Error::other(format!(
+                "{what} is larger than allowed"
+            ))));
+        }
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &polled {
+            this.left -= *n as u64;
+        }
+        polled
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A response body, at most `max` bytes.
+async fn read_capped(r: reqwest::Response, max: u64, what: &str) -> Result<Vec<u8>, Failure> {
+    let mut body = r.bytes_stream();
+    let mut out = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| Failure::transient(format!("reading {what} broke off: {e}")))?;
+        if (out.len() + chunk.len()) as u64 > max {
+            return Err(permanent(format!(
+                "{what} is larger than {max} bytes; refusing it"
+            )));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// `fut` within `limit` (`fetch_timeout`): a server that trickles must not hold the app's lock for ever.
+pub async fn within<T>(
+    limit: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+        Err(Failure::transient(format!(
+            "{what} took longer than fetch_timeout ({}s)",
+            limit.as_secs()
+        )))
+    })
+}
+
+/// A URL as people see it: credentials in the authority replaced, the query (presigned signatures, tokens)
+/// left out.
+pub fn shown_url(url: &str) -> String {
+    let redacted = crate::git::redact_url(url);
+    match redacted.split_once('?') {
+        Some((base, _)) => format!("{base}?…"),
+        None => redacted,
+    }
+}
+
 /// rustls needs its crypto chosen once per process: ring (no C toolchain, no cmake).
 fn tls() {
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -352,7 +436,7 @@ async fn download_image(
         // The signature covers the manifest, which pins every layer by digest.
         let sig_tag = format!("{}-{}{}", "sha256", hex_of(&digest), v.suffix());
         let sig = image_signature(app, img, &client, &auth, &sig_tag).await?;
-        notes.push(check_signature(v, &manifest_file, &sig, &digest).await?);
+        notes.push(check_signature(v, &manifest_file, &sig, &digest, None).await?);
     }
     let mut files = Vec::new();
     if img.kind == ImageKind::Artifact {
@@ -361,8 +445,16 @@ async fn download_image(
         if parsed.layers.is_empty() {
             return Err(permanent(format!("the artifact {digest} has no layers")));
         }
-        let total: i64 = parsed.layers.iter().map(|l| l.size.max(0)).sum();
-        if total as u64 > app.max_artifact_bytes {
+        if parsed.layers.iter().any(|l| l.size < 0) {
+            return Err(permanent(format!(
+                "the manifest {digest} declares a negative layer size"
+            )));
+        }
+        let total = parsed
+            .layers
+            .iter()
+            .fold(0u64, |t, l| t.saturating_add(l.size as u64));
+        if total > app.max_artifact_bytes {
             return Err(permanent(format!(
                 "the artifact's layers add up to {total} bytes, over max_artifact_size ({} bytes)",
                 app.max_artifact_bytes
@@ -380,7 +472,13 @@ async fn download_image(
             let file = tokio::fs::File::create(&path)
                 .await
                 .map_err(|e| permanent(format!("cannot create {}: {e}", path.display())))?;
-            // The client checks every byte against the layer's digest (and the registry's header).
+            // The client checks every byte against the layer's digest (and the registry's header); the cap
+            // holds the registry to the size the manifest declared.
+            let file = Capped {
+                inner: file,
+                left: layer.size as u64,
+                what: "a layer",
+            };
             client
                 .pull_blob(&by_digest, layer, file)
                 .await
@@ -422,27 +520,36 @@ async fn image_signature(
         .layers
         .first()
         .ok_or_else(|| permanent(format!("the signature artifact {sig_tag} has no layer")))?;
-    if layer.size > 64 * 1024 {
+    if !(0..=SMALL_MAX as i64).contains(&layer.size) {
         return Err(permanent(format!(
             "the signature in {sig_tag} is larger than 64 KiB"
         )));
     }
     let mut sig = Vec::new();
+    let capped = Capped {
+        inner: &mut sig,
+        left: layer.size as u64,
+        what: "a signature",
+    };
     client
-        .pull_blob(&r, layer, &mut sig)
+        .pull_blob(&r, layer, capped)
         .await
         .map_err(|e| oci_failure(app, &format!("signature {sig_tag}"), e))?;
     Ok(sig)
 }
 
+/// Checks `sig` over `data`; `name` is the artifact's file name, which a minisign signature's signed comment
+/// must match when it names one.
 async fn check_signature(
     v: &crate::signature::Verifier,
     data: &Path,
     sig: &[u8],
     digest: &str,
+    name: Option<&str>,
 ) -> Result<String, Failure> {
     let (v2, data2, sig2) = (v.clone(), data.to_path_buf(), sig.to_vec());
-    let result = tokio::task::spawn_blocking(move || v2.verify_file(&data2, &sig2))
+    let name2 = name.map(String::from);
+    let result = tokio::task::spawn_blocking(move || v2.verify_file_named(&data2, &sig2, name2.as_deref()))
         .await
         .map_err(|e| permanent(format!("signature check did not finish: {e}")))?;
     match result {
@@ -578,6 +685,12 @@ async fn download_object(
     if let Some(v) = &app.verify {
         let sig_key = format!("{key}{}", v.suffix());
         let sig = match store.get(&object_store::path::Path::from(sig_key.as_str())).await {
+            Ok(r) if r.meta.size > SMALL_MAX => {
+                return Err(permanent(format!(
+                    "the signature s3://{}/{sig_key} is larger than 64 KiB",
+                    o.bucket
+                )))
+            }
             Ok(r) => r
                 .bytes()
                 .await
@@ -597,7 +710,8 @@ async fn download_object(
                 o.bucket
             )));
         }
-        notes.push(check_signature(v, &file, &sig, &digest).await?);
+        let name = key.rsplit('/').next();
+        notes.push(check_signature(v, &file, &sig, &digest, name).await?);
     }
     Ok(Fetched {
         digest,
@@ -620,9 +734,16 @@ pub async fn object_etag(app: &AppConfig, o: &ObjectSource) -> Result<String, Fa
         .unwrap_or_else(|| format!("{}-{}", meta.size, meta.last_modified.timestamp_millis())))
 }
 
+/// The HTTP client for artifacts. Configured for HTTPS, it never follows a redirect to plain HTTP.
 fn http_client(app: &AppConfig) -> Result<reqwest::Client, Failure> {
     tls();
+    let https = match &app.source {
+        Source::Image(i) => !i.plain_http,
+        Source::Url(u) => u.url.starts_with("https://"),
+        _ => true,
+    };
     reqwest::Client::builder()
+        .https_only(https)
         .connect_timeout(Duration::from_secs(10))
         .timeout(app.fetch_timeout)
         .redirect(reqwest::redirect::Policy::limited(5))
@@ -638,7 +759,7 @@ fn http_status_failure(app: &AppConfig, url: &str, r: &reqwest::Response) -> Fai
         _ => "url_token_file",
     };
     let status = r.status();
-    let shown = crate::git::redact_url(url);
+    let shown = shown_url(url);
     match status.as_u16() {
         401 | 403 => permanent(format!(
             "{shown} answered {status}: the registry refused haul's credentials ({credential}) for app {}; not retried",
@@ -660,7 +781,7 @@ fn http_status_failure(app: &AppConfig, url: &str, r: &reqwest::Response) -> Fai
 }
 
 fn http_send_failure(url: &str, e: reqwest::Error) -> Failure {
-    Failure::transient(format!("cannot reach {}: {e}", crate::git::redact_url(url)))
+    Failure::transient(format!("cannot reach {}: {e}", shown_url(url)))
 }
 
 async fn http_get(app: &AppConfig, u: &UrlSource, url: &str) -> Result<reqwest::Response, Failure> {
@@ -684,23 +805,24 @@ async fn download_url(app: &AppConfig, u: &UrlSource, url: &str, dir: &Path) -> 
         )));
     }
     let file = dir.join("download");
-    let shown = crate::git::redact_url(url);
+    let shown = shown_url(url);
     let digest = save_stream(r.bytes_stream(), &file, app.max_artifact_bytes, &shown).await?;
     let mut notes = vec![format!("downloaded {shown} ({digest})")];
     if let Some(v) = &app.verify {
         let sig_url = format!("{url}{}", v.suffix());
         let sig = match http_get(app, u, &sig_url).await {
-            Ok(r) => r.bytes().await.map_err(|e| http_send_failure(&sig_url, e))?,
+            Ok(r) => read_capped(r, SMALL_MAX, "the signature").await?,
             Err(f) if f.kind == Kind::Permanent && f.message.contains("no such artifact") => {
                 return Err(permanent(format!(
                     "{shown} ({digest}) is not signed: {} does not exist, and verify wants a signature by {}; refusing it",
-                    crate::git::redact_url(&sig_url),
+                    shown_url(&sig_url),
                     v.describe()
                 )))
             }
             Err(f) => return Err(f),
         };
-        notes.push(check_signature(v, &file, &sig, &digest).await?);
+        let name = url.split(['?', '#']).next().and_then(|p| p.rsplit('/').next());
+        notes.push(check_signature(v, &file, &sig, &digest, name).await?);
     }
     Ok(Fetched {
         digest,
@@ -868,7 +990,8 @@ async fn pull_token(
     if !r.status().is_success() {
         return Err(http_status_failure(app, &realm, &r));
     }
-    let body: serde_json::Value = r.json().await.map_err(|e| {
+    let bytes = read_capped(r, SMALL_MAX, "the registry's token answer").await?;
+    let body: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
         permanent(format!(
             "the registry's token service answered something else than a token: {e}"
         ))

@@ -505,7 +505,7 @@ fn status(cfg: &Config, json: bool) -> Result<(), Exit> {
             None => store::AppSummary::default(),
         };
         let live_sha = match (&conn, &live) {
-            (Some(c), Some(r)) => store::release_sha(c, &app.name, r)?.0,
+            (Some(c), Some(r)) => store::release_sha(c, &app.name, r)?.sha,
             _ => None,
         };
         rows.push(AppStatus {

@@ -348,6 +348,10 @@ impl Track {
                 .is_some_and(|t| glob_match(glob, t)),
         }
     }
+    /// A tag glob with wildcards (not one fixed tag).
+    pub fn is_glob(&self) -> bool {
+        matches!(self, Track::Tags(g) if g.contains(['*', '?']))
+    }
     pub fn describe(&self) -> String {
         match self {
             Track::Branch(b) => format!("branch {b}"),
@@ -581,7 +585,7 @@ fn source_display(source: &Source) -> Option<String> {
         Source::Git => None,
         Source::Image(i) => Some(format!("oci://{}/{}", i.registry, i.repository)),
         Source::Object(o) => Some(format!("s3://{}/{}", o.bucket, o.key)),
-        Source::Url(u) => Some(u.url.clone()),
+        Source::Url(u) => Some(crate::artifact::shown_url(&u.url)),
     }
 }
 
@@ -888,7 +892,7 @@ impl Config {
             let source = parse_source(&a, &resolve).map_err(|m| ctx(&m))?;
             let track = match (&source, &a.tag) {
                 (Source::Image(_), Some(glob)) => {
-                    if !is_tag_glob(glob) {
+                    if !is_tag_glob(glob) || !model::is_oci_tag(&glob.replace(['*', '?'], "x")) {
                         return Err(ctx(&format!(
                             "tag {glob:?} is not an image tag or a tag glob like \"v*\""
                         )));

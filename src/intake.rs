@@ -467,7 +467,7 @@ fn decide_image(
         _ => None,
     };
     let tag = match tag.or(fixed) {
-        Some(t) if model::is_valid_ref(&format!("refs/tags/{t}")) && !t.contains('/') => t,
+        Some(t) if model::is_oci_tag(&t) => t,
         Some(_) => return Err(Rejected::Malformed("tag is not a valid image tag".into())),
         None => {
             return Err(Rejected::Malformed(
@@ -1252,7 +1252,8 @@ mod tests {
             distribution_body("acme/api", "main", &format!("sha512:{}", "a".repeat(128))),
             distribution_body("acme/api", "main", &format!("sha256:{}", "A".repeat(64))),
             distribution_body("acme/api", "-main", &digest),
-            distribution_body("acme/api", "ma..in", &digest),
+            distribution_body("acme/api", "v1#x", &digest),
+            distribution_body("acme/api", "v1%2F..", &digest),
             body.replace("\"id\":\"ev-1\"", "\"id\":\"ev 1\\n\""),
             "{}".to_string(),
             "not json".to_string(),

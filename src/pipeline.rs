@@ -57,6 +57,8 @@ pub struct Previous {
     pub sha: Option<String>,
     /// An artifact's digest.
     pub digest: Option<String>,
+    /// The ref (an image's `refs/tags/<tag>`) it was deployed as.
+    pub git_ref: Option<String>,
 }
 
 pub struct Pipeline {
@@ -309,10 +311,32 @@ impl Pipeline {
             self.app.max_fetches_per_minute,
             self.app.fetch_attempts,
             &note,
-            || artifact::resolve(&self.app, &wanted),
+            || {
+                artifact::within(
+                    self.app.fetch_timeout,
+                    "resolving",
+                    artifact::resolve(&self.app, &wanted),
+                )
+            },
         )
         .await;
         let mut resolved = resolved.map_err(|f| failed("resolve failed", f))?;
+        // A tag glob: an automatic trigger never takes the app to an older tag than the live one.
+        let live_tag = previous
+            .git_ref
+            .as_deref()
+            .and_then(|r| r.strip_prefix("refs/tags/"));
+        if let (true, true, Some(live)) = (is_image && automatic, self.app.track.is_glob(), live_tag) {
+            if crate::git::version_cmp(&resolved.name, live).is_lt() {
+                return Err(Outcome::new(
+                    State::Ignored,
+                    format!(
+                        "tag {} is older than the live {live}: a replayed or out-of-order trigger; nothing deployed",
+                        resolved.name
+                    ),
+                ));
+            }
+        }
         if is_image {
             let current = resolved.digest.clone().unwrap_or_default();
             match &wanted.digest {
@@ -353,7 +377,13 @@ impl Pipeline {
             self.app.max_fetches_per_minute,
             self.app.fetch_attempts,
             &note,
-            || artifact::download(&self.app, &resolved, &wanted, &dir),
+            || {
+                artifact::within(
+                    self.app.fetch_timeout,
+                    "the download",
+                    artifact::download(&self.app, &resolved, &wanted, &dir),
+                )
+            },
         )
         .await;
         let fetched = fetched.map_err(|f| {
@@ -432,7 +462,8 @@ impl Pipeline {
                     .map_err(|e| Failure::permanent(format!("cannot write {}: {e}", dir.display())));
             }
         }
-        let limits = crate::unpack::Limits {
+        // One budget for all the layers together: max_artifact_size is what the release may become.
+        let mut limits = crate::unpack::Limits {
             max_bytes: self.app.max_artifact_bytes,
             ..crate::unpack::Limits::default()
         };
@@ -455,6 +486,10 @@ impl Pipeline {
                 "    unpacked {} file(s), {} dir(s), {} link(s), {} bytes",
                 unpacked.files, unpacked.dirs, unpacked.links, unpacked.bytes
             ));
+            limits.max_bytes = limits.max_bytes.saturating_sub(unpacked.bytes);
+            limits.max_entries = limits
+                .max_entries
+                .saturating_sub(unpacked.files + unpacked.dirs + unpacked.links);
         }
         Ok(())
     }

@@ -78,27 +78,86 @@ async fn poll_artifact(
     app: &AppConfig,
     last_etag: &mut Option<String>,
 ) -> Result<(), Failure> {
-    let (git_ref, sha, digest) = match &app.source {
-        Source::Image(_) => {
-            let r = crate::artifact::resolve(app, &crate::artifact::Wanted::default()).await?;
-            let digest = r.digest.unwrap_or_default();
-            let hex = digest.trim_start_matches("sha256:").to_string();
-            (Some(format!("refs/tags/{}", r.name)), Some(hex), Some(digest))
+    // An upstream that rate-limited us is left alone until it said we may come back; a 429 to a poll opens
+    // the same circuit a deploy's would.
+    let upstream = app.upstream();
+    if let Some(open) = crate::upstream::global().open_for(&upstream) {
+        tracing::debug!(
+            "poll: {upstream} is rate-limiting us; not asking for {}s",
+            open.as_secs()
+        );
+        return Ok(());
+    }
+    match look(app).await {
+        Err(f) if f.kind == Kind::RateLimited => {
+            crate::upstream::global().open(&upstream, f.retry_after.unwrap_or(crate::upstream::DEFAULT_OPEN));
+            Err(f)
         }
-        Source::Object(_) | Source::Url(_) => {
-            let etag = match &app.source {
-                Source::Object(o) => crate::artifact::object_etag(app, o).await?,
-                Source::Url(u) => crate::artifact::url_etag(app, u).await?,
-                _ => return Ok(()),
-            };
+        Err(f) => Err(f),
+        Ok(seen) => {
+            enqueue_if_new(queue, app, seen, last_etag).await;
+            Ok(())
+        }
+    }
+}
+
+/// What an artifact poll saw: an image's tag and digest, or an object's (and its signature's) ETags.
+enum Seen {
+    Image { tag: String, digest: String },
+    Etag(String),
+}
+
+async fn etag_of(app: &AppConfig, suffix: &str) -> Result<String, Failure> {
+    match &app.source {
+        Source::Object(o) => {
+            let mut o = o.clone();
+            o.key.push_str(suffix);
+            crate::artifact::object_etag(app, &o).await
+        }
+        Source::Url(u) => {
+            let mut u = u.clone();
+            u.url.push_str(suffix);
+            crate::artifact::url_etag(app, &u).await
+        }
+        Source::Git | Source::Image(_) => Ok(String::new()),
+    }
+}
+
+async fn look(app: &AppConfig) -> Result<Seen, Failure> {
+    if let Source::Image(_) = &app.source {
+        let r = crate::artifact::resolve(app, &crate::artifact::Wanted::default()).await?;
+        return Ok(Seen::Image {
+            tag: r.name,
+            digest: r.digest.unwrap_or_default(),
+        });
+    }
+    let mut etag = etag_of(app, "").await?;
+    // A signature uploaded after its artifact is a change too: what was refused as unsigned a moment ago
+    // deploys once it is signed.
+    if let Some(v) = &app.verify {
+        match etag_of(app, v.suffix()).await {
+            Ok(sig) => etag = format!("{etag} {sig}"),
+            Err(f) if f.kind == Kind::Permanent => etag.push_str(" unsigned"),
+            Err(f) => return Err(f),
+        }
+    }
+    Ok(Seen::Etag(etag))
+}
+
+async fn enqueue_if_new(queue: &Queue, app: &AppConfig, seen: Seen, last_etag: &mut Option<String>) {
+    let (git_ref, sha, digest) = match seen {
+        Seen::Image { tag, digest } => {
+            let hex = digest.trim_start_matches("sha256:").to_string();
+            (Some(format!("refs/tags/{tag}")), Some(hex), Some(digest))
+        }
+        Seen::Etag(etag) => {
             if last_etag.as_deref() == Some(etag.as_str()) {
                 tracing::debug!("poll: {} is unchanged", app.repo);
-                return Ok(());
+                return;
             }
             *last_etag = Some(etag);
             (None, None, None)
         }
-        Source::Git => return Ok(()),
     };
     if let Some(hex) = &sha {
         let (name, probe) = (app.name.clone(), hex.clone());
@@ -110,12 +169,12 @@ async fn poll_artifact(
         {
             Ok(true) => {
                 tracing::debug!("poll: {} is still at {hex}; nothing to do", app.repo);
-                return Ok(());
+                return;
             }
             Ok(false) => {}
             Err(e) => {
                 tracing::error!("poll: cannot read the audit log: {e}");
-                return Ok(());
+                return;
             }
         }
     }
@@ -134,7 +193,6 @@ async fn poll_artifact(
     if let Err(e) = queue.submit(req).await {
         tracing::error!("poll: cannot record the deploy request: {e}");
     }
-    Ok(())
 }
 
 /// One look at the remote; enqueues a deploy if it moved.

@@ -298,6 +298,23 @@ pub async fn run_next(env: &Env, app: &str) -> Result<Option<(DeployRow, Outcome
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
             tracing::error!(deploy_id = %row.id, "haul hit a bug during this deploy: {what}");
+            // What recovery would do after a crash: a release it recorded but did not put live goes, and so
+            // do its downloads.
+            let id = row.id.clone();
+            if let (Ok(Some(r)), Some(cfg)) = (
+                env.store.call(move |c| store::get(c, &id)).await,
+                env.apps.get(app),
+            ) {
+                if let Some(rid) = r
+                    .release_id
+                    .filter(|rid| release::current(&cfg.path).as_ref() != Some(rid))
+                {
+                    let _ = release::remove(&cfg.path, &rid);
+                }
+                let _ = std::fs::remove_dir_all(
+                    crate::pipeline::downloads_dir(&env.mirrors_dir, app).join(row.id.as_str()),
+                );
+            }
             let o = Outcome::new(
                 State::Failed,
                 format!(
@@ -336,6 +353,30 @@ async fn execute(env: &Env, row: &DeployRow) -> Outcome {
             tracing::error!(deploy_id = %row.id, "cannot record the skip: {e}");
         }
         return Outcome::new(State::Ignored, reason);
+    }
+    // An artifact named by version has no history to ask (git has ancestry): a version that went live before
+    // and is not live now is an old delivery, replayed or out of order, and never taken back to by a trigger.
+    if app.source.is_templated() && matches!(row.trigger, Trigger::Webhook | Trigger::Poll) {
+        if let Some(sha) = row.sha.clone().filter(|s| Some(s) != previous.sha.as_ref()) {
+            let (name, probe) = (app.name.clone(), sha.clone());
+            if let Ok(true) = env
+                .store
+                .call(move |c| store::sha_succeeded(c, &name, &probe))
+                .await
+            {
+                let reason = format!(
+                    "{} went live before and {} has replaced it: a replayed or out-of-order trigger; nothing deployed (`haul rollback {}` goes back on purpose)",
+                    model::short_sha(&sha),
+                    previous.release_id.as_deref().unwrap_or("another release"),
+                    app.name
+                );
+                let (id, r, now) = (row.id.clone(), reason.clone(), model::now_ms());
+                if let Err(e) = env.store.call(move |c| store::skip(c, &id, &r, now)).await {
+                    tracing::error!(deploy_id = %row.id, "cannot record the skip: {e}");
+                }
+                return Outcome::new(State::Ignored, reason);
+            }
+        }
     }
     let secrets = std::iter::once(&app.repo)
         .chain(&app.mirrors)
@@ -463,14 +504,15 @@ async fn previous_release(env: &Env, app: &AppConfig) -> Previous {
         return Previous::default();
     };
     let (a, r) = (app.name.clone(), release_id.clone());
-    let (sha, digest) = env
+    let facts = env
         .store
         .call(move |c| store::release_sha(c, &a, &r))
         .await
         .unwrap_or_default();
     Previous {
         release_id: Some(release_id),
-        sha,
-        digest,
+        sha: facts.sha,
+        digest: facts.digest,
+        git_ref: facts.git_ref,
     }
 }

@@ -73,8 +73,15 @@ impl Verifier {
     /// Verifies the detached signature `sig` (the bytes of the .minisig or .sig file) over the file at `data`.
     /// Blocking; the caller runs it on a blocking thread.
     pub fn verify_file(&self, data: &Path, sig: &[u8]) -> Result<(), SigError> {
+        self.verify_file_named(data, sig, None)
+    }
+
+    /// Like [`Verifier::verify_file`], and a minisign signature whose (signed) trusted comment names the file
+    /// (`file:<name>`, as `minisign -S` writes it) must name `name`: a signature copied to another artifact's
+    /// name (an old, validly signed build under a new version's key) is refused.
+    pub fn verify_file_named(&self, data: &Path, sig: &[u8], name: Option<&str>) -> Result<(), SigError> {
         match self {
-            Verifier::Minisign { key_file } => verify_minisign(key_file, data, sig),
+            Verifier::Minisign { key_file } => verify_minisign(key_file, data, sig, name),
             Verifier::Ssh {
                 allowed_signers,
                 identity,
@@ -127,7 +134,7 @@ fn key_id(bytes: &[u8]) -> String {
     }
 }
 
-fn verify_minisign(key_file: &Path, data: &Path, sig: &[u8]) -> Result<(), SigError> {
+fn verify_minisign(key_file: &Path, data: &Path, sig: &[u8], name: Option<&str>) -> Result<(), SigError> {
     let key = MinisignKey::load(key_file)?;
     if sig.iter().all(u8::is_ascii_whitespace) {
         return Err(SigError::Missing("empty minisign signature".into()));
@@ -177,7 +184,17 @@ fn verify_minisign(key_file: &Path, data: &Path, sig: &[u8]) -> Result<(), SigEr
             data.display()
         )),
         other => SigError::Invalid(other.to_string()),
-    })
+    })?;
+    let signed_name = signature
+        .trusted_comment()
+        .split('\t')
+        .find_map(|f| f.strip_prefix("file:"));
+    match (name, signed_name) {
+        (Some(want), Some(got)) if got != want => Err(SigError::Invalid(format!(
+            "the signature was made for {got:?}, not {want:?} (its signed comment names the file): a signature moved to another artifact"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 fn open_data(data: &Path) -> Result<File, SigError> {

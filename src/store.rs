@@ -532,20 +532,41 @@ pub fn live_deploy(conn: &Connection, app: &str, release_id: &str) -> Result<Opt
         .optional()?)
 }
 
-/// The sha a release directory was built from, and (an artifact) the digest of what it was unpacked from.
-pub fn release_sha(
-    conn: &Connection,
-    app: &str,
-    release_id: &str,
-) -> Result<(Option<String>, Option<String>), StoreError> {
+/// What a release directory was built from: its sha, (an artifact) the digest it was unpacked from, and the
+/// ref it was deployed as. A rollback row names the release but not its digest: the row that built it does.
+pub fn release_sha(conn: &Connection, app: &str, release_id: &str) -> Result<ReleaseFacts, StoreError> {
     Ok(conn
         .query_row(
-            "SELECT sha, digest FROM deploys WHERE app = ?1 AND release_id = ?2 ORDER BY seq DESC LIMIT 1",
+            "SELECT sha, digest, git_ref FROM deploys WHERE app = ?1 AND release_id = ?2
+             ORDER BY (trigger != 'rollback') DESC, seq DESC LIMIT 1",
             params![app, release_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| {
+                Ok(ReleaseFacts {
+                    sha: r.get(0)?,
+                    digest: r.get(1)?,
+                    git_ref: r.get(2)?,
+                })
+            },
         )
         .optional()?
         .unwrap_or_default())
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReleaseFacts {
+    pub sha: Option<String>,
+    pub digest: Option<String>,
+    pub git_ref: Option<String>,
+}
+
+/// Did `sha` go live for `app` before (a deploy that succeeded)? For an artifact named by version, a trigger
+/// for such a version that is not live now is a replay or arrived out of order: it is not deployed again.
+pub fn sha_succeeded(conn: &Connection, app: &str, sha: &str) -> Result<bool, StoreError> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM deploys WHERE app = ?1 AND sha = ?2 AND state = 'succeeded' AND trigger != 'rollback')",
+        params![app, sha],
+        |r| r.get(0),
+    )?)
 }
 
 /// Releases that went live successfully (a deploy or a rollback that succeeded), newest built first (by audit

@@ -289,6 +289,24 @@ fn a_url_artifact_must_carry_a_valid_minisign_signature_when_a_key_is_configured
     publish(&root, &sha5, &[("index.html", b"evil")]);
     assert_eq!(h.wait_final(&hook(&sha5)).state, State::Failed);
     assert_untouched(&h, live.as_deref(), 1);
+
+    // An old, validly signed build copied under a new version's name: the signature's signed comment names
+    // the file it was made for, so it is refused.
+    let sha6 = "6".repeat(40);
+    let old_build = root.join(format!("builds/web-{sha4}.tar.gz"));
+    std::fs::copy(&old_build, root.join(format!("builds/web-{sha6}.tar.gz"))).expect("copy");
+    std::fs::copy(
+        old_build.with_extension("gz.minisig"),
+        root.join(format!("builds/web-{sha6}.tar.gz.minisig")),
+    )
+    .expect("copy sig");
+    let row = h.wait_final(&hook(&sha6));
+    assert_eq!(row.state, State::Failed);
+    assert!(row
+        .reason
+        .unwrap_or_default()
+        .contains("moved to another artifact"));
+    assert_untouched(&h, live.as_deref(), 1);
 }
 
 #[test]
@@ -749,7 +767,14 @@ fn an_object_deploys_with_read_only_keys_only_a_changed_digest_redeploys_and_rev
     assert_eq!(h.wait_final(&hook(&sha2, &v2)).state, State::Succeeded);
     assert_eq!(read(&h, "index.html").as_deref(), Some("v2"));
     let live = h.current();
-    let row = h.wait_final(&hook(&sha1, &v2));
+    // The first version's trigger again (a replay with a fresh id, or a late delivery): not taken back to.
+    let row = h.wait_final(&hook(&sha1, &v1));
+    assert_eq!(row.state, State::Ignored);
+    assert!(row.reason.unwrap_or_default().contains("went live before"));
+    // A digest the object does not have: refused.
+    let sha5 = "5".repeat(40);
+    s3.put(&format!("builds/api-{sha5}.tar.gz"), &v2);
+    let row = h.wait_final(&hook(&sha5, &v1));
     assert_eq!(row.state, State::Failed);
     assert!(row.reason.unwrap_or_default().contains("pinned"));
     // A version that was never uploaded: permanent, one request.
