@@ -457,9 +457,13 @@ impl Git {
             .args(["read-tree", sha]);
         let mut work_tree = OsString::from("--work-tree=");
         work_tree.push(dir.as_os_str());
+        // Parallel checkout (git >= 2.32): one worker per core writes the files; older gits ignore the key.
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
         let checkout = self
             .git("git checkout-index")
             .env("GIT_INDEX_FILE", index.as_os_str())
+            .arg("-c")
+            .arg(format!("checkout.workers={workers}"))
             .arg(work_tree)
             .args(["checkout-index", "--all", "--force"]);
         if let Err(e) = std::fs::create_dir(dir) {
