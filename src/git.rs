@@ -474,7 +474,22 @@ impl Git {
         }
         let result = async {
             runner::run(&read_tree, self.log.as_ref()).await?;
-            runner::run(&checkout, self.log.as_ref()).await
+            match runner::run(&checkout, self.log.as_ref()).await {
+                // A parallel checkout's workers report "unable to write file" without the reason (a full
+                // disk, a permission): once more on one worker, for git's exact words.
+                Err(_) if workers > 1 => {
+                    let mut once = checkout.clone();
+                    if let Some(w) = once
+                        .args
+                        .iter_mut()
+                        .find(|a| a.to_string_lossy().starts_with("checkout.workers="))
+                    {
+                        *w = "checkout.workers=1".into();
+                    }
+                    runner::run(&once, self.log.as_ref()).await
+                }
+                other => other,
+            }
         }
         .await;
         let _ = std::fs::remove_file(&index);

@@ -471,7 +471,14 @@ async fn hook_inner(
             .ignore(req, reason.clone())
             .await
             .map(|e| (e, "ignored", Some(reason))),
-        Accepted::Deploy(req) => st.queue.submit(req).await.map(|e| (e, "queued", None)),
+        Accepted::Deploy(req) => match st.queue.already_live(&req) {
+            Some(reason) => st
+                .queue
+                .ignore(req, reason.clone())
+                .await
+                .map(|e| (e, "ignored", Some(reason))),
+            None => st.queue.submit(req).await.map(|e| (e, "queued", None)),
+        },
     };
     match recorded {
         Ok((Enqueued::Recorded { id, superseded }, status, reason)) => {

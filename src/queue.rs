@@ -74,7 +74,14 @@ pub struct Queue {
     env: Env,
     wake: HashMap<String, Arc<Notify>>,
     pruned_at: std::sync::atomic::AtomicI64,
+    /// Per app, the (sha, digest) live now, as the app's worker last saw it: a trigger for exactly that is
+    /// recorded as ignored at once, instead of queued, claimed and skipped (a redelivery storm costs one
+    /// insert per request, and the worker never wakes for it).
+    live: std::sync::Mutex<HashMap<String, LiveFacts>>,
 }
+
+/// What is live for an app: its sha and (an artifact) its digest.
+type LiveFacts = (Option<String>, Option<String>);
 
 /// Replay protection keeps delivery ids at least 7 days; 8 to be safe.
 pub const DELIVERY_RETENTION_MS: i64 = 8 * 24 * 3600 * 1000;
@@ -90,11 +97,36 @@ impl Queue {
             env,
             wake,
             pruned_at: std::sync::atomic::AtomicI64::new(model::now_ms()),
+            live: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
     pub fn env(&self) -> &Env {
         &self.env
+    }
+
+    /// Is `req` an automatic trigger for exactly what is live? Then it needs nothing but a record; the reason
+    /// says why.
+    pub fn already_live(&self, req: &DeployRequest) -> Option<String> {
+        if !matches!(req.trigger, Trigger::Webhook | Trigger::Poll) {
+            return None;
+        }
+        let sha = req.sha.as_ref()?;
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let (live_sha, live_digest) = live.get(&req.app)?;
+        (Some(sha) == live_sha.as_ref() && (req.digest.is_none() || req.digest == *live_digest))
+            .then(|| format!("{} is already live; nothing fetched", model::short_sha(sha)))
+    }
+
+    async fn refresh_live(&self, app: &str) {
+        let Some(cfg) = self.env.apps.get(app) else {
+            return;
+        };
+        let p = previous_release(&self.env, cfg).await;
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(app.to_string(), (p.sha, p.digest));
     }
 
     /// Durably records `req` as pending (superseding the app's older pending one) and wakes the worker.
@@ -177,12 +209,16 @@ impl Queue {
         if let Err(e) = recover(&self.env, &app).await {
             tracing::error!(app = %app, "start-up recovery failed: {e}");
         }
+        self.refresh_live(&app).await;
         loop {
             if *shutdown.borrow() {
                 return;
             }
             match run_next(&self.env, &app).await {
-                Ok(Some(_)) => continue,
+                Ok(Some(_)) => {
+                    self.refresh_live(&app).await;
+                    continue;
+                }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::error!(app = %app, "cannot take the next deploy: {e}; retrying in 5s");

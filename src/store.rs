@@ -101,6 +101,12 @@ const SCHEMA: &[&str] = &[
     "DROP INDEX IF EXISTS deploys_state;",
     // v5: artifacts (images, objects) record the content digest pinned and verified.
     "ALTER TABLE deploys ADD COLUMN digest TEXT;",
+    // v6: fewer index writes on the hot path (every webhook inserts a row and a delivery id): release lookups
+    // only ever ask for a release id, so rows without one (ignored, superseded, queued) stay out of that
+    // index; delivery ids are pruned by a scan once an hour instead of keeping a second index for it.
+    "DROP INDEX IF EXISTS deploys_app_release;
+     CREATE INDEX deploys_app_release ON deploys(app, release_id) WHERE release_id IS NOT NULL;
+     DROP INDEX IF EXISTS deliveries_seen;",
 ];
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
@@ -628,6 +634,26 @@ mod tests {
             target: None,
             digest: None,
         }
+    }
+
+    /// The hot-path indexes are partial or gone; the lookups that need them still seek instead of scanning.
+    #[test]
+    fn lookups_use_their_indexes() {
+        let c = mem();
+        let plan = |sql: &str| -> String {
+            let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).expect("plan");
+            let rows = stmt.query_map([], |r| r.get::<_, String>(3)).expect("rows");
+            rows.map(|r| r.expect("row")).collect::<Vec<_>>().join("; ")
+        };
+        let release = plan(
+            "SELECT sha, digest, git_ref FROM deploys WHERE app = 'a' AND release_id = 'r'
+             ORDER BY (trigger != 'rollback') DESC, seq DESC LIMIT 1",
+        );
+        assert!(release.contains("deploys_app_release"), "{release}");
+        let live = plan("SELECT id FROM deploys WHERE app = 'a' AND release_id = 'r' AND state = 'succeeded' ORDER BY seq DESC LIMIT 1");
+        assert!(live.contains("USING INDEX"), "{live}");
+        let queued = plan("SELECT count(*) FROM deploys WHERE app = 'a' AND state = 'queued'");
+        assert!(queued.contains("deploys_app_state_seq"), "{queued}");
     }
 
     fn mem() -> Connection {
