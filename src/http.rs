@@ -470,26 +470,33 @@ async fn hook_inner(
             .queue
             .ignore(req, reason.clone())
             .await
-            .map(|e| (e, "ignored", Some(reason))),
+            .map(|e| (e, "ignored", Some(reason), false)),
+        // A redelivery of what is live: recorded, answered, and logged only at debug (a storm of them is
+        // in the audit, not in the daemon's log).
         Accepted::Deploy(req) => match st.queue.already_live(&req) {
             Some(reason) => st
                 .queue
                 .ignore(req, reason.clone())
                 .await
-                .map(|e| (e, "ignored", Some(reason))),
-            None => st.queue.submit(req).await.map(|e| (e, "queued", None)),
+                .map(|e| (e, "ignored", Some(reason), true)),
+            None => st.queue.submit(req).await.map(|e| (e, "queued", None, false)),
         },
     };
     match recorded {
-        Ok((Enqueued::Recorded { id, superseded }, status, reason)) => {
-            tracing::info!(deploy_id = %id, app = %app, "webhook {status}{}", reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default());
+        Ok((Enqueued::Recorded { id, superseded }, status, reason, quiet)) => {
+            let why = reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+            if quiet {
+                tracing::debug!(deploy_id = %id, app = %app, "webhook {status}{why}");
+            } else {
+                tracing::info!(deploy_id = %id, app = %app, "webhook {status}{why}");
+            }
             let mut r = HookReply::new(status);
             r.deploy_id = Some(id.to_string());
             r.reason = reason;
             r.superseded = superseded.iter().map(ToString::to_string).collect();
             ((StatusCode::ACCEPTED, Json(r)).into_response(), provider, status)
         }
-        Ok((Enqueued::Duplicate { first }, _, _)) => {
+        Ok((Enqueued::Duplicate { first }, ..)) => {
             tracing::info!(deploy_id = %first, app = %app, "webhook is a replay of an earlier delivery; nothing queued");
             let mut r = HookReply::new("duplicate");
             r.deploy_id = Some(first.to_string());
