@@ -387,6 +387,58 @@ fn a_revoked_token_is_one_attempt_and_a_429_is_waited_out_never_hammered() {
     assert!(log_of(&h, &id).contains("circuit open"), "{}", log_of(&h, &id));
 }
 
+#[test]
+fn sigkill_during_a_download_leaves_the_last_release_live_and_nothing_behind() {
+    let t = TempDir::new("url-kill");
+    let root = t.path().join("www");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    let server = FileServer::start_slow(&root, 80);
+    let mut h = url_app(&t, &server, "");
+    h.start();
+    let sha1 = "1".repeat(40);
+    publish(&root, &sha1, &[("index.html", b"v1")]);
+    let id = deploy_id(&ci_hook(
+        &h,
+        "web",
+        &json!({"ref": "refs/heads/main", "sha": sha1}),
+    ));
+    assert_eq!(h.wait_final(&id).state, State::Succeeded);
+    let live = h.current();
+
+    // About 1 MiB that does not compress: some 60 pieces, 80 ms apart.
+    let sha2 = "2".repeat(40);
+    let noise: Vec<u8> = (0..1024 * 1024).map(|_| fastrand::u8(..)).collect();
+    publish(&root, &sha2, &[("index.html", b"v2"), ("big.bin", &noise)]);
+    let id = deploy_id(&ci_hook(
+        &h,
+        "web",
+        &json!({"ref": "refs/heads/main", "sha": sha2}),
+    ));
+    let downloads = h.state_dir.join("downloads/web").join(&id);
+    wait_until("the download is under way", || {
+        std::fs::metadata(downloads.join("download")).is_ok_and(|m| m.len() > 64 * 1024)
+    });
+    h.kill();
+    assert_eq!(h.current(), live, "a kill never moves current");
+    h.start();
+    let row = h.wait_state(&id, State::Interrupted);
+    assert!(
+        row.release_id.is_none(),
+        "killed before a release was chosen: {row:?}"
+    );
+    assert_untouched(&h, live.as_deref(), 1);
+    assert!(!downloads.exists(), "the partial download was left behind");
+    assert_eq!(read(&h, "index.html").as_deref(), Some("v1"));
+    // And the next trigger deploys.
+    let id = deploy_id(&ci_hook(
+        &h,
+        "web",
+        &json!({"ref": "refs/heads/main", "sha": sha2}),
+    ));
+    assert_eq!(h.wait_final(&id).state, State::Succeeded);
+    assert_eq!(read(&h, "index.html").as_deref(), Some("v2"));
+}
+
 /// An image app on a real registry, reading with the `deployer` account; `extra` is added to the app.
 fn image_app(t: &TempDir, reg: &Registry, extra: &str, provider: &str) -> Haul {
     let pw = t.path().join("registry.pw");

@@ -416,6 +416,15 @@ pub struct FileServer {
 
 impl FileServer {
     pub fn start(root: &Path, limited: i32, retry_after: u32, token: Option<&str>) -> FileServer {
+        FileServer::launch(root, limited, retry_after, token, 0)
+    }
+
+    /// A server that sends bodies slowly: 16 KiB, then `pause_ms`, and so on.
+    pub fn start_slow(root: &Path, pause_ms: u32) -> FileServer {
+        FileServer::launch(root, 0, 1, None, pause_ms)
+    }
+
+    fn launch(root: &Path, limited: i32, retry_after: u32, token: Option<&str>, pause_ms: u32) -> FileServer {
         let dir = root.with_extension("server");
         std::fs::create_dir_all(&dir).expect("mkdir");
         let port_file = dir.join("port");
@@ -428,6 +437,7 @@ impl FileServer {
             .arg(limited.to_string())
             .arg(retry_after.to_string())
             .args(token)
+            .env("HTTP_FILES_SLOW_MS", pause_ms.to_string())
             .spawn()
             .expect("start the HTTP file server");
         let port = wait_port_file(&port_file, "HTTP file server");

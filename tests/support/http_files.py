@@ -7,16 +7,20 @@ usage: http_files.py ROOT PORT_FILE LOG_FILE LIMITED RETRY_AFTER [TOKEN]
   RETRY_AFTER  the Retry-After header's seconds
   TOKEN        when given, requests must carry `Authorization: Bearer TOKEN` (else 401)
 Writes the chosen port to PORT_FILE and one line per request ("METHOD PATH STATUS") to LOG_FILE.
+With HTTP_FILES_SLOW_MS set, bodies are sent 16 KiB at a time with that many milliseconds between pieces
+(a download a test can SIGKILL haul in the middle of).
 """
 import hashlib
 import http.server
 import os
 import sys
 import threading
+import time
 
 root, port_file, log_file = sys.argv[1], sys.argv[2], sys.argv[3]
 limited, retry_after = int(sys.argv[4]), sys.argv[5]
 token = sys.argv[6] if len(sys.argv) > 6 else None
+slow = int(os.environ.get("HTTP_FILES_SLOW_MS", "0")) / 1000.0
 lock = threading.Lock()
 count = 0
 
@@ -38,7 +42,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command != "HEAD":
-            self.wfile.write(body)
+            if slow and len(body) > 16384:
+                for i in range(0, len(body), 16384):
+                    self.wfile.write(body[i:i + 16384])
+                    self.wfile.flush()
+                    time.sleep(slow)
+            else:
+                self.wfile.write(body)
         self.log(status)
 
     def serve(self):
