@@ -56,7 +56,7 @@ pub struct Wanted {
 }
 
 /// Signatures, token answers: small things, read with a cap so a hostile server cannot fill memory.
-const SMALL_MAX: u64 = 64 * 1024;
+pub(crate) const SMALL_MAX: u64 = 64 * 1024;
 
 /// An `AsyncWrite` that refuses to take more than `left` bytes: what a registry sends beyond what it
 /// declared (or beyond `max_artifact_size`) is an error, not a full disk.
@@ -100,7 +100,7 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Capped<W> {
 }
 
 /// A response body, at most `max` bytes.
-async fn read_capped(r: reqwest::Response, max: u64, what: &str) -> Result<Vec<u8>, Failure> {
+pub(crate) async fn read_capped(r: reqwest::Response, max: u64, what: &str) -> Result<Vec<u8>, Failure> {
     let mut body = r.bytes_stream();
     let mut out = Vec::new();
     while let Some(chunk) = body.next().await {
@@ -157,7 +157,7 @@ fn hex_of(digest: &str) -> &str {
 }
 
 /// Reads a credential file (mode checked like every secret), trimmed.
-fn read_secret(path: &Path) -> Result<String, Failure> {
+pub(crate) fn read_secret(path: &Path) -> Result<String, Failure> {
     config::check_private_file(path).map_err(permanent)?;
     let text = std::fs::read_to_string(path)
         .map_err(|e| permanent(format!("cannot read {}: {e}", path.display())))?;
@@ -204,8 +204,9 @@ fn fill(template: &str, version: Option<&str>) -> Result<String, Failure> {
 pub async fn resolve(app: &AppConfig, wanted: &Wanted) -> Result<Resolved, Failure> {
     match &app.source {
         Source::Image(img) => {
-            let tag = image_tag(app, img, wanted).await?;
-            let digest = head_digest(app, img, &tag).await?;
+            let mut session = crate::registry::Session::new(app, img)?;
+            let tag = image_tag(app, img, wanted, &mut session).await?;
+            let digest = session.tag_digest(&tag).await?;
             if !crate::model::is_sha256_digest(&digest) {
                 return Err(permanent(format!(
                     "the registry answered {digest:?} for tag {tag}; haul deploys sha256 digests only"
@@ -238,7 +239,12 @@ pub async fn resolve(app: &AppConfig, wanted: &Wanted) -> Result<Resolved, Failu
 }
 
 /// The tag to deploy: the one a trigger named (if it matches), the configured one, or the newest matching.
-async fn image_tag(app: &AppConfig, img: &ImageSource, wanted: &Wanted) -> Result<String, Failure> {
+async fn image_tag(
+    app: &AppConfig,
+    img: &ImageSource,
+    wanted: &Wanted,
+    session: &mut crate::registry::Session<'_>,
+) -> Result<String, Failure> {
     let glob = match &app.track {
         config::Track::Tags(g) => g.clone(),
         config::Track::Branch(b) => b.clone(),
@@ -252,16 +258,13 @@ async fn image_tag(app: &AppConfig, img: &ImageSource, wanted: &Wanted) -> Resul
     if !glob.contains(['*', '?']) {
         return Ok(glob);
     }
-    let reference =
-        oci_client::Reference::with_tag(img.registry.clone(), img.repository.clone(), "latest".into());
-    let (client, auth) = oci(app, img)?;
-    let tags = client
-        .list_tags(&reference, &auth, None, None)
-        .await
-        .map_err(|e| oci_failure(app, "the tag list", e))?;
-    newest(tags.tags.iter().filter(|t| config::glob_match(&glob, t)))
-        .cloned()
-        .ok_or_else(|| permanent(format!("no tag matching {glob} in {}", img.repository)))
+    let tags = session.tags().await?;
+    newest(
+        tags.iter()
+            .filter(|t| crate::model::is_oci_tag(t) && config::glob_match(&glob, t)),
+    )
+    .cloned()
+    .ok_or_else(|| permanent(format!("no tag matching {glob} in {}", img.repository)))
 }
 
 /// The newest by version order (`v1.10` after `v1.9`), as `git tag --sort=v:refname` would say.
@@ -302,17 +305,15 @@ pub async fn download(
 // ---------------------------------------------------------------------------------------------------------
 // OCI registries
 
-const MANIFEST_TYPES: [&str; 2] = [
+/// What an artifact's manifest may be: an image manifest (an index has no layers to unpack).
+const IMAGE_MANIFESTS: [&str; 2] = [
     oci_client::manifest::OCI_IMAGE_MEDIA_TYPE,
     oci_client::manifest::IMAGE_MANIFEST_MEDIA_TYPE,
 ];
 
-fn oci(
-    app: &AppConfig,
-    img: &ImageSource,
-) -> Result<(oci_client::Client, oci_client::secrets::RegistryAuth), Failure> {
+/// The OCI client for layers: plain HTTP only when configured, bounded connect and read times.
+fn oci(app: &AppConfig, img: &ImageSource) -> Result<oci_client::Client, Failure> {
     use oci_client::client::{ClientConfig, ClientProtocol};
-    use oci_client::secrets::RegistryAuth;
     tls();
     let config = ClientConfig {
         protocol: if img.plain_http {
@@ -327,12 +328,7 @@ fn oci(
         user_agent: concat!("haul/", env!("CARGO_PKG_VERSION")),
         ..ClientConfig::default()
     };
-    let auth = match (&img.username, &img.password_file, &img.token_file) {
-        (Some(user), Some(pw), _) => RegistryAuth::Basic(user.clone(), read_secret(pw)?),
-        (_, _, Some(token)) => RegistryAuth::Bearer(read_secret(token)?),
-        _ => RegistryAuth::Anonymous,
-    };
-    Ok((oci_client::Client::new(config), auth))
+    Ok(oci_client::Client::new(config))
 }
 
 /// Types an OCI client error at its source.
@@ -402,24 +398,17 @@ async fn download_image(
         .digest
         .clone()
         .ok_or_else(|| permanent("an image is pulled by digest, and none was resolved".into()))?;
-    let (client, auth) = oci(app, img)?;
-    let by_digest =
-        oci_client::Reference::with_digest(img.registry.clone(), img.repository.clone(), digest.clone());
-    let accepted: Vec<&str> = match img.kind {
-        ImageKind::Artifact => MANIFEST_TYPES.to_vec(),
-        ImageKind::Container => MANIFEST_TYPES
-            .iter()
-            .copied()
-            .chain([
-                oci_client::manifest::OCI_IMAGE_INDEX_MEDIA_TYPE,
-                oci_client::manifest::IMAGE_MANIFEST_LIST_MEDIA_TYPE,
-            ])
-            .collect(),
+    let mut session = crate::registry::Session::new(app, img)?;
+    let accepted: &[&str] = match img.kind {
+        ImageKind::Artifact => &IMAGE_MANIFESTS,
+        ImageKind::Container => &crate::registry::MANIFEST_TYPES,
     };
-    let (manifest, _) = client
-        .pull_manifest_raw(&by_digest, &auth, &accepted)
-        .await
-        .map_err(|e| oci_failure(app, &format!("manifest {digest}"), e))?;
+    let manifest = session.manifest(&digest, accepted).await?.ok_or_else(|| {
+        permanent(format!(
+            "{}/{} has no manifest {digest}",
+            img.registry, img.repository
+        ))
+    })?;
     // The registry's word is not enough: the bytes must hash to the digest deployed.
     let got = format!("sha256:{}", hex::encode(Sha256::digest(&manifest)));
     if got != digest {
@@ -435,11 +424,16 @@ async fn download_image(
     if let Some(v) = &app.verify {
         // The signature covers the manifest, which pins every layer by digest.
         let sig_tag = format!("{}-{}{}", "sha256", hex_of(&digest), v.suffix());
-        let sig = image_signature(app, img, &client, &auth, &sig_tag).await?;
+        let sig = image_signature(app, img, &mut session, &sig_tag).await?;
         notes.push(check_signature(v, &manifest_file, &sig, &digest, None).await?);
     }
     let mut files = Vec::new();
     if img.kind == ImageKind::Artifact {
+        let client = oci(app, img)?;
+        let auth = session.oci_auth();
+        client.store_auth_if_needed(&img.registry, &auth).await;
+        let by_digest =
+            oci_client::Reference::with_digest(img.registry.clone(), img.repository.clone(), digest.clone());
         let parsed: oci_client::manifest::OciImageManifest = serde_json::from_slice(&manifest)
             .map_err(|e| permanent(format!("the manifest {digest} is not an image manifest: {e}")))?;
         if parsed.layers.is_empty() {
@@ -494,25 +488,16 @@ async fn download_image(
 async fn image_signature(
     app: &AppConfig,
     img: &ImageSource,
-    client: &oci_client::Client,
-    auth: &oci_client::secrets::RegistryAuth,
+    session: &mut crate::registry::Session<'_>,
     sig_tag: &str,
 ) -> Result<Vec<u8>, Failure> {
-    let r = oci_client::Reference::with_tag(img.registry.clone(), img.repository.clone(), sig_tag.into());
-    let (bytes, _) = match client.pull_manifest_raw(&r, auth, &MANIFEST_TYPES).await {
-        Ok(m) => m,
-        Err(e) => {
-            let f = oci_failure(app, &format!("signature tag {sig_tag}"), e);
-            if f.kind == Kind::Permanent && f.message.contains(" has no ") {
-                return Err(permanent(format!(
-                    "the artifact is not signed: {}/{} has no tag {sig_tag}, and verify wants a signature by {}; refusing it",
-                    img.registry,
-                    img.repository,
-                    app.verify.as_ref().map(|v| v.describe()).unwrap_or_default()
-                )));
-            }
-            return Err(f);
-        }
+    let Some(bytes) = session.manifest(sig_tag, &IMAGE_MANIFESTS).await? else {
+        return Err(permanent(format!(
+            "the artifact is not signed: {}/{} has no tag {sig_tag}, and verify wants a signature by {}; refusing it",
+            img.registry,
+            img.repository,
+            app.verify.as_ref().map(|v| v.describe()).unwrap_or_default()
+        )));
     };
     let parsed: oci_client::manifest::OciImageManifest = serde_json::from_slice(&bytes)
         .map_err(|e| permanent(format!("the signature artifact {sig_tag} is not a manifest: {e}")))?;
@@ -525,17 +510,7 @@ async fn image_signature(
             "the signature in {sig_tag} is larger than 64 KiB"
         )));
     }
-    let mut sig = Vec::new();
-    let capped = Capped {
-        inner: &mut sig,
-        left: layer.size as u64,
-        what: "a signature",
-    };
-    client
-        .pull_blob(&r, layer, capped)
-        .await
-        .map_err(|e| oci_failure(app, &format!("signature {sig_tag}"), e))?;
-    Ok(sig)
+    session.small_blob(&layer.digest, SMALL_MAX).await
 }
 
 /// Checks `sig` over `data`; `name` is the artifact's file name, which a minisign signature's signed comment
@@ -735,7 +710,7 @@ pub async fn object_etag(app: &AppConfig, o: &ObjectSource) -> Result<String, Fa
 }
 
 /// The HTTP client for artifacts. Configured for HTTPS, it never follows a redirect to plain HTTP.
-fn http_client(app: &AppConfig) -> Result<reqwest::Client, Failure> {
+pub(crate) fn http_client(app: &AppConfig) -> Result<reqwest::Client, Failure> {
     tls();
     let https = match &app.source {
         Source::Image(i) => !i.plain_http,
@@ -753,7 +728,7 @@ fn http_client(app: &AppConfig) -> Result<reqwest::Client, Failure> {
 }
 
 /// Types an HTTP answer at its source.
-fn http_status_failure(app: &AppConfig, url: &str, r: &reqwest::Response) -> Failure {
+pub(crate) fn http_status_failure(app: &AppConfig, url: &str, r: &reqwest::Response) -> Failure {
     let credential = match &app.source {
         Source::Image(_) => "registry_username / registry_password_file (or registry_token_file)",
         _ => "url_token_file",
@@ -780,7 +755,7 @@ fn http_status_failure(app: &AppConfig, url: &str, r: &reqwest::Response) -> Fai
     }
 }
 
-fn http_send_failure(url: &str, e: reqwest::Error) -> Failure {
+pub(crate) fn http_send_failure(url: &str, e: reqwest::Error) -> Failure {
     Failure::transient(format!("cannot reach {}: {e}", shown_url(url)))
 }
 
@@ -853,156 +828,6 @@ pub async fn url_etag(app: &AppConfig, u: &UrlSource) -> Result<String, Failure>
         })
 }
 
-/// A tag's manifest digest by one `HEAD` (what polls ask every interval: registries rate-limit pulls, not
-/// HEADs). Written here rather than through the OCI client, so that a 429 stops at the first answer and its
-/// `Retry-After` is honoured (the client falls back to a GET and drops the header). Credentials: Basic or a
-/// bearer token sent at once; an anonymous or Basic account is exchanged for a pull token when the registry
-/// answers with a Bearer challenge (Docker Hub, GHCR).
-async fn head_digest(app: &AppConfig, img: &ImageSource, tag: &str) -> Result<String, Failure> {
-    let scheme = if img.plain_http { "http" } else { "https" };
-    let url = format!(
-        "{scheme}://{}/v2/{}/manifests/{tag}",
-        img.registry, img.repository
-    );
-    let client = http_client(app)?;
-    let basic = match (&img.username, &img.password_file) {
-        (Some(u), Some(p)) => Some((u.clone(), read_secret(p)?)),
-        _ => None,
-    };
-    let first = match (&basic, &img.token_file) {
-        (Some((u, p)), _) => Some(format!(
-            "Basic {}",
-            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("{u}:{p}"))
-        )),
-        (None, Some(t)) => Some(format!("Bearer {}", read_secret(t)?)),
-        (None, None) => None,
-    };
-    let accept = [
-        oci_client::manifest::OCI_IMAGE_MEDIA_TYPE,
-        oci_client::manifest::IMAGE_MANIFEST_MEDIA_TYPE,
-        oci_client::manifest::OCI_IMAGE_INDEX_MEDIA_TYPE,
-        oci_client::manifest::IMAGE_MANIFEST_LIST_MEDIA_TYPE,
-    ]
-    .join(", ");
-    let head = |auth: Option<String>| {
-        let mut req = client.head(&url).header(reqwest::header::ACCEPT, &accept);
-        if let Some(a) = auth {
-            req = req.header(reqwest::header::AUTHORIZATION, a);
-        }
-        req.send()
-    };
-    let mut r = head(first.clone())
-        .await
-        .map_err(|e| http_send_failure(&url, e))?;
-    let challenge = r
-        .headers()
-        .get(reqwest::header::WWW_AUTHENTICATE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(parse_challenge);
-    if let (reqwest::StatusCode::UNAUTHORIZED, Some(ch), false) = (
-        r.status(),
-        challenge,
-        first.as_deref().is_some_and(|a| a.starts_with("Bearer")),
-    ) {
-        let token = pull_token(app, &client, img, &ch, basic.as_ref()).await?;
-        r = head(Some(format!("Bearer {token}")))
-            .await
-            .map_err(|e| http_send_failure(&url, e))?;
-    }
-    if !r.status().is_success() {
-        return Err(match r.status().as_u16() {
-            404 => permanent(format!("{}/{} has no tag {tag}", img.registry, img.repository)),
-            _ => http_status_failure(app, &url, &r),
-        });
-    }
-    let digest = r
-        .headers()
-        .get("docker-content-digest")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    match digest {
-        Some(d) => Ok(d),
-        // A registry that does not say: the OCI client's GET, which hashes the manifest.
-        None => {
-            let reference =
-                oci_client::Reference::with_tag(img.registry.clone(), img.repository.clone(), tag.into());
-            let (client, auth) = oci(app, img)?;
-            client
-                .fetch_manifest_digest(&reference, &auth)
-                .await
-                .map_err(|e| oci_failure(app, &format!("tag {tag}"), e))
-        }
-    }
-}
-
-/// `realm="...",service="...",scope="..."` from a Bearer challenge.
-fn parse_challenge(s: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut rest = s.trim();
-    while let Some(eq) = rest.find('=') {
-        let key = rest[..eq]
-            .trim()
-            .trim_start_matches(',')
-            .trim()
-            .to_ascii_lowercase();
-        let after = &rest[eq + 1..];
-        let (value, next) = match after.strip_prefix('"') {
-            Some(q) => match q.find('"') {
-                Some(end) => (&q[..end], &q[end + 1..]),
-                None => (q, ""),
-            },
-            None => match after.find(',') {
-                Some(c) => (&after[..c], &after[c..]),
-                None => (after, ""),
-            },
-        };
-        out.push((key, value.to_string()));
-        rest = next.trim_start_matches([',', ' ']);
-    }
-    out
-}
-
-/// Exchanges the account (or nobody) for a pull token at the challenge's realm.
-async fn pull_token(
-    app: &AppConfig,
-    client: &reqwest::Client,
-    img: &ImageSource,
-    challenge: &[(String, String)],
-    basic: Option<&(String, String)>,
-) -> Result<String, Failure> {
-    let get = |k: &str| challenge.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
-    let realm = get("realm").ok_or_else(|| permanent("the registry's auth challenge has no realm".into()))?;
-    if !(realm.starts_with("https://") || (img.plain_http && realm.starts_with("http://"))) {
-        return Err(permanent(format!(
-            "the registry's token realm {realm:?} is not https://"
-        )));
-    }
-    let mut query = vec![("scope".to_string(), format!("repository:{}:pull", img.repository))];
-    if let Some(service) = get("service") {
-        query.push(("service".to_string(), service));
-    }
-    let mut req = client.get(&realm).query(&query);
-    if let Some((u, p)) = basic {
-        req = req.basic_auth(u, Some(p));
-    }
-    let r = req.send().await.map_err(|e| http_send_failure(&realm, e))?;
-    if !r.status().is_success() {
-        return Err(http_status_failure(app, &realm, &r));
-    }
-    let bytes = read_capped(r, SMALL_MAX, "the registry's token answer").await?;
-    let body: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-        permanent(format!(
-            "the registry's token service answered something else than a token: {e}"
-        ))
-    })?;
-    body.get("token")
-        .or_else(|| body.get("access_token"))
-        .and_then(|t| t.as_str())
-        .map(str::to_string)
-        .ok_or_else(|| permanent("the registry's token service answered without a token".into()))
-}
-
 /// `HAUL_IMAGE` for a container image deployed by digest.
 pub fn pinned_image(img: &ImageSource, digest_hex: &str) -> String {
     format!("{}/{}@sha256:{digest_hex}", img.registry, img.repository)
@@ -1030,28 +855,5 @@ mod tests {
         assert!(fill("a/{sha}.tgz", Some("../x")).is_err());
         assert!(fill("a/{sha}.tgz", None).is_err());
         assert_eq!(fill("a/b.tgz", None).ok().as_deref(), Some("a/b.tgz"));
-    }
-
-    #[test]
-    fn bearer_challenges() {
-        let c = parse_challenge(
-            r#"realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/ubuntu:pull,push""#,
-        );
-        assert_eq!(
-            c,
-            [
-                ("realm".to_string(), "https://auth.docker.io/token".to_string()),
-                ("service".to_string(), "registry.docker.io".to_string()),
-                (
-                    "scope".to_string(),
-                    "repository:library/ubuntu:pull,push".to_string()
-                ),
-            ]
-        );
-        assert_eq!(
-            parse_challenge("realm=x"),
-            [("realm".to_string(), "x".to_string())]
-        );
-        assert!(parse_challenge("").is_empty());
     }
 }

@@ -41,6 +41,7 @@ pub mod page;
 pub mod pipeline;
 pub mod poll;
 pub mod queue;
+pub mod registry;
 pub mod release;
 pub mod runner;
 pub mod signature;

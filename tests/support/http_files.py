@@ -42,13 +42,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.command != "HEAD":
-            if slow and len(body) > 16384:
-                for i in range(0, len(body), 16384):
-                    self.wfile.write(body[i:i + 16384])
-                    self.wfile.flush()
-                    time.sleep(slow)
-            else:
-                self.wfile.write(body)
+            try:
+                if slow and len(body) > 16384:
+                    for i in range(0, len(body), 16384):
+                        self.wfile.write(body[i:i + 16384])
+                        self.wfile.flush()
+                        time.sleep(slow)
+                else:
+                    self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client went away (a test killed it): nothing to tell
         self.log(status)
 
     def serve(self):
