@@ -740,7 +740,7 @@ async fn logs(cfg: &Config, deploy_id: &str, follow_it: bool, json: bool) -> Res
     }
     let text = std::fs::read_to_string(&path).map_err(|e| {
         Exit::failed(format!(
-            "no log for {id} at {} ({e}); an ignored or superseded request never ran, so it has no log: see `haul history`",
+            "no log for {id} at {} ({e}); an ignored or superseded request never ran, so it has no log, and logs older than log_retention are deleted: see `haul history`",
             path.display()
         ))
     })?;

@@ -36,6 +36,8 @@ pub struct Config {
     pub header_timeout: Duration,
     /// On SIGTERM, how long a running deploy may go on before its process group is killed.
     pub stop_grace: Duration,
+    /// Deploy logs older than this are deleted (on the back of a deploy, at most once an hour); `None`: kept.
+    pub log_retention: Option<Duration>,
     /// Webhook requests per minute from one client address (0: unlimited).
     pub rate_limit_per_minute: u32,
     /// When set, only these networks may call the webhook endpoints.
@@ -403,6 +405,7 @@ struct RawConfig {
     body_timeout: Option<String>,
     header_timeout: Option<String>,
     stop_grace: Option<String>,
+    log_retention: Option<String>,
     rate_limit_per_minute: Option<u32>,
     #[serde(default)]
     allow_ips: Vec<String>,
@@ -834,6 +837,19 @@ impl Config {
             Some(s) => parse_duration(s).map_err(|e| invalid(format!("header_timeout: {e}")))?,
             None => Duration::from_secs(10),
         };
+        let log_retention = match raw.log_retention.as_deref() {
+            None => Some(Duration::from_secs(90 * 24 * 3600)),
+            Some("forever") => None,
+            Some(s) => {
+                let d = parse_duration(s).map_err(|e| invalid(format!("log_retention: {e}")))?;
+                if d < Duration::from_secs(24 * 3600) {
+                    return Err(invalid(
+                        "log_retention must be at least 1d (or \"forever\")".into(),
+                    ));
+                }
+                Some(d)
+            }
+        };
         let stop_grace = match &raw.stop_grace {
             Some(s) => parse_duration(s).map_err(|e| invalid(format!("stop_grace: {e}")))?,
             None => Duration::from_secs(30),
@@ -1180,6 +1196,7 @@ impl Config {
             body_timeout,
             header_timeout,
             stop_grace,
+            log_retention,
             rate_limit_per_minute: raw.rate_limit_per_minute.unwrap_or(600),
             allow_ips,
             client_ip_header: raw.client_ip_header,

@@ -20,6 +20,27 @@ pub fn path_for(logs_dir: &Path, id: &DeployId) -> PathBuf {
     logs_dir.join(format!("{id}.log"))
 }
 
+/// Deletes the deploy logs last written before `cutoff` (only `<deploy-id>.log` files: nothing else in the
+/// directory is touched). Returns how many went. The audit rows stay; `haul logs` says the log is gone.
+pub fn prune(logs_dir: &Path, cutoff: std::time::SystemTime) -> usize {
+    let Ok(entries) = std::fs::read_dir(logs_dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let is_log = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".log"))
+            .is_some_and(|id| DeployId::parse(id).is_some());
+        let old = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < cutoff);
+        if is_log && old && std::fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 impl DeployLog {
     pub fn create(logs_dir: &Path, id: &DeployId) -> std::io::Result<DeployLog> {
         std::fs::create_dir_all(logs_dir)?;
@@ -84,6 +105,44 @@ mod tests {
             !text.contains("ghp_SECRET") && text.contains("deploy:***@example.com"),
             "{text}"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[cfg(test)]
+mod prune_tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn old_logs_go_and_nothing_else() {
+        let dir = std::env::temp_dir().join(format!(
+            "haul-logprune-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (old, new) = (DeployId::new(1_700_000_000_000), DeployId::new(1_800_000_000_000));
+        let week_ago = SystemTime::now() - Duration::from_secs(7 * 24 * 3600);
+        for (name, when) in [
+            (format!("{old}.log"), week_ago),
+            (format!("{new}.log"), SystemTime::now()),
+            ("notes.txt".to_string(), week_ago),
+            ("not-a-deploy.log".to_string(), week_ago),
+        ] {
+            let f = File::create(dir.join(&name)).expect("create");
+            f.set_modified(when).expect("mtime");
+        }
+        let removed = prune(&dir, SystemTime::now() - Duration::from_secs(24 * 3600));
+        assert_eq!(removed, 1);
+        assert!(!dir.join(format!("{old}.log")).exists());
+        for kept in [
+            format!("{new}.log"),
+            "notes.txt".into(),
+            "not-a-deploy.log".into(),
+        ] {
+            assert!(dir.join(&kept).exists(), "{kept} was removed");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

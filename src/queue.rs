@@ -37,6 +37,8 @@ pub struct Env {
     pub notifier: Option<crate::notify::Notifier>,
     /// When this process started: `on_restart = "hold"` holds only what was queued before.
     pub started_ms: i64,
+    /// How long deploy logs are kept (`log_retention`).
+    pub log_retention: Option<Duration>,
 }
 
 impl Env {
@@ -57,6 +59,7 @@ impl Env {
             run_dir: cfg.state_dir.join("run"),
             notifier: None,
             started_ms: model::now_ms(),
+            log_retention: cfg.log_retention,
         }
     }
 
@@ -74,6 +77,7 @@ pub struct Queue {
     env: Env,
     wake: HashMap<String, Arc<Notify>>,
     pruned_at: std::sync::atomic::AtomicI64,
+    logs_pruned_at: std::sync::atomic::AtomicI64,
     /// Per app, the (sha, digest) live now, as the app's worker last saw it: a trigger for exactly that is
     /// recorded as ignored at once, instead of queued, claimed and skipped (a redelivery storm costs one
     /// insert per request, and the worker never wakes for it).
@@ -97,6 +101,7 @@ impl Queue {
             env,
             wake,
             pruned_at: std::sync::atomic::AtomicI64::new(model::now_ms()),
+            logs_pruned_at: std::sync::atomic::AtomicI64::new(0),
             live: std::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -144,6 +149,39 @@ impl Queue {
             }
         }
         Ok(result)
+    }
+
+    /// Deploy logs older than `log_retention` go, at most once an hour, on the back of a deploy (a daemon
+    /// that deploys nothing writes no logs and never wakes for this).
+    async fn prune_logs_hourly(&self) {
+        let Some(keep) = self.env.log_retention else {
+            return;
+        };
+        let now = model::now_ms();
+        let last = self.logs_pruned_at.load(std::sync::atomic::Ordering::Relaxed);
+        if now - last < 3600 * 1000
+            || self
+                .logs_pruned_at
+                .compare_exchange(
+                    last,
+                    now,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return;
+        }
+        let dir = self.env.logs_dir.clone();
+        let cutoff = std::time::SystemTime::now() - keep;
+        if let Ok(n) = tokio::task::spawn_blocking(move || crate::deploylog::prune(&dir, cutoff)).await {
+            if n > 0 {
+                tracing::info!(
+                    "deleted {n} deploy log(s) older than log_retention ({}d)",
+                    keep.as_secs() / 86400
+                );
+            }
+        }
     }
 
     /// Delivery ids are kept 8 days for replay protection; older ones are dropped at most once an hour, on the
@@ -217,6 +255,7 @@ impl Queue {
             match run_next(&self.env, &app).await {
                 Ok(Some(_)) => {
                     self.refresh_live(&app).await;
+                    self.prune_logs_hourly().await;
                     continue;
                 }
                 Ok(None) => {}
