@@ -32,7 +32,11 @@ pub fn prune(logs_dir: &Path, cutoff: std::time::SystemTime) -> usize {
         let is_log = name
             .to_str()
             .and_then(|n| n.strip_suffix(".log"))
-            .is_some_and(|id| DeployId::parse(id).is_some());
+            .is_some_and(|id| {
+                // `20261126T183647-k3x9mq`: the shape haul mints, nothing a person put there.
+                let b = id.as_bytes();
+                b.len() == 22 && b[8] == b'T' && b[15] == b'-' && DeployId::parse(id).is_some()
+            });
         let old = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < cutoff);
         if is_log && old && std::fs::remove_file(e.path()).is_ok() {
             removed += 1;
