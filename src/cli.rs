@@ -341,7 +341,16 @@ async fn deploy_in_process(cfg: &Config, req: ControlRequest, no_follow: bool) -
             .map_err(|e| Exit::failed(format!("cannot create {}: {e}", dir.display())))?;
     }
     let store = Store::open(&cfg.db_path())?;
-    let env = Env::new(cfg, store.clone());
+    let mut env = Env::new(cfg, store.clone());
+    // Told like a daemon's deploy: the notification targets hear how it ended (and of anything `recover`
+    // finds interrupted), before this command exits.
+    let (notifier, notify_rx) = crate::notify::channel();
+    env.notifier = Some(notifier);
+    let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+    let delivery = crate::notify::spawn_delivery(cfg, store.clone(), notify_rx, done_rx);
+    let told = || async {
+        let _ = done_tx.send(true);
+    };
     let app = req.app().to_string();
     let request = req
         .to_request(&env.apps, &control::local_actor())
@@ -368,11 +377,17 @@ async fn deploy_in_process(cfg: &Config, req: ControlRequest, no_follow: bool) -
             // Dropping the deploy killed its step's process group; record it as a restart would.
             follower.abort();
             queue::recover(&env, &app).await.map_err(Exit::failed)?;
+            told().await;
+            drop(env);
+            let _ = delivery.await;
             return Err(Exit::failed(format!(
                 "{signal}: deploy {id} was interrupted; `current` points at a complete release (see `haul status`)"
             )));
         }
     };
+    told().await;
+    drop(env);
+    let _ = delivery.await;
     let row = follower.await.map_err(|e| Exit::failed(e.to_string()))??;
     if ran.is_none() {
         return Err(Exit::failed("the request was taken by another haul process"));

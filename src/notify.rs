@@ -245,19 +245,7 @@ pub fn spawn(
     stop: watch::Receiver<bool>,
     workers_done: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let targets: Arc<Vec<NotifyTarget>> = Arc::new(cfg.notify.clone());
-    let realert: std::collections::HashMap<String, i64> = cfg
-        .apps
-        .values()
-        .map(|a| (a.name.clone(), a.realert_every.as_millis() as i64))
-        .collect();
-    let mut tasks = vec![tokio::spawn(deliver_loop(
-        rx,
-        targets,
-        store.clone(),
-        realert,
-        workers_done,
-    ))];
+    let mut tasks = vec![spawn_delivery(cfg, store.clone(), rx, workers_done)];
     let watched: Vec<(String, i64, i64)> = cfg
         .apps
         .values()
@@ -275,6 +263,23 @@ pub fn spawn(
         tasks.push(tokio::spawn(dead_mans_switch(watched, store, notifier, stop)));
     }
     tasks
+}
+
+/// Starts only the delivery task: what an in-process `haul deploy` needs to tell how its deploy ended. It
+/// delivers what it is sent until `done` turns true, then what is queued, within a few seconds.
+pub fn spawn_delivery(
+    cfg: &Config,
+    store: Store,
+    rx: mpsc::UnboundedReceiver<Event>,
+    done: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let targets: Arc<Vec<NotifyTarget>> = Arc::new(cfg.notify.clone());
+    let realert: std::collections::HashMap<String, i64> = cfg
+        .apps
+        .values()
+        .map(|a| (a.name.clone(), a.realert_every.as_millis() as i64))
+        .collect();
+    tokio::spawn(deliver_loop(rx, targets, store, realert, done))
 }
 
 async fn deliver_loop(

@@ -221,6 +221,32 @@ fn every_kind_of_notification_reaches_its_receiver_once() {
     assert_eq!(receiver.count(), 3, "no second round of notifications");
 }
 
+/// `haul deploy` with no daemon running deploys in its own process, and tells the notification targets how
+/// it ended before it exits, as the daemon would.
+#[test]
+fn an_in_process_deploy_tells_the_notification_targets_before_it_exits() {
+    let t = TempDir::new("inproc-notify");
+    let git = GitServer::start(t.path());
+    let receiver = Receiver::start();
+    git.commit(&[("v", "1")], "one");
+    let top = format!(
+        "[[notify]]\nkind = \"webhook\"\nurl = \"http://{}/hook\"\nevents = [\"succeeded\", \"failed\"]\n",
+        receiver.addr
+    );
+    let h = Haul::configure_apps(t.path(), &git, &top, &[("blog", "github", "")]);
+    let out = h.cli(&["deploy", "blog"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no daemon is running"));
+    // Delivered before the command returned: no waiting here.
+    let got = receiver.all();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let json: serde_json::Value = serde_json::from_slice(&got[0].1).expect("json");
+    assert_eq!(
+        (json["type"].as_str(), json["app"].as_str()),
+        (Some("succeeded"), Some("blog"))
+    );
+}
+
 #[test]
 fn the_dead_mans_switch_alerts_once_survives_a_restart_and_says_recovered() {
     let t = TempDir::new("deadman");
