@@ -304,22 +304,10 @@ impl Pipeline {
                 ));
             }
         }
-        let note = |m: &str| self.log.line(m);
         self.log.stage(&format!("resolve {}", self.app.repo));
-        let (resolved, report) = crate::upstream::guarded(
-            &self.app.upstream(),
-            self.app.max_fetches_per_minute,
-            self.app.fetch_attempts,
-            &note,
-            || {
-                artifact::within(
-                    self.app.fetch_timeout,
-                    "resolving",
-                    artifact::resolve(&self.app, &wanted),
-                )
-            },
-        )
-        .await;
+        let (resolved, report) = self
+            .guarded("resolving", || artifact::resolve(&self.app, &wanted))
+            .await;
         let mut resolved = resolved.map_err(|f| failed("resolve failed", f))?;
         // A tag glob: an automatic trigger never takes the app to an older tag than the live one.
         let live_tag = previous
@@ -372,20 +360,11 @@ impl Pipeline {
         self.log.line(&format!("    {}", resolved.location));
         let dir = self.downloads_dir(job);
         self.log.stage("download and verify");
-        let (fetched, report2) = crate::upstream::guarded(
-            &self.app.upstream(),
-            self.app.max_fetches_per_minute,
-            self.app.fetch_attempts,
-            &note,
-            || {
-                artifact::within(
-                    self.app.fetch_timeout,
-                    "the download",
-                    artifact::download(&self.app, &resolved, &wanted, &dir),
-                )
-            },
-        )
-        .await;
+        let (fetched, report2) = self
+            .guarded("the download", || {
+                artifact::download(&self.app, &resolved, &wanted, &dir)
+            })
+            .await;
         let fetched = fetched.map_err(|f| {
             let _ = std::fs::remove_dir_all(&dir);
             failed("download failed", f)
@@ -445,6 +424,27 @@ impl Pipeline {
             fetch_note,
             artifact: Some(fetched),
         })
+    }
+
+    /// One network operation of this app's artifact source: within its upstream's circuit and budget, with
+    /// `fetch_attempts` bounded retries, each attempt within `fetch_timeout`.
+    async fn guarded<T, Fut>(
+        &self,
+        what: &str,
+        op: impl Fn() -> Fut,
+    ) -> (Result<T, Failure>, crate::upstream::Report)
+    where
+        Fut: std::future::Future<Output = Result<T, Failure>>,
+    {
+        let note = |m: &str| self.log.line(m);
+        crate::upstream::guarded(
+            &self.app.upstream(),
+            self.app.max_fetches_per_minute,
+            self.app.fetch_attempts,
+            &note,
+            || crate::artifact::within(self.app.fetch_timeout, what, op()),
+        )
+        .await
     }
 
     /// Puts a verified artifact into `dir`: its tarballs unpacked safely, or (a container image) a note of

@@ -84,6 +84,13 @@ pub struct Queue {
     live: std::sync::Mutex<HashMap<String, LiveFacts>>,
 }
 
+/// Has an hour passed since `last` (which it then moves to `now`)? One caller wins a race.
+fn due_hourly(last: &std::sync::atomic::AtomicI64, now: i64) -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    let then = last.load(Relaxed);
+    now - then >= 3600 * 1000 && last.compare_exchange(then, now, Relaxed, Relaxed).is_ok()
+}
+
 /// What is live for an app: its sha and (an artifact) its digest.
 type LiveFacts = (Option<String>, Option<String>);
 
@@ -157,19 +164,7 @@ impl Queue {
         let Some(keep) = self.env.log_retention else {
             return;
         };
-        let now = model::now_ms();
-        let last = self.logs_pruned_at.load(std::sync::atomic::Ordering::Relaxed);
-        if now - last < 3600 * 1000
-            || self
-                .logs_pruned_at
-                .compare_exchange(
-                    last,
-                    now,
-                    std::sync::atomic::Ordering::Relaxed,
-                    std::sync::atomic::Ordering::Relaxed,
-                )
-                .is_err()
-        {
+        if !due_hourly(&self.logs_pruned_at, model::now_ms()) {
             return;
         }
         let dir = self.env.logs_dir.clone();
@@ -187,19 +182,7 @@ impl Queue {
     /// Delivery ids are kept 8 days for replay protection; older ones are dropped at most once an hour, on the
     /// back of a request (never on an idle timer).
     async fn prune_deliveries_hourly(&self, now: i64) {
-        const HOUR_MS: i64 = 3600 * 1000;
-        let last = self.pruned_at.load(std::sync::atomic::Ordering::Relaxed);
-        if now - last < HOUR_MS
-            || self
-                .pruned_at
-                .compare_exchange(
-                    last,
-                    now,
-                    std::sync::atomic::Ordering::Relaxed,
-                    std::sync::atomic::Ordering::Relaxed,
-                )
-                .is_err()
-        {
+        if !due_hourly(&self.pruned_at, now) {
             return;
         }
         let result = self
