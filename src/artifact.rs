@@ -74,9 +74,10 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Capped<W> {
     ) -> std::task::Poll<std::io::Result<usize>> {
         if buf.len() as u64 > self.left {
             let what = self.what;
-            return std::task::Poll::Ready(Err(std::io::Error::other(format!(
-                "{what} is larger than allowed"
-            ))));
+            return std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                format!("{what} is larger than its manifest or max_artifact_size allows"),
+            )));
         }
         let this = &mut *self;
         let polled = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
@@ -229,7 +230,7 @@ pub async fn resolve(app: &AppConfig, wanted: &Wanted) -> Result<Resolved, Failu
         Source::Url(u) => {
             let url = fill(&u.url, wanted.version.as_deref())?;
             Ok(Resolved {
-                location: url.clone(),
+                location: shown_url(&url),
                 name: url,
                 digest: None,
             })
@@ -383,6 +384,9 @@ fn oci_failure(app: &AppConfig, what: &str, e: oci_client::errors::OciDistributi
         E::DigestError(d) => permanent(format!(
             "{what} from {registry} does not match its digest ({d}): tampered with or corrupted; refusing it"
         )),
+        E::IoError(io) if io.kind() == std::io::ErrorKind::FileTooLarge => {
+            permanent(format!("{what} from {registry}: {io}; refusing it"))
+        }
         E::IoError(io) => Failure::transient(format!("{what} from {registry}: {io}")),
         other => permanent(format!("{what} from {registry}: {other}")),
     }
@@ -431,9 +435,12 @@ async fn download_image(
     if img.kind == ImageKind::Artifact {
         let client = oci(app, img)?;
         let auth = session.oci_auth();
-        client.store_auth_if_needed(&img.registry, &auth).await;
         let by_digest =
             oci_client::Reference::with_digest(img.registry.clone(), img.repository.clone(), digest.clone());
+        // Keyed as the client looks it up (`docker.io` is `index.docker.io` to it).
+        client
+            .store_auth_if_needed(by_digest.resolve_registry(), &auth)
+            .await;
         let parsed: oci_client::manifest::OciImageManifest = serde_json::from_slice(&manifest)
             .map_err(|e| permanent(format!("the manifest {digest} is not an image manifest: {e}")))?;
         if parsed.layers.is_empty() {

@@ -842,9 +842,9 @@ impl Config {
             Some("forever") => None,
             Some(s) => {
                 let d = parse_duration(s).map_err(|e| invalid(format!("log_retention: {e}")))?;
-                if d < Duration::from_secs(24 * 3600) {
+                if d < Duration::from_secs(24 * 3600) || d > Duration::from_secs(100 * 365 * 24 * 3600) {
                     return Err(invalid(
-                        "log_retention must be at least 1d (or \"forever\")".into(),
+                        "log_retention must be between 1d and 100y (or \"forever\")".into(),
                     ));
                 }
                 Some(d)

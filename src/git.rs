@@ -477,7 +477,7 @@ impl Git {
             match runner::run(&checkout, self.log.as_ref()).await {
                 // A parallel checkout's workers report "unable to write file" without the reason (a full
                 // disk, a permission): once more on one worker, for git's exact words.
-                Err(_) if workers > 1 => {
+                Err(runner::RunError::Failed { .. }) if workers > 1 => {
                     let mut once = checkout.clone();
                     if let Some(w) = once
                         .args

@@ -78,10 +78,18 @@ pub struct Queue {
     wake: HashMap<String, Arc<Notify>>,
     pruned_at: std::sync::atomic::AtomicI64,
     logs_pruned_at: std::sync::atomic::AtomicI64,
-    /// Per app, the (sha, digest) live now, as the app's worker last saw it: a trigger for exactly that is
-    /// recorded as ignored at once, instead of queued, claimed and skipped (a redelivery storm costs one
+    /// Per app, while it is idle (nothing queued or running), the (sha, digest) live now: a trigger for exactly
+    /// that is recorded as ignored at once, instead of queued, claimed and skipped (a redelivery storm costs one
     /// insert per request, and the worker never wakes for it).
-    live: std::sync::Mutex<HashMap<String, LiveFacts>>,
+    live: std::sync::Mutex<HashMap<String, LiveCache>>,
+}
+
+/// One app's entry: `facts` is set only while the app is idle; every accepted request bumps `generation` and
+/// clears `facts`, so a refresh computed before that request can never be stored after it.
+#[derive(Default)]
+struct LiveCache {
+    generation: u64,
+    facts: Option<LiveFacts>,
 }
 
 /// Has an hour passed since `last` (which it then moves to `now`)? One caller wins a race.
@@ -125,20 +133,37 @@ impl Queue {
         }
         let sha = req.sha.as_ref()?;
         let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        let (live_sha, live_digest) = live.get(&req.app)?;
+        let (live_sha, live_digest) = live.get(&req.app)?.facts.as_ref()?;
         (Some(sha) == live_sha.as_ref() && (req.digest.is_none() || req.digest == *live_digest))
             .then(|| format!("{} is already live; nothing fetched", model::short_sha(sha)))
     }
 
-    async fn refresh_live(&self, app: &str) {
+    fn live_generation(&self, app: &str) -> u64 {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.get(app).map_or(0, |c| c.generation)
+    }
+
+    /// A request was accepted for `app`: until its worker finds the queue empty again, nothing is ignored at
+    /// intake (a trigger for the live sha may still supersede it, or be a real rewind).
+    fn app_busy(&self, app: &str) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let c = live.entry(app.to_string()).or_default();
+        c.generation += 1;
+        c.facts = None;
+    }
+
+    /// The worker found nothing to run (as of `generation`): remember what is live, unless a request came in
+    /// since.
+    async fn app_idle(&self, app: &str, generation: u64) {
         let Some(cfg) = self.env.apps.get(app) else {
             return;
         };
         let p = previous_release(&self.env, cfg).await;
-        self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(app.to_string(), (p.sha, p.digest));
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let c = live.entry(app.to_string()).or_default();
+        if c.generation == generation {
+            c.facts = Some((p.sha, p.digest));
+        }
     }
 
     /// Durably records `req` as pending (superseding the app's older pending one) and wakes the worker.
@@ -146,14 +171,18 @@ impl Queue {
         let app = req.app.clone();
         let now = model::now_ms();
         self.prune_deliveries_hourly(now).await;
+        // Busy before the row exists: no trigger can be ignored at intake while this one is pending.
+        self.app_busy(&app);
         let result = self.env.store.call(move |c| store::enqueue(c, &req, now)).await?;
         if let Enqueued::Recorded { id, superseded } = &result {
             for s in superseded {
                 tracing::debug!(deploy_id = %s, app = %app, superseded_by = %id, "superseded before it started");
             }
-            if let Some(n) = self.wake.get(&app) {
-                n.notify_one();
-            }
+        }
+        // Woken either way: a duplicate queued nothing, and the worker, finding the queue empty, marks the app
+        // idle again.
+        if let Some(n) = self.wake.get(&app) {
+            n.notify_one();
         }
         Ok(result)
     }
@@ -168,7 +197,9 @@ impl Queue {
             return;
         }
         let dir = self.env.logs_dir.clone();
-        let cutoff = std::time::SystemTime::now() - keep;
+        let Some(cutoff) = std::time::SystemTime::now().checked_sub(keep) else {
+            return;
+        };
         if let Ok(n) = tokio::task::spawn_blocking(move || crate::deploylog::prune(&dir, cutoff)).await {
             if n > 0 {
                 tracing::info!(
@@ -230,18 +261,17 @@ impl Queue {
         if let Err(e) = recover(&self.env, &app).await {
             tracing::error!(app = %app, "start-up recovery failed: {e}");
         }
-        self.refresh_live(&app).await;
         loop {
             if *shutdown.borrow() {
                 return;
             }
+            let generation = self.live_generation(&app);
             match run_next(&self.env, &app).await {
                 Ok(Some(_)) => {
-                    self.refresh_live(&app).await;
                     self.prune_logs_hourly().await;
                     continue;
                 }
-                Ok(None) => {}
+                Ok(None) => self.app_idle(&app, generation).await,
                 Err(e) => {
                     tracing::error!(app = %app, "cannot take the next deploy: {e}; retrying in 5s");
                     tokio::select! {

@@ -71,13 +71,14 @@ impl<'a> Session<'a> {
         })
     }
 
-    /// The credentials the OCI client uses for the layers: the session's token, else the account.
+    /// The credentials the OCI client uses for the layers: the account (the client exchanges it for tokens
+    /// itself, and again when one expires during a long pull), a configured token, or nobody.
     pub fn oci_auth(&self) -> oci_client::secrets::RegistryAuth {
         use oci_client::secrets::RegistryAuth;
-        match (&self.bearer, &self.basic) {
-            (Some(t), _) => RegistryAuth::Bearer(t.clone()),
-            (None, Some((u, p))) => RegistryAuth::Basic(u.clone(), p.clone()),
-            (None, None) => RegistryAuth::Anonymous,
+        match (&self.basic, &self.img.token_file, &self.bearer) {
+            (Some((u, p)), _, _) => RegistryAuth::Basic(u.clone(), p.clone()),
+            (None, Some(_), Some(t)) => RegistryAuth::Bearer(t.clone()),
+            _ => RegistryAuth::Anonymous,
         }
     }
 

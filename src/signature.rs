@@ -189,8 +189,10 @@ fn verify_minisign(key_file: &Path, data: &Path, sig: &[u8], name: Option<&str>)
         .trusted_comment()
         .split('\t')
         .find_map(|f| f.strip_prefix("file:"));
+    // minisign writes the file's name, rsign2 the path as typed: the last component is what is compared.
+    let base = |p: &str| p.rsplit(['/', '\\']).next().unwrap_or(p).to_string();
     match (name, signed_name) {
-        (Some(want), Some(got)) if got != want => Err(SigError::Invalid(format!(
+        (Some(want), Some(got)) if base(got) != base(want) => Err(SigError::Invalid(format!(
             "the signature was made for {got:?}, not {want:?} (its signed comment names the file): a signature moved to another artifact"
         ))),
         _ => Ok(()),

@@ -737,3 +737,53 @@ fn the_demo_lands_a_release() {
         let _ = std::fs::remove_dir_all(dir.trim());
     }
 }
+
+/// Regression: a trigger for the live sha was recorded `ignored` at intake while another deploy was running,
+/// so a real rewind (the branch force-pushed back to the live commit during a deploy) was lost and the newer
+/// release stayed live. While anything is queued or running, every trigger goes through the queue.
+#[test]
+fn regression_a_rewind_to_the_live_sha_during_a_deploy_is_not_ignored_at_intake() {
+    let t = TempDir::new("rewind-busy");
+    let git = GitServer::start(t.path());
+    let gate = t.path().join("gate");
+    let started = t.path().join("started");
+    let script = build_script(&format!(
+        "if [ \"$(cat v)\" = b ]; then touch '{}'; while [ ! -e '{}' ]; do sleep 0.05; done; fi",
+        started.display(),
+        gate.display()
+    ));
+    let a = git.commit(&[("build.sh", &script), ("v", "a")], "a");
+    let mut h = Haul::configure(t.path(), &git, BUILD);
+    h.start();
+    assert_eq!(push_and_wait(&h, &a).state, State::Succeeded);
+    // A redelivery of the live sha while the app is idle: recorded ignored at intake.
+    let (_, reply) = h.push("refs/heads/main", &a, &delivery());
+    assert_eq!(reply["status"], "ignored", "{reply}");
+    // b starts building; meanwhile main is force-pushed back to a.
+    let b = git.commit(&[("v", "b")], "b");
+    let (_, reply) = h.push("refs/heads/main", &b, &delivery());
+    let id_b = reply["deploy_id"].as_str().expect("id").to_string();
+    wait_until("b's build started", || started.exists());
+    sh(Command::new("git").arg("-C").arg(&git.work).args([
+        "push",
+        "--quiet",
+        "--force",
+        "origin",
+        &format!("{a}:refs/heads/main"),
+    ]));
+    let (status, reply) = h.push("refs/heads/main", &a, &delivery());
+    assert_eq!(
+        (status, reply["status"].as_str()),
+        (202, Some("queued")),
+        "{reply}"
+    );
+    let id_rewind = reply["deploy_id"].as_str().expect("id").to_string();
+    std::fs::write(&gate, "").expect("open the gate");
+    assert_eq!(h.wait_final(&id_b).state, State::Succeeded);
+    let row = h.wait_final(&id_rewind);
+    assert_eq!(row.state, State::Succeeded, "{row:?}");
+    assert_eq!(
+        std::fs::read_to_string(h.app_path.join("current/v")).expect("v"),
+        "a"
+    );
+}
