@@ -84,12 +84,26 @@ pub struct Queue {
     live: std::sync::Mutex<HashMap<String, LiveCache>>,
 }
 
-/// One app's entry: `facts` is set only while the app is idle; every accepted request bumps `generation` and
-/// clears `facts`, so a refresh computed before that request can never be stored after it.
+/// One app's entry. `live` is what is live (refreshed after every deploy); `idle` says nothing else is queued
+/// or running. A request for anything but the live sha bumps `generation` and clears `idle`, and the worker
+/// sets `idle` again only if no such request came while it found the queue empty. (Requests for the live sha
+/// itself, a redelivery storm during the deploy that made it live, do not keep the app busy.)
 #[derive(Default)]
 struct LiveCache {
     generation: u64,
-    facts: Option<LiveFacts>,
+    live: Option<LiveFacts>,
+    idle: bool,
+}
+
+impl LiveCache {
+    fn is_live(&self, req: &DeployRequest) -> bool {
+        match (&self.live, &req.sha) {
+            (Some((live_sha, live_digest)), Some(sha)) => {
+                live_sha.as_ref() == Some(sha) && (req.digest.is_none() || req.digest == *live_digest)
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Has an hour passed since `last` (which it then moves to `now`)? One caller wins a race.
@@ -133,8 +147,8 @@ impl Queue {
         }
         let sha = req.sha.as_ref()?;
         let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        let (live_sha, live_digest) = live.get(&req.app)?.facts.as_ref()?;
-        (Some(sha) == live_sha.as_ref() && (req.digest.is_none() || req.digest == *live_digest))
+        let c = live.get(&req.app)?;
+        (c.idle && c.is_live(req))
             .then(|| format!("{} is already live; nothing fetched", model::short_sha(sha)))
     }
 
@@ -143,26 +157,34 @@ impl Queue {
         live.get(app).map_or(0, |c| c.generation)
     }
 
-    /// A request was accepted for `app`: until its worker finds the queue empty again, nothing is ignored at
-    /// intake (a trigger for the live sha may still supersede it, or be a real rewind).
-    fn app_busy(&self, app: &str) {
+    /// A request for something other than the live sha is being accepted: until the worker finds the queue
+    /// empty again, nothing is ignored at intake (a trigger for the live sha may supersede it, or be a rewind).
+    fn app_busy(&self, req: &DeployRequest) {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        let c = live.entry(app.to_string()).or_default();
-        c.generation += 1;
-        c.facts = None;
+        let c = live.entry(req.app.clone()).or_default();
+        if !c.is_live(req) {
+            c.generation += 1;
+            c.idle = false;
+        }
     }
 
-    /// The worker found nothing to run (as of `generation`): remember what is live, unless a request came in
-    /// since.
-    async fn app_idle(&self, app: &str, generation: u64) {
+    /// After the worker ran (or found nothing to run) as of `generation`: remember what is live, and that the
+    /// app is idle unless a request for something else came in since. (The worker runs the newest request and
+    /// older ones are superseded, so what can still be queued then is only the live sha itself.)
+    async fn refresh_live(&self, app: &str, generation: u64) {
         let Some(cfg) = self.env.apps.get(app) else {
             return;
         };
         let p = previous_release(&self.env, cfg).await;
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         let c = live.entry(app.to_string()).or_default();
-        if c.generation == generation {
-            c.facts = Some((p.sha, p.digest));
+        let facts = Some((p.sha, p.digest));
+        // What went live just now may not be what a request queued during the deploy was "already live" for
+        // (a rewind to the old sha): the worker looks at the queue once more before calling the app idle.
+        let changed = c.live.is_some() && c.live != facts;
+        c.live = facts;
+        if c.generation == generation && !changed {
+            c.idle = true;
         }
     }
 
@@ -172,7 +194,7 @@ impl Queue {
         let now = model::now_ms();
         self.prune_deliveries_hourly(now).await;
         // Busy before the row exists: no trigger can be ignored at intake while this one is pending.
-        self.app_busy(&app);
+        self.app_busy(&req);
         let result = self.env.store.call(move |c| store::enqueue(c, &req, now)).await?;
         if let Enqueued::Recorded { id, superseded } = &result {
             for s in superseded {
@@ -268,10 +290,11 @@ impl Queue {
             let generation = self.live_generation(&app);
             match run_next(&self.env, &app).await {
                 Ok(Some(_)) => {
+                    self.refresh_live(&app, generation).await;
                     self.prune_logs_hourly().await;
                     continue;
                 }
-                Ok(None) => self.app_idle(&app, generation).await,
+                Ok(None) => self.refresh_live(&app, generation).await,
                 Err(e) => {
                     tracing::error!(app = %app, "cannot take the next deploy: {e}; retrying in 5s");
                     tokio::select! {
