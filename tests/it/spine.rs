@@ -756,9 +756,11 @@ fn regression_a_rewind_to_the_live_sha_during_a_deploy_is_not_ignored_at_intake(
     let mut h = Haul::configure(t.path(), &git, BUILD);
     h.start();
     assert_eq!(push_and_wait(&h, &a).state, State::Succeeded);
-    // A redelivery of the live sha while the app is idle: recorded ignored at intake.
-    let (_, reply) = h.push("refs/heads/main", &a, &delivery());
-    assert_eq!(reply["status"], "ignored", "{reply}");
+    // A redelivery of the live sha once the app is idle (the worker has looked at its queue once more after
+    // the deploy): recorded ignored at intake.
+    wait_until("a redelivery is ignored at intake", || {
+        h.push("refs/heads/main", &a, &delivery()).1["status"] == "ignored"
+    });
     // b starts building; meanwhile main is force-pushed back to a.
     let b = git.commit(&[("v", "b")], "b");
     let (_, reply) = h.push("refs/heads/main", &b, &delivery());
