@@ -86,6 +86,14 @@ fn url_app(t: &TempDir, server: &FileServer, extra: &str) -> Haul {
     )
 }
 
+/// A CI webhook for `sha` to the URL app `web`, whose deploy must fail: its id and reason.
+fn web_deploy_fails(h: &Haul, sha: &str) -> (String, String) {
+    let id = deploy_id(&ci_hook(h, "web", &json!({"ref": "refs/heads/main", "sha": sha})));
+    let row = h.wait_final(&id);
+    assert_eq!(row.state, State::Failed, "{row:?}");
+    (id, row.reason.unwrap_or_default())
+}
+
 fn publish(root: &Path, sha: &str, files: &[(&str, &[u8])]) -> (Vec<u8>, String) {
     let bytes = tar_gz(files);
     std::fs::create_dir_all(root.join("builds")).expect("mkdir");
@@ -334,14 +342,7 @@ fn a_revoked_token_is_one_attempt_and_a_429_is_waited_out_never_hammered() {
     h.start();
     let sha = "f".repeat(40);
     publish(&root, &sha, &[("index.html", b"x")]);
-    let id = deploy_id(&ci_hook(
-        &h,
-        "web",
-        &json!({"ref": "refs/heads/main", "sha": sha}),
-    ));
-    let row = h.wait_final(&id);
-    assert_eq!(row.state, State::Failed);
-    let reason = row.reason.unwrap_or_default();
+    let (id, reason) = web_deploy_fails(&h, &sha);
     assert!(
         reason.contains("401") && reason.contains("permanent") && reason.contains("not retried"),
         "{reason}"
@@ -366,14 +367,7 @@ fn a_revoked_token_is_one_attempt_and_a_429_is_waited_out_never_hammered() {
     let limited = FileServer::start(&root2, -1, 1, None);
     let mut h = url_app(&t2, &limited, "");
     h.start();
-    let id = deploy_id(&ci_hook(
-        &h,
-        "web",
-        &json!({"ref": "refs/heads/main", "sha": sha}),
-    ));
-    let row = h.wait_final(&id);
-    assert_eq!(row.state, State::Failed);
-    let reason = row.reason.unwrap_or_default();
+    let (id, reason) = web_deploy_fails(&h, &sha);
     assert!(
         reason.contains("429") && reason.contains("after 3 attempts") && reason.contains("circuit open"),
         "{reason}"
