@@ -44,6 +44,7 @@ pub mod queue;
 pub mod registry;
 pub mod release;
 pub mod runner;
+pub mod scratch;
 pub mod signature;
 pub mod store;
 pub mod systemd;

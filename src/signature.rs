@@ -9,8 +9,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use minisign_verify::{PublicKey, Signature};
 
@@ -208,17 +207,7 @@ struct TempFile(PathBuf);
 
 impl TempFile {
     fn create(contents: &[u8]) -> io::Result<Self> {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let name = format!(
-            "haul-sig-{}-{nanos}-{}.sig",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let path = std::env::temp_dir().join(name);
+        let path = crate::scratch::unique_temp_path("haul-sig", ".sig");
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -362,36 +351,22 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
-    /// A scratch directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
+    /// A scratch directory, removed on drop.
+    struct TempDir(crate::scratch::TestDir);
 
     impl TempDir {
         fn new() -> Self {
-            static N: AtomicU64 = AtomicU64::new(0);
-            let nanos = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .expect("clock")
-                .subsec_nanos();
-            let n = N.fetch_add(1, Ordering::Relaxed);
-            let dir = std::env::temp_dir().join(format!("haul-sigtest-{}-{nanos}-{n}", std::process::id()));
-            fs::create_dir_all(&dir).expect("mkdir");
-            TempDir(dir)
+            TempDir(crate::scratch::TestDir::new("haul-sigtest"))
         }
         fn path(&self, name: &str) -> PathBuf {
-            self.0.join(name)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
+            self.0.path(name)
         }
     }
 
     fn run(dir: &TempDir, program: &str, args: &[&str]) {
         let out = Command::new(program)
             .args(args)
-            .current_dir(&dir.0)
+            .current_dir(&dir.0 .0)
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("{program}: {e}"));

@@ -578,41 +578,28 @@ mod tests {
     use super::*;
     use std::collections::BTreeSet;
     use std::os::unix::fs::MetadataExt;
-    use std::sync::atomic::{AtomicU64, Ordering};
 
     /// A directory under the system temp dir, removed on drop. Holds `dest/`, so escapes land beside it.
-    struct TempDir(PathBuf);
+    struct TempDir(crate::scratch::TestDir);
 
     impl TempDir {
         fn new() -> Self {
-            static N: AtomicU64 = AtomicU64::new(0);
-            let nanos = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .expect("clock")
-                .subsec_nanos();
-            let n = N.fetch_add(1, Ordering::Relaxed);
-            let root = std::env::temp_dir().join(format!("haul-unpack-{}-{nanos}-{n}", std::process::id()));
-            fs::create_dir_all(root.join("dest")).expect("mkdir");
+            let root = crate::scratch::TestDir::new("haul-unpack");
+            fs::create_dir_all(root.path("dest")).expect("mkdir");
             TempDir(root)
         }
         fn dest(&self) -> PathBuf {
-            self.0.join("dest")
+            self.0.path("dest")
         }
         /// Everything directly in the root, i.e. beside `dest`.
         fn beside(&self) -> BTreeSet<String> {
-            fs::read_dir(&self.0)
+            fs::read_dir(&self.0 .0)
                 .expect("read_dir")
                 .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
                 .collect()
         }
         fn assert_nothing_outside(&self) {
             assert_eq!(self.beside(), BTreeSet::from(["dest".to_string()]));
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
         }
     }
 
@@ -859,14 +846,14 @@ mod tests {
     /// Unpacks `data` expecting an error; nothing may appear beside `dest`. Returns the error.
     fn refused(data: &[u8], limits: &Limits) -> UnpackError {
         let t = TempDir::new();
-        fs::write(t.0.join("outside"), b"original").expect("outside");
+        fs::write(t.0.path("outside"), b"original").expect("outside");
         let err = unpack(data, &t.dest(), limits).expect_err("must be refused");
         assert_eq!(
             t.beside(),
             BTreeSet::from(["dest".to_string(), "outside".to_string()])
         );
-        assert_eq!(fs::read(t.0.join("outside")).expect("outside"), b"original");
-        assert_eq!(fs::metadata(t.0.join("outside")).expect("outside").nlink(), 1);
+        assert_eq!(fs::read(t.0.path("outside")).expect("outside"), b"original");
+        assert_eq!(fs::metadata(t.0.path("outside")).expect("outside").nlink(), 1);
         err
     }
 
@@ -1125,7 +1112,7 @@ mod tests {
             unpack(io::empty(), &t.dest(), &Limits::default()).expect("empty"),
             Unpacked::default()
         );
-        let err = unpack(io::empty(), &t.0.join("nope"), &Limits::default()).expect_err("no dest");
+        let err = unpack(io::empty(), &t.0.path("nope"), &Limits::default()).expect_err("no dest");
         assert!(matches!(err, UnpackError::Io(_)));
     }
 }
