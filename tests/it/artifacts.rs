@@ -486,8 +486,11 @@ fn an_image_deploys_by_digest_a_changed_digest_redeploys_and_an_unchanged_one_is
     // CI's webhook names the tag and the digest it pushed. (The poller may get there first: either way one
     // deploy of digest1.)
     let id = deploy_id(&ci_hook(&h, "site", &json!({"tag": "main", "digest": digest1})));
-    wait_until("digest1 is live", || {
-        read(&h, "index.html").as_deref() == Some("v1")
+    // Recorded, not only switched: the audit row is final after activate.
+    wait_until("digest1 is live and recorded", || {
+        h.rows()
+            .iter()
+            .any(|r| r.state == State::Succeeded && r.digest.as_deref() == Some(digest1.as_str()))
     });
     let rows = h.rows();
     let done: Vec<_> = rows.iter().filter(|r| r.state == State::Succeeded).collect();
@@ -518,9 +521,12 @@ fn an_image_deploys_by_digest_a_changed_digest_redeploys_and_an_unchanged_one_is
 
     // A new push: the poll sees the new digest and deploys it, without any webhook.
     let digest2 = push_artifact(&reg, "acme/site", "main", &[("index.html", b"v2")]);
-    wait_until("digest2 is live", || {
-        read(&h, "index.html").as_deref() == Some("v2")
+    wait_until("digest2 is live and recorded", || {
+        h.rows()
+            .iter()
+            .any(|r| r.state == State::Succeeded && r.digest.as_deref() == Some(digest2.as_str()))
     });
+    assert_eq!(read(&h, "index.html").as_deref(), Some("v2"));
     let rows = h.rows();
     let newest = rows
         .iter()
