@@ -199,23 +199,7 @@ fn bench_intake(c: &mut Criterion) {
             Ok(Accepted::Deploy(req)) => assert_eq!(req.sha.as_deref(), Some(SHA), "{}", case.name),
             other => panic!("{}: expected a deploy, got {other:?}", case.name),
         }
-        group.throughput(Throughput::Bytes(case.body.len() as u64));
-        group.bench_with_input(
-            BenchmarkId::new("verify+parse", format!("{} ({} B)", case.name, case.body.len())),
-            &case,
-            |b, case| {
-                b.iter(|| {
-                    intake::evaluate(
-                        black_box(&app),
-                        case.provider,
-                        black_box(&secrets),
-                        black_box(&case.headers),
-                        black_box(&case.body),
-                        case.now,
-                    )
-                })
-            },
-        );
+        time_evaluate(&mut group, "verify+parse", &case, &app, &secrets);
     }
     group.finish();
 
@@ -226,25 +210,36 @@ fn bench_intake(c: &mut Criterion) {
             Err(Rejected::BadSignature) => {}
             other => panic!("{}: expected a bad signature, got {other:?}", case.name),
         }
-        group.throughput(Throughput::Bytes(case.body.len() as u64));
-        group.bench_with_input(
-            BenchmarkId::new("forged", format!("{} ({} B)", case.name, case.body.len())),
-            &case,
-            |b, case| {
-                b.iter(|| {
-                    intake::evaluate(
-                        black_box(&app),
-                        case.provider,
-                        black_box(&secrets),
-                        black_box(&case.headers),
-                        black_box(&case.body),
-                        case.now,
-                    )
-                })
-            },
-        );
+        time_evaluate(&mut group, "forged", &case, &app, &secrets);
     }
     group.finish();
+}
+
+/// Times `intake::evaluate` on one case, under `label`, with its body size as the throughput.
+fn time_evaluate(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    label: &str,
+    case: &Case,
+    app: &AppConfig,
+    secrets: &[Vec<u8>],
+) {
+    group.throughput(Throughput::Bytes(case.body.len() as u64));
+    group.bench_with_input(
+        BenchmarkId::new(label, format!("{} ({} B)", case.name, case.body.len())),
+        case,
+        |b, case| {
+            b.iter(|| {
+                intake::evaluate(
+                    black_box(app),
+                    case.provider,
+                    black_box(secrets),
+                    black_box(&case.headers),
+                    black_box(&case.body),
+                    case.now,
+                )
+            })
+        },
+    );
 }
 
 criterion_group! {

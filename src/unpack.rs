@@ -467,24 +467,35 @@ impl<'a> Unpacker<'a> {
     }
 }
 
+/// What paths and link targets must not be: empty, over-long (`true` marks that refusal), NUL-carrying or
+/// absolute.
+fn shape_check(bytes: &[u8], target: bool) -> Result<(), (bool, &'static str)> {
+    let pick = |for_target, for_path| if target { for_target } else { for_path };
+    if bytes.is_empty() {
+        return Err((false, pick("empty target", "empty path")));
+    }
+    if bytes.len() > MAX_PATH {
+        return Err((
+            true,
+            pick("target longer than 4096 bytes", "path longer than 4096 bytes"),
+        ));
+    }
+    if bytes.contains(&0) {
+        return Err((false, pick("NUL in target", "NUL in path")));
+    }
+    if bytes.starts_with(b"/") {
+        return Err((false, pick("absolute target", "absolute path")));
+    }
+    Ok(())
+}
+
 /// Checks a symlink target for the link at `rel`. Sound, not just lexical: `..` may only lead the target.
 /// The link's directory and all its ancestors up to `dest` are real directories, so each leading `..` climbs
 /// one real level, and is refused past `dest`. After the first normal component every step goes down, through
 /// entries that are real or are links checked the same way. A `..` after a component is refused: that
 /// component may be a symlink, and `..` would then climb from wherever it points.
 fn check_symlink(rel: &Rel, target: &[u8]) -> Result<(), (bool, &'static str)> {
-    if target.is_empty() {
-        return Err((false, "empty target"));
-    }
-    if target.len() > MAX_PATH {
-        return Err((true, "target longer than 4096 bytes"));
-    }
-    if target.contains(&0) {
-        return Err((false, "NUL in target"));
-    }
-    if target.starts_with(b"/") {
-        return Err((false, "absolute target"));
-    }
+    shape_check(target, true)?;
     let depth = rel.len().saturating_sub(1);
     let mut ups = 0;
     let mut seen_normal = false;
@@ -507,18 +518,7 @@ fn check_symlink(rel: &Rel, target: &[u8]) -> Result<(), (bool, &'static str)> {
 /// Validates an archive path and splits it into components: `./` and repeated slashes are dropped; absolute,
 /// empty, NUL-carrying, `..`-carrying and over-long paths are refused (`true` marks the length refusal).
 fn relative(raw: &[u8]) -> Result<Rel, (bool, &'static str)> {
-    if raw.is_empty() {
-        return Err((false, "empty path"));
-    }
-    if raw.len() > MAX_PATH {
-        return Err((true, "path longer than 4096 bytes"));
-    }
-    if raw.contains(&0) {
-        return Err((false, "NUL in path"));
-    }
-    if raw.starts_with(b"/") {
-        return Err((false, "absolute path"));
-    }
+    shape_check(raw, false)?;
     let mut rel = Vec::new();
     for c in raw.split(|&b| b == b'/') {
         match c {
