@@ -654,7 +654,10 @@ fn manual_deploy_goes_through_the_daemon_or_runs_in_process() {
         Some(sha2.as_str()),
         "no --sha: the branch tip"
     );
-    assert_eq!(row.actor, haul::control::user_name(unsafe { libc::getuid() }));
+    assert_eq!(
+        row.actor,
+        haul::server::control::user_name(unsafe { libc::getuid() })
+    );
 
     let out = h.cli(&["deploy", "blog", "--sha", &sha1[..8]]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -677,7 +677,7 @@ impl Haul {
     }
 
     pub fn current(&self) -> Option<String> {
-        haul::release::current(&self.app_path)
+        haul::deploy::release::current(&self.app_path)
     }
 
     /// The path of another app configured with [`Haul::configure_apps`].
@@ -686,7 +686,7 @@ impl Haul {
     }
 
     pub fn releases(&self) -> Vec<String> {
-        haul::release::list(&self.app_path)
+        haul::deploy::release::list(&self.app_path)
     }
 }
 

@@ -1,6 +1,10 @@
 //! The command line: parses arguments, dispatches to the library, and maps every error to an exit code in one
 //! place ([`main`]). Read commands work without a daemon: they read the audit database and the log files.
 
+pub mod demo;
+pub mod docs;
+pub mod init;
+
 use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,11 +13,11 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 use crate::config::{self, Config};
-use crate::control::{self, ControlRequest};
-use crate::deploylog;
+use crate::deploy::queue::{self, Env};
+use crate::deploy::release;
+use crate::infra::deploylog;
 use crate::model::{self, DeployId, State};
-use crate::queue::{self, Env};
-use crate::release;
+use crate::server::control::{self, ControlRequest};
 use crate::store::{self, DeployRow, Enqueued, Store};
 
 #[derive(Parser, Debug)]
@@ -182,7 +186,7 @@ impl From<store::StoreError> for Exit {
 
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    crate::logging::init();
+    crate::infra::logging::init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -208,13 +212,14 @@ pub fn main() -> i32 {
 async fn dispatch(cli: Cli) -> Result<(), Exit> {
     // Commands that need no configuration (it may not exist yet).
     match cli.command {
-        Command::Demo { port, once } => return crate::demo::run(port, once).await.map_err(Exit::from),
+        Command::Demo { port, once } => return crate::cli::demo::run(port, once).await.map_err(Exit::from),
         Command::Completions { shell } => {
-            return crate::docs::completions(shell, &mut std::io::stdout())
+            return crate::cli::docs::completions(shell, &mut std::io::stdout())
                 .map_err(|e| Exit::failed(e.to_string()))
         }
         Command::Man => {
-            return crate::docs::man_page(&mut std::io::stdout()).map_err(|e| Exit::failed(e.to_string()))
+            return crate::cli::docs::man_page(&mut std::io::stdout())
+                .map_err(|e| Exit::failed(e.to_string()))
         }
         Command::Init {
             app,
@@ -232,7 +237,7 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
                 .parent()
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("."));
-            let opts = crate::init::InitOptions {
+            let opts = crate::cli::init::InitOptions {
                 path: path.unwrap_or_else(|| PathBuf::from("/srv").join(&app)),
                 keys_dir: keys_dir.unwrap_or_else(|| cfg_dir.join("keys")),
                 secrets_dir: secrets_dir.unwrap_or_else(|| cfg_dir.join("secrets")),
@@ -244,13 +249,13 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
                 public_url,
                 provider,
             };
-            return crate::init::run(opts).await.map_err(Exit::from);
+            return crate::cli::init::run(opts).await.map_err(Exit::from);
         }
         _ => {}
     }
     let cfg = Config::load(&cli.config)?;
     match cli.command {
-        Command::Serve => crate::daemon::run(cfg).await.map_err(Exit::from),
+        Command::Serve => crate::server::daemon::run(cfg).await.map_err(Exit::from),
         Command::Deploy { app, sha, no_follow } => {
             deploy(&cfg, ControlRequest::Deploy { app, sha }, no_follow).await
         }
@@ -269,7 +274,7 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
             let exe = exe
                 .or_else(|| std::env::current_exe().ok())
                 .unwrap_or_else(|| PathBuf::from("/usr/local/bin/haul"));
-            print!("{}", crate::systemd::unit(&cfg, &exe, user.as_deref()));
+            print!("{}", crate::ops::systemd::unit(&cfg, &exe, user.as_deref()));
             Ok(())
         }
         Command::Demo { .. } | Command::Init { .. } | Command::Completions { .. } | Command::Man => Ok(()),
@@ -344,10 +349,10 @@ async fn deploy_in_process(cfg: &Config, req: ControlRequest, no_follow: bool) -
     let mut env = Env::new(cfg, store.clone());
     // Told like a daemon's deploy: the notification targets hear how it ended (and of anything `recover`
     // finds interrupted), before this command exits.
-    let (notifier, notify_rx) = crate::notify::channel();
+    let (notifier, notify_rx) = crate::ops::notify::channel();
     env.notifier = Some(notifier);
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
-    let delivery = crate::notify::spawn_delivery(cfg, store.clone(), notify_rx, done_rx);
+    let delivery = crate::ops::notify::spawn_delivery(cfg, store.clone(), notify_rx, done_rx);
     let told = || async {
         let _ = done_tx.send(true);
     };
@@ -771,7 +776,7 @@ fn check(cfg: &Config) -> Result<(), Exit> {
             "  {}: {} ({}) branch {} -> {}{}",
             app.name,
             app.repo,
-            crate::git::describe_transport(app),
+            crate::sources::git::describe_transport(app),
             app.branch,
             app.path.display(),
             app.webhook

@@ -21,8 +21,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::config::{self, AppConfig, ImageKind, ImageSource, ObjectSource, Source, UrlSource};
-use crate::failure::{Failure, Kind};
-use crate::signature::SigError;
+use crate::model::failure::{Failure, Kind};
+use crate::sources::signature::SigError;
 
 /// What a deploy will fetch, decided before anything is downloaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,16 +130,6 @@ pub async fn within<T>(
     })
 }
 
-/// A URL as people see it: credentials in the authority replaced, the query (presigned signatures, tokens)
-/// left out.
-pub fn shown_url(url: &str) -> String {
-    let redacted = crate::git::redact_url(url);
-    match redacted.split_once('?') {
-        Some((base, _)) => format!("{base}?…"),
-        None => redacted,
-    }
-}
-
 /// rustls needs its crypto chosen once per process: ring (no C toolchain, no cmake).
 fn tls() {
     static ONCE: std::sync::Once = std::sync::Once::new();
@@ -205,7 +195,7 @@ fn fill(template: &str, version: Option<&str>) -> Result<String, Failure> {
 pub async fn resolve(app: &AppConfig, wanted: &Wanted) -> Result<Resolved, Failure> {
     match &app.source {
         Source::Image(img) => {
-            let mut session = crate::registry::Session::new(app, img)?;
+            let mut session = crate::sources::registry::Session::new(app, img)?;
             let tag = image_tag(app, img, wanted, &mut session).await?;
             let digest = session.tag_digest(&tag).await?;
             if !crate::model::is_sha256_digest(&digest) {
@@ -230,7 +220,7 @@ pub async fn resolve(app: &AppConfig, wanted: &Wanted) -> Result<Resolved, Failu
         Source::Url(u) => {
             let url = fill(&u.url, wanted.version.as_deref())?;
             Ok(Resolved {
-                location: shown_url(&url),
+                location: crate::model::url::shown(&url),
                 name: url,
                 digest: None,
             })
@@ -244,7 +234,7 @@ async fn image_tag(
     app: &AppConfig,
     img: &ImageSource,
     wanted: &Wanted,
-    session: &mut crate::registry::Session<'_>,
+    session: &mut crate::sources::registry::Session<'_>,
 ) -> Result<String, Failure> {
     let glob = match &app.track {
         config::Track::Tags(g) => g.clone(),
@@ -270,7 +260,7 @@ async fn image_tag(
 
 /// The newest by version order (`v1.10` after `v1.9`), as `git tag --sort=v:refname` would say.
 fn newest<'a>(tags: impl Iterator<Item = &'a String>) -> Option<&'a String> {
-    tags.max_by(|a, b| crate::git::version_cmp(a, b))
+    tags.max_by(|a, b| crate::sources::git::version_cmp(a, b))
 }
 
 /// Downloads what `resolved` names into `dir` (private to this deploy) and verifies it.
@@ -402,10 +392,10 @@ async fn download_image(
         .digest
         .clone()
         .ok_or_else(|| permanent("an image is pulled by digest, and none was resolved".into()))?;
-    let mut session = crate::registry::Session::new(app, img)?;
+    let mut session = crate::sources::registry::Session::new(app, img)?;
     let accepted: &[&str] = match img.kind {
         ImageKind::Artifact => &IMAGE_MANIFESTS,
-        ImageKind::Container => &crate::registry::MANIFEST_TYPES,
+        ImageKind::Container => &crate::sources::registry::MANIFEST_TYPES,
     };
     let manifest = session.manifest(&digest, accepted).await?.ok_or_else(|| {
         permanent(format!(
@@ -495,7 +485,7 @@ async fn download_image(
 async fn image_signature(
     app: &AppConfig,
     img: &ImageSource,
-    session: &mut crate::registry::Session<'_>,
+    session: &mut crate::sources::registry::Session<'_>,
     sig_tag: &str,
 ) -> Result<Vec<u8>, Failure> {
     let Some(bytes) = session.manifest(sig_tag, &IMAGE_MANIFESTS).await? else {
@@ -523,7 +513,7 @@ async fn image_signature(
 /// Checks `sig` over `data`; `name` is the artifact's file name, which a minisign signature's signed comment
 /// must match when it names one.
 async fn check_signature(
-    v: &crate::signature::Verifier,
+    v: &crate::sources::signature::Verifier,
     data: &Path,
     sig: &[u8],
     digest: &str,
@@ -741,7 +731,7 @@ pub(crate) fn http_status_failure(app: &AppConfig, url: &str, r: &reqwest::Respo
         _ => "url_token_file",
     };
     let status = r.status();
-    let shown = shown_url(url);
+    let shown = crate::model::url::shown(url);
     match status.as_u16() {
         401 | 403 => permanent(format!(
             "{shown} answered {status}: the registry refused haul's credentials ({credential}) for app {}; not retried",
@@ -755,7 +745,7 @@ pub(crate) fn http_status_failure(app: &AppConfig, url: &str, r: &reqwest::Respo
                 .headers()
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| crate::upstream::retry_after(&[format!("Retry-After: {v}")])),
+                .and_then(|v| crate::sources::upstream::retry_after(&[format!("Retry-After: {v}")])),
         },
         s if s >= 500 => Failure::transient(format!("{shown} answered {status}")),
         _ => permanent(format!("{shown} answered {status}")),
@@ -763,7 +753,7 @@ pub(crate) fn http_status_failure(app: &AppConfig, url: &str, r: &reqwest::Respo
 }
 
 pub(crate) fn http_send_failure(url: &str, e: reqwest::Error) -> Failure {
-    Failure::transient(format!("cannot reach {}: {e}", shown_url(url)))
+    Failure::transient(format!("cannot reach {}: {e}", crate::model::url::shown(url)))
 }
 
 async fn http_get(app: &AppConfig, u: &UrlSource, url: &str) -> Result<reqwest::Response, Failure> {
@@ -787,7 +777,7 @@ async fn download_url(app: &AppConfig, u: &UrlSource, url: &str, dir: &Path) -> 
         )));
     }
     let file = dir.join("download");
-    let shown = shown_url(url);
+    let shown = crate::model::url::shown(url);
     let digest = save_stream(r.bytes_stream(), &file, app.max_artifact_bytes, &shown).await?;
     let mut notes = vec![format!("downloaded {shown} ({digest})")];
     if let Some(v) = &app.verify {
@@ -797,7 +787,7 @@ async fn download_url(app: &AppConfig, u: &UrlSource, url: &str, dir: &Path) -> 
             Err(f) if f.kind == Kind::Permanent && f.message.contains("no such artifact") => {
                 return Err(permanent(format!(
                     "{shown} ({digest}) is not signed: {} does not exist, and verify wants a signature by {}; refusing it",
-                    shown_url(&sig_url),
+                    crate::model::url::shown(&sig_url),
                     v.describe()
                 )))
             }

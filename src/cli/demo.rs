@@ -9,14 +9,14 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use crate::config::Config;
+use crate::deploy::release;
+use crate::infra::runner::{self, Cmd};
 use crate::intake;
 use crate::model::{DeployId, State};
-use crate::release;
-use crate::runner::{self, Cmd};
 use crate::store;
 
 /// A POST over loopback; kept here for the tests and the demo.
-pub use crate::httpc::post as http_post;
+pub use crate::infra::httpc::post as http_post;
 
 async fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
     let cmd = Cmd::new(format!("git {}", args.first().unwrap_or(&"")), "git")
@@ -132,7 +132,7 @@ secret_file = "{secret}"
     let app_path = cfg.apps["site"].path.clone();
     let db = cfg.db_path();
 
-    let daemon = crate::daemon::start(cfg.clone()).await?;
+    let daemon = crate::server::daemon::start(cfg.clone()).await?;
     let addr = daemon.addr.to_string();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(daemon.serve(async move {
@@ -176,7 +176,8 @@ secret_file = "{secret}"
         }
     };
     eprintln!();
-    let log = std::fs::read_to_string(crate::deploylog::path_for(&cfg.logs_dir(), &id)).unwrap_or_default();
+    let log =
+        std::fs::read_to_string(crate::infra::deploylog::path_for(&cfg.logs_dir(), &id)).unwrap_or_default();
     for line in log.lines() {
         eprintln!("    {line}");
     }
@@ -228,7 +229,7 @@ secret_file = "{secret}"
     );
     eprintln!("    {exe} --config {} deploy site", config_path.display());
     say("Ctrl-C to stop");
-    crate::daemon::shutdown_signal().await;
+    crate::server::daemon::shutdown_signal().await;
     let _ = stop_tx.send(());
     let _ = serving.await;
     Ok(())

@@ -207,7 +207,7 @@ struct TempFile(PathBuf);
 
 impl TempFile {
     fn create(contents: &[u8]) -> io::Result<Self> {
-        let path = crate::scratch::unique_temp_path("haul-sig", ".sig");
+        let path = crate::infra::scratch::unique_temp_path("haul-sig", ".sig");
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -352,11 +352,11 @@ mod tests {
     use super::*;
 
     /// A scratch directory, removed on drop.
-    struct TempDir(crate::scratch::TestDir);
+    struct TempDir(crate::infra::scratch::TestDir);
 
     impl TempDir {
         fn new() -> Self {
-            TempDir(crate::scratch::TestDir::new("haul-sigtest"))
+            TempDir(crate::infra::scratch::TestDir::new("haul-sigtest"))
         }
         fn path(&self, name: &str) -> PathBuf {
             self.0.path(name)

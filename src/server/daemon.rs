@@ -12,13 +12,13 @@ use anyhow::{bail, Context};
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::control;
-use crate::http::{self, HttpState};
-use crate::lock::{self, FileLock};
+use crate::deploy::queue::{Env, Queue};
+use crate::infra::lock::{self, FileLock};
 use crate::model;
-use crate::queue::{Env, Queue};
+use crate::ops::systemd;
+use crate::server::control;
+use crate::server::http::{self, HttpState};
 use crate::store::{self, Store};
-use crate::systemd;
 
 pub struct Daemon {
     pub addr: SocketAddr,
@@ -29,7 +29,7 @@ pub struct Daemon {
     /// How long a running deploy may go on after a stop is asked for, before its process group is killed (it
     /// is then recorded as interrupted at the next start).
     stop_grace: Duration,
-    notify_rx: tokio::sync::mpsc::UnboundedReceiver<crate::notify::Event>,
+    notify_rx: tokio::sync::mpsc::UnboundedReceiver<crate::ops::notify::Event>,
     cfg: Config,
     _instance: FileLock,
 }
@@ -76,7 +76,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Daemon> {
     let store = Store::open(&cfg.db_path())?;
     let now = model::now_ms();
     store
-        .call(move |c| store::prune_deliveries(c, now, crate::queue::DELIVERY_RETENTION_MS))
+        .call(move |c| store::prune_deliveries(c, now, crate::deploy::queue::DELIVERY_RETENTION_MS))
         .await?;
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
@@ -84,7 +84,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Daemon> {
     let addr = listener.local_addr()?;
     let control = control::bind(&cfg.socket_path())
         .with_context(|| format!("cannot create the control socket {}", cfg.socket_path().display()))?;
-    let (notifier, notify_rx) = crate::notify::channel();
+    let (notifier, notify_rx) = crate::ops::notify::channel();
     let mut env = Env::new(&cfg, store);
     env.notifier = Some(notifier);
     let queue = Queue::new(env);
@@ -112,7 +112,7 @@ impl Daemon {
         // Delivery goes on until the workers are done, so a deploy that ends during the grace is still told.
         let (workers_done_tx, workers_done_rx) = watch::channel(false);
         let notify_tasks = match notifier {
-            Some(n) => crate::notify::spawn(
+            Some(n) => crate::ops::notify::spawn(
                 &self.cfg,
                 self.queue.env().store.clone(),
                 n,
@@ -123,7 +123,7 @@ impl Daemon {
             None => Vec::new(),
         };
         let mut workers = self.queue.spawn_workers(stop_rx.clone());
-        workers.extend(crate::poll::spawn(self.queue.clone(), stop_rx.clone()));
+        workers.extend(crate::server::poll::spawn(self.queue.clone(), stop_rx.clone()));
         let control = tokio::spawn(control::serve(self.control, self.queue.clone(), stop_rx.clone()));
         tracing::info!(
             "haul listening on http://{} ({} app(s))",

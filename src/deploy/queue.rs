@@ -16,11 +16,11 @@ use tokio::sync::{watch, Notify};
 use tracing::Instrument;
 
 use crate::config::{AppConfig, Config};
-use crate::deploylog::DeployLog;
-use crate::lock;
+use crate::deploy::pipeline::{Candidate, Job, Pipeline, Previous};
+use crate::deploy::release;
+use crate::infra::deploylog::DeployLog;
+use crate::infra::lock;
 use crate::model::{self, DeployRequest, Outcome, State, Trigger};
-use crate::pipeline::{Candidate, Job, Pipeline, Previous};
-use crate::release;
 use crate::store::{self, DeployRow, Enqueued, Store, StoreError};
 
 /// Everything a deploy needs from its surroundings.
@@ -34,7 +34,7 @@ pub struct Env {
     /// Process group ids of running steps (`<app>.pgid`).
     pub run_dir: PathBuf,
     /// Where finished deploys are told (the daemon's notifier; none for an in-process deploy).
-    pub notifier: Option<crate::notify::Notifier>,
+    pub notifier: Option<crate::ops::notify::Notifier>,
     /// When this process started: `on_restart = "hold"` holds only what was queued before.
     pub started_ms: i64,
     /// How long deploy logs are kept (`log_retention`).
@@ -222,7 +222,8 @@ impl Queue {
         let Some(cutoff) = std::time::SystemTime::now().checked_sub(keep) else {
             return;
         };
-        if let Ok(n) = tokio::task::spawn_blocking(move || crate::deploylog::prune(&dir, cutoff)).await {
+        if let Ok(n) = tokio::task::spawn_blocking(move || crate::infra::deploylog::prune(&dir, cutoff)).await
+        {
             if n > 0 {
                 tracing::info!(
                     "deleted {n} deploy log(s) older than log_retention ({}d)",
@@ -321,7 +322,7 @@ pub async fn recover(env: &Env, app: &str) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot lock {app}: {e}"))?;
     // A step a killed haul left running is ended first: nothing of the old deploy may race the next one.
-    if let Some(pgid) = crate::runner::kill_recorded_group(&env.pgid_path(app)) {
+    if let Some(pgid) = crate::infra::runner::kill_recorded_group(&env.pgid_path(app)) {
         tracing::warn!(app = %app, "ended process group {pgid}, left running by a haul that was killed");
     }
     let now = model::now_ms();
@@ -364,7 +365,7 @@ pub async fn recover(env: &Env, app: &str) -> Result<(), String> {
     }
     // Stray temporaries (index files, temp symlinks, downloads) a crash left behind.
     release::clean_temporaries(&cfg.path);
-    let _ = std::fs::remove_dir_all(crate::pipeline::downloads_dir(&env.mirrors_dir, app));
+    let _ = std::fs::remove_dir_all(crate::deploy::pipeline::downloads_dir(&env.mirrors_dir, app));
     if cfg.on_restart == crate::config::OnRestart::Hold {
         let (a, started) = (app.to_string(), env.started_ms);
         let held = env
@@ -423,7 +424,7 @@ pub async fn run_next(env: &Env, app: &str) -> Result<Option<(DeployRow, Outcome
                     let _ = release::remove(&cfg.path, &rid);
                 }
                 let _ = std::fs::remove_dir_all(
-                    crate::pipeline::downloads_dir(&env.mirrors_dir, app).join(row.id.as_str()),
+                    crate::deploy::pipeline::downloads_dir(&env.mirrors_dir, app).join(row.id.as_str()),
                 );
             }
             let o = Outcome::new(
@@ -489,11 +490,9 @@ async fn execute(env: &Env, row: &DeployRow) -> Outcome {
             }
         }
     }
-    let secrets = std::iter::once(&app.repo)
-        .chain(&app.mirrors)
-        .flat_map(|u| crate::git::url_secrets(u))
-        .chain(crate::artifact::secrets(&app))
-        .collect();
+    // URL credentials are masked wherever a URL is logged (`model::url::redact`); credential files are not
+    // URLs, so their contents are named here.
+    let secrets = crate::sources::artifact::secrets(&app);
     let log = match DeployLog::create(&env.logs_dir, &row.id) {
         Ok(l) => Arc::new(l.with_redactions(secrets)),
         Err(e) => {
@@ -584,10 +583,13 @@ async fn execute(env: &Env, row: &DeployRow) -> Outcome {
 
 /// Tells the notifier how a deploy ended (it decides who hears of it).
 fn tell(env: &Env, row: &DeployRow, outcome: &Outcome) {
-    let (Some(n), Some(kind)) = (&env.notifier, crate::notify::EventKind::from_state(outcome.state)) else {
+    let (Some(n), Some(kind)) = (
+        &env.notifier,
+        crate::ops::notify::EventKind::from_state(outcome.state),
+    ) else {
         return;
     };
-    let mut e = crate::notify::Event::new(kind, &row.app, outcome.reason.clone());
+    let mut e = crate::ops::notify::Event::new(kind, &row.app, outcome.reason.clone());
     e.deploy_id = Some(row.id.to_string());
     e.sha = outcome.sha.clone().or_else(|| row.sha.clone());
     e.actor = Some(row.actor.clone());
@@ -598,7 +600,7 @@ async fn record(env: &Env, row: &DeployRow, outcome: Outcome) -> Outcome {
     let took = row
         .started_at
         .map(|s| std::time::Duration::from_millis((model::now_ms() - s).max(0) as u64));
-    crate::metrics::deploy_finished(&row.app, outcome.state.as_str(), took);
+    crate::infra::metrics::deploy_finished(&row.app, outcome.state.as_str(), took);
     tell(env, row, &outcome);
     let id = row.id.clone();
     let o = outcome.clone();

@@ -1321,7 +1321,7 @@ mod tests {
         .apps
         .remove("api")
         .expect("api");
-        let fixture = include_str!("../tests/fixtures/github/package-published.json");
+        let fixture = include_str!("../../tests/fixtures/github/package-published.json");
         let digest = format!("sha256:{}", "d".repeat(64));
         let mut v: serde_json::Value = serde_json::from_str(fixture).expect("fixture");
         v["package"]["package_version"]["version"] = digest.clone().into();

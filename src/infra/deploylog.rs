@@ -12,7 +12,8 @@ use crate::model::DeployId;
 pub struct DeployLog {
     file: Mutex<File>,
     path: PathBuf,
-    /// Strings never written (credentials in repository and mirror URLs).
+    /// Secrets never written beyond URL credentials, which `model::url::redact` masks anyway (the
+    /// contents of an artifact's credential files).
     redact: Vec<String>,
 }
 
@@ -73,10 +74,7 @@ impl DeployLog {
     }
 
     pub fn line(&self, text: &str) {
-        let mut text = text.to_string();
-        for s in &self.redact {
-            text = text.replace(s.as_str(), "***");
-        }
+        let text = crate::model::url::redact(text, &self.redact);
         let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
         let mut f = match self.file.lock() {
             Ok(f) => f,

@@ -12,8 +12,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
 use crate::config::{AppConfig, Track};
+use crate::deploy::queue::Queue;
 use crate::model::{self, DeployRequest, Trigger};
-use crate::queue::Queue;
 use crate::store::Enqueued;
 
 /// A request on the socket: the wire type.

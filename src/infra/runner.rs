@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 
-use crate::deploylog::DeployLog;
+use crate::infra::deploylog::DeployLog;
 
 const TAIL_LINES: usize = 20;
 const MAX_LINE: usize = 8 * 1024;
@@ -238,11 +238,7 @@ pub fn kill_recorded_group(path: &std::path::Path) -> Option<i32> {
 }
 
 fn redact(line: &str, secrets: &[String]) -> String {
-    let mut out = line.to_string();
-    for s in secrets.iter().filter(|s| !s.is_empty()) {
-        out = out.replace(s.as_str(), "***");
-    }
-    out
+    crate::model::url::redact(line, secrets).into_owned()
 }
 
 /// Reads one line into `buf`, keeping at most [`MAX_LINE`] bytes of it and discarding the rest: a step that

@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{self, AppConfig, MirrorMode, Track};
-use crate::deploylog::DeployLog;
-use crate::failure::{Failure, Kind};
-use crate::runner::{self, Cmd, LineUse, RunError};
-use crate::upstream;
+use crate::config::{AppConfig, MirrorMode, Track};
+use crate::infra::deploylog::DeployLog;
+use crate::infra::runner::{self, Cmd, LineUse, RunError};
+use crate::model::failure::{Failure, Kind};
+use crate::sources::upstream;
 
 const LOCAL_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -35,21 +35,6 @@ pub fn ssh_command(app: &AppConfig) -> Option<String> {
         sh_quote(&key.to_string_lossy()),
         sh_quote(&known_hosts.to_string_lossy())
     ))
-}
-
-/// The parts of a URL never written to a log: the password or token in `https://user:token@host/...`.
-pub fn url_secrets(repo: &str) -> Vec<String> {
-    let Some(rest) = repo.split_once("://").map(|(_, r)| r) else {
-        return vec![];
-    };
-    let authority = rest.split('/').next().unwrap_or("");
-    match authority.rsplit_once('@') {
-        Some((userinfo, _)) => match userinfo.split_once(':') {
-            Some((_, pass)) if !pass.is_empty() => vec![pass.to_string()],
-            _ => vec![userinfo.to_string()],
-        },
-        None => vec![],
-    }
 }
 
 /// Over HTTP, git is asked for a trace of the response headers (`GIT_TRACE_CURL`), so a rate limit's
@@ -172,15 +157,6 @@ pub fn is_local_damage(message: &str) -> bool {
     .any(|p| m.contains(p))
 }
 
-/// A URL with its userinfo removed, for messages.
-pub fn redact_url(url: &str) -> String {
-    let mut out = url.to_string();
-    for s in url_secrets(url) {
-        out = out.replace(&s, "***");
-    }
-    out
-}
-
 /// One app's view of git: its mirror, its credentials, its log.
 pub struct Git {
     app: Arc<AppConfig>,
@@ -211,10 +187,6 @@ impl Git {
         if let Some(ssh) = ssh_command(&self.app) {
             c = c.env("GIT_SSH_COMMAND", ssh);
         }
-        c.redact = std::iter::once(&self.app.repo)
-            .chain(&self.app.mirrors)
-            .flat_map(|u| url_secrets(u))
-            .collect();
         c
     }
 
@@ -315,7 +287,7 @@ impl Git {
             Ok(()) => "ok",
             Err(f) => f.kind.as_str(),
         };
-        crate::metrics::fetch(&upstream::key(url), label);
+        crate::infra::metrics::fetch(&crate::model::url::upstream_key(url), label);
         result
     }
 
@@ -344,7 +316,7 @@ impl Git {
                     if !self.app.mirrors.is_empty() {
                         self.note(&format!(
                             "  ! fetching from {} failed ({}): {f}",
-                            redact_url(url),
+                            crate::model::url::shown(url),
                             f.kind.as_str()
                         ));
                     }
@@ -379,7 +351,7 @@ impl Git {
         let repaired = std::sync::atomic::AtomicBool::new(false);
         let note = |m: &str| self.note(m);
         let (result, r) = upstream::guarded(
-            &upstream::key(url),
+            &crate::model::url::upstream_key(url),
             self.app.max_fetches_per_minute,
             self.app.fetch_attempts,
             &note,
@@ -638,7 +610,7 @@ pub fn disk_free(path: &Path) -> Option<u64> {
 
 /// Used by `haul check`: is the repo reachable with these credentials?
 pub fn describe_transport(app: &AppConfig) -> &'static str {
-    if config::is_ssh_url(&app.repo) {
+    if crate::model::url::is_ssh_url(&app.repo) {
         "ssh (deploy key, pinned host keys)"
     } else if app.repo.starts_with("https://") || app.repo.starts_with("http://") {
         "http(s)"
@@ -674,16 +646,6 @@ mod tests {
         assert_eq!(version_cmp("refs/tags/v1.10.0", "refs/tags/v1.9.3"), Greater);
         assert_eq!(version_cmp("refs/tags/v2", "refs/tags/v10"), Less);
         assert_eq!(version_cmp("refs/tags/v1.0", "refs/tags/v1.0"), Equal);
-    }
-
-    #[test]
-    fn url_credentials_are_redacted() {
-        assert_eq!(
-            url_secrets("https://x-access-token:ghs_abc@github.com/a/b.git"),
-            ["ghs_abc"]
-        );
-        assert_eq!(url_secrets("https://ghp_tok@github.com/a/b.git"), ["ghp_tok"]);
-        assert!(url_secrets("git@github.com:a/b.git").is_empty());
     }
 
     #[test]

@@ -16,8 +16,8 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, NotifyKind, NotifyTarget};
+use crate::infra::runner::{self, Cmd};
 use crate::model::{self, State};
-use crate::runner::{self, Cmd};
 use crate::store::{Store, StoreError};
 
 /// What happened, for a person.
@@ -347,7 +347,8 @@ async fn deliver_with_retries(t: &NotifyTarget, e: &Event) {
                 return;
             }
             Err(err) if attempt < ATTEMPTS => {
-                let wait = crate::failure::backoff(attempt, Duration::from_secs(1), Duration::from_secs(20));
+                let wait =
+                    crate::model::failure::backoff(attempt, Duration::from_secs(1), Duration::from_secs(20));
                 tracing::warn!(target = %t.describe(), "notification attempt {attempt}/{ATTEMPTS} failed: {err}; retrying in {:.1}s", wait.as_secs_f64());
                 tokio::time::sleep(wait).await;
             }

@@ -12,9 +12,11 @@
 use reqwest::{header, Method, Response, StatusCode};
 use sha2::{Digest, Sha256};
 
-use crate::artifact::{http_client, http_send_failure, http_status_failure, read_capped, read_secret};
 use crate::config::{AppConfig, ImageSource};
-use crate::failure::Failure;
+use crate::model::failure::Failure;
+use crate::sources::artifact::{
+    http_client, http_send_failure, http_status_failure, read_capped, read_secret,
+};
 
 /// The most a manifest or a tag list may be: far beyond any real one, small enough for memory.
 pub const MANIFEST_MAX: u64 = 4 * 1024 * 1024;
@@ -209,7 +211,12 @@ impl<'a> Session<'a> {
         if !r.status().is_success() {
             return Err(http_status_failure(self.app, &realm, &r));
         }
-        let bytes = read_capped(r, crate::artifact::SMALL_MAX, "the registry's token answer").await?;
+        let bytes = read_capped(
+            r,
+            crate::sources::artifact::SMALL_MAX,
+            "the registry's token answer",
+        )
+        .await?;
         let body: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
             Failure::permanent(format!(
                 "the registry's token service answered something else than a token: {e}"

@@ -31,26 +31,6 @@ pub fn global() -> &'static Upstreams {
     G.get_or_init(Upstreams::default)
 }
 
-/// The upstream a repo URL belongs to: `host[:port]`, or `local` for a path.
-pub fn key(repo: &str) -> String {
-    let rest = match repo.split_once("://") {
-        Some((_, rest)) => rest,
-        None if crate::config::is_ssh_url(repo) => {
-            return repo
-                .split(':')
-                .next()
-                .unwrap_or(repo)
-                .rsplit('@')
-                .next()
-                .unwrap_or(repo)
-                .to_string()
-        }
-        None => return "local".to_string(),
-    };
-    let authority = rest.split('/').next().unwrap_or(rest);
-    authority.rsplit('@').next().unwrap_or(authority).to_string()
-}
-
 impl Upstreams {
     /// How long the circuit of `upstream` stays open, if it is.
     pub fn open_for(&self, upstream: &str) -> Option<Duration> {
@@ -115,12 +95,12 @@ pub async fn guarded<T, F, Fut>(
     attempts: u32,
     note: &(dyn Fn(&str) + Sync),
     mut op: F,
-) -> (Result<T, crate::failure::Failure>, Report)
+) -> (Result<T, crate::model::failure::Failure>, Report)
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, crate::failure::Failure>>,
+    Fut: std::future::Future<Output = Result<T, crate::model::failure::Failure>>,
 {
-    use crate::failure::{self, Failure, Kind};
+    use crate::model::failure::{self, Failure, Kind};
     let attempts = attempts.max(1);
     let upstreams = global();
     let mut report = Report::default();
@@ -230,14 +210,6 @@ pub fn retry_after(lines: &[String]) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys() {
-        assert_eq!(key("git@github.com:acme/blog.git"), "github.com");
-        assert_eq!(key("ssh://git@127.0.0.1:2222/srv/x.git"), "127.0.0.1:2222");
-        assert_eq!(key("https://x-access-token:t@github.com/a/b.git"), "github.com");
-        assert_eq!(key("/srv/git/blog.git"), "local");
-    }
 
     #[test]
     fn budget_and_circuit() {

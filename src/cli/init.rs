@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 
 use crate::config::{self, Config, Provider};
+use crate::infra::runner::{self, Cmd, RunError};
 use crate::model;
-use crate::runner::{self, Cmd, RunError};
 
 /// What `haul init` is asked to set up (the CLI's arguments, defaults applied).
 #[derive(Debug, Clone)]
@@ -208,7 +208,7 @@ fn plan(opts: &InitOptions) -> anyhow::Result<Plan> {
     let absolute =
         |p: &Path| std::path::absolute(p).with_context(|| format!("cannot make {} absolute", p.display()));
     let config = absolute(&opts.config)?;
-    let ssh = if config::is_ssh_url(&repo) {
+    let ssh = if crate::model::url::is_ssh_url(&repo) {
         let (host, port) = ssh_host(&repo).ok_or_else(|| {
             anyhow!("cannot tell the SSH host in repo {repo:?}; give it as git@HOST:OWNER/REPO.git or ssh://git@HOST[:PORT]/PATH")
         })?;

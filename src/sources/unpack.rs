@@ -580,11 +580,11 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     /// A directory under the system temp dir, removed on drop. Holds `dest/`, so escapes land beside it.
-    struct TempDir(crate::scratch::TestDir);
+    struct TempDir(crate::infra::scratch::TestDir);
 
     impl TempDir {
         fn new() -> Self {
-            let root = crate::scratch::TestDir::new("haul-unpack");
+            let root = crate::infra::scratch::TestDir::new("haul-unpack");
             fs::create_dir_all(root.path("dest")).expect("mkdir");
             TempDir(root)
         }

@@ -20,8 +20,8 @@ use http_body_util::BodyExt;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::deploy::queue::Queue;
 use crate::intake::{self, Accepted};
-use crate::queue::Queue;
 use crate::store::Enqueued;
 
 /// Connections served at once; past that, new ones are closed at once.
@@ -38,7 +38,7 @@ pub struct HttpState {
     pub allow_ips: Vec<ipnet::IpNet>,
     pub client_ip_header: Option<String>,
     pub limiter: RateLimiter,
-    pub liveness: Arc<crate::daemon::Liveness>,
+    pub liveness: Arc<crate::server::daemon::Liveness>,
     pub status_page: bool,
 }
 
@@ -183,7 +183,7 @@ async fn status_index(State(st): State<Arc<HttpState>>) -> Response {
     let apps: Vec<(String, Option<String>)> = env
         .apps
         .values()
-        .map(|a| (a.name.clone(), crate::release::current(&a.path)))
+        .map(|a| (a.name.clone(), crate::deploy::release::current(&a.path)))
         .collect();
     let data = env
         .store
@@ -195,7 +195,7 @@ async fn status_index(State(st): State<Arc<HttpState>>) -> Response {
                     Some(r) => crate::store::live_deploy(c, &name, r)?,
                     None => None,
                 };
-                views.push(crate::page::AppView {
+                views.push(crate::ops::page::AppView {
                     name,
                     live_release,
                     live,
@@ -207,7 +207,7 @@ async fn status_index(State(st): State<Arc<HttpState>>) -> Response {
         })
         .await;
     match data {
-        Ok((views, recent)) => html(crate::page::index(
+        Ok((views, recent)) => html(crate::ops::page::index(
             &hostname(),
             &views,
             &recent,
@@ -262,8 +262,12 @@ async fn status_deploy(State(st): State<Arc<HttpState>>, Path(id): Path<String>)
     let lookup = id.clone();
     match env.store.call(move |c| crate::store::get(c, &lookup)).await {
         Ok(Some(row)) => {
-            let log = log_tail(&crate::deploylog::path_for(&env.logs_dir, &id), &id);
-            html(crate::page::deploy(&row, log.as_deref(), crate::model::now_ms()))
+            let log = log_tail(&crate::infra::deploylog::path_for(&env.logs_dir, &id), &id);
+            html(crate::ops::page::deploy(
+                &row,
+                log.as_deref(),
+                crate::model::now_ms(),
+            ))
         }
         Ok(None) => error(StatusCode::NOT_FOUND, "no such deploy"),
         Err(e) => {
@@ -279,11 +283,11 @@ async fn status_deploy(State(st): State<Arc<HttpState>>, Path(id): Path<String>)
 /// Prometheus scrape: counters as recorded, gauges read now from the store and the upstream registry.
 async fn metrics(State(st): State<Arc<HttpState>>) -> Response {
     let env = st.queue.env();
-    let m = crate::metrics::get();
+    let m = crate::infra::metrics::get();
     let apps: Vec<(String, String)> = env
         .apps
         .values()
-        .map(|a| (a.name.clone(), crate::upstream::key(&a.repo)))
+        .map(|a| (a.name.clone(), a.upstream()))
         .collect();
     let names: Vec<String> = apps.iter().map(|(a, _)| a.clone()).collect();
     let summaries = env
@@ -297,7 +301,7 @@ async fn metrics(State(st): State<Arc<HttpState>>) -> Response {
         .await;
     if let Ok(summaries) = summaries {
         for (app, s) in summaries {
-            let label = crate::metrics::AppLabel { app };
+            let label = crate::infra::metrics::AppLabel { app };
             m.queue_depth.get_or_create(&label).set(s.queued as i64);
             if let Some(t) = s.last_success.and_then(|r| r.finished_at) {
                 m.last_success.get_or_create(&label).set(t / 1000);
@@ -305,9 +309,9 @@ async fn metrics(State(st): State<Arc<HttpState>>) -> Response {
         }
     }
     for (_, upstream) in apps {
-        let open = crate::upstream::global().open_for(&upstream).is_some();
+        let open = crate::sources::upstream::global().open_for(&upstream).is_some();
         m.circuit_open
-            .get_or_create(&crate::metrics::UpstreamLabel { upstream })
+            .get_or_create(&crate::infra::metrics::UpstreamLabel { upstream })
             .set(i64::from(open));
     }
     (
@@ -366,7 +370,7 @@ async fn hook(
     body: Body,
 ) -> Response {
     let (response, provider, result) = hook_inner(&st, peer, &app, &headers, body).await;
-    crate::metrics::webhook(provider, result);
+    crate::infra::metrics::webhook(provider, result);
     response
 }
 

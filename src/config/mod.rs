@@ -82,7 +82,7 @@ pub struct AppConfig {
     /// Where releases come from: git (`repo`), or an artifact built in CI (`image`, `object`, `url`).
     pub source: Source,
     /// When set, an artifact must carry a valid detached signature by this key.
-    pub verify: Option<crate::signature::Verifier>,
+    pub verify: Option<crate::sources::signature::Verifier>,
     /// The most an artifact may unpack to.
     pub max_artifact_bytes: u64,
 }
@@ -188,13 +188,13 @@ impl AppConfig {
     /// The upstream host this app's fetches count against (budget and rate-limit circuit).
     pub fn upstream(&self) -> String {
         match &self.source {
-            Source::Git => crate::upstream::key(&self.repo),
+            Source::Git => crate::model::url::upstream_key(&self.repo),
             Source::Image(i) => i.registry.clone(),
             Source::Object(o) => match &o.endpoint {
-                Some(e) => crate::upstream::key(e),
+                Some(e) => crate::model::url::upstream_key(e),
                 None => format!("s3.{}.amazonaws.com", o.region),
             },
-            Source::Url(u) => crate::upstream::key(&u.url),
+            Source::Url(u) => crate::model::url::upstream_key(&u.url),
         }
     }
 }
@@ -588,7 +588,7 @@ fn source_display(source: &Source) -> Option<String> {
         Source::Git => None,
         Source::Image(i) => Some(format!("oci://{}/{}", i.registry, i.repository)),
         Source::Object(o) => Some(format!("s3://{}/{}", o.bucket, o.key)),
-        Source::Url(u) => Some(crate::artifact::shown_url(&u.url)),
+        Source::Url(u) => Some(crate::model::url::shown(&u.url)),
     }
 }
 
@@ -750,8 +750,8 @@ fn check_template(key: &str, t: &str) -> Result<(), String> {
 fn parse_verify(
     v: &RawVerify,
     resolve: &dyn Fn(&Path) -> PathBuf,
-) -> Result<crate::signature::Verifier, String> {
-    use crate::signature::Verifier;
+) -> Result<crate::sources::signature::Verifier, String> {
+    use crate::sources::signature::Verifier;
     match (&v.minisign_key, &v.ssh_allowed_signers) {
         (Some(k), None) => {
             if v.ssh_identity.is_some() || v.ssh_namespace.is_some() {
@@ -777,21 +777,6 @@ fn parse_verify(
             })
         }
         _ => Err("verify needs exactly one of minisign_key or ssh_allowed_signers".into()),
-    }
-}
-
-/// Is this repo URL one that goes over SSH (and so needs a deploy key and pinned host keys)?
-pub fn is_ssh_url(repo: &str) -> bool {
-    if repo.starts_with("ssh://") || repo.starts_with("git+ssh://") {
-        return true;
-    }
-    // scp-like `user@host:path`: a colon before any slash, and not a URL scheme.
-    if repo.contains("://") {
-        return false;
-    }
-    match repo.find(':') {
-        Some(i) => !repo[..i].contains('/'),
-        None => false,
     }
 }
 
@@ -948,7 +933,7 @@ impl Config {
                 Some(s) => parse_size(s).map_err(|e| ctx(&format!("max_artifact_size: {e}")))? as u64,
                 None => 4 * 1024 * 1024 * 1024,
             };
-            if is_ssh_url(&a.repo) && (a.deploy_key.is_none() || a.known_hosts.is_none()) {
+            if model::url::is_ssh_url(&a.repo) && (a.deploy_key.is_none() || a.known_hosts.is_none()) {
                 return Err(ctx("an SSH repo needs `deploy_key` (the private half of a read-only deploy key) and `known_hosts` (the pinned host keys)"));
             }
             if a.keep_releases < 2 {
@@ -1010,7 +995,7 @@ impl Config {
                 if m.is_empty() || m.starts_with('-') || m.chars().any(char::is_control) {
                     return Err(ctx(&format!("mirrors: {m:?} is not a git URL or path")));
                 }
-                if is_ssh_url(m) && (a.deploy_key.is_none() || a.known_hosts.is_none()) {
+                if model::url::is_ssh_url(m) && (a.deploy_key.is_none() || a.known_hosts.is_none()) {
                     return Err(ctx(
                         "an SSH mirror needs `deploy_key` and `known_hosts`, like an SSH repo",
                     ));
@@ -1084,7 +1069,7 @@ impl Config {
             let app = AppConfig {
                 repo: if let Some(display) = source_display(&source) {
                     display
-                } else if a.repo.contains("://") || is_ssh_url(&a.repo) {
+                } else if a.repo.contains("://") || model::url::is_ssh_url(&a.repo) {
                     a.repo
                 } else {
                     resolve(Path::new(&a.repo)).to_string_lossy().into_owned()
@@ -1267,10 +1252,10 @@ impl Config {
                 }
             }
             let verify_file = match &app.verify {
-                Some(crate::signature::Verifier::Minisign { key_file }) => {
+                Some(crate::sources::signature::Verifier::Minisign { key_file }) => {
                     Some(("verify.minisign_key", key_file))
                 }
-                Some(crate::signature::Verifier::Ssh { allowed_signers, .. }) => {
+                Some(crate::sources::signature::Verifier::Ssh { allowed_signers, .. }) => {
                     Some(("verify.ssh_allowed_signers", allowed_signers))
                 }
                 None => None,
@@ -1357,7 +1342,7 @@ mod tests {
 
     #[test]
     fn the_documented_example_parses() {
-        let text = include_str!("../examples/haul.toml");
+        let text = include_str!("../../examples/haul.toml");
         let cfg = parse(text).expect("examples/haul.toml must parse");
         let blog = &cfg.apps["blog"];
         assert_eq!(blog.branch, "main");
@@ -1365,7 +1350,7 @@ mod tests {
         assert_eq!(blog.build, ["npm ci", "npm run build"]);
         assert_eq!(blog.webhook.as_ref().map(|w| w.provider), Some(Provider::Github));
         let artifacts =
-            parse(include_str!("../examples/artifacts.toml")).expect("examples/artifacts.toml must parse");
+            parse(include_str!("../../examples/artifacts.toml")).expect("examples/artifacts.toml must parse");
         assert!(matches!(&artifacts.apps["shop"].source, Source::Image(i) if i.kind == ImageKind::Container));
         assert!(artifacts.apps["worker"].source.is_templated());
         assert!(artifacts.apps["api"].verify.is_some());
@@ -1460,15 +1445,6 @@ mod tests {
             let err = parse(&text).expect_err(&text).to_string();
             assert!(err.contains(needle), "{text:?} gave {err:?}, wanted {needle:?}");
         }
-    }
-
-    #[test]
-    fn url_kinds() {
-        assert!(is_ssh_url("git@github.com:acme/blog.git"));
-        assert!(is_ssh_url("ssh://git@127.0.0.1:2222/srv/x.git"));
-        assert!(!is_ssh_url("https://github.com/acme/blog.git"));
-        assert!(!is_ssh_url("/srv/git/blog.git"));
-        assert!(!is_ssh_url("./a:b"));
     }
 
     #[test]

@@ -12,10 +12,10 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::config::{AppConfig, Source};
-use crate::failure::{Failure, Kind};
-use crate::git::Git;
+use crate::deploy::queue::Queue;
+use crate::model::failure::{Failure, Kind};
 use crate::model::{DeployRequest, Trigger};
-use crate::queue::Queue;
+use crate::sources::git::Git;
 use crate::store;
 
 /// `interval` with ±10% jitter.
@@ -81,7 +81,7 @@ async fn poll_artifact(
     // An upstream that rate-limited us is left alone until it said we may come back; a 429 to a poll opens
     // the same circuit a deploy's would.
     let upstream = app.upstream();
-    if let Some(open) = crate::upstream::global().open_for(&upstream) {
+    if let Some(open) = crate::sources::upstream::global().open_for(&upstream) {
         tracing::debug!(
             "poll: {upstream} is rate-limiting us; not asking for {}s",
             open.as_secs()
@@ -90,7 +90,10 @@ async fn poll_artifact(
     }
     match look(app).await {
         Err(f) if f.kind == Kind::RateLimited => {
-            crate::upstream::global().open(&upstream, f.retry_after.unwrap_or(crate::upstream::DEFAULT_OPEN));
+            crate::sources::upstream::global().open(
+                &upstream,
+                f.retry_after.unwrap_or(crate::sources::upstream::DEFAULT_OPEN),
+            );
             Err(f)
         }
         Err(f) => Err(f),
@@ -112,12 +115,12 @@ async fn etag_of(app: &AppConfig, suffix: &str) -> Result<String, Failure> {
         Source::Object(o) => {
             let mut o = o.clone();
             o.key.push_str(suffix);
-            crate::artifact::object_etag(app, &o).await
+            crate::sources::artifact::object_etag(app, &o).await
         }
         Source::Url(u) => {
             let mut u = u.clone();
             u.url.push_str(suffix);
-            crate::artifact::url_etag(app, &u).await
+            crate::sources::artifact::url_etag(app, &u).await
         }
         Source::Git | Source::Image(_) => Ok(String::new()),
     }
@@ -125,7 +128,7 @@ async fn etag_of(app: &AppConfig, suffix: &str) -> Result<String, Failure> {
 
 async fn look(app: &AppConfig) -> Result<Seen, Failure> {
     if let Source::Image(_) = &app.source {
-        let r = crate::artifact::resolve(app, &crate::artifact::Wanted::default()).await?;
+        let r = crate::sources::artifact::resolve(app, &crate::sources::artifact::Wanted::default()).await?;
         return Ok(Seen::Image {
             tag: r.name,
             digest: r.digest.unwrap_or_default(),

@@ -4,6 +4,9 @@
 //! Everything that enters from outside is checked here once, so the layers below can treat a `DeployRequest`
 //! as already safe to pass to `git` as an argument or to a step as an environment variable.
 
+pub mod failure;
+pub mod url;
+
 use std::fmt;
 
 /// The correlation id of one deploy: minted at intake, it names the audit row, the log file and every log

@@ -143,7 +143,7 @@ mod tests {
     fn unit_names_the_config_and_the_writable_paths() {
         let cfg = Config::parse(
             Path::new("/etc/haul/haul.toml"),
-            include_str!("../examples/haul.toml"),
+            include_str!("../../examples/haul.toml"),
         )
         .expect("config");
         let u = unit(&cfg, Path::new("/usr/local/bin/haul"), Some("haul"));

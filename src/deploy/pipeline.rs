@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{AppConfig, HealthCheck, Source, Track};
-use crate::deploylog::DeployLog;
-use crate::failure::Failure;
-use crate::git::Git;
-use crate::httpc;
+use crate::deploy::release;
+use crate::infra::deploylog::DeployLog;
+use crate::infra::httpc;
+use crate::infra::runner::{self, Cmd};
+use crate::model::failure::Failure;
 use crate::model::{self, DeployId, Outcome, State, Trigger};
-use crate::release;
-use crate::runner::{self, Cmd};
+use crate::sources::git::Git;
 
 /// Where an app's downloads go, under the state directory (next to the mirrors).
 pub fn downloads_dir(mirrors_dir: &Path, app: &str) -> PathBuf {
@@ -47,7 +47,7 @@ pub struct Target {
     /// Something about the fetch the audit should say (a rate limit that was waited out).
     pub fetch_note: Option<String>,
     /// An artifact downloaded and verified, to unpack instead of a checkout.
-    pub artifact: Option<crate::artifact::Fetched>,
+    pub artifact: Option<crate::sources::artifact::Fetched>,
 }
 
 /// The live release before this deploy, and the sha it was built from.
@@ -115,7 +115,7 @@ impl Pipeline {
         if let Source::Image(img) = &self.app.source {
             env.push((
                 "HAUL_IMAGE".into(),
-                crate::artifact::pinned_image(img, sha).into(),
+                crate::sources::artifact::pinned_image(img, sha).into(),
             ));
             env.push(("HAUL_DIGEST".into(), format!("sha256:{sha}").into()));
         } else if let Some(d) = digest {
@@ -158,8 +158,11 @@ impl Pipeline {
                     }
                     Err(e) if attempt < retries => {
                         attempt += 1;
-                        let wait =
-                            crate::failure::backoff(attempt, Duration::from_secs(1), Duration::from_secs(30));
+                        let wait = crate::model::failure::backoff(
+                            attempt,
+                            Duration::from_secs(1),
+                            Duration::from_secs(30),
+                        );
                         self.log.line(&format!(
                             "  ! {e}; retry {attempt}/{retries} in {:.1}s (build_retries)",
                             wait.as_secs_f64()
@@ -228,7 +231,7 @@ impl Pipeline {
         let git = self.git();
         self.log.stage(&format!(
             "fetch {} ({})",
-            crate::git::redact_url(&self.app.repo),
+            crate::model::url::shown(&self.app.repo),
             self.app.track.describe()
         ));
         git.ensure_mirror().await.map_err(|f| fail("fetch failed", &f))?;
@@ -277,7 +280,7 @@ impl Pipeline {
     /// An artifact: decide what to deploy (for an image, one `HEAD` for the tag's digest), skip it if it is
     /// already live, else download and verify it. Nothing on the app's `path` is touched yet.
     async fn prepare_artifact(&self, job: &Job, previous: &Previous) -> Result<Target, Outcome> {
-        use crate::artifact::{self, Wanted};
+        use crate::sources::artifact::{self, Wanted};
         let started = Instant::now();
         let failed = |what: &str, f: Failure| fail(&format!("{what} ({})", f.kind.as_str()), &f);
         let is_image = matches!(self.app.source, Source::Image(_));
@@ -315,7 +318,7 @@ impl Pipeline {
             .as_deref()
             .and_then(|r| r.strip_prefix("refs/tags/"));
         if let (true, true, Some(live)) = (is_image && automatic, self.app.track.is_glob(), live_tag) {
-            if crate::git::version_cmp(&resolved.name, live).is_lt() {
+            if crate::sources::git::version_cmp(&resolved.name, live).is_lt() {
                 return Err(Outcome::new(
                     State::Ignored,
                     format!(
@@ -432,17 +435,17 @@ impl Pipeline {
         &self,
         what: &str,
         op: impl Fn() -> Fut,
-    ) -> (Result<T, Failure>, crate::upstream::Report)
+    ) -> (Result<T, Failure>, crate::sources::upstream::Report)
     where
         Fut: std::future::Future<Output = Result<T, Failure>>,
     {
         let note = |m: &str| self.log.line(m);
-        crate::upstream::guarded(
+        crate::sources::upstream::guarded(
             &self.app.upstream(),
             self.app.max_fetches_per_minute,
             self.app.fetch_attempts,
             &note,
-            || crate::artifact::within(self.app.fetch_timeout, what, op()),
+            || crate::sources::artifact::within(self.app.fetch_timeout, what, op()),
         )
         .await
     }
@@ -457,22 +460,22 @@ impl Pipeline {
             .map_err(|e| Failure::permanent(format!("cannot create {}: {e}", dir.display())))?;
         if let Source::Image(img) = &self.app.source {
             if img.kind == crate::config::ImageKind::Container {
-                let pinned = crate::artifact::pinned_image(img, &target.sha);
+                let pinned = crate::sources::artifact::pinned_image(img, &target.sha);
                 return std::fs::write(dir.join(".haul-image"), format!("{pinned}\n"))
                     .map_err(|e| Failure::permanent(format!("cannot write {}: {e}", dir.display())));
             }
         }
         // One budget for all the layers together: max_artifact_size is what the release may become.
-        let mut limits = crate::unpack::Limits {
+        let mut limits = crate::sources::unpack::Limits {
             max_bytes: self.app.max_artifact_bytes,
-            ..crate::unpack::Limits::default()
+            ..crate::sources::unpack::Limits::default()
         };
         for f in &art.files {
             let (f, dir2, limits2) = (f.clone(), dir.to_path_buf(), limits.clone());
             let unpacked = tokio::task::spawn_blocking(move || {
                 let file = std::fs::File::open(&f)
-                    .map_err(|e| crate::unpack::UnpackError::Io(format!("{}: {e}", f.display())))?;
-                crate::unpack::unpack(std::io::BufReader::new(file), &dir2, &limits2)
+                    .map_err(|e| crate::sources::unpack::UnpackError::Io(format!("{}: {e}", f.display())))?;
+                crate::sources::unpack::unpack(std::io::BufReader::new(file), &dir2, &limits2)
             })
             .await
             .map_err(|e| Failure::permanent(format!("unpacking did not finish: {e}")))?
@@ -540,7 +543,7 @@ impl Pipeline {
         sha: &str,
     ) -> Result<(), Outcome> {
         let failed = |m: String| Outcome::new(State::Failed, m);
-        let mirror = crate::git::redact_url(mirror);
+        let mirror = crate::model::url::shown(mirror);
         if job.trigger == Trigger::Webhook && job.sha.as_deref() == Some(sha) {
             self.log.line(&format!(
                 "    fetched from mirror {mirror}; {sha} is the sha the primary's signed webhook named"
@@ -617,7 +620,7 @@ impl Pipeline {
         };
         if let (Err(f), None) = (&checked_out, artifact) {
             // Objects the mirror should have are gone (a bad disk): repair it, fetch again, try once more.
-            if crate::git::is_local_damage(&f.message) && git.repair_if_broken().await {
+            if crate::sources::git::is_local_damage(&f.message) && git.repair_if_broken().await {
                 let _ = release::remove(&self.app.path, release_id);
                 self.log.stage("fetch again into the repaired mirror");
                 checked_out = match git.fetch().await {
@@ -691,7 +694,7 @@ impl Pipeline {
     }
 
     fn timed(&self, stage: &str, since: Instant) {
-        crate::metrics::stage(&self.app.name, stage, since.elapsed());
+        crate::infra::metrics::stage(&self.app.name, stage, since.elapsed());
     }
 
     fn git(&self) -> Git {
