@@ -349,7 +349,7 @@ async fn deploy_in_process(cfg: &Config, req: ControlRequest, no_follow: bool) -
     let mut env = Env::new(cfg, store.clone());
     // Told like a daemon's deploy: the notification targets hear how it ended (and of anything `recover`
     // finds interrupted), before this command exits.
-    let (notifier, notify_rx) = crate::ops::notify::channel();
+    let (notifier, notify_rx) = crate::model::event::channel();
     env.notifier = Some(notifier);
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
     let delivery = crate::ops::notify::spawn_delivery(cfg, store.clone(), notify_rx, done_rx);

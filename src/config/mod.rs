@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::model;
+use crate::model::event::EventKind;
 
 pub const DEFAULT_CONFIG: &str = "/etc/haul/haul.toml";
 
@@ -82,7 +83,7 @@ pub struct AppConfig {
     /// Where releases come from: git (`repo`), or an artifact built in CI (`image`, `object`, `url`).
     pub source: Source,
     /// When set, an artifact must carry a valid detached signature by this key.
-    pub verify: Option<crate::sources::signature::Verifier>,
+    pub verify: Option<Verifier>,
     /// The most an artifact may unpack to.
     pub max_artifact_bytes: u64,
 }
@@ -215,7 +216,7 @@ pub struct NotifyTarget {
     /// Only these apps (empty: all).
     pub apps: Vec<String>,
     /// Only these events (`failed`, `rolled_back`, `interrupted`, `stale`, `recovered`, `succeeded`).
-    pub events: Vec<String>,
+    pub events: Vec<EventKind>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,19 +238,9 @@ pub enum NotifyKind {
     },
 }
 
-pub const NOTIFY_EVENTS: [&str; 6] = [
-    "failed",
-    "rolled_back",
-    "interrupted",
-    "stale",
-    "recovered",
-    "succeeded",
-];
-const DEFAULT_NOTIFY_EVENTS: [&str; 5] = ["failed", "rolled_back", "interrupted", "stale", "recovered"];
-
 impl NotifyTarget {
-    pub fn wants(&self, app: &str, event: &str) -> bool {
-        (self.apps.is_empty() || self.apps.iter().any(|a| a == app)) && self.events.iter().any(|e| e == event)
+    pub fn wants(&self, app: &str, event: EventKind) -> bool {
+        (self.apps.is_empty() || self.apps.iter().any(|a| a == app)) && self.events.contains(&event)
     }
     pub fn describe(&self) -> String {
         match &self.kind {
@@ -747,11 +738,7 @@ fn check_template(key: &str, t: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_verify(
-    v: &RawVerify,
-    resolve: &dyn Fn(&Path) -> PathBuf,
-) -> Result<crate::sources::signature::Verifier, String> {
-    use crate::sources::signature::Verifier;
+fn parse_verify(v: &RawVerify, resolve: &dyn Fn(&Path) -> PathBuf) -> Result<Verifier, String> {
     match (&v.minisign_key, &v.ssh_allowed_signers) {
         (Some(k), None) => {
             if v.ssh_identity.is_some() || v.ssh_namespace.is_some() {
@@ -778,6 +765,20 @@ fn parse_verify(
         }
         _ => Err("verify needs exactly one of minisign_key or ssh_allowed_signers".into()),
     }
+}
+
+/// How an artifact's detached signature is checked (`verify = { ... }`); the checking is
+/// `sources::signature`'s.
+#[derive(Debug, Clone)]
+pub enum Verifier {
+    Minisign {
+        key_file: PathBuf,
+    },
+    Ssh {
+        allowed_signers: PathBuf,
+        identity: String,
+        namespace: String,
+    },
 }
 
 impl Config {
@@ -1148,15 +1149,17 @@ impl Config {
             };
             let events = match n.events {
                 Some(ev) => {
-                    if let Some(bad) = ev.iter().find(|e| !NOTIFY_EVENTS.contains(&e.as_str())) {
-                        return Err(nctx(&format!(
-                            "event {bad:?} is not one of {}",
-                            NOTIFY_EVENTS.join(", ")
-                        )));
+                    let mut kinds = Vec::with_capacity(ev.len());
+                    for e in &ev {
+                        let Some(k) = EventKind::parse(e) else {
+                            let all: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+                            return Err(nctx(&format!("event {e:?} is not one of {}", all.join(", "))));
+                        };
+                        kinds.push(k);
                     }
-                    ev
+                    kinds
                 }
-                None => DEFAULT_NOTIFY_EVENTS.iter().map(|e| e.to_string()).collect(),
+                None => EventKind::DEFAULT.to_vec(),
             };
             notify.push(NotifyTarget {
                 kind,
@@ -1252,10 +1255,8 @@ impl Config {
                 }
             }
             let verify_file = match &app.verify {
-                Some(crate::sources::signature::Verifier::Minisign { key_file }) => {
-                    Some(("verify.minisign_key", key_file))
-                }
-                Some(crate::sources::signature::Verifier::Ssh { allowed_signers, .. }) => {
+                Some(Verifier::Minisign { key_file }) => Some(("verify.minisign_key", key_file)),
+                Some(Verifier::Ssh { allowed_signers, .. }) => {
                     Some(("verify.ssh_allowed_signers", allowed_signers))
                 }
                 None => None,

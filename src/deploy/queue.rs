@@ -34,7 +34,7 @@ pub struct Env {
     /// Process group ids of running steps (`<app>.pgid`).
     pub run_dir: PathBuf,
     /// Where finished deploys are told (the daemon's notifier; none for an in-process deploy).
-    pub notifier: Option<crate::ops::notify::Notifier>,
+    pub notifier: Option<crate::model::event::Notifier>,
     /// When this process started: `on_restart = "hold"` holds only what was queued before.
     pub started_ms: i64,
     /// How long deploy logs are kept (`log_retention`).
@@ -585,11 +585,11 @@ async fn execute(env: &Env, row: &DeployRow) -> Outcome {
 fn tell(env: &Env, row: &DeployRow, outcome: &Outcome) {
     let (Some(n), Some(kind)) = (
         &env.notifier,
-        crate::ops::notify::EventKind::from_state(outcome.state),
+        crate::model::event::EventKind::from_state(outcome.state),
     ) else {
         return;
     };
-    let mut e = crate::ops::notify::Event::new(kind, &row.app, outcome.reason.clone());
+    let mut e = crate::model::event::Event::new(kind, &row.app, outcome.reason.clone());
     e.deploy_id = Some(row.id.to_string());
     e.sha = outcome.sha.clone().or_else(|| row.sha.clone());
     e.actor = Some(row.actor.clone());

@@ -4,6 +4,7 @@
 //! Everything that enters from outside is checked here once, so the layers below can treat a `DeployRequest`
 //! as already safe to pass to `git` as an argument or to a step as an environment variable.
 
+pub mod event;
 pub mod failure;
 pub mod url;
 

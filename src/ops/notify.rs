@@ -12,146 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{params, OptionalExtension};
-use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, NotifyKind, NotifyTarget};
 use crate::infra::runner::{self, Cmd};
-use crate::model::{self, State};
+use crate::model;
+use crate::model::event::{Event, EventKind, Notifier};
 use crate::store::{Store, StoreError};
-
-/// What happened, for a person.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
-    Succeeded,
-    Failed,
-    RolledBack,
-    Interrupted,
-    /// No successful deploy within `alert_if_no_success_within`.
-    Stale,
-    /// A successful deploy after a `Stale` alert.
-    Recovered,
-}
-
-impl EventKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Succeeded => "succeeded",
-            EventKind::Failed => "failed",
-            EventKind::RolledBack => "rolled_back",
-            EventKind::Interrupted => "interrupted",
-            EventKind::Stale => "stale",
-            EventKind::Recovered => "recovered",
-        }
-    }
-    pub fn parse(s: &str) -> Option<EventKind> {
-        [
-            EventKind::Succeeded,
-            EventKind::Failed,
-            EventKind::RolledBack,
-            EventKind::Interrupted,
-            EventKind::Stale,
-            EventKind::Recovered,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
-    }
-    pub fn from_state(s: State) -> Option<EventKind> {
-        Some(match s {
-            State::Succeeded => EventKind::Succeeded,
-            State::Failed => EventKind::Failed,
-            State::RolledBack => EventKind::RolledBack,
-            State::Interrupted => EventKind::Interrupted,
-            _ => return None,
-        })
-    }
-    fn is_problem(self) -> bool {
-        matches!(
-            self,
-            EventKind::Failed | EventKind::RolledBack | EventKind::Interrupted
-        )
-    }
-}
-
-/// One notification: the wire type of the `webhook` target.
-#[derive(Debug, Clone, Serialize)]
-pub struct Event {
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub app: String,
-    pub deploy_id: Option<String>,
-    pub sha: Option<String>,
-    pub actor: Option<String>,
-    pub reason: String,
-    /// Unix milliseconds.
-    pub at: i64,
-    /// How many identical failures were not told since the last notification.
-    pub suppressed: u32,
-}
-
-impl Event {
-    pub fn new(kind: EventKind, app: &str, reason: impl Into<String>) -> Event {
-        Event {
-            kind: kind.as_str(),
-            app: app.to_string(),
-            deploy_id: None,
-            sha: None,
-            actor: None,
-            reason: reason.into(),
-            at: model::now_ms(),
-            suppressed: 0,
-        }
-    }
-
-    fn event_kind(&self) -> EventKind {
-        EventKind::parse(self.kind).unwrap_or(EventKind::Failed)
-    }
-
-    /// One line for a person.
-    pub fn text(&self) -> String {
-        let what = match self.event_kind() {
-            EventKind::Succeeded => "deployed",
-            EventKind::Failed => "deploy FAILED",
-            EventKind::RolledBack => "deploy ROLLED BACK",
-            EventKind::Interrupted => "deploy INTERRUPTED",
-            EventKind::Stale => "no successful deploy",
-            EventKind::Recovered => "recovered",
-        };
-        let mut t = format!("haul: {} {what}: {}", self.app, self.reason);
-        let mut extra = Vec::new();
-        if let Some(sha) = &self.sha {
-            extra.push(format!("sha {}", &sha[..sha.len().min(7)]));
-        }
-        if let Some(a) = &self.actor {
-            extra.push(format!("by {a}"));
-        }
-        if let Some(id) = &self.deploy_id {
-            extra.push(format!("deploy {id}"));
-        }
-        if self.suppressed > 0 {
-            extra.push(format!(
-                "{} identical failure(s) not told since the last alert",
-                self.suppressed
-            ));
-        }
-        if !extra.is_empty() {
-            t.push_str(&format!(" ({})", extra.join(", ")));
-        }
-        t
-    }
-}
-
-/// The handle deploys use: sending never blocks and never fails the sender.
-#[derive(Clone)]
-pub struct Notifier {
-    tx: mpsc::UnboundedSender<Event>,
-}
-
-impl Notifier {
-    pub fn send(&self, e: Event) {
-        let _ = self.tx.send(e);
-    }
-}
 
 /// A failure's identity for de-duplication: its kind and reason with shas, ids and numbers masked.
 fn signature(kind: EventKind, reason: &str) -> String {
@@ -191,7 +58,7 @@ fn ensure_table(c: &rusqlite::Connection) -> Result<(), StoreError> {
 /// Decides whether a problem event is told now. A success clears the app's failure alert.
 fn admit(c: &rusqlite::Connection, e: &mut Event, realert_ms: i64) -> Result<bool, StoreError> {
     ensure_table(c)?;
-    let kind = e.event_kind();
+    let kind = e.kind;
     if kind == EventKind::Succeeded {
         c.execute(
             "DELETE FROM alerts WHERE app = ?1 AND kind = 'failure'",
@@ -228,12 +95,6 @@ fn admit(c: &rusqlite::Connection, e: &mut Event, realert_ms: i64) -> Result<boo
             Ok(true)
         }
     }
-}
-
-/// The handle deploys send through, and the receiving end for [`spawn`].
-pub fn channel() -> (Notifier, mpsc::UnboundedReceiver<Event>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (Notifier { tx }, rx)
 }
 
 /// Starts the delivery task and the dead-man's switch.
@@ -328,10 +189,7 @@ async fn handle(
         Ok((true, suppressed)) => event.suppressed = suppressed,
         Err(e) => tracing::warn!("notification state unavailable ({e}); sending anyway"),
     }
-    for t in targets
-        .iter()
-        .filter(|t| t.wants(&event.app, event.event_kind().as_str()))
-    {
+    for t in targets.iter().filter(|t| t.wants(&event.app, event.kind)) {
         let (t, e) = (t.clone(), event.clone());
         // Each delivery on its own: a slow target holds up nobody.
         deliveries.spawn(async move { deliver_with_retries(&t, &e).await });
@@ -409,7 +267,7 @@ async fn deliver(t: &NotifyTarget, e: &Event) -> Result<(), String> {
             curl(url, &[("content-type".into(), "application/json".into())], body)
         }
         NotifyKind::Ntfy { url } => {
-            let problem = e.event_kind().is_problem() || e.event_kind() == EventKind::Stale;
+            let problem = e.kind.is_problem() || e.kind == EventKind::Stale;
             let headers = vec![
                 ("Title".to_string(), format!("haul: {} {}", e.app, e.kind)),
                 (
@@ -635,7 +493,7 @@ mod tests {
         let first = stale_check(&c, "blog", 24 * h, 24 * h, 1000 + 25 * h)
             .expect("check")
             .expect("alert");
-        assert_eq!(first.kind, "stale");
+        assert_eq!(first.kind, EventKind::Stale);
         assert!(
             stale_check(&c, "blog", 24 * h, 24 * h, 1000 + 30 * h)
                 .expect("check")
@@ -645,7 +503,7 @@ mod tests {
         let again = stale_check(&c, "blog", 24 * h, 24 * h, 1000 + 49 * h)
             .expect("check")
             .expect("re-alert");
-        assert_eq!(again.kind, "stale");
+        assert_eq!(again.kind, EventKind::Stale);
         c.execute(
             "INSERT INTO deploys VALUES ('blog', 'succeeded', 0, ?1)",
             params![1000 + 50 * h],
@@ -654,7 +512,7 @@ mod tests {
         let rec = stale_check(&c, "blog", 24 * h, 24 * h, 1000 + 50 * h + 5)
             .expect("check")
             .expect("recovered");
-        assert_eq!(rec.kind, "recovered");
+        assert_eq!(rec.kind, EventKind::Recovered);
         assert!(stale_check(&c, "blog", 24 * h, 24 * h, 1000 + 50 * h + 10)
             .expect("check")
             .is_none());

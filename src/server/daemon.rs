@@ -29,7 +29,7 @@ pub struct Daemon {
     /// How long a running deploy may go on after a stop is asked for, before its process group is killed (it
     /// is then recorded as interrupted at the next start).
     stop_grace: Duration,
-    notify_rx: tokio::sync::mpsc::UnboundedReceiver<crate::ops::notify::Event>,
+    notify_rx: tokio::sync::mpsc::UnboundedReceiver<crate::model::event::Event>,
     cfg: Config,
     _instance: FileLock,
 }
@@ -84,7 +84,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Daemon> {
     let addr = listener.local_addr()?;
     let control = control::bind(&cfg.socket_path())
         .with_context(|| format!("cannot create the control socket {}", cfg.socket_path().display()))?;
-    let (notifier, notify_rx) = crate::ops::notify::channel();
+    let (notifier, notify_rx) = crate::model::event::channel();
     let mut env = Env::new(&cfg, store);
     env.notifier = Some(notifier);
     let queue = Queue::new(env);

@@ -13,17 +13,7 @@ use std::time::{Duration, Instant};
 
 use minisign_verify::{PublicKey, Signature};
 
-#[derive(Debug, Clone)]
-pub enum Verifier {
-    Minisign {
-        key_file: PathBuf,
-    },
-    Ssh {
-        allowed_signers: PathBuf,
-        identity: String,
-        namespace: String,
-    },
-}
+pub use crate::config::Verifier;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SigError {
