@@ -38,6 +38,8 @@ pub struct Cmd {
     pub stderr_filter: Option<fn(&str) -> LineUse>,
     /// Bytes written to the command's stdin (otherwise stdin is /dev/null).
     pub stdin: Option<Vec<u8>>,
+    /// A file given to the command as its stdin (an artifact a verifier reads).
+    pub stdin_file: Option<PathBuf>,
 }
 
 /// What to do with one line of stderr.
@@ -64,6 +66,7 @@ impl Cmd {
             pgid_file: None,
             stderr_filter: None,
             stdin: None,
+            stdin_file: None,
         }
     }
     pub fn arg(mut self, a: impl Into<OsString>) -> Cmd {
@@ -84,6 +87,10 @@ impl Cmd {
     }
     pub fn timeout(mut self, t: Duration) -> Cmd {
         self.timeout = t;
+        self
+    }
+    pub fn stdin_file(mut self, f: impl Into<PathBuf>) -> Cmd {
+        self.stdin_file = Some(f.into());
         self
     }
     pub fn capture(mut self) -> Cmd {
@@ -302,13 +309,18 @@ async fn pump_lines<R: AsyncRead + Unpin>(
 
 /// Runs `cmd` to completion (or its timeout), streaming its output into `log`.
 pub async fn run(cmd: &Cmd, log: Option<&Arc<DeployLog>>) -> Result<Output, RunError> {
+    let stdin = match (&cmd.stdin, &cmd.stdin_file) {
+        (Some(_), _) => Stdio::piped(),
+        (None, Some(f)) => Stdio::from(std::fs::File::open(f).map_err(|source| RunError::Spawn {
+            label: cmd.label.clone(),
+            program: cmd.program.clone(),
+            source,
+        })?),
+        (None, None) => Stdio::null(),
+    };
     let mut c = tokio::process::Command::new(&cmd.program);
     c.args(&cmd.args)
-        .stdin(if cmd.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)

@@ -158,6 +158,50 @@ pub struct DeployRequest {
     pub digest: Option<String>,
 }
 
+impl DeployRequest {
+    /// The one constructor: every trigger starts here with what it always knows (the app, how, who), and
+    /// names the rest with the setters below.
+    pub fn new(app: impl Into<String>, trigger: Trigger, actor: impl Into<String>) -> DeployRequest {
+        DeployRequest {
+            app: app.into(),
+            trigger,
+            provider: None,
+            delivery_id: None,
+            git_ref: None,
+            sha: None,
+            actor: actor.into(),
+            target: None,
+            digest: None,
+        }
+    }
+    /// The webhook provider that sent it and its delivery id.
+    pub fn from_provider(
+        mut self,
+        provider: impl Into<String>,
+        delivery_id: Option<String>,
+    ) -> DeployRequest {
+        self.provider = Some(provider.into());
+        self.delivery_id = delivery_id;
+        self
+    }
+    pub fn at_ref(mut self, git_ref: Option<String>) -> DeployRequest {
+        self.git_ref = git_ref;
+        self
+    }
+    pub fn with_sha(mut self, sha: Option<String>) -> DeployRequest {
+        self.sha = sha;
+        self
+    }
+    pub fn with_target(mut self, target: Option<String>) -> DeployRequest {
+        self.target = target;
+        self
+    }
+    pub fn with_digest(mut self, digest: Option<String>) -> DeployRequest {
+        self.digest = digest;
+        self
+    }
+}
+
 /// How a deploy ended, and the facts it leaves in the audit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outcome {

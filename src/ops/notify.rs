@@ -11,14 +11,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{params, OptionalExtension};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, NotifyKind, NotifyTarget};
 use crate::infra::runner::{self, Cmd};
 use crate::model;
 use crate::model::event::{Event, EventKind, Notifier};
-use crate::store::{Store, StoreError};
+use crate::store::{self, Conn, Store, StoreError};
 
 /// A failure's identity for de-duplication: its kind and reason with shas, ids and numbers masked.
 fn signature(kind: EventKind, reason: &str) -> String {
@@ -44,54 +43,25 @@ fn signature(kind: EventKind, reason: &str) -> String {
     format!("{}:{out}", kind.as_str())
 }
 
-/// Alert state (v3 of the schema is created here on first use; the store owns the other tables).
-fn ensure_table(c: &rusqlite::Connection) -> Result<(), StoreError> {
-    c.execute_batch(
-        "CREATE TABLE IF NOT EXISTS alerts (
-            app TEXT NOT NULL, kind TEXT NOT NULL, signature TEXT NOT NULL,
-            first_at INTEGER NOT NULL, sent_at INTEGER NOT NULL, suppressed INTEGER NOT NULL DEFAULT 0,
-            PRIMARY KEY (app, kind)) WITHOUT ROWID",
-    )?;
-    Ok(())
-}
-
 /// Decides whether a problem event is told now. A success clears the app's failure alert.
-fn admit(c: &rusqlite::Connection, e: &mut Event, realert_ms: i64) -> Result<bool, StoreError> {
-    ensure_table(c)?;
+fn admit(c: &Conn, e: &mut Event, realert_ms: i64) -> Result<bool, StoreError> {
     let kind = e.kind;
     if kind == EventKind::Succeeded {
-        c.execute(
-            "DELETE FROM alerts WHERE app = ?1 AND kind = 'failure'",
-            params![e.app],
-        )?;
+        store::clear_failure(c, &e.app)?;
         return Ok(true);
     }
     if !kind.is_problem() {
         return Ok(true);
     }
     let sig = signature(kind, &e.reason);
-    let last: Option<(String, i64, u32)> = c
-        .query_row(
-            "SELECT signature, sent_at, suppressed FROM alerts WHERE app = ?1 AND kind = 'failure'",
-            params![e.app],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()?;
-    match last {
+    match store::failure_alert(c, &e.app)? {
         Some((s, sent_at, _)) if s == sig && e.at - sent_at < realert_ms => {
-            c.execute(
-                "UPDATE alerts SET suppressed = suppressed + 1 WHERE app = ?1 AND kind = 'failure'",
-                params![e.app],
-            )?;
+            store::suppress_failure(c, &e.app)?;
             Ok(false)
         }
         last => {
             e.suppressed = last.filter(|(s, _, _)| *s == sig).map_or(0, |(_, _, n)| n);
-            c.execute(
-                "INSERT INTO alerts (app, kind, signature, first_at, sent_at, suppressed) VALUES (?1, 'failure', ?2, ?3, ?3, 0)
-                 ON CONFLICT (app, kind) DO UPDATE SET signature = ?2, sent_at = ?3, suppressed = 0",
-                params![e.app, sig, e.at],
-            )?;
+            store::told_failure(c, &e.app, &sig, e.at)?;
             Ok(true)
         }
     }
@@ -333,35 +303,14 @@ async fn dead_mans_switch(
 
 /// The dead-man's switch for one app at `now`: the event to send, if any, with the alert state updated.
 pub fn stale_check(
-    c: &rusqlite::Connection,
+    c: &Conn,
     app: &str,
     within: i64,
     realert: i64,
     now: i64,
 ) -> Result<Option<Event>, StoreError> {
-    ensure_table(c)?;
-    let last_success: Option<i64> = c.query_row(
-        "SELECT max(finished_at) FROM deploys WHERE app = ?1 AND state = 'succeeded'",
-        params![app],
-        |r| r.get(0),
-    )?;
-    // An app that never succeeded is measured from the first request haul saw for it.
-    let since = match last_success {
-        Some(t) => Some(t),
-        None => c.query_row(
-            "SELECT min(requested_at) FROM deploys WHERE app = ?1",
-            params![app],
-            |r| r.get(0),
-        )?,
-    };
-    let alert: Option<(i64, i64)> = c
-        .query_row(
-            "SELECT first_at, sent_at FROM alerts WHERE app = ?1 AND kind = 'stale'",
-            params![app],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    let Some(since) = since else {
+    let alert = store::stale_alert(c, app)?;
+    let Some(since) = store::stale_since(c, app)? else {
         return Ok(None);
     };
     let overdue = now - since > within;
@@ -369,10 +318,7 @@ pub fn stale_check(
         |ms: i64| humantime::format_duration(Duration::from_secs((ms / 1000).max(0) as u64)).to_string();
     match (overdue, alert) {
         (true, None) => {
-            c.execute(
-                "INSERT INTO alerts (app, kind, signature, first_at, sent_at) VALUES (?1, 'stale', '', ?2, ?2)",
-                params![app, now],
-            )?;
+            store::told_stale(c, app, now)?;
             Ok(Some(Event::new(
                 EventKind::Stale,
                 app,
@@ -383,10 +329,7 @@ pub fn stale_check(
             )))
         }
         (true, Some((_, sent_at))) if now - sent_at >= realert => {
-            c.execute(
-                "UPDATE alerts SET sent_at = ?2 WHERE app = ?1 AND kind = 'stale'",
-                params![app, now],
-            )?;
+            store::told_stale(c, app, now)?;
             Ok(Some(Event::new(
                 EventKind::Stale,
                 app,
@@ -397,10 +340,7 @@ pub fn stale_check(
             )))
         }
         (false, Some((first_at, _))) => {
-            c.execute(
-                "DELETE FROM alerts WHERE app = ?1 AND kind = 'stale'",
-                params![app],
-            )?;
+            store::clear_stale(c, app)?;
             Ok(Some(Event::new(
                 EventKind::Recovered,
                 app,
@@ -418,13 +358,16 @@ pub fn stale_check(
 mod tests {
     use super::*;
 
-    fn db() -> rusqlite::Connection {
-        let c = rusqlite::Connection::open_in_memory().expect("db");
-        c.execute_batch(
-            "CREATE TABLE deploys (app TEXT, state TEXT, requested_at INTEGER, finished_at INTEGER);",
-        )
-        .expect("schema");
-        c
+    fn db() -> Conn {
+        store::memory()
+    }
+
+    /// A deploy of `app` requested at 0 that succeeded at `at`.
+    fn succeeded(c: &Conn, app: &str, at: i64) {
+        use crate::model::{DeployRequest, Outcome, State, Trigger};
+        store::enqueue(c, &DeployRequest::new(app, Trigger::Manual, "test"), 0).expect("enqueue");
+        let row = store::claim_next(c, app, 0).expect("claim").expect("queued");
+        store::finish(c, &row.id, &Outcome::new(State::Succeeded, "live"), at).expect("finish");
     }
 
     #[test]
@@ -484,8 +427,7 @@ mod tests {
     #[test]
     fn dead_mans_switch_alerts_realerts_and_recovers() {
         let c = db();
-        c.execute("INSERT INTO deploys VALUES ('blog', 'succeeded', 0, 1000)", [])
-            .expect("row");
+        succeeded(&c, "blog", 1000);
         let h = 3_600_000;
         assert!(stale_check(&c, "blog", 24 * h, 24 * h, 1000 + 23 * h)
             .expect("check")
@@ -504,11 +446,7 @@ mod tests {
             .expect("check")
             .expect("re-alert");
         assert_eq!(again.kind, EventKind::Stale);
-        c.execute(
-            "INSERT INTO deploys VALUES ('blog', 'succeeded', 0, ?1)",
-            params![1000 + 50 * h],
-        )
-        .expect("row");
+        succeeded(&c, "blog", 1000 + 50 * h);
         let rec = stale_check(&c, "blog", 24 * h, 24 * h, 1000 + 50 * h + 5)
             .expect("check")
             .expect("recovered");

@@ -8,10 +8,11 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use minisign_verify::{PublicKey, Signature};
+
+use crate::infra::runner::{self, Cmd, RunError};
 
 pub use crate::config::Verifier;
 
@@ -60,30 +61,44 @@ impl Verifier {
     }
 
     /// Verifies the detached signature `sig` (the bytes of the .minisig or .sig file) over the file at `data`.
-    /// Blocking; the caller runs it on a blocking thread.
-    pub fn verify_file(&self, data: &Path, sig: &[u8]) -> Result<(), SigError> {
-        self.verify_file_named(data, sig, None)
+    pub async fn verify_file(&self, data: &Path, sig: &[u8]) -> Result<(), SigError> {
+        self.verify_file_named(data, sig, None).await
     }
 
     /// Like [`Verifier::verify_file`], and a minisign signature whose (signed) trusted comment names the file
     /// (`file:<name>`, as `minisign -S` writes it) must name `name`: a signature copied to another artifact's
     /// name (an old, validly signed build under a new version's key) is refused.
-    pub fn verify_file_named(&self, data: &Path, sig: &[u8], name: Option<&str>) -> Result<(), SigError> {
+    pub async fn verify_file_named(
+        &self,
+        data: &Path,
+        sig: &[u8],
+        name: Option<&str>,
+    ) -> Result<(), SigError> {
         match self {
-            Verifier::Minisign { key_file } => verify_minisign(key_file, data, sig, name),
+            Verifier::Minisign { key_file } => {
+                // Hashing a large artifact is blocking work: off the async workers.
+                let (key_file, data, sig) = (key_file.clone(), data.to_path_buf(), sig.to_vec());
+                let name = name.map(String::from);
+                tokio::task::spawn_blocking(move || verify_minisign(&key_file, &data, &sig, name.as_deref()))
+                    .await
+                    .unwrap_or_else(|e| Err(SigError::Config(format!("minisign check did not finish: {e}"))))
+            }
             Verifier::Ssh {
                 allowed_signers,
                 identity,
                 namespace,
-            } => verify_ssh(
-                "ssh-keygen",
-                allowed_signers,
-                identity,
-                namespace,
-                data,
-                sig,
-                SSH_TIMEOUT,
-            ),
+            } => {
+                verify_ssh(
+                    "ssh-keygen",
+                    allowed_signers,
+                    identity,
+                    namespace,
+                    data,
+                    sig,
+                    SSH_TIMEOUT,
+                )
+                .await
+            }
         }
     }
 }
@@ -217,8 +232,8 @@ impl Drop for TempFile {
 }
 
 /// Runs `<program> -Y verify -f <allowed_signers> -I <identity> -n <namespace> -s <sigfile>` with the data on
-/// stdin, killing it after `timeout`.
-fn verify_ssh(
+/// stdin, through the one subprocess runner (killed after `timeout`, output captured and bounded).
+async fn verify_ssh(
     program: &str,
     allowed_signers: &Path,
     identity: &str,
@@ -241,76 +256,43 @@ fn verify_ssh(
     if sig.iter().all(u8::is_ascii_whitespace) {
         return Err(SigError::Missing("empty ssh signature".into()));
     }
-    let stdin = open_data(data)?;
+    // Opened here, not by the runner, so a missing artifact is "missing", not a failure of ssh-keygen.
+    drop(open_data(data)?);
     let sig_file = TempFile::create(sig)
         .map_err(|e| SigError::Config(format!("writing the signature to a temporary file: {e}")))?;
-    let child = Command::new(program)
+    let cmd = Cmd::new(format!("{program} -Y verify"), program)
         .args(["-Y", "verify", "-f"])
         .arg(allowed_signers)
         .args(["-I", identity, "-n", namespace, "-s"])
         .arg(&sig_file.0)
-        .stdin(stdin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => SigError::Config(format!("{program} not found: {e}")),
-            _ => SigError::Config(format!("running {program}: {e}")),
-        })?;
-    let (ok, stdout, stderr) =
-        wait_bounded(child, timeout).map_err(|e| SigError::Invalid(format!("{program} -Y verify: {e}")))?;
-    if ok {
-        return Ok(());
-    }
-    let first = |text: &str| {
-        text.lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty())
-            .map(str::to_owned)
+        .stdin_file(data)
+        .timeout(timeout)
+        .capture();
+    let out = match runner::run(&cmd, None).await {
+        Ok(_) => return Ok(()),
+        Err(RunError::Spawn { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Err(SigError::Config(format!("{program} not found: {source}")))
+        }
+        Err(RunError::Spawn { source, .. }) => {
+            return Err(SigError::Config(format!("running {program}: {source}")))
+        }
+        Err(RunError::TimedOut { after, .. }) => {
+            return Err(SigError::Invalid(format!(
+                "{program} -Y verify: killed after {} s",
+                after.as_secs_f32()
+            )))
+        }
+        Err(e) => e,
     };
-    let why = first(&stderr)
-        .or_else(|| first(&stdout))
-        .unwrap_or_else(|| "no output".into());
+    let why = out
+        .stderr_tail()
+        .iter()
+        .map(|l| l.trim())
+        .find(|l| !l.is_empty())
+        .map_or_else(|| "no output".to_string(), str::to_owned);
     Err(SigError::Invalid(format!(
         "ssh signature for {identity} (namespace {namespace}) does not verify: {why}"
     )))
-}
-
-/// Waits for `child`, collecting its output; kills it after `timeout`. Returns (success, stdout, stderr).
-fn wait_bounded(mut child: Child, timeout: Duration) -> io::Result<(bool, String, String)> {
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut text = Vec::new();
-            if let Some(mut pipe) = pipe {
-                // At most 64 KiB is kept; the rest is read and dropped so the child never blocks on a full pipe.
-                let _ = (&mut pipe).take(64 << 10).read_to_end(&mut text);
-                let _ = io::copy(&mut pipe, &mut io::sink());
-            }
-            String::from_utf8_lossy(&text).into_owned()
-        })
-    };
-    let out = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let err = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(2);
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("killed after {} s", timeout.as_secs()),
-            ));
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(50));
-    };
-    let stdout = out.join().unwrap_or_default();
-    let stderr = err.join().unwrap_or_default();
-    Ok((status.success(), stdout, stderr))
 }
 
 /// Standard base64 (with or without padding); None on anything else.
@@ -340,6 +322,8 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
 
     /// A scratch directory, removed on drop.
     struct TempDir(crate::infra::scratch::TestDir);
@@ -414,30 +398,32 @@ mod tests {
         }
     }
 
-    #[test]
-    fn minisign_good_signature_verifies_with_either_key_file_form() {
+    #[tokio::test]
+    async fn minisign_good_signature_verifies_with_either_key_file_form() {
         let dir = TempDir::new();
         minisign_keys(&dir, "k");
         let data = artifact(&dir);
         let sig = minisign_sign(&dir, "k.key", &data, false);
         let v = minisign(&dir, "k");
         assert_eq!(v.suffix(), ".minisig");
-        v.verify_file(&data, &sig).expect("verifies");
+        v.verify_file(&data, &sig).await.expect("verifies");
 
         let pub_file = fs::read_to_string(dir.path("k.pub")).expect("pub");
         let bare = pub_file.lines().nth(1).expect("base64 line");
         fs::write(dir.path("bare.pub"), format!("{bare}\n")).expect("bare");
         minisign(&dir, "bare")
             .verify_file(&data, &sig)
+            .await
             .expect("bare key verifies");
         fs::write(dir.path("crlf.pub"), pub_file.replace('\n', "\r\n")).expect("crlf");
         minisign(&dir, "crlf")
             .verify_file(&data, &sig)
+            .await
             .expect("CRLF key verifies");
     }
 
-    #[test]
-    fn minisign_describe_names_the_key_id_as_minisign_does() {
+    #[tokio::test]
+    async fn minisign_describe_names_the_key_id_as_minisign_does() {
         let dir = TempDir::new();
         minisign_keys(&dir, "k");
         let pub_file = fs::read_to_string(dir.path("k.pub")).expect("pub");
@@ -451,8 +437,8 @@ mod tests {
         assert!(minisign(&dir, "missing").describe().contains("unreadable"));
     }
 
-    #[test]
-    fn minisign_tampered_data_is_invalid() {
+    #[tokio::test]
+    async fn minisign_tampered_data_is_invalid() {
         let dir = TempDir::new();
         minisign_keys(&dir, "k");
         let data = artifact(&dir);
@@ -460,11 +446,14 @@ mod tests {
         let mut bytes = fs::read(&data).expect("read");
         bytes[150_000] ^= 1;
         fs::write(&data, bytes).expect("tamper");
-        expect_invalid(minisign(&dir, "k").verify_file(&data, &sig), "does not match");
+        expect_invalid(
+            minisign(&dir, "k").verify_file(&data, &sig).await,
+            "does not match",
+        );
     }
 
-    #[test]
-    fn minisign_signature_by_another_key_is_invalid_naming_both_ids() {
+    #[tokio::test]
+    async fn minisign_signature_by_another_key_is_invalid_naming_both_ids() {
         let dir = TempDir::new();
         minisign_keys(&dir, "trusted");
         minisign_keys(&dir, "other");
@@ -478,7 +467,7 @@ mod tests {
                 .expect("id")
                 .to_string()
         };
-        let err = minisign(&dir, "trusted").verify_file(&data, &sig);
+        let err = minisign(&dir, "trusted").verify_file(&data, &sig).await;
         expect_invalid(
             err,
             &format!(
@@ -489,40 +478,48 @@ mod tests {
         );
     }
 
-    #[test]
-    fn minisign_garbage_empty_and_legacy_signatures_are_refused() {
+    #[tokio::test]
+    async fn minisign_garbage_empty_and_legacy_signatures_are_refused() {
         let dir = TempDir::new();
         minisign_keys(&dir, "k");
         let data = artifact(&dir);
         let v = minisign(&dir, "k");
-        expect_invalid(v.verify_file(&data, b"not a signature\nat all\n"), "malformed");
-        expect_invalid(v.verify_file(&data, &[0xff, 0xfe, 0x00]), "not text");
-        assert!(matches!(v.verify_file(&data, b" \n"), Err(SigError::Missing(_))));
+        expect_invalid(
+            v.verify_file(&data, b"not a signature\nat all\n").await,
+            "malformed",
+        );
+        expect_invalid(v.verify_file(&data, &[0xff, 0xfe, 0x00]).await, "not text");
+        assert!(matches!(
+            v.verify_file(&data, b" \n").await,
+            Err(SigError::Missing(_))
+        ));
         let legacy = minisign_sign(&dir, "k.key", &data, true);
-        expect_invalid(v.verify_file(&data, &legacy), "legacy");
+        expect_invalid(v.verify_file(&data, &legacy).await, "legacy");
         // A good signature whose trusted comment was altered: the global signature covers it.
         let good = String::from_utf8(minisign_sign(&dir, "k.key", &data, false)).expect("text");
         let forged = good.replacen("\ntrusted comment: ", "\ntrusted comment: x", 1);
-        expect_invalid(v.verify_file(&data, forged.as_bytes()), "does not match");
+        expect_invalid(v.verify_file(&data, forged.as_bytes()).await, "does not match");
     }
 
-    #[test]
-    fn minisign_missing_or_bad_key_file_is_config_and_missing_data_is_missing() {
+    #[tokio::test]
+    async fn minisign_missing_or_bad_key_file_is_config_and_missing_data_is_missing() {
         let dir = TempDir::new();
         minisign_keys(&dir, "k");
         let data = artifact(&dir);
         let sig = minisign_sign(&dir, "k.key", &data, false);
-        let err = minisign(&dir, "nope").verify_file(&data, &sig);
+        let err = minisign(&dir, "nope").verify_file(&data, &sig).await;
         assert!(
             matches!(err, Err(SigError::Config(ref m)) if m.contains("nope.pub")),
             "{err:?}"
         );
         fs::write(dir.path("bad.pub"), "untrusted comment: x\nnot-base64!\n").expect("bad");
         assert!(matches!(
-            minisign(&dir, "bad").verify_file(&data, &sig),
+            minisign(&dir, "bad").verify_file(&data, &sig).await,
             Err(SigError::Config(_))
         ));
-        let err = minisign(&dir, "k").verify_file(&dir.path("gone.tar.gz"), &sig);
+        let err = minisign(&dir, "k")
+            .verify_file(&dir.path("gone.tar.gz"), &sig)
+            .await;
         assert!(matches!(err, Err(SigError::Missing(_))), "{err:?}");
     }
 
@@ -565,8 +562,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn ssh_good_signature_verifies() {
+    #[tokio::test]
+    async fn ssh_good_signature_verifies() {
         let dir = TempDir::new();
         ssh_key(&dir, "k");
         let data = artifact(&dir);
@@ -578,11 +575,11 @@ mod tests {
             dir.path("k.allowed").display()
         );
         assert_eq!(v.describe(), expected);
-        v.verify_file(&data, &sig).expect("verifies");
+        v.verify_file(&data, &sig).await.expect("verifies");
     }
 
-    #[test]
-    fn ssh_tampered_other_key_and_garbage_are_invalid() {
+    #[tokio::test]
+    async fn ssh_tampered_other_key_and_garbage_are_invalid() {
         let dir = TempDir::new();
         ssh_key(&dir, "k");
         ssh_key(&dir, "other");
@@ -590,47 +587,55 @@ mod tests {
         let good = ssh_sign(&dir, "k", "haul", &data);
         let by_other = ssh_sign(&dir, "other", "haul", &data);
         let v = ssh(&dir, "k", "ci@acme", "haul");
-        expect_invalid(v.verify_file(&data, &by_other), "does not verify");
+        expect_invalid(v.verify_file(&data, &by_other).await, "does not verify");
         expect_invalid(
-            v.verify_file(&data, b"-----BEGIN SSH SIGNATURE-----\ngarbage\n"),
+            v.verify_file(&data, b"-----BEGIN SSH SIGNATURE-----\ngarbage\n")
+                .await,
             "does not verify",
         );
-        assert!(matches!(v.verify_file(&data, b""), Err(SigError::Missing(_))));
+        assert!(matches!(
+            v.verify_file(&data, b"").await,
+            Err(SigError::Missing(_))
+        ));
         let mut bytes = fs::read(&data).expect("read");
         bytes[7] ^= 1;
         fs::write(&data, bytes).expect("tamper");
-        expect_invalid(v.verify_file(&data, &good), "incorrect signature");
+        expect_invalid(v.verify_file(&data, &good).await, "incorrect signature");
     }
 
-    #[test]
-    fn ssh_wrong_namespace_or_identity_is_invalid() {
+    #[tokio::test]
+    async fn ssh_wrong_namespace_or_identity_is_invalid() {
         let dir = TempDir::new();
         ssh_key(&dir, "k");
         let data = artifact(&dir);
         let sig = ssh_sign(&dir, "k", "haul", &data);
         expect_invalid(
-            ssh(&dir, "k", "ci@acme", "other").verify_file(&data, &sig),
+            ssh(&dir, "k", "ci@acme", "other").verify_file(&data, &sig).await,
             "namespace other",
         );
         expect_invalid(
-            ssh(&dir, "k", "bob@acme", "haul").verify_file(&data, &sig),
+            ssh(&dir, "k", "bob@acme", "haul").verify_file(&data, &sig).await,
             "bob@acme",
         );
         // Signed for another namespace than the verifier (and the allowed_signers line) accept.
         let elsewhere = ssh_sign(&dir, "k", "git", &data);
         expect_invalid(
-            ssh(&dir, "k", "ci@acme", "haul").verify_file(&data, &elsewhere),
+            ssh(&dir, "k", "ci@acme", "haul")
+                .verify_file(&data, &elsewhere)
+                .await,
             "namespace",
         );
     }
 
-    #[test]
-    fn ssh_missing_signers_file_or_tool_is_config() {
+    #[tokio::test]
+    async fn ssh_missing_signers_file_or_tool_is_config() {
         let dir = TempDir::new();
         ssh_key(&dir, "k");
         let data = artifact(&dir);
         let sig = ssh_sign(&dir, "k", "haul", &data);
-        let err = ssh(&dir, "missing", "ci@acme", "haul").verify_file(&data, &sig);
+        let err = ssh(&dir, "missing", "ci@acme", "haul")
+            .verify_file(&data, &sig)
+            .await;
         assert!(
             matches!(err, Err(SigError::Config(ref m)) if m.contains("missing.allowed")),
             "{err:?}"
@@ -644,17 +649,18 @@ mod tests {
             &data,
             &sig,
             SSH_TIMEOUT,
-        );
+        )
+        .await;
         assert!(
             matches!(err, Err(SigError::Config(ref m)) if m.contains("not found")),
             "{err:?}"
         );
-        let err = ssh(&dir, "k", "ci@acme", "").verify_file(&data, &sig);
+        let err = ssh(&dir, "k", "ci@acme", "").verify_file(&data, &sig).await;
         assert!(matches!(err, Err(SigError::Config(_))), "{err:?}");
     }
 
-    #[test]
-    fn a_hung_ssh_keygen_is_killed() {
+    #[tokio::test]
+    async fn a_hung_ssh_keygen_is_killed() {
         use std::os::unix::fs::PermissionsExt;
         let dir = TempDir::new();
         ssh_key(&dir, "k");
@@ -673,13 +679,14 @@ mod tests {
             &data,
             b"sig",
             timeout,
-        );
+        )
+        .await;
         expect_invalid(err, "killed after");
         assert!(started.elapsed() < Duration::from_secs(10));
     }
 
-    #[test]
-    fn the_temporary_signature_file_is_removed() {
+    #[tokio::test]
+    async fn the_temporary_signature_file_is_removed() {
         let file = TempFile::create(b"sig").expect("create");
         let path = file.0.clone();
         assert_eq!(fs::read(&path).expect("read"), b"sig");
@@ -687,8 +694,8 @@ mod tests {
         assert!(!path.exists());
     }
 
-    #[test]
-    fn base64_decodes_like_the_standard() {
+    #[tokio::test]
+    async fn base64_decodes_like_the_standard() {
         assert_eq!(base64_decode("aGF1bA==").as_deref(), Some(&b"haul"[..]));
         assert_eq!(base64_decode("aGF1bGVk").as_deref(), Some(&b"hauled"[..]));
         assert_eq!(base64_decode("a-b"), None);

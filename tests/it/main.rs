@@ -9,3 +9,4 @@ mod fuzz;
 mod ops;
 mod spine;
 mod support;
+mod tidy;

@@ -1,0 +1,484 @@
+//! The audit log's queries: a deploy row at every transition, the delivery ids seen (replay protection), and
+//! the queue itself (a `queued` row is the pending slot, a `running` row the running deploy).
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::StoreError;
+use crate::model::{DeployId, DeployRequest, Outcome, State, Trigger};
+
+/// One row of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployRow {
+    pub id: DeployId,
+    pub app: String,
+    pub trigger: Trigger,
+    pub provider: Option<String>,
+    pub delivery_id: Option<String>,
+    pub git_ref: Option<String>,
+    pub sha: Option<String>,
+    pub actor: String,
+    pub state: State,
+    pub reason: Option<String>,
+    pub release_id: Option<String>,
+    pub previous_sha: Option<String>,
+    pub superseded_by: Option<DeployId>,
+    /// For a rollback: what was asked for.
+    pub target: Option<String>,
+    /// For an artifact: the digest pinned by the trigger, then the one downloaded and verified.
+    pub digest: Option<String>,
+    pub requested_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+/// What became of a request handed to the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Recorded (as queued or ignored); `superseded` are the pending requests it replaced.
+    Recorded { id: DeployId, superseded: Vec<DeployId> },
+    /// The delivery id was seen before: nothing recorded.
+    Duplicate { first: DeployId },
+}
+
+const COLUMNS: &str =
+    "id, app, trigger, provider, delivery_id, git_ref, sha, actor, state, reason, release_id, \
+                       previous_sha, superseded_by, requested_at, started_at, finished_at, target, digest";
+
+fn row_to_deploy(r: &Row<'_>) -> rusqlite::Result<DeployRow> {
+    let bad = |i: usize, what: &str, v: String| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("{what} {v:?}").into(),
+        )
+    };
+    let id: String = r.get(0)?;
+    let trigger: String = r.get(2)?;
+    let state: String = r.get(8)?;
+    let superseded_by: Option<String> = r.get(12)?;
+    Ok(DeployRow {
+        id: DeployId::parse(&id).ok_or_else(|| bad(0, "deploy id", id.clone()))?,
+        app: r.get(1)?,
+        trigger: Trigger::parse(&trigger).ok_or_else(|| bad(2, "trigger", trigger.clone()))?,
+        provider: r.get(3)?,
+        delivery_id: r.get(4)?,
+        git_ref: r.get(5)?,
+        sha: r.get(6)?,
+        actor: r.get(7)?,
+        state: State::parse(&state).ok_or_else(|| bad(8, "state", state.clone()))?,
+        reason: r.get(9)?,
+        release_id: r.get(10)?,
+        previous_sha: r.get(11)?,
+        superseded_by: superseded_by.as_deref().and_then(DeployId::parse),
+        requested_at: r.get(13)?,
+        started_at: r.get(14)?,
+        finished_at: r.get(15)?,
+        target: r.get(16)?,
+        digest: r.get(17)?,
+    })
+}
+
+fn seen_delivery(conn: &Connection, req: &DeployRequest) -> Result<Option<DeployId>, StoreError> {
+    let Some(d) = &req.delivery_id else {
+        return Ok(None);
+    };
+    // The hot path of a webhook flood: every statement here is prepared once and cached.
+    let first: Option<String> = conn
+        .prepare_cached("SELECT deploy_id FROM deliveries WHERE app = ?1 AND delivery_id = ?2")?
+        .query_row(params![req.app, d], |r| r.get(0))
+        .optional()?;
+    Ok(first.as_deref().and_then(DeployId::parse))
+}
+
+fn insert(
+    conn: &Connection,
+    req: &DeployRequest,
+    state: State,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<DeployId, StoreError> {
+    let id = DeployId::new(now);
+    conn.prepare_cached(
+        "INSERT INTO deploys (id, app, trigger, provider, delivery_id, git_ref, sha, actor, state, reason, requested_at, finished_at, target, digest)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        )?
+        .execute(params![
+            id.as_str(),
+            req.app,
+            req.trigger.as_str(),
+            req.provider,
+            req.delivery_id,
+            req.git_ref,
+            req.sha,
+            req.actor,
+            state.as_str(),
+            reason,
+            now,
+            state.is_final().then_some(now),
+            req.target,
+            req.digest,
+        ],
+    )?;
+    if let Some(d) = &req.delivery_id {
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO deliveries (app, delivery_id, deploy_id, seen_at) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![req.app, d, id.as_str(), now])?;
+    }
+    Ok(id)
+}
+
+/// Records a request as pending. The app's older pending request, if any, is superseded by it: newest wins.
+/// One exception: a webhook or a poll never supersedes a pending `haul rollback` (a person asked for it, and a
+/// redelivered trigger for the very release being rolled back from must not cancel it); the rollback runs
+/// first.
+pub fn enqueue(conn: &Connection, req: &DeployRequest, now: i64) -> Result<Enqueued, StoreError> {
+    if let Some(first) = seen_delivery(conn, req)? {
+        return Ok(Enqueued::Duplicate { first });
+    }
+    let id = insert(conn, req, State::Queued, None, now)?;
+    let mut stmt = conn.prepare_cached(
+        "UPDATE deploys SET state = 'superseded', superseded_by = ?1, finished_at = ?2,
+                reason = 'superseded by ' || ?1 || ' before it started'
+         WHERE app = ?3 AND state = 'queued' AND id != ?1
+           AND NOT (trigger = 'rollback' AND ?4 IN ('webhook', 'poll')) RETURNING id",
+    )?;
+    let superseded = stmt
+        .query_map(params![id.as_str(), now, req.app, req.trigger.as_str()], |r| {
+            r.get::<_, String>(0)
+        })?
+        .filter_map(|r| r.ok().as_deref().and_then(DeployId::parse))
+        .collect();
+    Ok(Enqueued::Recorded { id, superseded })
+}
+
+/// Records a request that will never run (another branch, a tag, a deletion), with why.
+pub fn record_ignored(
+    conn: &Connection,
+    req: &DeployRequest,
+    reason: &str,
+    now: i64,
+) -> Result<Enqueued, StoreError> {
+    if let Some(first) = seen_delivery(conn, req)? {
+        return Ok(Enqueued::Duplicate { first });
+    }
+    let id = insert(conn, req, State::Ignored, Some(reason), now)?;
+    Ok(Enqueued::Recorded {
+        id,
+        superseded: vec![],
+    })
+}
+
+/// Takes the app's pending request, if any, and marks it running.
+pub fn claim_next(conn: &Connection, app: &str, now: i64) -> Result<Option<DeployRow>, StoreError> {
+    let sql = format!(
+        "UPDATE deploys SET state = 'running', started_at = ?2
+         WHERE seq = (SELECT seq FROM deploys WHERE app = ?1 AND state = 'queued'
+                      ORDER BY trigger = 'rollback' DESC, seq DESC LIMIT 1)
+         RETURNING {COLUMNS}"
+    );
+    Ok(conn
+        .query_row(&sql, params![app, now], row_to_deploy)
+        .optional()?)
+}
+
+pub fn finish(conn: &Connection, id: &DeployId, o: &Outcome, now: i64) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE deploys SET state = ?2, reason = ?3, finished_at = ?4,
+                sha = COALESCE(?5, sha), release_id = COALESCE(?6, release_id), previous_sha = COALESCE(?7, previous_sha),
+                digest = COALESCE(?8, digest)
+         WHERE id = ?1",
+        params![id.as_str(), o.state.as_str(), o.reason, now, o.sha, o.release_id, o.previous_sha, o.digest],
+    )?;
+    Ok(())
+}
+
+/// A claimed request that turned out to need nothing (its sha is already live): closed as ignored, and marked
+/// as never started, because nothing was fetched or run for it.
+pub fn skip(conn: &Connection, id: &DeployId, reason: &str, now: i64) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE deploys SET state = 'ignored', reason = ?2, started_at = NULL, finished_at = ?3 WHERE id = ?1",
+        params![id.as_str(), reason, now],
+    )?;
+    Ok(())
+}
+
+/// Records the release a running deploy is about to build, before anything is written, so recovery knows
+/// exactly which directory a crash left half-built.
+pub fn set_release(
+    conn: &Connection,
+    id: &DeployId,
+    sha: &str,
+    release_id: &str,
+    previous_sha: Option<&str>,
+    digest: Option<&str>,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE deploys SET sha = ?2, release_id = ?3, previous_sha = ?4, digest = COALESCE(?5, digest) WHERE id = ?1",
+        params![id.as_str(), sha, release_id, previous_sha, digest],
+    )?;
+    Ok(())
+}
+
+/// At start-up (under the app's lock, so nobody is running it): a deploy still `running` was cut short.
+pub fn interrupt_running(conn: &Connection, app: &str, now: i64) -> Result<Vec<DeployRow>, StoreError> {
+    let sql = format!(
+        "UPDATE deploys SET state = 'interrupted', finished_at = ?2,
+                reason = 'haul stopped while this deploy was running; the previous release stayed live'
+         WHERE app = ?1 AND state = 'running' RETURNING {COLUMNS}"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt
+        .query_map(params![app, now], row_to_deploy)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+pub fn get(conn: &Connection, id: &DeployId) -> Result<Option<DeployRow>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM deploys WHERE id = ?1");
+    Ok(conn
+        .query_row(&sql, params![id.as_str()], row_to_deploy)
+        .optional()?)
+}
+
+/// Newest first.
+pub fn history(conn: &Connection, app: Option<&str>, limit: usize) -> Result<Vec<DeployRow>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = match app {
+        Some(a) => {
+            let sql = format!("SELECT {COLUMNS} FROM deploys WHERE app = ?1 ORDER BY seq DESC LIMIT ?2");
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt
+                .query_map(params![a, limit], row_to_deploy)?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows
+        }
+        None => {
+            let sql = format!("SELECT {COLUMNS} FROM deploys ORDER BY seq DESC LIMIT ?1");
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt
+                .query_map(params![limit], row_to_deploy)?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows
+        }
+    };
+    Ok(rows)
+}
+
+/// What `haul status` shows for one app.
+#[derive(Debug, Clone, Default)]
+pub struct AppSummary {
+    /// The newest deploy that ran (not ignored or superseded).
+    pub last: Option<DeployRow>,
+    pub last_success: Option<DeployRow>,
+    pub running: Option<DeployRow>,
+    pub queued: usize,
+}
+
+pub fn summary(conn: &Connection, app: &str) -> Result<AppSummary, StoreError> {
+    let one = |cond: &str| -> Result<Option<DeployRow>, StoreError> {
+        let sql =
+            format!("SELECT {COLUMNS} FROM deploys WHERE app = ?1 AND {cond} ORDER BY seq DESC LIMIT 1");
+        Ok(conn.query_row(&sql, params![app], row_to_deploy).optional()?)
+    };
+    Ok(AppSummary {
+        last: one("state IN ('succeeded', 'failed', 'rolled_back', 'interrupted')")?,
+        last_success: one("state = 'succeeded'")?,
+        running: one("state = 'running'")?,
+        queued: conn.query_row(
+            "SELECT count(*) FROM deploys WHERE app = ?1 AND state = 'queued'",
+            params![app],
+            |r| r.get::<_, i64>(0),
+        )? as usize,
+    })
+}
+
+/// The deploy that put `release_id` live most recently (a deploy or a rollback).
+pub fn live_deploy(conn: &Connection, app: &str, release_id: &str) -> Result<Option<DeployRow>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM deploys WHERE app = ?1 AND release_id = ?2 AND state = 'succeeded' ORDER BY seq DESC LIMIT 1"
+    );
+    Ok(conn
+        .query_row(&sql, params![app, release_id], row_to_deploy)
+        .optional()?)
+}
+
+/// What a release directory was built from: its sha, (an artifact) the digest it was unpacked from, and the
+/// ref it was deployed as. A rollback row names the release but not its digest: the row that built it does.
+pub fn release_sha(conn: &Connection, app: &str, release_id: &str) -> Result<ReleaseFacts, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT sha, digest, git_ref FROM deploys WHERE app = ?1 AND release_id = ?2
+             ORDER BY (trigger != 'rollback') DESC, seq DESC LIMIT 1",
+            params![app, release_id],
+            |r| {
+                Ok(ReleaseFacts {
+                    sha: r.get(0)?,
+                    digest: r.get(1)?,
+                    git_ref: r.get(2)?,
+                })
+            },
+        )
+        .optional()?
+        .unwrap_or_default())
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReleaseFacts {
+    pub sha: Option<String>,
+    pub digest: Option<String>,
+    pub git_ref: Option<String>,
+}
+
+/// Did `sha` go live for `app` before (a deploy that succeeded)? For an artifact named by version, a trigger
+/// for such a version that is not live now is a replay or arrived out of order: it is not deployed again.
+pub fn sha_succeeded(conn: &Connection, app: &str, sha: &str) -> Result<bool, StoreError> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM deploys WHERE app = ?1 AND sha = ?2 AND state = 'succeeded' AND trigger != 'rollback')",
+        params![app, sha],
+        |r| r.get(0),
+    )?)
+}
+
+/// Releases that went live successfully (a deploy or a rollback that succeeded), newest built first (by audit
+/// order, not by id: two releases can be built within one second), with their sha:
+/// what `haul rollback` may go back to.
+pub fn successful_releases(conn: &Connection, app: &str) -> Result<Vec<(String, String)>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT release_id, sha, min(seq) AS built FROM deploys
+         WHERE app = ?1 AND state = 'succeeded' AND release_id IS NOT NULL AND sha IS NOT NULL
+         GROUP BY release_id ORDER BY built DESC",
+    )?;
+    let rows = stmt
+        .query_map(params![app], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// `on_restart = "hold"`: requests still queued at start-up are not run; they are closed with a reason.
+pub fn hold_queued(conn: &Connection, app: &str, before: i64, now: i64) -> Result<usize, StoreError> {
+    Ok(conn.execute(
+        "UPDATE deploys SET state = 'interrupted', finished_at = ?2,
+                reason = 'queued when haul stopped, and held at start-up (on_restart = \"hold\"); deploy it with `haul deploy`'
+         WHERE app = ?1 AND state = 'queued' AND requested_at < ?3",
+        params![app, now, before],
+    )?)
+}
+
+/// Was `sha` ever requested for `app` and tried (or is it waiting)? A poll never asks for such a sha again: not
+/// after it failed, and not after someone rolled it back.
+pub fn sha_attempted(conn: &Connection, app: &str, sha: &str) -> Result<bool, StoreError> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM deploys WHERE app = ?1 AND sha = ?2 AND state NOT IN ('ignored', 'superseded'))",
+        params![app, sha],
+        |r| r.get(0),
+    )?)
+}
+
+/// Forget delivery ids older than `keep_ms` (replay protection keeps them at least 7 days).
+pub fn prune_deliveries(conn: &Connection, now: i64, keep_ms: i64) -> Result<usize, StoreError> {
+    Ok(conn.execute(
+        "DELETE FROM deliveries WHERE seen_at < ?1",
+        params![now - keep_ms],
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(app: &str, delivery: Option<&str>) -> DeployRequest {
+        DeployRequest {
+            app: app.into(),
+            trigger: Trigger::Webhook,
+            provider: Some("github".into()),
+            delivery_id: delivery.map(Into::into),
+            git_ref: Some("refs/heads/main".into()),
+            sha: Some("a".repeat(40)),
+            actor: "octocat".into(),
+            target: None,
+            digest: None,
+        }
+    }
+
+    /// The hot-path indexes are partial or gone; the lookups that need them still seek instead of scanning.
+    #[test]
+    fn lookups_use_their_indexes() {
+        let c = mem();
+        let plan = |sql: &str| -> String {
+            let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).expect("plan");
+            let rows = stmt.query_map([], |r| r.get::<_, String>(3)).expect("rows");
+            rows.map(|r| r.expect("row")).collect::<Vec<_>>().join("; ")
+        };
+        let release = plan(
+            "SELECT sha, digest, git_ref FROM deploys WHERE app = 'a' AND release_id = 'r'
+             ORDER BY (trigger != 'rollback') DESC, seq DESC LIMIT 1",
+        );
+        assert!(release.contains("deploys_app_release"), "{release}");
+        let live = plan("SELECT id FROM deploys WHERE app = 'a' AND release_id = 'r' AND state = 'succeeded' ORDER BY seq DESC LIMIT 1");
+        assert!(live.contains("USING INDEX"), "{live}");
+        let queued = plan("SELECT count(*) FROM deploys WHERE app = 'a' AND state = 'queued'");
+        assert!(queued.contains("deploys_app_state_seq"), "{queued}");
+    }
+
+    fn mem() -> Connection {
+        super::super::memory()
+    }
+
+    fn id_of(e: Enqueued) -> DeployId {
+        match e {
+            Enqueued::Recorded { id, .. } => id,
+            Enqueued::Duplicate { first } => panic!("duplicate of {first}"),
+        }
+    }
+
+    #[test]
+    fn newest_pending_wins() {
+        let c = mem();
+        let a = id_of(enqueue(&c, &req("blog", None), 1).expect("a"));
+        let b = enqueue(&c, &req("blog", None), 2).expect("b");
+        let other = id_of(enqueue(&c, &req("shop", None), 3).expect("other"));
+        let Enqueued::Recorded { id: b, superseded } = b else {
+            panic!()
+        };
+        assert_eq!(superseded, vec![a.clone()]);
+        let row = get(&c, &a).expect("get").expect("row");
+        assert_eq!(row.state, State::Superseded);
+        assert_eq!(row.superseded_by, Some(b.clone()));
+        let claimed = claim_next(&c, "blog", 4).expect("claim").expect("some");
+        assert_eq!(claimed.id, b);
+        assert_eq!(claimed.state, State::Running);
+        assert!(claim_next(&c, "blog", 5).expect("claim").is_none());
+        assert_eq!(
+            get(&c, &other).expect("get").map(|r| r.state),
+            Some(State::Queued)
+        );
+    }
+
+    #[test]
+    fn replayed_delivery_is_a_duplicate() {
+        let c = mem();
+        let first = id_of(enqueue(&c, &req("blog", Some("d-1")), 1).expect("first"));
+        assert_eq!(
+            enqueue(&c, &req("blog", Some("d-1")), 2).expect("again"),
+            Enqueued::Duplicate { first: first.clone() }
+        );
+        assert_eq!(
+            record_ignored(&c, &req("blog", Some("d-1")), "x", 2).expect("again"),
+            Enqueued::Duplicate { first }
+        );
+        assert_eq!(history(&c, None, 10).expect("history").len(), 1);
+        assert_eq!(prune_deliveries(&c, 10, 5).expect("prune"), 1);
+    }
+
+    #[test]
+    fn running_becomes_interrupted() {
+        let c = mem();
+        id_of(enqueue(&c, &req("blog", None), 1).expect("a"));
+        let running = claim_next(&c, "blog", 2).expect("claim").expect("row");
+        let interrupted = interrupt_running(&c, "blog", 3).expect("interrupt");
+        assert_eq!(interrupted.len(), 1);
+        assert_eq!(interrupted[0].id, running.id);
+        assert_eq!(interrupted[0].state, State::Interrupted);
+    }
+}

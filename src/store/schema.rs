@@ -1,0 +1,84 @@
+//! The schema and its migrations: one entry per `user_version`, applied in order inside one transaction at
+//! open. Every table haul keeps is created here (the `alerts` table too); nothing else runs DDL. The schema
+//! is not part of haul's contract on disk: read the audit with `haul history --json`, not with SQL.
+
+use rusqlite::Connection;
+
+pub(super) const SCHEMA: &[&str] = &[
+    // v1
+    "CREATE TABLE deploys (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        app TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        provider TEXT,
+        delivery_id TEXT,
+        git_ref TEXT,
+        sha TEXT,
+        actor TEXT NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT,
+        release_id TEXT,
+        previous_sha TEXT,
+        superseded_by TEXT,
+        requested_at INTEGER NOT NULL,
+        started_at INTEGER,
+        finished_at INTEGER
+    );
+    CREATE INDEX deploys_app_seq ON deploys(app, seq);
+    CREATE INDEX deploys_state ON deploys(state) WHERE state IN ('queued', 'running');
+    CREATE TABLE deliveries (
+        app TEXT NOT NULL,
+        delivery_id TEXT NOT NULL,
+        deploy_id TEXT NOT NULL,
+        seen_at INTEGER NOT NULL,
+        PRIMARY KEY (app, delivery_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX deliveries_seen ON deliveries(seen_at);",
+    // v2: rollbacks name their target.
+    "ALTER TABLE deploys ADD COLUMN target TEXT;",
+    // v3: per-app state lookups (the queue's supersede and claim, `haul status`) stay index seeks at 100,000
+    // rows instead of scans of the app's whole history; release lookups likewise.
+    "CREATE INDEX deploys_app_state_seq ON deploys(app, state, seq);
+     CREATE INDEX deploys_app_release ON deploys(app, release_id);",
+    // v4: (app, state, seq) serves every state lookup; the partial state index was only extra writes.
+    "DROP INDEX IF EXISTS deploys_state;",
+    // v5: artifacts (images, objects) record the content digest pinned and verified.
+    "ALTER TABLE deploys ADD COLUMN digest TEXT;",
+    // v6: fewer index writes on the hot path (every webhook inserts a row and a delivery id): release lookups
+    // only ever ask for a release id, so rows without one (ignored, superseded, queued) stay out of that
+    // index; delivery ids are pruned by a scan once an hour instead of keeping a second index for it.
+    "DROP INDEX IF EXISTS deploys_app_release;
+     CREATE INDEX deploys_app_release ON deploys(app, release_id) WHERE release_id IS NOT NULL;
+     DROP INDEX IF EXISTS deliveries_seen;",
+    // v7: the notifier's alert state (the failure being told, the dead-man's switch), which `ops::notify`
+    // used to create on first use; IF NOT EXISTS because databases from then already have it.
+    "CREATE TABLE IF NOT EXISTS alerts (
+        app TEXT NOT NULL, kind TEXT NOT NULL, signature TEXT NOT NULL,
+        first_at INTEGER NOT NULL, sent_at INTEGER NOT NULL, suppressed INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (app, kind)) WITHOUT ROWID;",
+];
+
+pub(super) fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a commit is on disk before we answer; "acknowledged" must mean "durably recorded".
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    // The per-job savepoints' statement journals stay in memory instead of spilling to temp files (the
+    // benchmark's profile showed them as the largest cost of a webhook flood).
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    // Checkpoint every 8,192 WAL pages (8 MiB with a new database's 1 KiB pages) instead of 1,000: the hot leaf pages a flood rewrites on every
+    // commit are copied into the database once per checkpoint, not once per thousand pages.
+    conn.pragma_update(None, "wal_autocheckpoint", 8192)?;
+    Ok(())
+}
+
+pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    for (i, sql) in SCHEMA.iter().enumerate().skip(version) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+    }
+    tx.commit()
+}
