@@ -13,12 +13,13 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 use crate::config::{self, Config};
-use crate::deploy::queue::{self, Env};
+use crate::deploy::queue;
 use crate::deploy::release;
-use crate::infra::deploylog;
+use crate::infra::state_dir::StateDir;
 use crate::model::{self, DeployId, State};
 use crate::server::control::{self, ControlRequest};
-use crate::store::{self, DeployRow, Enqueued, Store};
+use crate::server::runtime::Runtime;
+use crate::store::{self, DeployRow, Enqueued};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -284,12 +285,17 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
 // ---------------------------------------------------------------------------------------------------------
 // deploy
 
+/// Where this configuration keeps its state.
+fn dirs(cfg: &Config) -> StateDir {
+    StateDir::new(&cfg.state_dir)
+}
+
 async fn deploy(cfg: &Config, req: ControlRequest, no_follow: bool) -> Result<(), Exit> {
     cfg.app(req.app()).map_err(Exit::usage)?;
     // Validated here too, so a typo is a usage error before anything is asked of the daemon.
-    let apps = Env::app_map(cfg);
+    let apps = queue::Env::app_map(cfg);
     req.to_request(&apps, "check").map_err(Exit::usage)?;
-    match control::request(&cfg.socket_path(), &req)
+    match control::request(&dirs(cfg).socket(), &req)
         .await
         .map_err(Exit::failed)?
     {
@@ -336,21 +342,11 @@ async fn interrupted() -> &'static str {
 
 async fn deploy_in_process(cfg: &Config, req: ControlRequest, no_follow: bool) -> Result<(), Exit> {
     eprintln!("no daemon is running; running it in this process");
-    for dir in [
-        cfg.state_dir.clone(),
-        cfg.logs_dir(),
-        cfg.mirrors_dir(),
-        cfg.locks_dir(),
-    ] {
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Exit::failed(format!("cannot create {}: {e}", dir.display())))?;
-    }
-    let store = Store::open(&cfg.db_path())?;
-    let mut env = Env::new(cfg, store.clone());
+    crate::server::runtime::prepare_dirs(cfg).map_err(Exit::failed)?;
     // Told like a daemon's deploy: the notification targets hear how it ended (and of anything `recover`
     // finds interrupted), before this command exits.
-    let (notifier, notify_rx) = crate::model::event::channel();
-    env.notifier = Some(notifier);
+    let Runtime { env, notify_rx } = Runtime::open(cfg)?;
+    let store = env.store.clone();
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
     let delivery = crate::ops::notify::spawn_delivery(cfg, store.clone(), notify_rx, done_rx);
     let told = || async {
@@ -443,12 +439,12 @@ async fn follow(cfg: &Config, id: &DeployId, pretty: bool) -> Result<DeployRow, 
     let mut id = id.clone();
     let color = pretty && std::io::stderr().is_terminal();
     loop {
-        let path = deploylog::path_for(&cfg.logs_dir(), &id);
+        let path = dirs(cfg).log_of(&id);
         let mut started = None;
         let mut offset = 0u64;
         let mut partial = String::new();
         loop {
-            let row = store::get(&store::open_read(&cfg.db_path())?, &id)?
+            let row = store::get(&store::open_read(&dirs(cfg).db())?, &id)?
                 .ok_or_else(|| Exit::failed(format!("no deploy {id} in the audit log")))?;
             // Read what the log has now; if the deploy is final, this is the last read.
             if let Ok(mut f) = std::fs::File::open(&path) {
@@ -516,7 +512,7 @@ struct AppStatus {
 }
 
 fn status(cfg: &Config, json: bool) -> Result<(), Exit> {
-    let conn = store::open_read(&cfg.db_path()).ok();
+    let conn = store::open_read(&dirs(cfg).db()).ok();
     let mut rows = Vec::new();
     for app in cfg.apps.values() {
         let live = release::current(&app.path);
@@ -683,7 +679,7 @@ fn history(cfg: &Config, app: Option<&str>, limit: usize, json: bool) -> Result<
     if let Some(a) = app {
         cfg.app(a).map_err(Exit::usage)?;
     }
-    let conn = store::open_read(&cfg.db_path())?;
+    let conn = store::open_read(&dirs(cfg).db())?;
     let rows = store::history(&conn, app, limit)?;
     if json {
         let out: Vec<HistoryRow> = rows.iter().map(HistoryRow::from).collect();
@@ -743,9 +739,9 @@ async fn logs(cfg: &Config, deploy_id: &str, follow_it: bool, json: bool) -> Res
         eprintln!("{}: {}", row.state, row.reason.as_deref().unwrap_or(""));
         return Ok(());
     }
-    let path = deploylog::path_for(&cfg.logs_dir(), &id);
+    let path = dirs(cfg).log_of(&id);
     if json {
-        let row = store::get(&store::open_read(&cfg.db_path())?, &id)?
+        let row = store::get(&store::open_read(&dirs(cfg).db())?, &id)?
             .ok_or_else(|| Exit::failed(format!("no deploy {id} in the audit log")))?;
         let log = std::fs::read_to_string(&path).unwrap_or_default();
         let out = serde_json::json!({

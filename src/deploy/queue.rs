@@ -7,7 +7,6 @@
 //! deploy runs under the app's file lock, which an in-process `haul deploy` takes too.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +19,7 @@ use crate::deploy::pipeline::{Candidate, Job, Pipeline, Previous};
 use crate::deploy::release;
 use crate::infra::deploylog::DeployLog;
 use crate::infra::lock;
+use crate::infra::state_dir::StateDir;
 use crate::model::{self, DeployRequest, Outcome, State, Trigger};
 use crate::store::{self, DeployRow, Enqueued, Store, StoreError};
 
@@ -28,11 +28,8 @@ use crate::store::{self, DeployRow, Enqueued, Store, StoreError};
 pub struct Env {
     pub store: Store,
     pub apps: Arc<HashMap<String, Arc<AppConfig>>>,
-    pub logs_dir: PathBuf,
-    pub mirrors_dir: PathBuf,
-    pub locks_dir: PathBuf,
-    /// Process group ids of running steps (`<app>.pgid`).
-    pub run_dir: PathBuf,
+    /// Where logs, mirrors, downloads, locks and recorded process groups go.
+    pub dirs: StateDir,
     /// Where finished deploys are told (the daemon's notifier; none for an in-process deploy).
     pub notifier: Option<crate::model::event::Notifier>,
     /// When this process started: `on_restart = "hold"` holds only what was queued before.
@@ -53,22 +50,11 @@ impl Env {
         Env {
             store,
             apps: Arc::new(Env::app_map(cfg)),
-            logs_dir: cfg.logs_dir(),
-            mirrors_dir: cfg.mirrors_dir(),
-            locks_dir: cfg.locks_dir(),
-            run_dir: cfg.state_dir.join("run"),
+            dirs: StateDir::new(&cfg.state_dir),
             notifier: None,
             started_ms: model::now_ms(),
             log_retention: cfg.log_retention,
         }
-    }
-
-    pub fn lock_path(&self, app: &str) -> PathBuf {
-        self.locks_dir.join(format!("{app}.lock"))
-    }
-
-    pub fn pgid_path(&self, app: &str) -> PathBuf {
-        self.run_dir.join(format!("{app}.pgid"))
     }
 }
 
@@ -218,7 +204,7 @@ impl Queue {
         if !due_hourly(&self.logs_pruned_at, model::now_ms()) {
             return;
         }
-        let dir = self.env.logs_dir.clone();
+        let dir = self.env.dirs.logs();
         let Some(cutoff) = std::time::SystemTime::now().checked_sub(keep) else {
             return;
         };
@@ -318,11 +304,11 @@ pub async fn recover(env: &Env, app: &str) -> Result<(), String> {
     let Some(cfg) = env.apps.get(app).cloned() else {
         return Ok(());
     };
-    let _lock = lock::lock(&env.lock_path(app))
+    let _lock = lock::lock(&env.dirs.app_lock(app))
         .await
         .map_err(|e| format!("cannot lock {app}: {e}"))?;
     // A step a killed haul left running is ended first: nothing of the old deploy may race the next one.
-    if let Some(pgid) = crate::infra::runner::kill_recorded_group(&env.pgid_path(app)) {
+    if let Some(pgid) = crate::infra::runner::kill_recorded_group(&env.dirs.pgid_of(app)) {
         tracing::warn!(app = %app, "ended process group {pgid}, left running by a haul that was killed");
     }
     let now = model::now_ms();
@@ -353,7 +339,7 @@ pub async fn recover(env: &Env, app: &str) -> Result<(), String> {
         } else {
             row.reason.clone().unwrap_or_else(|| "haul stopped".into())
         };
-        if let Ok(log) = DeployLog::create(&env.logs_dir, &row.id) {
+        if let Ok(log) = DeployLog::create(&env.dirs.logs(), &row.id) {
             log.stage(&format!("interrupted: {reason}"));
         }
         tell(env, row, &Outcome::new(State::Interrupted, reason));
@@ -365,7 +351,7 @@ pub async fn recover(env: &Env, app: &str) -> Result<(), String> {
     }
     // Stray temporaries (index files, temp symlinks, downloads) a crash left behind.
     release::clean_temporaries(&cfg.path);
-    let _ = std::fs::remove_dir_all(crate::deploy::pipeline::downloads_dir(&env.mirrors_dir, app));
+    let _ = std::fs::remove_dir_all(env.dirs.downloads_of(app));
     if cfg.on_restart == crate::config::OnRestart::Hold {
         let (a, started) = (app.to_string(), env.started_ms);
         let held = env
@@ -382,7 +368,7 @@ pub async fn recover(env: &Env, app: &str) -> Result<(), String> {
 
 /// Takes the app's lock and runs its pending deploy, if there is one.
 pub async fn run_next(env: &Env, app: &str) -> Result<Option<(DeployRow, Outcome)>, String> {
-    let _lock = lock::lock(&env.lock_path(app))
+    let _lock = lock::lock(&env.dirs.app_lock(app))
         .await
         .map_err(|e| format!("cannot lock {app}: {e}"))?;
     let now = model::now_ms();
@@ -423,9 +409,7 @@ pub async fn run_next(env: &Env, app: &str) -> Result<Option<(DeployRow, Outcome
                 {
                     let _ = release::remove(&cfg.path, &rid);
                 }
-                let _ = std::fs::remove_dir_all(
-                    crate::deploy::pipeline::downloads_dir(&env.mirrors_dir, app).join(row.id.as_str()),
-                );
+                let _ = std::fs::remove_dir_all(env.dirs.downloads_of(app).join(row.id.as_str()));
             }
             let o = Outcome::new(
                 State::Failed,
@@ -446,59 +430,27 @@ async fn execute(env: &Env, row: &DeployRow) -> Outcome {
         let o = Outcome::new(State::Failed, format!("app {} is no longer configured", row.app));
         return record(env, row, o).await;
     };
-    // A redelivered or repeated trigger for what is already live: nothing to fetch, nothing to run, no log.
     let previous = previous_release(env, &app).await;
-    if matches!(row.trigger, Trigger::Webhook | Trigger::Poll)
-        && row.sha.is_some()
-        && row.sha == previous.sha
-        && (row.digest.is_none() || row.digest == previous.digest)
-    {
-        let reason = format!(
-            "{} is already live as {}; nothing fetched",
-            model::short_sha(row.sha.as_deref().unwrap_or("")),
-            previous.release_id.as_deref().unwrap_or("")
-        );
+    if let Some(reason) = nothing_to_do(env, &app, row, &previous).await {
         tracing::info!("{reason}");
-        let (id, r) = (row.id.clone(), reason.clone());
-        let now = model::now_ms();
+        let (id, r, now) = (row.id.clone(), reason.clone(), model::now_ms());
         if let Err(e) = env.store.call(move |c| store::skip(c, &id, &r, now)).await {
             tracing::error!(deploy_id = %row.id, "cannot record the skip: {e}");
         }
         return Outcome::new(State::Ignored, reason);
     }
-    // An artifact named by version has no history to ask (git has ancestry): a version that went live before
-    // and is not live now is an old delivery, replayed or out of order, and never taken back to by a trigger.
-    if app.source.is_templated() && matches!(row.trigger, Trigger::Webhook | Trigger::Poll) {
-        if let Some(sha) = row.sha.clone().filter(|s| Some(s) != previous.sha.as_ref()) {
-            let (name, probe) = (app.name.clone(), sha.clone());
-            if let Ok(true) = env
-                .store
-                .call(move |c| store::sha_succeeded(c, &name, &probe))
-                .await
-            {
-                let reason = format!(
-                    "{} went live before and {} has replaced it: a replayed or out-of-order trigger; nothing deployed (`haul rollback {}` goes back on purpose)",
-                    model::short_sha(&sha),
-                    previous.release_id.as_deref().unwrap_or("another release"),
-                    app.name
-                );
-                let (id, r, now) = (row.id.clone(), reason.clone(), model::now_ms());
-                if let Err(e) = env.store.call(move |c| store::skip(c, &id, &r, now)).await {
-                    tracing::error!(deploy_id = %row.id, "cannot record the skip: {e}");
-                }
-                return Outcome::new(State::Ignored, reason);
-            }
-        }
-    }
     // URL credentials are masked wherever a URL is logged (`model::url::redact`); credential files are not
     // URLs, so their contents are named here.
     let secrets = crate::sources::artifact::secrets(&app);
-    let log = match DeployLog::create(&env.logs_dir, &row.id) {
+    let log = match DeployLog::create(&env.dirs.logs(), &row.id) {
         Ok(l) => Arc::new(l.with_redactions(secrets)),
         Err(e) => {
             let o = Outcome::new(
                 State::Failed,
-                format!("cannot create the deploy log in {}: {e}", env.logs_dir.display()),
+                format!(
+                    "cannot create the deploy log in {}: {e}",
+                    env.dirs.logs().display()
+                ),
             );
             return record(env, row, o).await;
         }
@@ -512,6 +464,62 @@ async fn execute(env: &Env, row: &DeployRow) -> Outcome {
         row.actor,
         row.sha.as_deref().unwrap_or("branch tip")
     ));
+    let started = std::time::Instant::now();
+    let outcome = run_pipeline(env, &app, row, log.clone(), &previous).await;
+    let secs = started.elapsed().as_secs_f64();
+    log.stage(&format!("{}: {} ({secs:.1}s)", outcome.state, outcome.reason));
+    match outcome.state {
+        State::Succeeded => {
+            tracing::info!(elapsed_s = secs, "deploy succeeded: {}", outcome.reason)
+        }
+        _ => tracing::warn!(elapsed_s = secs, "deploy {}: {}", outcome.state, outcome.reason),
+    }
+    record(env, row, outcome).await
+}
+
+/// Why an automatic trigger needs no fetch, no log and no steps at all, if it does not: it names what is
+/// already live, or (an artifact named by version, which has no history to ask, where git has ancestry) a
+/// version that went live before and was replaced, which is an old delivery, replayed or out of order.
+async fn nothing_to_do(env: &Env, app: &AppConfig, row: &DeployRow, previous: &Previous) -> Option<String> {
+    if !matches!(row.trigger, Trigger::Webhook | Trigger::Poll) {
+        return None;
+    }
+    if row.sha.is_some() && row.sha == previous.sha && (row.digest.is_none() || row.digest == previous.digest)
+    {
+        return Some(format!(
+            "{} is already live as {}; nothing fetched",
+            model::short_sha(row.sha.as_deref().unwrap_or("")),
+            previous.release_id.as_deref().unwrap_or("")
+        ));
+    }
+    if !app.source.is_templated() {
+        return None;
+    }
+    let sha = row.sha.clone().filter(|s| Some(s) != previous.sha.as_ref())?;
+    let (name, probe) = (app.name.clone(), sha.clone());
+    let went_live = env
+        .store
+        .call(move |c| store::sha_succeeded(c, &name, &probe))
+        .await;
+    matches!(went_live, Ok(true)).then(|| {
+        format!(
+            "{} went live before and {} has replaced it: a replayed or out-of-order trigger; nothing deployed (`haul rollback {}` goes back on purpose)",
+            model::short_sha(&sha),
+            previous.release_id.as_deref().unwrap_or("another release"),
+            app.name
+        )
+    })
+}
+
+/// The pipeline for one claimed row: a rollback to an earlier release, or prepare then release (with the
+/// release id recorded in between).
+async fn run_pipeline(
+    env: &Env,
+    app: &Arc<AppConfig>,
+    row: &DeployRow,
+    log: Arc<DeployLog>,
+    previous: &Previous,
+) -> Outcome {
     let job = Job {
         id: row.id.clone(),
         trigger: row.trigger,
@@ -526,12 +534,11 @@ async fn execute(env: &Env, row: &DeployRow) -> Outcome {
     };
     let pipeline = Pipeline {
         app: app.clone(),
-        mirrors_dir: env.mirrors_dir.clone(),
-        log: log.clone(),
-        pgid_file: Some(env.pgid_path(&app.name)),
+        dirs: env.dirs.clone(),
+        log,
+        pgid_file: Some(env.dirs.pgid_of(&app.name)),
     };
-    let started = std::time::Instant::now();
-    let outcome = if row.trigger == Trigger::Rollback {
+    if row.trigger == Trigger::Rollback {
         let name = app.name.clone();
         let on_disk = release::list(&app.path);
         let candidates: Vec<Candidate> = env
@@ -543,42 +550,31 @@ async fn execute(env: &Env, row: &DeployRow) -> Outcome {
             .filter(|(rid, _)| on_disk.contains(rid))
             .map(|(release_id, sha)| Candidate { release_id, sha })
             .collect();
-        pipeline.rollback(&job, &candidates, &previous).await
-    } else {
-        match pipeline.prepare(&job, &previous).await {
-            Err(o) => o,
-            Ok(target) => {
-                // Recorded before anything is written under `path`, so recovery knows what to clean.
-                let (id, sha, rid, prev) = (
-                    row.id.clone(),
-                    target.sha.clone(),
-                    target.release_id.clone(),
-                    previous.sha.clone(),
-                );
-                let digest = target.artifact.as_ref().map(|a| a.digest.clone());
-                match env
-                    .store
-                    .call(move |c| store::set_release(c, &id, &sha, &rid, prev.as_deref(), digest.as_deref()))
-                    .await
-                {
-                    Ok(()) => pipeline.release(&job, &target, &previous).await,
-                    Err(e) => Outcome::new(
-                        State::Failed,
-                        format!("cannot record the release in the audit log: {e}"),
-                    ),
-                }
-            }
-        }
-    };
-    let secs = started.elapsed().as_secs_f64();
-    log.stage(&format!("{}: {} ({secs:.1}s)", outcome.state, outcome.reason));
-    match outcome.state {
-        State::Succeeded => {
-            tracing::info!(elapsed_s = secs, "deploy succeeded: {}", outcome.reason)
-        }
-        _ => tracing::warn!(elapsed_s = secs, "deploy {}: {}", outcome.state, outcome.reason),
+        return pipeline.rollback(&job, &candidates, previous).await;
     }
-    record(env, row, outcome).await
+    let target = match pipeline.prepare(&job, previous).await {
+        Err(o) => return o,
+        Ok(target) => target,
+    };
+    // Recorded before anything is written under `path`, so recovery knows what to clean.
+    let (id, sha, rid, prev) = (
+        row.id.clone(),
+        target.sha.clone(),
+        target.release_id.clone(),
+        previous.sha.clone(),
+    );
+    let digest = target.artifact.as_ref().map(|a| a.digest.clone());
+    match env
+        .store
+        .call(move |c| store::set_release(c, &id, &sha, &rid, prev.as_deref(), digest.as_deref()))
+        .await
+    {
+        Ok(()) => pipeline.release(&job, &target, previous).await,
+        Err(e) => Outcome::new(
+            State::Failed,
+            format!("cannot record the release in the audit log: {e}"),
+        ),
+    }
 }
 
 /// Tells the notifier how a deploy ended (it decides who hears of it).

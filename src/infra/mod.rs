@@ -9,3 +9,4 @@ pub mod logging;
 pub mod metrics;
 pub mod runner;
 pub mod scratch;
+pub mod state_dir;

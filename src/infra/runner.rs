@@ -309,33 +309,7 @@ async fn pump_lines<R: AsyncRead + Unpin>(
 
 /// Runs `cmd` to completion (or its timeout), streaming its output into `log`.
 pub async fn run(cmd: &Cmd, log: Option<&Arc<DeployLog>>) -> Result<Output, RunError> {
-    let stdin = match (&cmd.stdin, &cmd.stdin_file) {
-        (Some(_), _) => Stdio::piped(),
-        (None, Some(f)) => Stdio::from(std::fs::File::open(f).map_err(|source| RunError::Spawn {
-            label: cmd.label.clone(),
-            program: cmd.program.clone(),
-            source,
-        })?),
-        (None, None) => Stdio::null(),
-    };
-    let mut c = tokio::process::Command::new(&cmd.program);
-    c.args(&cmd.args)
-        .stdin(stdin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    for (k, v) in &cmd.env {
-        c.env(k, v);
-    }
-    if let Some(d) = &cmd.cwd {
-        c.current_dir(d);
-    }
-    let mut child = c.spawn().map_err(|source| RunError::Spawn {
-        label: cmd.label.clone(),
-        program: cmd.program.clone(),
-        source,
-    })?;
+    let mut child = spawn(cmd)?;
     let mut guard = GroupGuard(child.id().and_then(|p| i32::try_from(p).ok()));
     if let (Some(data), Some(mut pipe)) = (cmd.stdin.clone(), child.stdin.take()) {
         tokio::spawn(async move {
@@ -386,41 +360,93 @@ pub async fn run(cmd: &Cmd, log: Option<&Arc<DeployLog>>) -> Result<Output, RunE
             })
         }
         Err(_) => {
-            guard.signal(libc::SIGTERM);
-            if tokio::time::timeout(Duration::from_secs(3), child.wait())
-                .await
-                .is_err()
-            {
-                guard.signal(libc::SIGKILL);
-                let _ = child.wait().await;
-            }
-            drop(guard);
-            if let Some(l) = log {
-                l.line(&format!(
-                    "  ! {} timed out after {}",
-                    cmd.label,
-                    humantime::format_duration(cmd.timeout)
-                ));
-            }
-            let stderr_tail = tail
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .cloned()
-                .collect();
+            stop_timed_out(&mut child, guard, cmd, log).await;
             return Err(RunError::TimedOut {
                 label: cmd.label.clone(),
                 after: cmd.timeout,
-                stderr_tail,
+                stderr_tail: snapshot(&tail),
             });
         }
     };
     // The command is done. A grandchild it left in the background may still hold the pipes open: give the
     // readers a moment to drain, then stop reading rather than wait on it.
     guard.0 = None;
+    let stdout = drain_readers(stdout_task, stderr_task).await;
+    let stderr_tail = snapshot(&tail);
+    if status.success() {
+        Ok(Output { stdout, stderr_tail })
+    } else {
+        use std::os::unix::process::ExitStatusExt;
+        Err(RunError::Failed {
+            label: cmd.label.clone(),
+            code: status.code(),
+            signal: status.signal(),
+            stderr_tail,
+        })
+    }
+}
+
+/// Starts `cmd` in a process group of its own (so a timeout or cancellation can end everything it starts).
+fn spawn(cmd: &Cmd) -> Result<tokio::process::Child, RunError> {
+    let spawn_err = |source| RunError::Spawn {
+        label: cmd.label.clone(),
+        program: cmd.program.clone(),
+        source,
+    };
+    let stdin = match (&cmd.stdin, &cmd.stdin_file) {
+        (Some(_), _) => Stdio::piped(),
+        (None, Some(f)) => Stdio::from(std::fs::File::open(f).map_err(spawn_err)?),
+        (None, None) => Stdio::null(),
+    };
+    let mut c = tokio::process::Command::new(&cmd.program);
+    c.args(&cmd.args)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    for (k, v) in &cmd.env {
+        c.env(k, v);
+    }
+    if let Some(d) = &cmd.cwd {
+        c.current_dir(d);
+    }
+    c.spawn().map_err(spawn_err)
+}
+
+/// A timed-out command: SIGTERM to its group, SIGKILL if it has not gone within 3 s.
+async fn stop_timed_out(
+    child: &mut tokio::process::Child,
+    guard: GroupGuard,
+    cmd: &Cmd,
+    log: Option<&Arc<DeployLog>>,
+) {
+    guard.signal(libc::SIGTERM);
+    if tokio::time::timeout(Duration::from_secs(3), child.wait())
+        .await
+        .is_err()
+    {
+        guard.signal(libc::SIGKILL);
+        let _ = child.wait().await;
+    }
+    drop(guard);
+    if let Some(l) = log {
+        l.line(&format!(
+            "  ! {} timed out after {}",
+            cmd.label,
+            humantime::format_duration(cmd.timeout)
+        ));
+    }
+}
+
+/// Waits briefly for the output readers. A reader still blocked after the drain belongs to a background
+/// process the step left: stop reading (aborting the task closes our end of the pipe), so no task,
+/// descriptor or log write outlives the step. Returns the captured stdout.
+async fn drain_readers(
+    stdout_task: Option<tokio::task::JoinHandle<Vec<u8>>>,
+    stderr_task: Option<tokio::task::JoinHandle<()>>,
+) -> Vec<u8> {
     let drain = Duration::from_secs(2);
-    // A reader still blocked after the drain belongs to a background process the step left: stop reading
-    // (aborting the task closes our end of the pipe), so no task, descriptor or log write outlives the step.
     let stdout = match stdout_task {
         Some(mut t) => match tokio::time::timeout(drain, &mut t).await {
             Ok(Ok(v)) => v,
@@ -436,23 +462,15 @@ pub async fn run(cmd: &Cmd, log: Option<&Arc<DeployLog>>) -> Result<Output, RunE
             t.abort();
         }
     }
-    let stderr_tail: Vec<String> = tail
-        .lock()
+    stdout
+}
+
+fn snapshot(tail: &Mutex<VecDeque<String>>) -> Vec<String> {
+    tail.lock()
         .unwrap_or_else(|p| p.into_inner())
         .iter()
         .cloned()
-        .collect();
-    if status.success() {
-        Ok(Output { stdout, stderr_tail })
-    } else {
-        use std::os::unix::process::ExitStatusExt;
-        Err(RunError::Failed {
-            label: cmd.label.clone(),
-            code: status.code(),
-            signal: status.signal(),
-            stderr_tail,
-        })
-    }
+        .collect()
 }
 
 #[cfg(test)]

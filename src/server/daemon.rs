@@ -12,13 +12,15 @@ use anyhow::{bail, Context};
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::deploy::queue::{Env, Queue};
+use crate::deploy::queue::Queue;
 use crate::infra::lock::{self, FileLock};
 use crate::model;
 use crate::ops::systemd;
 use crate::server::control;
 use crate::server::http::{self, HttpState};
-use crate::store::{self, Store};
+use crate::server::liveness::health_loop;
+use crate::server::runtime::{self, Runtime};
+use crate::store;
 
 pub struct Daemon {
     pub addr: SocketAddr,
@@ -36,15 +38,8 @@ pub struct Daemon {
 
 /// Prepares the state dir, takes the single-instance lock, loads secrets and binds the sockets.
 pub async fn start(cfg: Config) -> anyhow::Result<Daemon> {
-    for dir in [
-        cfg.state_dir.clone(),
-        cfg.logs_dir(),
-        cfg.mirrors_dir(),
-        cfg.locks_dir(),
-    ] {
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let lock_path = cfg.state_dir.join("haul.lock");
+    let dirs = runtime::prepare_dirs(&cfg).map_err(anyhow::Error::msg)?;
+    let lock_path = dirs.instance_lock();
     let Some(instance) =
         lock::try_lock(&lock_path).with_context(|| format!("cannot lock {}", lock_path.display()))?
     else {
@@ -73,20 +68,17 @@ pub async fn start(cfg: Config) -> anyhow::Result<Daemon> {
             secrets.insert(app.name.clone(), s);
         }
     }
-    let store = Store::open(&cfg.db_path())?;
+    let Runtime { env, notify_rx } = Runtime::open(&cfg)?;
     let now = model::now_ms();
-    store
+    env.store
         .call(move |c| store::prune_deliveries(c, now, crate::deploy::queue::DELIVERY_RETENTION_MS))
         .await?;
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {} (listen)", cfg.listen))?;
     let addr = listener.local_addr()?;
-    let control = control::bind(&cfg.socket_path())
-        .with_context(|| format!("cannot create the control socket {}", cfg.socket_path().display()))?;
-    let (notifier, notify_rx) = crate::model::event::channel();
-    let mut env = Env::new(&cfg, store);
-    env.notifier = Some(notifier);
+    let control = control::bind(&dirs.socket())
+        .with_context(|| format!("cannot create the control socket {}", dirs.socket().display()))?;
     let queue = Queue::new(env);
     let http = Arc::new(HttpState::new(&cfg, queue.clone(), secrets));
     Ok(Daemon {
@@ -172,67 +164,6 @@ impl Daemon {
         }
         tracing::info!("stopped");
         Ok(())
-    }
-}
-
-/// The daemon's self-check, shared by `/healthz` (on demand) and the systemd watchdog loop: is the audit
-/// database answering, and is every deploy worker alive?
-#[derive(Default)]
-pub struct Liveness {
-    workers: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
-    queue: std::sync::OnceLock<Arc<Queue>>,
-}
-
-impl Liveness {
-    fn watch(&self, queue: Arc<Queue>, workers: Vec<tokio::task::AbortHandle>) {
-        *self.workers.lock().unwrap_or_else(|p| p.into_inner()) = workers;
-        let _ = self.queue.set(queue);
-    }
-
-    pub async fn check(&self) -> Result<(), String> {
-        let Some(queue) = self.queue.get() else {
-            return Err("starting".into());
-        };
-        let db = tokio::time::timeout(
-            Duration::from_secs(10),
-            queue
-                .env()
-                .store
-                .call(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?)),
-        )
-        .await;
-        match db {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(format!("the audit database does not answer: {e}")),
-            Err(_) => return Err("the audit database did not answer within 10s".into()),
-        }
-        if self
-            .workers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .any(|w| w.is_finished())
-        {
-            return Err("a deploy worker has stopped".into());
-        }
-        Ok(())
-    }
-}
-
-/// Under systemd's watchdog only: every half `WatchdogSec`, the self-check, and `WATCHDOG=1` if it passes. A
-/// daemon that hangs stops sending, and systemd restarts it. Without a watchdog nothing wakes up idly.
-async fn health_loop(liveness: Arc<Liveness>, every: Duration, mut stop: watch::Receiver<bool>) {
-    loop {
-        match liveness.check().await {
-            Ok(()) => {
-                systemd::notify("WATCHDOG=1");
-            }
-            Err(p) => tracing::error!("health: {p}"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = stop.changed() => return,
-        }
     }
 }
 

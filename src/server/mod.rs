@@ -4,4 +4,6 @@
 pub mod control;
 pub mod daemon;
 pub mod http;
+pub mod liveness;
 pub mod poll;
+pub mod runtime;

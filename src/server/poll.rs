@@ -37,7 +37,7 @@ async fn poller(queue: Arc<Queue>, app: Arc<AppConfig>, mut shutdown: watch::Rec
     let Some(interval) = app.poll else {
         return;
     };
-    let git = Git::new(app.clone(), &queue.env().mirrors_dir, None);
+    let git = Git::new(app.clone(), queue.env().dirs.mirror_of(&app.name), None);
     let mut last_etag: Option<String> = None;
     let mut failures: u32 = 0;
     loop {

@@ -165,8 +165,7 @@ pub struct Git {
 }
 
 impl Git {
-    pub fn new(app: Arc<AppConfig>, mirrors_dir: &Path, log: Option<Arc<DeployLog>>) -> Git {
-        let mirror = mirrors_dir.join(format!("{}.git", app.name));
+    pub fn new(app: Arc<AppConfig>, mirror: PathBuf, log: Option<Arc<DeployLog>>) -> Git {
         Git { app, mirror, log }
     }
 

@@ -164,6 +164,12 @@ fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
     }
 }
 
+/// Does the database answer? (The liveness check's question.)
+pub fn ping(c: &Conn) -> Result<(), StoreError> {
+    c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?;
+    Ok(())
+}
+
 /// A migrated in-memory database, for other layers' unit tests.
 #[cfg(test)]
 pub(crate) fn memory() -> Conn {

@@ -1,0 +1,353 @@
+//! The pipeline: one deploy of one app, from fetch to a live release. A plain async function of (app config,
+//! job) to outcome: it knows nothing of HTTP, queues or SQL, and it never fails half-way in a way that leaves
+//! `current` pointing at anything but a complete release.
+//!
+//! fetch -> resolve (the sha must be on the configured branch) -> checkout into `releases/<id>` -> build steps
+//! -> switch `current` -> activate steps (rolled back to the previous release if they fail) -> prune.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::{AppConfig, HealthCheck, Source, Track};
+use crate::deploy::release;
+use crate::infra::deploylog::DeployLog;
+use crate::infra::httpc;
+use crate::infra::runner::{self, Cmd};
+use crate::model::failure::Failure;
+use crate::model::{self, DeployId, Outcome, State, Trigger};
+use crate::sources::git::Git;
+
+mod artifact;
+mod git;
+mod rollback;
+
+/// What the queue hands the pipeline.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: DeployId,
+    pub trigger: Trigger,
+    pub git_ref: Option<String>,
+    /// A full sha (webhook), a prefix (`--sha`), or none for the branch tip.
+    pub sha: Option<String>,
+    pub actor: String,
+    /// An artifact's content digest the trigger pinned.
+    pub digest: Option<String>,
+}
+
+/// What a deploy will put live.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The full ref deployed: the branch, or the tag.
+    pub git_ref: String,
+    pub sha: String,
+    pub release_id: String,
+    /// Something about the fetch the audit should say (a rate limit that was waited out).
+    pub fetch_note: Option<String>,
+    /// An artifact downloaded and verified, to unpack instead of a checkout.
+    pub artifact: Option<crate::sources::artifact::Fetched>,
+}
+
+/// The live release before this deploy, and the sha it was built from.
+#[derive(Debug, Clone, Default)]
+pub struct Previous {
+    pub release_id: Option<String>,
+    pub sha: Option<String>,
+    /// An artifact's digest.
+    pub digest: Option<String>,
+    /// The ref (an image's `refs/tags/<tag>`) it was deployed as.
+    pub git_ref: Option<String>,
+}
+
+pub struct Pipeline {
+    pub app: Arc<AppConfig>,
+    pub dirs: crate::infra::state_dir::StateDir,
+    pub log: Arc<DeployLog>,
+    /// Where a running step's process group id is kept, so a restart can end what a crash left running.
+    pub pgid_file: Option<PathBuf>,
+}
+
+/// A release on disk that a rollback may go back to, newest first.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub release_id: String,
+    pub sha: String,
+}
+
+fn fail(kind_prefix: &str, f: &Failure) -> Outcome {
+    Outcome::new(State::Failed, format!("{kind_prefix}: {f}"))
+}
+
+/// The shell a step runs in: bash with `-euo pipefail` where there is one, so a step fails fast.
+fn step_cmd(label: String, step: &str) -> Cmd {
+    if Path::new("/bin/bash").exists() {
+        Cmd::new(label, "/bin/bash").args(["--noprofile", "--norc", "-euo", "pipefail", "-c", step])
+    } else {
+        Cmd::new(label, "/bin/sh").args(["-eu", "-c", step])
+    }
+}
+
+impl Pipeline {
+    fn step_env(
+        &self,
+        job: &Job,
+        git_ref: &str,
+        sha: &str,
+        release_dir: &Path,
+        previous: &Previous,
+        digest: Option<&str>,
+    ) -> Vec<(String, OsString)> {
+        let mut env: Vec<(String, OsString)> = vec![
+            ("HAUL_APP".into(), self.app.name.clone().into()),
+            ("HAUL_DEPLOY_ID".into(), job.id.to_string().into()),
+            ("HAUL_SHA".into(), sha.into()),
+            ("HAUL_REF".into(), git_ref.into()),
+            ("HAUL_ACTOR".into(), job.actor.clone().into()),
+            ("HAUL_TRIGGER".into(), job.trigger.as_str().into()),
+            ("HAUL_RELEASE_DIR".into(), release_dir.as_os_str().to_owned()),
+            (
+                "HAUL_PREVIOUS_SHA".into(),
+                previous.sha.clone().unwrap_or_default().into(),
+            ),
+        ];
+        if let Source::Image(img) = &self.app.source {
+            env.push((
+                "HAUL_IMAGE".into(),
+                crate::sources::artifact::pinned_image(img, sha).into(),
+            ));
+            env.push(("HAUL_DIGEST".into(), format!("sha256:{sha}").into()));
+        } else if let Some(d) = digest {
+            env.push(("HAUL_DIGEST".into(), d.into()));
+        }
+        env
+    }
+
+    /// Runs `steps` in order in `dir`; the first failure stops them.
+    async fn run_steps(
+        &self,
+        kind: &str,
+        steps: &[String],
+        dir: &Path,
+        env: &[(String, OsString)],
+    ) -> Result<(), String> {
+        // Only build steps may be retried, and only if the operator opted in (`build_retries`).
+        let retries = if kind == "build" {
+            self.app.build_retries
+        } else {
+            0
+        };
+        let n = steps.len();
+        for (i, step) in steps.iter().enumerate() {
+            let label = format!("{kind} step {}/{n} `{step}`", i + 1);
+            let mut attempt = 0;
+            loop {
+                self.log.stage(&label);
+                let started = Instant::now();
+                let mut cmd = step_cmd(label.clone(), step)
+                    .cwd(dir)
+                    .timeout(self.app.step_timeout);
+                cmd.env = env.to_vec();
+                cmd.pgid_file = self.pgid_file.clone();
+                match runner::run(&cmd, Some(&self.log)).await {
+                    Ok(_) => {
+                        self.log
+                            .line(&format!("    ok in {:.1}s", started.elapsed().as_secs_f64()));
+                        break;
+                    }
+                    Err(e) if attempt < retries => {
+                        attempt += 1;
+                        let wait = crate::model::failure::backoff(
+                            attempt,
+                            Duration::from_secs(1),
+                            Duration::from_secs(30),
+                        );
+                        self.log.line(&format!(
+                            "  ! {e}; retry {attempt}/{retries} in {:.1}s (build_retries)",
+                            wait.as_secs_f64()
+                        ));
+                        tokio::time::sleep(wait).await;
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The health gate: passes when one of `retries` attempts succeeds.
+    async fn health(&self, dir: &Path, env: &[(String, OsString)]) -> Result<(), String> {
+        let Some(h) = &self.app.health else {
+            return Ok(());
+        };
+        let mut last = String::new();
+        for attempt in 1..=h.retries {
+            self.log.stage(&format!("health check {attempt}/{}", h.retries));
+            let result = match &h.check {
+                HealthCheck::Url { host, port, path } => {
+                    match httpc::get_status(host, *port, path, h.timeout).await {
+                        Ok(status) if (200..300).contains(&status) => Ok(()),
+                        Ok(status) => Err(format!("GET http://{host}:{port}{path} answered {status}")),
+                        Err(e) => Err(format!("GET http://{host}:{port}{path}: {e}")),
+                    }
+                }
+                HealthCheck::Command(c) => {
+                    let mut cmd = step_cmd(format!("health command `{c}`"), c)
+                        .cwd(dir)
+                        .timeout(h.timeout);
+                    cmd.env = env.to_vec();
+                    cmd.pgid_file = self.pgid_file.clone();
+                    runner::run(&cmd, Some(&self.log))
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            };
+            match result {
+                Ok(()) => {
+                    self.log.line("    healthy");
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.log.line(&format!("  ! {e}"));
+                    last = e;
+                }
+            }
+            if attempt < h.retries {
+                tokio::time::sleep(h.interval).await;
+            }
+        }
+        Err(format!("health check failed {} time(s): {last}", h.retries))
+    }
+
+    /// Checks out, builds, switches and activates `target`. Every path ends in an outcome; `current` only
+    /// ever moves to a release whose build finished.
+    pub async fn release(&self, job: &Job, target: &Target, previous: &Previous) -> Outcome {
+        let git = self.git();
+        let Target {
+            git_ref,
+            sha,
+            release_id,
+            fetch_note,
+            ..
+        } = target;
+        let short = &sha[..sha.len().min(7)];
+        let dir = release::release_dir(&self.app.path, release_id);
+        let mut outcome = Outcome {
+            state: State::Failed,
+            reason: String::new(),
+            sha: Some(sha.clone()),
+            release_id: Some(release_id.clone()),
+            previous_sha: previous.sha.clone(),
+            digest: target.artifact.as_ref().map(|a| a.digest.clone()),
+        };
+        let live = previous.release_id.as_deref().unwrap_or("nothing");
+
+        let t = Instant::now();
+        self.log
+            .stage(&format!("checkout {short} into {}", dir.display()));
+        if let Err(e) = std::fs::create_dir_all(release::releases_dir(&self.app.path)) {
+            outcome.release_id = None;
+            outcome.reason = format!(
+                "cannot create {}: {e}",
+                release::releases_dir(&self.app.path).display()
+            );
+            return outcome;
+        }
+        let artifact = target.artifact.as_ref();
+        let mut checked_out = if artifact.is_some() {
+            let r = self.materialise(target, &dir).await;
+            let _ = std::fs::remove_dir_all(self.downloads_dir(job));
+            r
+        } else {
+            git.checkout(sha, &dir).await
+        };
+        if let (Err(f), None) = (&checked_out, artifact) {
+            // Objects the mirror should have are gone (a bad disk): repair it, fetch again, try once more.
+            if crate::sources::git::is_local_damage(&f.message) && git.repair_if_broken().await {
+                let _ = release::remove(&self.app.path, release_id);
+                self.log.stage("fetch again into the repaired mirror");
+                checked_out = match git.fetch().await {
+                    Ok(_) => git.checkout(sha, &dir).await,
+                    Err(f) => Err(f),
+                };
+            }
+        }
+        if let Err(f) = checked_out {
+            let _ = release::remove(&self.app.path, release_id);
+            outcome.release_id = None;
+            outcome.reason = format!("{f}; current still points at {live}");
+            return outcome;
+        }
+
+        self.timed("checkout", t);
+        let t = Instant::now();
+        let digest = artifact.as_ref().map(|a| a.digest.as_str());
+        let env = self.step_env(job, git_ref, sha, &dir, previous, digest);
+        if let Err(e) = self.run_steps("build", &self.app.build, &dir, &env).await {
+            outcome.reason = format!("{e}; current still points at {live}");
+            return outcome;
+        }
+        self.timed("build", t);
+        let t = Instant::now();
+
+        self.log
+            .stage(&format!("switch current -> releases/{release_id}"));
+        if let Err(e) =
+            release::sync_filesystem(&dir).and_then(|()| release::switch(&self.app.path, release_id))
+        {
+            outcome.reason = format!(
+                "cannot switch {}: {e}; current still points at {live}",
+                release::current_link(&self.app.path).display()
+            );
+            return outcome;
+        }
+
+        self.timed("switch", t);
+        let t = Instant::now();
+        if let Err(e) = self.run_steps("activate", &self.app.activate, &dir, &env).await {
+            return self.roll_back(job, previous, outcome, &e).await;
+        }
+        self.timed("activate", t);
+        let t = Instant::now();
+        if let Err(e) = self.health(&dir, &env).await {
+            return self.roll_back(job, previous, outcome, &e).await;
+        }
+        if self.app.health.is_some() {
+            self.timed("health", t);
+        }
+
+        let protect: Vec<&str> = [Some(release_id.as_str()), previous.release_id.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        let pruned = release::prune(&self.app.path, self.app.keep_releases, &protect);
+        if !pruned.is_empty() {
+            self.log.line(&format!(
+                "    pruned {} old release(s): {}",
+                pruned.len(),
+                pruned.join(", ")
+            ));
+        }
+        outcome.state = State::Succeeded;
+        outcome.reason = match fetch_note {
+            Some(note) => format!("{short} is live as {release_id}; {note}"),
+            None => format!("{short} is live as {release_id}"),
+        };
+        outcome
+    }
+
+    /// Fetches and decides what to deploy: the sha (which must be on the configured branch) and the id of the
+    /// release directory it will become. Nothing on the app's `path` is touched yet.
+    pub async fn prepare(&self, job: &Job, previous: &Previous) -> Result<Target, Outcome> {
+        if self.app.source.is_artifact() {
+            self.prepare_artifact(job, previous).await
+        } else {
+            self.prepare_git(job, previous).await
+        }
+    }
+
+    pub(super) fn timed(&self, stage: &str, since: Instant) {
+        crate::infra::metrics::stage(&self.app.name, stage, since.elapsed());
+    }
+}

@@ -1,0 +1,155 @@
+//! `POST /hooks/<app>`: the webhook door. Cheap refusals first (address, rate, size), then the body
+//! (capped, with a deadline), then `intake::evaluate` (signature before parsing), then the durable record,
+//! then the reply: a forge gets its 202 once the request is committed, before any work is done.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::{error, limits, HookReply, HttpState};
+use crate::intake::{self, Accepted};
+use crate::store::Enqueued;
+
+pub(super) async fn hook(
+    State(st): State<Arc<HttpState>>,
+    peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let (response, provider, result) = hook_inner(&st, peer, &app, &headers, body).await;
+    crate::infra::metrics::webhook(provider, result);
+    response
+}
+
+/// The webhook door; returns the reply, and the provider and result for the metrics.
+async fn hook_inner(
+    st: &HttpState,
+    peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
+    app: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> (Response, &'static str, &'static str) {
+    // Cheap refusals first: who is asking, and how often.
+    let ip = st.client_ip(peer.map(|c| c.0 .0), headers);
+    if let Err((resp, result)) = limits::admit(st, ip) {
+        return (resp, "none", result);
+    }
+    let env = st.queue.env();
+    let (Some(cfg), Some(secrets)) = (env.apps.get(app), st.secrets.get(app)) else {
+        tracing::info!(app = %crate::model::clean_actor(app), "webhook for an unknown app (or one without a webhook) refused");
+        return (
+            error(StatusCode::NOT_FOUND, "no app with a webhook by that name"),
+            "none",
+            "unknown_app",
+        );
+    };
+    let Some(webhook) = &cfg.webhook else {
+        return (
+            error(StatusCode::NOT_FOUND, "no app with a webhook by that name"),
+            "none",
+            "unknown_app",
+        );
+    };
+    let provider = webhook.provider.as_str();
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > st.max_body_bytes) {
+        tracing::info!(app = %app, "webhook refused: body over max_body");
+        let msg = format!(
+            "body is larger than the {}-byte limit (max_body)",
+            st.max_body_bytes
+        );
+        return (error(StatusCode::PAYLOAD_TOO_LARGE, msg), provider, "too_large");
+    }
+    let body = match limits::read_body(body, st.max_body_bytes, st.body_timeout).await {
+        Ok(b) => b,
+        Err(resp) => return (resp, provider, "bad_body"),
+    };
+    let now_secs = crate::model::now_ms() / 1000;
+    let accepted = match intake::evaluate(cfg, webhook.provider, secrets, headers, &body, now_secs) {
+        Ok(a) => a,
+        Err(rej) => {
+            tracing::info!(app = %app, "webhook refused: {rej}");
+            let status = StatusCode::from_u16(rej.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            let result = match rej {
+                intake::Rejected::MissingSignature(_) | intake::Rejected::BadSignature => "bad_signature",
+                intake::Rejected::Stale => "stale",
+                intake::Rejected::Malformed(_) => "malformed",
+            };
+            return (error(status, rej.to_string()), provider, result);
+        }
+    };
+    let (response, result) = decide(st, app, accepted).await;
+    (response, provider, result)
+}
+
+/// What a verified request becomes: a pong, an ignored event, or a row in the audit (queued or ignored),
+/// answered only once that row is committed.
+async fn decide(st: &HttpState, app: &str, accepted: Accepted) -> (Response, &'static str) {
+    let recorded = match accepted {
+        Accepted::Ping => {
+            return (
+                (StatusCode::OK, Json(HookReply::new("pong"))).into_response(),
+                "ping",
+            )
+        }
+        Accepted::OtherEvent(event) => {
+            let mut r = HookReply::new("ignored");
+            r.reason = Some(format!("event {event:?} is not a push"));
+            return ((StatusCode::ACCEPTED, Json(r)).into_response(), "other_event");
+        }
+        Accepted::Ignore(req, reason) => st
+            .queue
+            .ignore(req, reason.clone())
+            .await
+            .map(|e| (e, "ignored", Some(reason), false)),
+        // A redelivery of what is live: recorded, answered, and logged only at debug (a storm of them is
+        // in the audit, not in the daemon's log).
+        Accepted::Deploy(req) => match st.queue.already_live(&req) {
+            Some(reason) => st
+                .queue
+                .ignore(req, reason.clone())
+                .await
+                .map(|e| (e, "ignored", Some(reason), true)),
+            None => st.queue.submit(req).await.map(|e| (e, "queued", None, false)),
+        },
+    };
+    match recorded {
+        Ok((Enqueued::Recorded { id, superseded }, status, reason, quiet)) => {
+            let why = reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+            if quiet {
+                tracing::debug!(deploy_id = %id, app = %app, "webhook {status}{why}");
+            } else {
+                tracing::info!(deploy_id = %id, app = %app, "webhook {status}{why}");
+            }
+            let mut r = HookReply::new(status);
+            r.deploy_id = Some(id.to_string());
+            r.reason = reason;
+            r.superseded = superseded.iter().map(ToString::to_string).collect();
+            ((StatusCode::ACCEPTED, Json(r)).into_response(), status)
+        }
+        Ok((Enqueued::Duplicate { first }, ..)) => {
+            tracing::info!(deploy_id = %first, app = %app, "webhook is a replay of an earlier delivery; nothing queued");
+            let mut r = HookReply::new("duplicate");
+            r.deploy_id = Some(first.to_string());
+            r.reason = Some("this delivery id was already received; nothing was queued".into());
+            ((StatusCode::OK, Json(r)).into_response(), "duplicate")
+        }
+        Err(e) => {
+            tracing::error!(app = %app, "cannot record a webhook: {e}");
+            let resp = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "haul could not record this request, so nothing was queued; the forge may redeliver it",
+            );
+            (resp, "error")
+        }
+    }
+}

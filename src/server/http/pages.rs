@@ -1,0 +1,210 @@
+//! What people and scrapers read from the daemon: the status page (`/`, `/deploys/<id>`), `/metrics` and
+//! `/healthz`. Read-only: nothing here changes the queue or the audit.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::{error, HttpState};
+
+fn html(body: String) -> Response {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_or_else(|_| "this server".into(), |h| h.trim().to_string())
+}
+
+/// `GET /`: every app and the recent deploys.
+pub(super) async fn status_index(State(st): State<Arc<HttpState>>) -> Response {
+    if !st.status_page {
+        return error(
+            StatusCode::NOT_FOUND,
+            "the status page is off (status_page = false)",
+        );
+    }
+    let env = st.queue.env();
+    let apps: Vec<(String, Option<String>)> = env
+        .apps
+        .values()
+        .map(|a| (a.name.clone(), crate::deploy::release::current(&a.path)))
+        .collect();
+    let data = env
+        .store
+        .call(move |c| {
+            let mut views = Vec::new();
+            for (name, live_release) in apps {
+                let summary = crate::store::summary(c, &name)?;
+                let live = match &live_release {
+                    Some(r) => crate::store::live_deploy(c, &name, r)?,
+                    None => None,
+                };
+                views.push(crate::ops::page::AppView {
+                    name,
+                    live_release,
+                    live,
+                    summary,
+                });
+            }
+            views.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok((views, crate::store::history(c, None, 50)?))
+        })
+        .await;
+    match data {
+        Ok((views, recent)) => html(crate::ops::page::index(
+            &hostname(),
+            &views,
+            &recent,
+            crate::model::now_ms(),
+        )),
+        Err(e) => {
+            tracing::error!("status page: {e}");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the audit database is not answering",
+            )
+        }
+    }
+}
+
+/// The page shows at most the last 256 KiB of a log: a chatty build must not make every page view expensive.
+fn log_tail(path: &std::path::Path, id: &crate::model::DeployId) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const MAX: u64 = 256 * 1024;
+    let mut f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    let mut buf = Vec::new();
+    if len > MAX {
+        f.seek(SeekFrom::Start(len - MAX)).ok()?;
+    }
+    f.take(MAX).read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    if len > MAX {
+        // Start at a whole line.
+        let rest = text.split_once('\n').map_or(text.as_str(), |(_, r)| r);
+        Some(format!(
+            "[the first {} KiB are not shown: `haul logs {id}` has all of it]\n{rest}",
+            (len - MAX) / 1024
+        ))
+    } else {
+        Some(text)
+    }
+}
+
+/// `GET /deploys/<id>`: one deploy and its log.
+pub(super) async fn status_deploy(State(st): State<Arc<HttpState>>, Path(id): Path<String>) -> Response {
+    if !st.status_page {
+        return error(
+            StatusCode::NOT_FOUND,
+            "the status page is off (status_page = false)",
+        );
+    }
+    let Some(id) = crate::model::DeployId::parse(&id) else {
+        return error(StatusCode::NOT_FOUND, "no such deploy");
+    };
+    let env = st.queue.env();
+    let lookup = id.clone();
+    match env.store.call(move |c| crate::store::get(c, &lookup)).await {
+        Ok(Some(row)) => {
+            let log = log_tail(&env.dirs.log_of(&id), &id);
+            html(crate::ops::page::deploy(
+                &row,
+                log.as_deref(),
+                crate::model::now_ms(),
+            ))
+        }
+        Ok(None) => error(StatusCode::NOT_FOUND, "no such deploy"),
+        Err(e) => {
+            tracing::error!("status page: {e}");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the audit database is not answering",
+            )
+        }
+    }
+}
+
+/// Prometheus scrape: counters as recorded, gauges read now from the store and the upstream registry.
+pub(super) async fn metrics(State(st): State<Arc<HttpState>>) -> Response {
+    let env = st.queue.env();
+    let m = crate::infra::metrics::get();
+    let apps: Vec<(String, String)> = env
+        .apps
+        .values()
+        .map(|a| (a.name.clone(), a.upstream()))
+        .collect();
+    let names: Vec<String> = apps.iter().map(|(a, _)| a.clone()).collect();
+    let summaries = env
+        .store
+        .call(move |c| {
+            names
+                .iter()
+                .map(|a| crate::store::summary(c, a).map(|s| (a.clone(), s)))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await;
+    if let Ok(summaries) = summaries {
+        for (app, s) in summaries {
+            let label = crate::infra::metrics::AppLabel { app };
+            m.queue_depth.get_or_create(&label).set(s.queued as i64);
+            if let Some(t) = s.last_success.and_then(|r| r.finished_at) {
+                m.last_success.get_or_create(&label).set(t / 1000);
+            }
+        }
+    }
+    for (_, upstream) in apps {
+        let open = crate::sources::upstream::global().open_for(&upstream).is_some();
+        m.circuit_open
+            .get_or_create(&crate::infra::metrics::UpstreamLabel { upstream })
+            .set(i64::from(open));
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+        .into_response()
+}
+
+/// For the reverse proxy and uptime checks: 200 while the daemon, its database and its workers are alive.
+pub(super) async fn healthz(State(st): State<Arc<HttpState>>) -> Response {
+    match st.liveness.check().await {
+        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Err(problem) => (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {problem}\n")).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: the deploy page loaded and escaped whole logs, however large.
+    #[test]
+    fn regression_the_page_shows_only_a_logs_tail() {
+        let dir =
+            std::env::temp_dir().join(format!("haul-tail-{}-{}", std::process::id(), fastrand::u32(..)));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("x.log");
+        let line = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n";
+        std::fs::write(&path, line.repeat(5000) + "the last line\n").expect("write");
+        let id = crate::model::DeployId::new(0);
+        let tail = log_tail(&path, &id).expect("tail");
+        assert!(tail.len() <= 256 * 1024 + 200, "{}", tail.len());
+        assert!(tail.starts_with("[the first ") && tail.ends_with("the last line\n"));
+        std::fs::write(&path, "short\n").expect("write");
+        assert_eq!(log_tail(&path, &id).as_deref(), Some("short\n"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
