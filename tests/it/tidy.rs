@@ -124,6 +124,21 @@ fn absences(file: &str, at: &str, line: &str) -> Vec<String> {
             line.trim()
         ));
     }
+    let sql = [
+        "\"SELECT ",
+        "\"INSERT ",
+        "\"UPDATE ",
+        "\"DELETE ",
+        "\"CREATE ",
+        "\"PRAGMA ",
+        "\"ALTER ",
+    ];
+    if sql.iter().any(|k| line.contains(k)) && !file.starts_with("store/") {
+        out.push(format!(
+            "{at}: SQL outside store/ (only the store speaks SQL): {}",
+            line.trim()
+        ));
+    }
     let spawns =
         line.contains("process::Command") || has_word("Command::new") || line.contains("process::Child");
     if spawns && file != "infra/runner.rs" {
@@ -438,6 +453,13 @@ fn tidy_allows_what_the_table_allows() {
 
 #[test]
 fn tidy_flags_sql_and_processes_outside_their_homes() {
+    check(
+        &[(
+            "server/liveness.rs",
+            "//! l\nlet one = c.query_row(\"SELECT 1\", [], |r| r.get(0));\n",
+        )],
+        &["SQL outside store/"],
+    );
     check(
         &[("ops/notify.rs", "//! n\nuse rusqlite::params;\n")],
         &["rusqlite outside store/"],
