@@ -45,17 +45,7 @@ impl ControlRequest {
             Track::Branch(b) => Some(format!("refs/heads/{b}")),
             Track::Tags(_) => None,
         };
-        let base = DeployRequest {
-            app: cfg.name.clone(),
-            trigger: Trigger::Manual,
-            provider: None,
-            delivery_id: None,
-            git_ref,
-            sha: None,
-            actor: model::clean_actor(actor),
-            target: None,
-            digest: None,
-        };
+        let actor = model::clean_actor(actor);
         match self {
             ControlRequest::Deploy { sha, .. } => {
                 if let Some(s) = sha {
@@ -63,10 +53,9 @@ impl ControlRequest {
                         return Err(format!("{s:?} is not a commit sha (4 to 64 hex digits)"));
                     }
                 }
-                Ok(DeployRequest {
-                    sha: sha.as_ref().map(|s| s.to_ascii_lowercase()),
-                    ..base
-                })
+                Ok(DeployRequest::new(&cfg.name, Trigger::Manual, actor)
+                    .at_ref(git_ref)
+                    .with_sha(sha.as_ref().map(|s| s.to_ascii_lowercase())))
             }
             ControlRequest::Rollback { to, .. } => {
                 if let Some(t) = to {
@@ -74,11 +63,9 @@ impl ControlRequest {
                         return Err(format!("{t:?} is neither a release id nor a commit sha"));
                     }
                 }
-                Ok(DeployRequest {
-                    trigger: Trigger::Rollback,
-                    target: to.clone(),
-                    ..base
-                })
+                Ok(DeployRequest::new(&cfg.name, Trigger::Rollback, actor)
+                    .at_ref(git_ref)
+                    .with_target(to.clone()))
             }
         }
     }

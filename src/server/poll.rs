@@ -182,17 +182,10 @@ async fn enqueue_if_new(queue: &Queue, app: &AppConfig, seen: Seen, last_etag: &
         }
     }
     tracing::info!("poll: {} changed; queueing a deploy", app.repo);
-    let req = DeployRequest {
-        app: app.name.clone(),
-        trigger: Trigger::Poll,
-        provider: None,
-        delivery_id: None,
-        git_ref,
-        sha,
-        actor: "poll".into(),
-        target: None,
-        digest,
-    };
+    let req = DeployRequest::new(&app.name, Trigger::Poll, "poll")
+        .at_ref(git_ref)
+        .with_sha(sha)
+        .with_digest(digest);
     if let Err(e) = queue.submit(req).await {
         tracing::error!("poll: cannot record the deploy request: {e}");
     }
@@ -215,17 +208,9 @@ async fn poll_once(queue: &Queue, app: &AppConfig, git: &Git) -> Result<(), Fail
                 }
                 Ok(_) => {
                     tracing::info!("poll: {git_ref} moved to {sha}; queueing a deploy");
-                    let req = DeployRequest {
-                        app: app.name.clone(),
-                        trigger: Trigger::Poll,
-                        provider: None,
-                        delivery_id: None,
-                        git_ref: Some(git_ref),
-                        sha: Some(sha),
-                        actor: "poll".into(),
-                        target: None,
-                        digest: None,
-                    };
+                    let req = DeployRequest::new(&app.name, Trigger::Poll, "poll")
+                        .at_ref(Some(git_ref))
+                        .with_sha(Some(sha));
                     if let Err(e) = queue.submit(req).await {
                         tracing::error!("poll: cannot record the deploy request: {e}");
                     }
