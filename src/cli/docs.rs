@@ -8,7 +8,7 @@ use clap::CommandFactory;
 use clap_mangen::roff::{roman, Roff};
 use clap_mangen::Man;
 
-use crate::cli::Cli;
+use crate::cli::args::Cli;
 
 /// The command as packagers see it: no `help` pseudo-subcommand (every command takes `--help` already).
 fn command() -> clap::Command {

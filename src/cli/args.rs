@@ -1,0 +1,129 @@
+//! The command line's definition: every command, flag and help text, in one clap derive. Parsing, the man
+//! page and the completions are all generated from it, so none can drift from another.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "haul",
+    version,
+    about = "A pull-based deploy agent: production pulls, signed triggers, atomic releases, an audit trail."
+)]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(long, global = true, env = "HAUL_CONFIG", default_value = config::DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon: webhooks, control socket, one deploy worker per app.
+    Serve,
+    /// Deploy an app now (through the daemon if it runs, in-process otherwise).
+    Deploy {
+        app: String,
+        /// A commit on the configured branch (default: the branch tip).
+        #[arg(long)]
+        sha: Option<String>,
+        /// Queue it and print the deploy id without following the log.
+        #[arg(long)]
+        no_follow: bool,
+    },
+    /// Put an earlier release back (default: the one before the live one), with the same lock, audit and
+    /// activate steps as a deploy.
+    Rollback {
+        app: String,
+        /// A release id (see `haul status` / `haul history`) or a commit sha.
+        #[arg(long)]
+        to: Option<String>,
+        /// Queue it and print the deploy id without following the log.
+        #[arg(long)]
+        no_follow: bool,
+    },
+    /// Every app: live release, sha, last outcome and its age, queue.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The audit log, newest first.
+    History {
+        app: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One deploy's log.
+    Logs {
+        deploy_id: String,
+        /// The audit row and the log lines as JSON.
+        #[arg(long, conflicts_with = "follow")]
+        json: bool,
+        /// Keep printing until the deploy finishes.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Validate the configuration, keys and secrets without starting anything.
+    Check,
+    /// Print a systemd unit for this configuration (Type=notify, watchdog, hardening).
+    SystemdUnit {
+        /// The user (and group) to run as.
+        #[arg(long)]
+        user: Option<String>,
+        /// The haul binary's installed path (default: this binary).
+        #[arg(long)]
+        exe: Option<PathBuf>,
+    },
+    /// Set up a new app on this server: deploy key, webhook secret, config; prints what to paste where.
+    Init {
+        /// The app's name (letters, digits, '-', '_', '.'); its webhook URL is /hooks/APP.
+        app: String,
+        /// The repository, e.g. git@github.com:acme/blog.git.
+        #[arg(long)]
+        repo: String,
+        /// The only branch deployed.
+        #[arg(long, default_value = "main")]
+        branch: String,
+        /// The app's directory: releases/ and the `current` symlink [default: /srv/APP].
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// Where the deploy key goes, as KEYS_DIR/APP [default: <config dir>/keys].
+        #[arg(long)]
+        keys_dir: Option<PathBuf>,
+        /// Where the webhook secret goes, as SECRETS_DIR/APP [default: <config dir>/secrets].
+        #[arg(long)]
+        secrets_dir: Option<PathBuf>,
+        /// haul's state directory (used only when a new config is written).
+        #[arg(long, default_value = "/var/lib/haul")]
+        state_dir: PathBuf,
+        /// The address your forge reaches haul at (through your TLS proxy), e.g. https://deploy.example.com.
+        #[arg(long)]
+        public_url: String,
+        /// How webhooks are signed.
+        #[arg(long, default_value = "github",
+              value_parser = ["github", "gitlab", "gitea", "forgejo", "bitbucket", "standard"])]
+        provider: String,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `haul man | man -l -`.
+    Man,
+    /// A self-contained demo: a throw-away repo and config, a signed webhook, a release landing.
+    Demo {
+        /// Port for the demo daemon (default: any free port).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Exit after the first deploy instead of serving until Ctrl-C.
+        #[arg(long)]
+        once: bool,
+    },
+}
