@@ -207,4 +207,36 @@ mod tests {
         assert_eq!(log_tail(&path, &id).as_deref(), Some("short\n"));
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// Regression: `/metrics` recomputed each app's upstream from `repo`, so an S3 app's `haul_circuit_open`
+    /// gauge was labelled with its bucket, not the endpoint whose circuit it is.
+    #[tokio::test]
+    async fn regression_the_circuit_gauge_of_an_s3_app_names_its_endpoint() {
+        use http_body_util::BodyExt;
+        let dir = crate::infra::scratch::TestDir::new("haul-metrics");
+        let text = format!(
+            "state_dir = {:?}\n[apps.worker]\nobject = \"s3://builds/worker/worker.tar.gz\"\n\
+             s3_endpoint = \"https://minio.internal:9000\"\npath = {:?}\n",
+            dir.path("state"),
+            dir.path("srv")
+        );
+        let cfg = crate::config::Config::parse(&dir.path("haul.toml"), &text).expect("config");
+        std::fs::create_dir_all(dir.path("state")).expect("state dir");
+        let store = crate::store::Store::open(&dir.path("state/haul.db")).expect("store");
+        let queue = crate::deploy::queue::Queue::new(crate::deploy::queue::Env::new(&cfg, store));
+        let state = Arc::new(HttpState::new(&cfg, queue, Default::default()));
+        let body = metrics(State(state))
+            .await
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            text.contains("haul_circuit_open{upstream=\"minio.internal:9000\"}"),
+            "{text}"
+        );
+        assert!(!text.contains("upstream=\"builds\""), "{text}");
+    }
 }
