@@ -18,10 +18,10 @@
 pub mod cli;
 pub mod config;
 pub mod deploy;
-pub mod infra;
+pub(crate) mod infra;
 pub mod intake;
 pub mod model;
-pub mod ops;
+pub(crate) mod ops;
 pub mod server;
-pub mod sources;
+pub(crate) mod sources;
 pub mod store;

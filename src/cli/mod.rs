@@ -1,11 +1,11 @@
 //! The command line: parses arguments, dispatches to the library, and maps every error to an exit code in one
 //! place ([`main`]). Read commands work without a daemon: they read the audit database and the log files.
 
-pub mod args;
-pub mod demo;
-pub mod docs;
+pub(crate) mod args;
+pub(crate) mod demo;
+pub(crate) mod docs;
 mod follow;
-pub mod init;
+pub(crate) mod init;
 mod manual;
 mod tables;
 

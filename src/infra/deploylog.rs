@@ -11,7 +11,6 @@ use crate::model::DeployId;
 
 pub struct DeployLog {
     file: Mutex<File>,
-    path: PathBuf,
     /// Secrets never written beyond URL credentials, which `model::url::redact` masks anyway (the
     /// contents of an artifact's credential files).
     redact: Vec<String>,
@@ -57,13 +56,8 @@ impl DeployLog {
             .open(&path)?;
         Ok(DeployLog {
             file: Mutex::new(file),
-            path,
             redact: Vec::new(),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Appends one line, stamped with the time. A failure to write the log never fails the deploy.
@@ -102,7 +96,7 @@ mod tests {
             .expect("log")
             .with_redactions(vec!["ghp_SECRET".into()]);
         log.stage("fetch https://deploy:ghp_SECRET@example.com/x.git (branch main)");
-        let text = std::fs::read_to_string(log.path()).expect("read");
+        let text = std::fs::read_to_string(path_for(&dir, &id)).expect("read");
         assert!(
             !text.contains("ghp_SECRET") && text.contains("deploy:***@example.com"),
             "{text}"

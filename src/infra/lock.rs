@@ -5,11 +5,10 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub struct FileLock {
     _file: File,
-    pub path: PathBuf,
 }
 
 fn open(path: &Path) -> io::Result<File> {
@@ -40,10 +39,7 @@ fn flock(file: &File, op: i32) -> io::Result<bool> {
 /// Takes the lock if nobody holds it.
 pub fn try_lock(path: &Path) -> io::Result<Option<FileLock>> {
     let file = open(path)?;
-    Ok(flock(&file, libc::LOCK_EX | libc::LOCK_NB)?.then(|| FileLock {
-        _file: file,
-        path: path.to_path_buf(),
-    }))
+    Ok(flock(&file, libc::LOCK_EX | libc::LOCK_NB)?.then(|| FileLock { _file: file }))
 }
 
 /// Waits for the lock. It polls rather than blocking a thread in `flock`, so the wait can be cancelled (a

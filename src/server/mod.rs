@@ -2,8 +2,8 @@
 //! Wires the layers below together; holds no deploy logic of its own.
 
 pub mod control;
-pub mod daemon;
-pub mod http;
-pub mod liveness;
-pub mod poll;
-pub mod runtime;
+pub(crate) mod daemon;
+pub(crate) mod http;
+pub(crate) mod liveness;
+pub(crate) mod poll;
+pub(crate) mod runtime;

@@ -122,8 +122,6 @@ fn hint(kind: Kind, stderr: &[String]) -> &'static str {
     }
 }
 
-pub use upstream::MAX_CIRCUIT_WAIT;
-
 /// How a fetch went, for the log and the audit.
 #[derive(Debug, Default, Clone)]
 pub struct FetchReport {
@@ -134,8 +132,6 @@ pub struct FetchReport {
     pub rate_limited: Option<Duration>,
     /// The mirror the objects came from, if not the primary.
     pub mirror: Option<String>,
-    /// The local mirror was damaged and re-created.
-    pub repaired: bool,
 }
 
 /// Signs that the local mirror, not the remote, is the problem.
@@ -167,10 +163,6 @@ pub struct Git {
 impl Git {
     pub fn new(app: Arc<AppConfig>, mirror: PathBuf, log: Option<Arc<DeployLog>>) -> Git {
         Git { app, mirror, log }
-    }
-
-    pub fn mirror(&self) -> &Path {
-        &self.mirror
     }
 
     fn git(&self, label: &str) -> Cmd {
@@ -375,7 +367,6 @@ impl Git {
             waited: r.waited,
             rate_limited: r.rate_limited,
             mirror: None,
-            repaired: repaired.into_inner(),
         })
     }
 
