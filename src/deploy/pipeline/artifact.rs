@@ -24,14 +24,15 @@ impl Pipeline {
     /// already live, else download and verify it. Nothing on the app's `path` is touched yet.
     pub(super) async fn prepare_artifact(&self, job: &Job, previous: &Previous) -> Result<Target, Outcome> {
         let started = Instant::now();
-        let wanted = self.wanted(job)?;
+        let wanted = self.wanted(job).map_err(|why| Outcome::new(State::Failed, why))?;
         self.log.stage(&format!("resolve {}", self.app.repo));
         let (resolved, report) = self
             .guarded("resolving", || artifact::resolve(&self.app, &wanted))
             .await;
         let mut resolved = resolved.map_err(|f| failed("resolve failed", f))?;
         if matches!(self.app.source, Source::Image(_)) {
-            self.image_moves_forward(job, previous, &wanted, &mut resolved)?;
+            self.image_moves_forward(job, previous, &wanted, &mut resolved)
+                .map_err(|why| Outcome::new(State::Ignored, why))?;
         }
         self.log.line(&format!("    {}", resolved.location));
         let dir = self.downloads_dir(job);
@@ -93,7 +94,8 @@ impl Pipeline {
     }
 
     /// Which version the trigger names: an image's tag or pinned digest, a templated location's `{sha}`.
-    fn wanted(&self, job: &Job) -> Result<Wanted, Outcome> {
+    /// An error is why the deploy fails.
+    fn wanted(&self, job: &Job) -> Result<Wanted, String> {
         let is_image = matches!(self.app.source, Source::Image(_));
         let wanted = Wanted {
             tag: job
@@ -111,16 +113,13 @@ impl Pipeline {
         };
         if let (true, Some(s)) = (is_image, &job.sha) {
             if wanted.digest.is_none() {
-                return Err(Outcome::new(
-                    State::Failed,
-                    format!("{s:?} is not a manifest digest: an image is deployed by its full sha256 (64 hex digits), or by its tag"),
-                ));
+                return Err(format!("{s:?} is not a manifest digest: an image is deployed by its full sha256 (64 hex digits), or by its tag"));
             }
         }
         Ok(wanted)
     }
 
-    /// An image never goes back on an automatic trigger: not to an older tag than the live one (a tag
+    /// An error is why the trigger is ignored. An image never goes back on an automatic trigger: not to an older tag than the live one (a tag
     /// glob), not to a digest the tag no longer points at, and what is live already is not pulled again. A
     /// person may deploy any digest of the repository (`resolved` then takes the pinned one).
     fn image_moves_forward(
@@ -129,7 +128,7 @@ impl Pipeline {
         previous: &Previous,
         wanted: &Wanted,
         resolved: &mut Resolved,
-    ) -> Result<(), Outcome> {
+    ) -> Result<(), String> {
         let automatic = is_automatic(job);
         let live_tag = previous
             .git_ref
@@ -137,26 +136,20 @@ impl Pipeline {
             .and_then(|r| r.strip_prefix("refs/tags/"));
         if let (true, true, Some(live)) = (automatic, self.app.track.is_glob(), live_tag) {
             if crate::sources::git::version_cmp(&resolved.name, live).is_lt() {
-                return Err(Outcome::new(
-                    State::Ignored,
-                    format!(
+                return Err(format!(
                         "tag {} is older than the live {live}: a replayed or out-of-order trigger; nothing deployed",
                         resolved.name
-                    ),
-                ));
+                    ));
             }
         }
         let current = resolved.digest.clone().unwrap_or_default();
         match &wanted.digest {
             // A trigger's digest must still be what the tag points at: an old delivery never rolls back.
             Some(pinned) if *pinned != current && automatic => {
-                return Err(Outcome::new(
-                    State::Ignored,
-                    format!(
+                return Err(format!(
                         "the trigger named {pinned}, but tag {} now points at {current}: a replayed or out-of-order trigger; nothing deployed",
                         resolved.name
-                    ),
-                ))
+                    ))
             }
             Some(pinned) => resolved.digest = Some(pinned.clone()),
             None => {}
@@ -166,13 +159,10 @@ impl Pipeline {
             .as_deref()
             .map(|d| d.trim_start_matches("sha256:").to_string());
         if automatic && hex.is_some() && hex == previous.sha {
-            return Err(Outcome::new(
-                State::Ignored,
-                format!(
-                    "{} is already live as {}; nothing downloaded",
-                    resolved.location,
-                    previous.release_id.as_deref().unwrap_or("")
-                ),
+            return Err(format!(
+                "{} is already live as {}; nothing downloaded",
+                resolved.location,
+                previous.release_id.as_deref().unwrap_or("")
             ));
         }
         Ok(())

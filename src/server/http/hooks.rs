@@ -37,8 +37,8 @@ async fn hook_inner(
 ) -> (Response, &'static str, &'static str) {
     // Cheap refusals first: who is asking, and how often.
     let ip = st.client_ip(peer.map(|c| c.0 .0), headers);
-    if let Err((resp, result)) = limits::admit(st, ip) {
-        return (resp, "none", result);
+    if let Err((status, msg, result)) = limits::admit(st, ip) {
+        return (limits::refusal(status, msg), "none", result);
     }
     let env = st.queue.env();
     let (Some(cfg), Some(secrets)) = (env.apps.get(app), st.secrets.get(app)) else {

@@ -13,31 +13,40 @@ use http_body_util::BodyExt;
 
 use super::{error, HttpState};
 
-/// The address checks: `allow_ips`, then the per-address rate limit. Returns the refusal and its metric
-/// result.
-pub(super) fn admit(st: &HttpState, ip: Option<IpAddr>) -> Result<(), (Response, &'static str)> {
+/// The address checks: `allow_ips`, then the per-address rate limit. A refusal is the reply's status and
+/// message, and the metric's result.
+pub(super) fn admit(
+    st: &HttpState,
+    ip: Option<IpAddr>,
+) -> Result<(), (StatusCode, &'static str, &'static str)> {
     if !st.allow_ips.is_empty() && !ip.is_some_and(|ip| st.allow_ips.iter().any(|n| n.contains(&ip))) {
         tracing::info!(client = ?ip, "webhook refused: client address not in allow_ips");
         return Err((
-            error(StatusCode::FORBIDDEN, "this address may not call haul's webhooks"),
+            StatusCode::FORBIDDEN,
+            "this address may not call haul's webhooks",
             "forbidden",
         ));
     }
     if let Some(ip) = ip {
         if !st.limiter.allow(ip) {
             tracing::info!(client = %ip, "webhook refused: rate limit");
-            let mut resp = error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many requests from this address; slow down",
-            );
-            resp.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("10"),
-            );
-            return Err((resp, "rate_limited"));
+            let msg = "too many requests from this address; slow down";
+            return Err((StatusCode::TOO_MANY_REQUESTS, msg, "rate_limited"));
         }
     }
     Ok(())
+}
+
+/// The reply to a refusal by [`admit`]: a rate limit says when to come back.
+pub(super) fn refusal(status: StatusCode, msg: &str) -> Response {
+    let mut resp = error(status, msg);
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        resp.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("10"),
+        );
+    }
+    resp
 }
 
 /// A token bucket per client address: `per_minute` sustained, a quarter of that as a burst.
