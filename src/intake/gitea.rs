@@ -79,3 +79,59 @@ pub(super) fn evaluate(
     decide(app, dialect.provider, delivery_id, &[change], &actor)
 }
 
+#[cfg(test)]
+mod tests {
+    use crate::config::Provider;
+    use crate::intake::test_support::*;
+    use crate::intake::{evaluate, sign_github, Accepted, Rejected};
+
+    /// Each dialect's refusals name its own headers, and only Forgejo falls back to Gitea's.
+    #[test]
+    fn each_dialect_reads_its_own_headers() {
+        let app = app_with("");
+        let sha = "a".repeat(40);
+        let (body, event) = payload(Provider::Gitea, "refs/heads/main", &sha);
+        let sig = sign_github(SECRET, body.as_bytes());
+        let bare = sig.trim_start_matches("sha256=");
+        let eval = |p, h| evaluate(&app, p, &[SECRET.to_vec()], &h, body.as_bytes(), 0);
+        let gitea_headers = || {
+            headers(&[
+                ("x-gitea-signature", bare),
+                ("x-gitea-event", event),
+                ("x-gitea-delivery", "d-1"),
+            ])
+        };
+        match eval(Provider::Forgejo, gitea_headers()) {
+            Ok(Accepted::Deploy(r)) => assert_eq!(r.provider.as_deref(), Some("forgejo")),
+            other => panic!("forgejo with gitea's headers gave {other:?}"),
+        }
+        let forgejo_only = headers(&[
+            ("x-forgejo-signature", bare),
+            ("x-forgejo-event", event),
+            ("x-forgejo-delivery", "d-1"),
+        ]);
+        assert_eq!(
+            eval(Provider::Gitea, forgejo_only),
+            Err(Rejected::MissingSignature("X-Gitea-Signature"))
+        );
+        for (provider, shown, missing_event) in [
+            (
+                Provider::Gitea,
+                "X-Gitea-Signature",
+                "missing X-Gitea-Event header",
+            ),
+            (
+                Provider::Forgejo,
+                "X-Forgejo-Signature",
+                "missing X-Forgejo-Event header",
+            ),
+        ] {
+            let mut h = gitea_headers();
+            h.remove("x-gitea-signature");
+            assert_eq!(eval(provider, h), Err(Rejected::MissingSignature(shown)));
+            let mut h = gitea_headers();
+            h.remove("x-gitea-event");
+            assert_eq!(eval(provider, h), Err(Rejected::Malformed(missing_event.into())));
+        }
+    }
+}

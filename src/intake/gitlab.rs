@@ -69,3 +69,64 @@ fn authenticate(
     )
 }
 
+#[cfg(test)]
+mod tests {
+    use crate::config::Provider;
+    use crate::intake::test_support::*;
+    use crate::intake::{evaluate, sign_standard, Accepted, Rejected};
+
+    /// GitLab's signed mode: the Standard Webhooks headers decide, and a correct plain token beside a wrong
+    /// signature does not rescue it.
+    #[test]
+    fn a_signed_gitlab_hook_is_held_to_its_signature() {
+        let app = app_with("");
+        let now = 1_800_000_000;
+        let sha = "a".repeat(40);
+        let (body, event) = payload(Provider::Gitlab, "refs/heads/main", &sha);
+        let token = std::str::from_utf8(SECRET).expect("utf8");
+        let eval = |h| {
+            evaluate(
+                &app,
+                Provider::Gitlab,
+                &[SECRET.to_vec()],
+                &h,
+                body.as_bytes(),
+                now,
+            )
+        };
+        let good = sign_standard(SECRET, "msg-1", now, body.as_bytes());
+        let bad = sign_standard(b"not the secret", "msg-1", now, body.as_bytes());
+        let signed_with = |sig: &str| {
+            headers(&[
+                ("webhook-id", "msg-1"),
+                ("webhook-timestamp", &now.to_string()),
+                ("webhook-signature", sig),
+                ("x-gitlab-token", token),
+                ("x-gitlab-event", event),
+            ])
+        };
+        match eval(signed_with(&good)) {
+            Ok(Accepted::Deploy(r)) => assert_eq!(r.delivery_id.as_deref(), Some("msg-1")),
+            other => panic!("signed gitlab push gave {other:?}"),
+        }
+        assert_eq!(eval(signed_with(&bad)), Err(Rejected::BadSignature));
+    }
+
+    #[test]
+    fn a_plain_token_hook_may_omit_the_delivery_id_but_not_the_object_kind() {
+        let app = app_with("");
+        let sha = "a".repeat(40);
+        let (body, event) = payload(Provider::Gitlab, "refs/heads/main", &sha);
+        let mut h = signed(Provider::Gitlab, event, &body, 0);
+        h.remove("x-gitlab-webhook-uuid");
+        match evaluate(&app, Provider::Gitlab, &[SECRET.to_vec()], &h, body.as_bytes(), 0) {
+            Ok(Accepted::Deploy(r)) => assert_eq!(r.delivery_id, None),
+            other => panic!("gitlab push without a delivery id gave {other:?}"),
+        }
+        let issue = body.replace(r#""object_kind":"push""#, r#""object_kind":"issue""#);
+        assert!(matches!(
+            evaluate(&app, Provider::Gitlab, &[SECRET.to_vec()], &h, issue.as_bytes(), 0),
+            Err(Rejected::Malformed(ref m)) if m.contains("object_kind")
+        ));
+    }
+}
