@@ -13,7 +13,7 @@ use crate::deploy::release;
 use crate::infra::runner::{self, Cmd};
 use crate::intake;
 use crate::model::{DeployId, State};
-use crate::store;
+use crate::store::{self, DeployRow};
 
 /// A POST over loopback; kept here for the tests and the demo.
 pub use crate::infra::httpc::post as http_post;
@@ -57,6 +57,18 @@ pub fn github_push_payload(
     .to_string()
 }
 
+/// A throw-away repository: the bare `origin` the daemon fetches from, the `work` clone a newcomer pushes
+/// from, and the commit that was pushed.
+struct DemoRepo {
+    origin: PathBuf,
+    work: PathBuf,
+    sha: String,
+}
+
+fn say(s: &str) {
+    eprintln!("\x1b[1mdemo:\x1b[0m {s}");
+}
+
 pub async fn run(port: u16, once: bool) -> anyhow::Result<()> {
     let root: PathBuf = std::env::temp_dir().join(format!(
         "haul-demo-{}-{:04x}",
@@ -64,15 +76,50 @@ pub async fn run(port: u16, once: bool) -> anyhow::Result<()> {
         fastrand::u16(..)
     ));
     std::fs::create_dir_all(&root)?;
-    let say = |s: &str| eprintln!("\x1b[1mdemo:\x1b[0m {s}");
     say(&format!("everything lives in {}", root.display()));
+    let repo = create_repo(&root).await?;
+    let secret = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+    let config_path = write_config(&root, port, &repo.origin, &secret)?;
+    let cfg = Config::load(&config_path)?;
+    let app_path = cfg.apps["site"].path.clone();
 
-    // A repository to deploy from: a bare "origin" and a working clone.
+    let daemon = crate::server::daemon::start(cfg.clone()).await?;
+    let addr = daemon.addr.to_string();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(daemon.serve(async move {
+        let _ = stop_rx.await;
+    }));
+    say(&format!("daemon listening on http://{addr}"));
+
+    let id = send_push(&addr, &secret, &repo.sha).await?;
+    let row = wait_until_final(&cfg.db_path(), &id).await?;
+    print_log(&cfg, &id);
+    if row.state != State::Succeeded {
+        let _ = stop_tx.send(());
+        bail!(
+            "the demo deploy {}: {}",
+            row.state,
+            row.reason.unwrap_or_default()
+        );
+    }
+    show_release(&app_path, &row);
+    if !once {
+        print_next_steps(&config_path, &repo.work);
+        say("Ctrl-C to stop");
+        crate::server::daemon::shutdown_signal().await;
+    }
+    let _ = stop_tx.send(());
+    let _ = serving.await;
+    Ok(())
+}
+
+/// A repository to deploy from: a bare "origin" and a working clone with one commit pushed.
+async fn create_repo(root: &Path) -> anyhow::Result<DemoRepo> {
     let origin = root.join("origin.git");
     let work = root.join("work");
     std::fs::create_dir_all(&work)?;
     git(
-        &root,
+        root,
         &[
             "init",
             "--quiet",
@@ -89,10 +136,15 @@ pub async fn run(port: u16, once: bool) -> anyhow::Result<()> {
     git(&work, &["commit", "--quiet", "-m", "First page"]).await?;
     git(&work, &["push", "--quiet", "origin", "main"]).await?;
     let sha = git(&work, &["rev-parse", "HEAD"]).await?;
-    say(&format!("created a repository and pushed commit {}", &sha[..7]));
+    say(&format!(
+        "created a repository and pushed commit {}",
+        sha.get(..7).unwrap_or(&sha)
+    ));
+    Ok(DemoRepo { origin, work, sha })
+}
 
-    // A secret and a config, as an operator would write them.
-    let secret = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+/// The secret file (0600) and the config, as an operator would write them; returns the config's path.
+fn write_config(root: &Path, port: u16, origin: &Path, secret: &str) -> anyhow::Result<PathBuf> {
     let secret_file = root.join("webhook.secret");
     {
         use std::os::unix::fs::OpenOptionsExt;
@@ -128,24 +180,16 @@ secret_file = "{secret}"
         secret = secret_file.display(),
     );
     std::fs::write(&config_path, &config_text)?;
-    let cfg = Config::load(&config_path)?;
-    let app_path = cfg.apps["site"].path.clone();
-    let db = cfg.db_path();
+    Ok(config_path)
+}
 
-    let daemon = crate::server::daemon::start(cfg.clone()).await?;
-    let addr = daemon.addr.to_string();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(daemon.serve(async move {
-        let _ = stop_rx.await;
-    }));
-    say(&format!("daemon listening on http://{addr}"));
-
-    // The forge's side: a signed push webhook.
-    let body = github_push_payload("site", &"0".repeat(40), &sha, "demo-dev", "First page");
+/// The forge's side: a signed push webhook for `sha`; returns the deploy id haul answers with.
+async fn send_push(addr: &str, secret: &str, sha: &str) -> anyhow::Result<DeployId> {
+    let body = github_push_payload("site", &"0".repeat(40), sha, "demo-dev", "First page");
     let signature = intake::sign_github(secret.as_bytes(), body.as_bytes());
     let delivery = format!("{:08x}-demo-{:04x}", fastrand::u32(..), fastrand::u16(..));
     let (status, reply) = http_post(
-        &addr,
+        addr,
         "/hooks/site",
         &[
             ("Content-Type", "application/json"),
@@ -160,40 +204,42 @@ secret_file = "{secret}"
         "sent a signed GitHub push webhook; haul answered {status} {}",
         reply.trim()
     ));
-    let id = serde_json::from_str::<serde_json::Value>(&reply)
+    serde_json::from_str::<serde_json::Value>(&reply)
         .ok()
         .and_then(|v| v["deploy_id"].as_str().and_then(DeployId::parse))
-        .context("the reply carried no deploy id")?;
+        .context("the reply carried no deploy id")
+}
 
-    // Wait for the deploy and show what it left.
-    let row = loop {
+/// Polls the audit row, as `haul status` would, until the deploy has an outcome.
+async fn wait_until_final(db: &Path, id: &DeployId) -> anyhow::Result<DeployRow> {
+    loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let conn = store::open_read(&db)?;
-        if let Some(row) = store::get(&conn, &id)? {
+        let conn = store::open_read(db)?;
+        if let Some(row) = store::get(&conn, id)? {
             if row.state.is_final() {
-                break row;
+                return Ok(row);
             }
         }
-    };
+    }
+}
+
+/// The deploy's own log, indented, so the newcomer sees every step haul took.
+fn print_log(cfg: &Config, id: &DeployId) {
     eprintln!();
     let log =
-        std::fs::read_to_string(crate::infra::deploylog::path_for(&cfg.logs_dir(), &id)).unwrap_or_default();
+        std::fs::read_to_string(crate::infra::deploylog::path_for(&cfg.logs_dir(), id)).unwrap_or_default();
     for line in log.lines() {
         eprintln!("    {line}");
     }
     eprintln!();
-    if row.state != State::Succeeded {
-        let _ = stop_tx.send(());
-        bail!(
-            "the demo deploy {}: {}",
-            row.state,
-            row.reason.unwrap_or_default()
-        );
-    }
-    let live = release::current(&app_path).unwrap_or_default();
+}
+
+/// What the deploy left: the live symlink, the build's output in it, and the audit row.
+fn show_release(app_path: &Path, row: &DeployRow) {
+    let live = release::current(app_path).unwrap_or_default();
     say(&format!(
         "{} -> releases/{live}",
-        release::current_link(&app_path).display()
+        release::current_link(app_path).display()
     ));
     say(&format!(
         "BUILD.txt in the live release says: {}",
@@ -211,11 +257,10 @@ secret_file = "{secret}"
         row.state,
         row.reason.as_deref().unwrap_or("")
     ));
-    if once {
-        let _ = stop_tx.send(());
-        let _ = serving.await;
-        return Ok(());
-    }
+}
+
+/// The commands to try while the demo keeps serving, spelled with this binary and this demo's paths.
+fn print_next_steps(config_path: &Path, work: &Path) {
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "haul".into());
@@ -228,9 +273,4 @@ secret_file = "{secret}"
         work.display()
     );
     eprintln!("    {exe} --config {} deploy site", config_path.display());
-    say("Ctrl-C to stop");
-    crate::server::daemon::shutdown_signal().await;
-    let _ = stop_tx.send(());
-    let _ = serving.await;
-    Ok(())
 }

@@ -514,9 +514,27 @@ impl Done {
         t
     }
 
+    /// The steps are numbered in this one place, so a step that only some setups need (the SSH ones) shifts
+    /// the numbers of the rest.
     fn write_instructions(&self, t: &mut String) -> std::fmt::Result {
+        self.write_created(t)?;
+        writeln!(t, "\nNow, by hand:")?;
+        let mut step = 0;
+        if let (Some(ssh), Some(key_line)) = (&self.plan.ssh, &self.key_line) {
+            step += 1;
+            self.write_deploy_key_step(t, step, key_line)?;
+            step += 1;
+            write_host_key_step(t, step, ssh)?;
+        }
+        step += 1;
+        self.write_webhook_step(t, step)?;
+        step += 1;
+        self.write_start_step(t, step)
+    }
+
+    /// What this run wrote, and the section to append when the config was already there.
+    fn write_created(&self, t: &mut String) -> std::fmt::Result {
         let plan = &self.plan;
-        let (config, secret) = (sh(&plan.config), sh(&plan.secret));
         writeln!(t, "Created for app {:?}:", plan.app)?;
         if let Some(ssh) = &plan.ssh {
             let key = ssh.key.display();
@@ -540,53 +558,30 @@ impl Done {
                 plan.repo
             )?;
         }
+        Ok(())
+    }
 
-        writeln!(t, "\nNow, by hand:")?;
-        let mut step = 0;
-        let mut next = || {
-            step += 1;
-            step
+    /// Where to paste the public key: the chosen forge's settings, or every forge's when the provider is not a
+    /// forge's (the repository is on one, but haul cannot tell which).
+    fn write_deploy_key_step(&self, t: &mut String, step: u32, key_line: &str) -> std::fmt::Result {
+        writeln!(
+            t,
+            "\n{step}. Add this public key to the repository as a READ-ONLY deploy key:\n\n     {key_line}\n"
+        )?;
+        let forges = match forge(self.plan.provider) {
+            Some(f) => vec![f],
+            None => vec![&GITHUB, &GITLAB, &GITEA, &BITBUCKET],
         };
-        if let (Some(ssh), Some(key_line)) = (&plan.ssh, &self.key_line) {
-            writeln!(
-                t,
-                "\n{}. Add this public key to the repository as a READ-ONLY deploy key:\n\n     {key_line}\n",
-                next()
-            )?;
-            let forges = match forge(plan.provider) {
-                Some(f) => vec![f],
-                None => vec![&GITHUB, &GITLAB, &GITEA, &BITBUCKET],
-            };
-            for f in forges {
-                writeln!(t, "   {}: {}.", f.name, f.deploy_key)?;
-            }
-
-            let (host, kh) = (&ssh.host, sh(&ssh.known_hosts));
-            let port = ssh.port.map(|p| format!("-p {p} ")).unwrap_or_default();
-            writeln!(
-                t,
-                "\n{}. Pin {host}'s SSH host key (haul never accepts a host key that is not in {}):\n\n     \
-                 ssh-keyscan {port}{host} >> {kh}\n     \
-                 ssh-keygen -lf {kh}\n\n   \
-                 Every fingerprint the second command prints for {host} must match one the forge publishes",
-                next(),
-                ssh.known_hosts.display()
-            )?;
-            match published_fingerprints(host) {
-                Some(url) => writeln!(t, "   ({url}).")?,
-                None => writeln!(
-                    t,
-                    "   (for a self-hosted forge, ask its administrator, who can run\n   \
-                     `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on it)."
-                )?,
-            }
-            writeln!(
-                t,
-                "   If one does not match, delete its line from {} and find out why before going on.",
-                ssh.known_hosts.display()
-            )?;
+        for f in forges {
+            writeln!(t, "   {}: {}.", f.name, f.deploy_key)?;
         }
+        Ok(())
+    }
 
+    /// The forge's webhook form, field by field; without a forge, the Standard Webhooks request a CI sends.
+    fn write_webhook_step(&self, t: &mut String, step: u32) -> std::fmt::Result {
+        let plan = &self.plan;
+        let secret = sh(&plan.secret);
         match forge(plan.provider) {
             Some(f) => writeln!(
                 t,
@@ -595,7 +590,7 @@ impl Done {
                  Content type  {}\n     \
                  Secret        the contents of {secret} (print it with: cat {secret})\n     \
                  Events        {}",
-                next(),
+                step,
                 f.name,
                 f.webhook,
                 plan.hook_url,
@@ -608,7 +603,7 @@ impl Done {
                  {}\n\n   \
                  signed with the secret in {secret} (print it with: cat {secret}; store it as a CI secret).\n   \
                  examples/notify-haul.sh does it: notify-haul.sh {} SECRET_FILE [SHA]",
-                next(),
+                step,
                 plan.hook_url,
                 plan.hook_url
             )?,
@@ -620,7 +615,13 @@ impl Done {
                  network unencrypted."
             )?;
         }
+        Ok(())
+    }
 
+    /// `haul check`, then the daemon under a user that can read what this run wrote.
+    fn write_start_step(&self, t: &mut String, step: u32) -> std::fmt::Result {
+        let plan = &self.plan;
+        let (config, secret) = (sh(&plan.config), sh(&plan.secret));
         let chown = match &plan.ssh {
             Some(ssh) => format!("{} {secret}", sh(&ssh.key)),
             None => secret.clone(),
@@ -634,12 +635,41 @@ impl Done {
              and the secret and owns {} and {}; for a user named haul:\n\n     \
              chown haul: {chown}\n\n   \
              Then `haul deploy {} --config {config}` deploys now.",
-            next(),
+            step,
             plan.state_dir.display(),
             plan.path.display(),
             plan.app
         )
     }
+}
+
+/// Pinning is left to a person on purpose: only a human comparing fingerprints with the forge's published ones
+/// makes the pin worth anything.
+fn write_host_key_step(t: &mut String, step: u32, ssh: &SshPlan) -> std::fmt::Result {
+    let (host, kh) = (&ssh.host, sh(&ssh.known_hosts));
+    let port = ssh.port.map(|p| format!("-p {p} ")).unwrap_or_default();
+    writeln!(
+        t,
+        "\n{}. Pin {host}'s SSH host key (haul never accepts a host key that is not in {}):\n\n     \
+         ssh-keyscan {port}{host} >> {kh}\n     \
+         ssh-keygen -lf {kh}\n\n   \
+         Every fingerprint the second command prints for {host} must match one the forge publishes",
+        step,
+        ssh.known_hosts.display()
+    )?;
+    match published_fingerprints(host) {
+        Some(url) => writeln!(t, "   ({url}).")?,
+        None => writeln!(
+            t,
+            "   (for a self-hosted forge, ask its administrator, who can run\n   \
+             `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on it)."
+        )?,
+    }
+    writeln!(
+        t,
+        "   If one does not match, delete its line from {} and find out why before going on.",
+        ssh.known_hosts.display()
+    )
 }
 
 #[cfg(test)]

@@ -1,0 +1,132 @@
+//! GitLab: push and tag push hooks. GitLab authenticates a hook one of two ways: with a signing token it signs
+//! Standard Webhooks style, otherwise it sends the secret token itself in `X-Gitlab-Token` (which covers
+//! nothing of the body). Both are accepted; a request carrying a signature is held to the signature.
+
+use axum::http::HeaderMap;
+use serde::Deserialize;
+
+use super::decide::{decide, Change};
+use super::payload::{parse, required_ref, required_sha};
+use super::verify::{check_token, delivery, header, verify_standard};
+use super::{Accepted, Rejected};
+use crate::config::AppConfig;
+use crate::model;
+
+#[derive(Deserialize)]
+struct GitlabPush {
+    object_kind: Option<String>,
+    #[serde(rename = "ref")]
+    git_ref: Option<String>,
+    after: Option<String>,
+    user_username: Option<String>,
+    user_name: Option<String>,
+}
+
+pub(super) fn evaluate(
+    app: &AppConfig,
+    secrets: &[Vec<u8>],
+    headers: &HeaderMap,
+    body: &[u8],
+    now_secs: i64,
+) -> Result<Accepted, Rejected> {
+    let delivery_id = authenticate(secrets, headers, body, now_secs)?;
+    let event = header(headers, "x-gitlab-event")
+        .ok_or_else(|| Rejected::Malformed("missing X-Gitlab-Event header".into()))?;
+    if event != "Push Hook" && event != "Tag Push Hook" {
+        return Ok(Accepted::OtherEvent(model::clean_actor(event)));
+    }
+    let push: GitlabPush = parse(body)?;
+    if !matches!(push.object_kind.as_deref(), Some("push" | "tag_push")) {
+        return Err(Rejected::Malformed(
+            "payload's object_kind is not push or tag_push".into(),
+        ));
+    }
+    let actor = push.user_username.or(push.user_name).unwrap_or_default();
+    let change = Change {
+        git_ref: required_ref(push.git_ref)?,
+        sha: Some(required_sha(push.after)?),
+        deleted: false,
+    };
+    decide(app, "gitlab", delivery_id, &[change], &actor)
+}
+
+/// Checks whichever proof the request carries and returns its delivery id. Beside a plain token the delivery
+/// id is optional, and GitLab has named its header three ways, so all three are looked for.
+fn authenticate(
+    secrets: &[Vec<u8>],
+    headers: &HeaderMap,
+    body: &[u8],
+    now_secs: i64,
+) -> Result<Option<String>, Rejected> {
+    if headers.contains_key("webhook-signature") {
+        return Ok(Some(verify_standard(secrets, headers, body, now_secs)?));
+    }
+    let token = header(headers, "x-gitlab-token").ok_or(Rejected::MissingSignature("X-Gitlab-Token"))?;
+    check_token(secrets, token)?;
+    delivery(
+        headers,
+        &["x-gitlab-webhook-uuid", "idempotency-key", "x-gitlab-event-uuid"],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Provider;
+    use crate::intake::test_support::*;
+    use crate::intake::{evaluate, sign_standard, Accepted, Rejected};
+
+    /// GitLab's signed mode: the Standard Webhooks headers decide, and a correct plain token beside a wrong
+    /// signature does not rescue it.
+    #[test]
+    fn a_signed_gitlab_hook_is_held_to_its_signature() {
+        let app = app_with("");
+        let now = 1_800_000_000;
+        let sha = "a".repeat(40);
+        let (body, event) = payload(Provider::Gitlab, "refs/heads/main", &sha);
+        let token = std::str::from_utf8(SECRET).expect("utf8");
+        let eval = |h| {
+            evaluate(
+                &app,
+                Provider::Gitlab,
+                &[SECRET.to_vec()],
+                &h,
+                body.as_bytes(),
+                now,
+            )
+        };
+        let good = sign_standard(SECRET, "msg-1", now, body.as_bytes());
+        let bad = sign_standard(b"not the secret", "msg-1", now, body.as_bytes());
+        let signed_with = |sig: &str| {
+            headers(&[
+                ("webhook-id", "msg-1"),
+                ("webhook-timestamp", &now.to_string()),
+                ("webhook-signature", sig),
+                ("x-gitlab-token", token),
+                ("x-gitlab-event", event),
+            ])
+        };
+        match eval(signed_with(&good)) {
+            Ok(Accepted::Deploy(r)) => assert_eq!(r.delivery_id.as_deref(), Some("msg-1")),
+            other => panic!("signed gitlab push gave {other:?}"),
+        }
+        assert_eq!(eval(signed_with(&bad)), Err(Rejected::BadSignature));
+    }
+
+    #[test]
+    fn a_plain_token_hook_may_omit_the_delivery_id_but_not_the_object_kind() {
+        let app = app_with("");
+        let sha = "a".repeat(40);
+        let (body, event) = payload(Provider::Gitlab, "refs/heads/main", &sha);
+        let mut h = signed(Provider::Gitlab, event, &body, 0);
+        h.remove("x-gitlab-webhook-uuid");
+        match evaluate(&app, Provider::Gitlab, &[SECRET.to_vec()], &h, body.as_bytes(), 0) {
+            Ok(Accepted::Deploy(r)) => assert_eq!(r.delivery_id, None),
+            other => panic!("gitlab push without a delivery id gave {other:?}"),
+        }
+        let issue = body.replace(r#""object_kind":"push""#, r#""object_kind":"issue""#);
+        assert!(matches!(
+            evaluate(&app, Provider::Gitlab, &[SECRET.to_vec()], &h, issue.as_bytes(), 0),
+            Err(Rejected::Malformed(ref m)) if m.contains("object_kind")
+        ));
+    }
+}
