@@ -853,7 +853,7 @@ impl Config {
             allow_ips.push(net);
         }
         if let Some(h) = &raw.client_ip_header {
-            if axum::http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
                 return Err(invalid(format!("client_ip_header: {h:?} is not a header name")));
             }
         }

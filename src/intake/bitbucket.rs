@@ -2,7 +2,7 @@
 //! payload, and both can carry several ref changes in one delivery, so each shape is turned into a list of
 //! `Change`s and `decide` picks the one this app deploys.
 
-use axum::http::HeaderMap;
+use http::HeaderMap;
 use serde::Deserialize;
 
 use super::decide::{decide, Change};

@@ -2,7 +2,7 @@
 //! it sends the bearer token it was configured with, and an envelope of events in which only the newest push
 //! of a tag to this app's repository counts.
 
-use axum::http::HeaderMap;
+use http::HeaderMap;
 use serde::Deserialize;
 
 use super::decide::decide_image;
@@ -77,7 +77,7 @@ pub(super) fn evaluate(
 
 #[cfg(test)]
 mod tests {
-    use axum::http::HeaderMap;
+    use http::HeaderMap;
 
     use crate::config::{AppConfig, Provider};
     use crate::intake::test_support::*;

@@ -2,7 +2,7 @@
 //! `X-Forgejo-*` headers beside Gitea's, so a Forgejo hook accepts either; a Gitea hook only Gitea's. The
 //! signature is a bare hex HMAC-SHA256 of the body.
 
-use axum::http::HeaderMap;
+use http::HeaderMap;
 use serde::Deserialize;
 
 use super::decide::{decide, Change};

@@ -2,7 +2,7 @@
 //! published to GHCR) for image apps. GitHub signs every delivery with `X-Hub-Signature-256` and always sends
 //! a delivery id, so a delivery without either is refused.
 
-use axum::http::HeaderMap;
+use http::HeaderMap;
 use serde::Deserialize;
 
 use super::decide::{decide, decide_image, Change};
@@ -134,7 +134,7 @@ fn package(app: &AppConfig, delivery_id: Option<String>, body: &[u8]) -> Result<
 
 #[cfg(test)]
 mod tests {
-    use axum::http::HeaderValue;
+    use http::HeaderValue;
 
     use crate::config::Provider;
     use crate::intake::test_support::*;

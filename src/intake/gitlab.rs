@@ -2,7 +2,7 @@
 //! Standard Webhooks style, otherwise it sends the secret token itself in `X-Gitlab-Token` (which covers
 //! nothing of the body). Both are accepted; a request carrying a signature is held to the signature.
 
-use axum::http::HeaderMap;
+use http::HeaderMap;
 use serde::Deserialize;
 
 use super::decide::{decide, Change};

@@ -11,7 +11,7 @@
 //! `distribution` for a registry's notifications). Each one verifies with `verify`, parses with `payload`, and
 //! ends in `decide` (git refs) or `decide_image` (image tags). Adding a provider is a file and an arm.
 
-use axum::http::HeaderMap;
+use http::HeaderMap;
 
 use crate::config::{AppConfig, Provider};
 use crate::model::DeployRequest;

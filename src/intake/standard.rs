@@ -2,7 +2,7 @@
 //! field optional, serves every kind of app: a git app names a ref and a sha, an image app a tag (and maybe a
 //! digest), an object or URL app a commit plus the digest its upload must have.
 
-use axum::http::HeaderMap;
+use http::HeaderMap;
 use serde::Deserialize;
 
 use super::decide::{check_digest, decide, decide_image, Change};
@@ -98,7 +98,7 @@ fn commit(
 
 #[cfg(test)]
 mod tests {
-    use axum::http::HeaderMap;
+    use http::HeaderMap;
 
     use crate::config::{AppConfig, Provider};
     use crate::intake::test_support::*;

@@ -1,7 +1,7 @@
 //! Test support: the apps, headers and payloads the provider tests share, so each provider's file tests its
 //! own quirks and `mod.rs` the table every provider must pass, all signing the same way.
 
-use axum::http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderValue};
 
 use super::{sign_github, sign_standard};
 use crate::config::{AppConfig, Provider};

@@ -5,9 +5,9 @@
 
 use std::borrow::Cow;
 
-use axum::http::HeaderMap;
 use base64::Engine;
 use hmac::{Hmac, Mac};
+use http::HeaderMap;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
