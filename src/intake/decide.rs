@@ -39,17 +39,10 @@ pub(super) fn decide(
             (first, deleted, Some(ignore_reason(app, first, deleted)))
         }
     };
-    let request = DeployRequest {
-        app: app.name.clone(),
-        trigger: Trigger::Webhook,
-        provider: Some(provider.to_string()),
-        delivery_id,
-        sha: if deleted { None } else { c.sha.clone() },
-        git_ref: Some(c.git_ref.clone()),
-        actor: model::clean_actor(actor),
-        target: None,
-        digest: None,
-    };
+    let request = DeployRequest::new(&app.name, Trigger::Webhook, model::clean_actor(actor))
+        .from_provider(provider, delivery_id)
+        .at_ref(Some(c.git_ref.clone()))
+        .with_sha(if deleted { None } else { c.sha.clone() });
     Ok(match ignored {
         None => Accepted::Deploy(request),
         Some(reason) => Accepted::Ignore(request, reason),
@@ -119,19 +112,14 @@ pub(super) fn decide_image(
     };
     let git_ref = format!("refs/tags/{tag}");
     let wanted = app.track.wants(&git_ref);
-    let request = DeployRequest {
-        app: app.name.clone(),
-        trigger: Trigger::Webhook,
-        provider: Some(provider.to_string()),
-        delivery_id,
-        git_ref: Some(git_ref),
-        sha: digest
-            .as_deref()
-            .map(|d| d.trim_start_matches("sha256:").to_string()),
-        actor: model::clean_actor(actor),
-        target: None,
-        digest,
-    };
+    let sha = digest
+        .as_deref()
+        .map(|d| d.trim_start_matches("sha256:").to_string());
+    let request = DeployRequest::new(&app.name, Trigger::Webhook, model::clean_actor(actor))
+        .from_provider(provider, delivery_id)
+        .at_ref(Some(git_ref))
+        .with_sha(sha)
+        .with_digest(digest);
     if wanted {
         Ok(Accepted::Deploy(request))
     } else {

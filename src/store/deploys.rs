@@ -388,17 +388,10 @@ mod tests {
     use super::*;
 
     fn req(app: &str, delivery: Option<&str>) -> DeployRequest {
-        DeployRequest {
-            app: app.into(),
-            trigger: Trigger::Webhook,
-            provider: Some("github".into()),
-            delivery_id: delivery.map(Into::into),
-            git_ref: Some("refs/heads/main".into()),
-            sha: Some("a".repeat(40)),
-            actor: "octocat".into(),
-            target: None,
-            digest: None,
-        }
+        DeployRequest::new(app, Trigger::Webhook, "octocat")
+            .from_provider("github", delivery.map(Into::into))
+            .at_ref(Some("refs/heads/main".into()))
+            .with_sha(Some("a".repeat(40)))
     }
 
     /// The hot-path indexes are partial or gone; the lookups that need them still seek instead of scanning.
