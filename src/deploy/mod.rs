@@ -5,3 +5,5 @@
 pub mod pipeline;
 pub mod queue;
 pub mod release;
+#[cfg(test)]
+pub(crate) mod testkit;
