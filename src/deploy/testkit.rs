@@ -190,6 +190,17 @@ impl Repo {
         self.git(&self.work, &["rev-parse", "HEAD"]).await
     }
 
+    /// Moves `main` back to `sha` (locally; the next [`Repo::commit`] force-pushes it): the commits after it
+    /// are then on no branch.
+    pub async fn rewind(&self, sha: &str) {
+        self.git(&self.work, &["reset", "--quiet", "--hard", sha]).await;
+    }
+
+    /// Removes `name` from the work tree (the next commit drops it).
+    pub fn remove(&self, name: &str) {
+        std::fs::remove_file(self.work.join(name)).expect("remove a file");
+    }
+
     async fn git(&self, cwd: &Path, args: &[&str]) -> String {
         let cmd = Cmd::new(format!("test git {}", args[0]), "git")
             .cwd(cwd)
