@@ -5,3 +5,5 @@
 pub(crate) mod pipeline;
 pub(crate) mod queue;
 pub mod release;
+#[cfg(test)]
+pub(crate) mod testkit;

@@ -625,3 +625,345 @@ async fn previous_release(env: &Env, app: &AppConfig) -> Previous {
         git_ref: facts.git_ref,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deploy::testkit::{sha, wait_for, webhook, Fixture, Repo};
+    use crate::model::DeployId;
+
+    const APPS: &str = r#"
+[apps.blog]
+repo = "repo.git"
+path = "srv/blog"
+max_fetches_per_minute = 10000
+
+[apps.shop]
+repo = "repo.git"
+path = "srv/shop"
+max_fetches_per_minute = 10000
+"#;
+
+    fn recorded(e: Enqueued) -> (DeployId, Vec<DeployId>) {
+        match e {
+            Enqueued::Recorded { id, superseded } => (id, superseded),
+            Enqueued::Duplicate { first } => panic!("unexpected duplicate of {first}"),
+        }
+    }
+
+    fn request(app: &str, trigger: Trigger) -> DeployRequest {
+        match trigger {
+            Trigger::Webhook => webhook(app, &sha('a')),
+            Trigger::Poll => DeployRequest::new(app, Trigger::Poll, "poll").with_sha(Some(sha('b'))),
+            Trigger::Manual => DeployRequest::new(app, Trigger::Manual, "alice"),
+            Trigger::Rollback => DeployRequest::new(app, Trigger::Rollback, "alice"),
+        }
+    }
+
+    #[tokio::test]
+    async fn newest_pending_wins_and_the_reply_names_the_superseded() {
+        let fx = Fixture::new(APPS);
+        let q = fx.queue();
+        let (first, none) = recorded(q.submit(webhook("blog", &sha('1'))).await.expect("submit"));
+        assert!(none.is_empty(), "nothing was pending: {none:?}");
+        let (other_app, _) = recorded(q.submit(webhook("shop", &sha('2'))).await.expect("submit"));
+        let (second, superseded) = recorded(q.submit(webhook("blog", &sha('3'))).await.expect("submit"));
+        assert_eq!(
+            superseded,
+            vec![first.clone()],
+            "the reply names what it replaced"
+        );
+
+        let old = fx.row(&first).await;
+        assert_eq!(old.state, State::Superseded);
+        assert_eq!(old.superseded_by.as_ref(), Some(&second));
+        assert!(
+            old.reason.as_deref().is_some_and(|r| r.contains(second.as_str())),
+            "{:?}",
+            old.reason
+        );
+        assert!(old.finished_at.is_some());
+        assert_eq!(fx.row(&second).await.state, State::Queued);
+        assert_eq!(fx.row(&second).await.sha, Some(sha('3')));
+        assert_eq!(
+            fx.row(&other_app).await.state,
+            State::Queued,
+            "apps are independent"
+        );
+    }
+
+    /// A pending `haul rollback` is what a person asked for: webhooks and polls queue beside it, and a person
+    /// asking again replaces it.
+    #[tokio::test]
+    async fn automatic_triggers_never_supersede_a_pending_rollback() {
+        use Trigger::*;
+        async fn check(pending: Trigger, newer: Trigger, supersedes: bool) {
+            let fx = Fixture::new(APPS);
+            let q = fx.queue();
+            let (old, _) = recorded(q.submit(request("blog", pending)).await.expect("submit"));
+            let (new, superseded) = recorded(q.submit(request("blog", newer)).await.expect("submit"));
+            let case = format!("{pending:?} pending, then {newer:?}");
+            assert_eq!(superseded.contains(&old), supersedes, "{case}: {superseded:?}");
+            let want = if supersedes {
+                State::Superseded
+            } else {
+                State::Queued
+            };
+            assert_eq!(fx.row(&old).await.state, want, "{case}");
+            assert_eq!(fx.row(&new).await.state, State::Queued, "{case}");
+            if !supersedes {
+                // The rollback runs first.
+                let claimed = fx
+                    .store
+                    .call(|c| store::claim_next(c, "blog", model::now_ms()))
+                    .await
+                    .expect("claim")
+                    .expect("something is queued");
+                assert_eq!(claimed.id, old, "{case}: the rollback is claimed first");
+            }
+        }
+        check(Rollback, Webhook, false).await;
+        check(Rollback, Poll, false).await;
+        check(Rollback, Manual, true).await;
+        check(Rollback, Rollback, true).await;
+        check(Webhook, Webhook, true).await;
+        check(Webhook, Poll, true).await;
+        check(Manual, Webhook, true).await;
+        check(Poll, Rollback, true).await;
+    }
+
+    #[tokio::test]
+    async fn already_live_answers_only_automatic_triggers_for_the_live_sha_while_idle() {
+        let fx = Fixture::new(APPS);
+        let live = sha('c');
+        fx.make_live("blog", "20260101T000000-ccccccc");
+        fx.record_success("blog", &live, "20260101T000000-ccccccc").await;
+        let q = fx.queue();
+        let probe = webhook("blog", &live);
+        assert_eq!(
+            q.already_live(&probe),
+            None,
+            "nothing is known before the worker looked"
+        );
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let workers = q.spawn_workers(stop_rx);
+        let (queue, wanted) = (&q, &probe);
+        let reason = wait_for("the worker to find the app idle", || async move {
+            queue.already_live(wanted)
+        })
+        .await;
+        assert!(reason.contains("ccccccc is already live"), "{reason}");
+
+        let check = |req: DeployRequest, want: bool| {
+            let got = q.already_live(&req);
+            assert_eq!(got.is_some(), want, "{req:?}: {got:?}");
+        };
+        check(webhook("blog", &live), true);
+        check(
+            DeployRequest::new("blog", Trigger::Poll, "poll").with_sha(Some(live.clone())),
+            true,
+        );
+        check(webhook("blog", &sha('d')), false);
+        check(webhook("shop", &live), false);
+        // A person asking for the live sha again gets a deploy.
+        check(
+            DeployRequest::new("blog", Trigger::Manual, "alice").with_sha(Some(live.clone())),
+            false,
+        );
+        check(DeployRequest::new("blog", Trigger::Rollback, "alice"), false);
+        check(webhook("blog", &live).with_sha(None), false);
+
+        // Once something else is pending, a trigger for the live sha is queued (it may be a rewind): with no
+        // worker left to run the pending one, that stays so.
+        let _ = stop_tx.send(true);
+        for w in workers {
+            w.await.expect("the worker stops");
+        }
+        q.submit(webhook("blog", &sha('d'))).await.expect("submit");
+        check(webhook("blog", &live), false);
+        assert_eq!(
+            fx.rows().await.iter().filter(|r| r.app == "blog").count(),
+            2,
+            "already_live records nothing by itself"
+        );
+    }
+
+    /// A running row left by a crash, with `release_id` set (as `set_release` does before the directory is
+    /// written).
+    async fn crashed_while_running(fx: &Fixture, release_id: &str) -> DeployId {
+        let (id, _) = recorded(
+            fx.queue()
+                .submit(webhook("blog", &sha('e')))
+                .await
+                .expect("submit"),
+        );
+        let (rid, claim_id) = (release_id.to_string(), id.clone());
+        fx.store
+            .call(move |c| {
+                store::claim_next(c, "blog", model::now_ms())?;
+                store::set_release(c, &claim_id, &"e".repeat(40), &rid, None, None)
+            })
+            .await
+            .expect("claim and record the release");
+        assert_eq!(fx.row(&id).await.state, State::Running);
+        id
+    }
+
+    #[tokio::test]
+    async fn recover_interrupts_a_running_deploy_and_removes_its_half_built_release() {
+        let fx = Fixture::new(APPS);
+        let path = fx.app_path("blog");
+        fx.make_live("blog", "20260101T000000-aaaaaaa");
+        let id = crashed_while_running(&fx, "20260102T000000-eeeeeee").await;
+        let half = release::release_dir(&path, "20260102T000000-eeeeeee");
+        std::fs::create_dir_all(half.join("node_modules")).expect("mkdir");
+        // Not recorded by any deploy: not haul's to remove.
+        let foreign = release::release_dir(&path, "hand-made");
+        std::fs::create_dir_all(&foreign).expect("mkdir");
+        // What a crash leaves beside them.
+        let index = release::releases_dir(&path).join("20260102T000000-eeeeeee.index");
+        std::fs::write(&index, "").expect("write");
+        let tmp_link = path.join(".current.tmp-1-2");
+        std::fs::write(&tmp_link, "").expect("write");
+        // Another app's running deploy is not this app's recovery's business.
+        let (shop, _) = recorded(
+            fx.queue()
+                .submit(webhook("shop", &sha('f')))
+                .await
+                .expect("submit"),
+        );
+        fx.store
+            .call(|c| store::claim_next(c, "shop", model::now_ms()))
+            .await
+            .expect("claim");
+
+        let env = fx.env();
+        recover(&env, "blog").await.expect("recover");
+
+        let row = fx.row(&id).await;
+        assert_eq!(row.state, State::Interrupted);
+        assert!(
+            row.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("the previous release stayed live")),
+            "{:?}",
+            row.reason
+        );
+        assert!(!half.exists(), "the half-built release is removed");
+        assert!(foreign.is_dir(), "a directory haul did not record stays");
+        assert!(!index.exists() && !tmp_link.exists(), "temporaries are cleaned");
+        assert_eq!(
+            release::current(&path).as_deref(),
+            Some("20260101T000000-aaaaaaa")
+        );
+        let log = std::fs::read_to_string(env.dirs.log_of(&id)).expect("the deploy's log");
+        assert!(log.contains("interrupted"), "{log}");
+        assert_eq!(fx.row(&shop).await.state, State::Running);
+
+        // Twice is the same as once.
+        recover(&env, "blog").await.expect("recover again");
+        assert_eq!(fx.row(&id).await.state, State::Interrupted);
+        assert_eq!(
+            release::current(&path).as_deref(),
+            Some("20260101T000000-aaaaaaa")
+        );
+    }
+
+    /// Killed after the switch: the release is complete and live, so it stays, and the reason says what may
+    /// not have finished.
+    #[tokio::test]
+    async fn recover_keeps_a_recorded_release_that_is_already_live() {
+        let fx = Fixture::new(APPS);
+        let path = fx.app_path("blog");
+        let id = crashed_while_running(&fx, "20260102T000000-eeeeeee").await;
+        fx.make_live("blog", "20260102T000000-eeeeeee");
+
+        recover(&fx.env(), "blog").await.expect("recover");
+
+        let row = fx.row(&id).await;
+        assert_eq!(row.state, State::Interrupted);
+        let reason = row.reason.unwrap_or_default();
+        assert!(
+            reason.contains("haul stopped after switching to 20260102T000000-eeeeeee"),
+            "{reason}"
+        );
+        assert_eq!(
+            release::current(&path).as_deref(),
+            Some("20260102T000000-eeeeeee")
+        );
+    }
+
+    #[tokio::test]
+    async fn on_restart_hold_holds_only_what_was_queued_before_the_start() {
+        async fn check(on_restart: &str, queued_ms_before_start: i64, want: State) {
+            let fx = Fixture::new(&format!(
+                "[apps.blog]\nrepo = \"repo.git\"\npath = \"srv/blog\"\non_restart = \"{on_restart}\"\n"
+            ));
+            let mut env = fx.env();
+            env.started_ms = model::now_ms();
+            let at = env.started_ms - queued_ms_before_start;
+            let req = webhook("blog", &sha('a'));
+            let (id, _) = recorded(
+                fx.store
+                    .call(move |c| store::enqueue(c, &req, at))
+                    .await
+                    .expect("enqueue"),
+            );
+            recover(&env, "blog").await.expect("recover");
+            let row = fx.row(&id).await;
+            let case =
+                format!("on_restart = {on_restart}, queued {queued_ms_before_start}ms before the start");
+            assert_eq!(row.state, want, "{case}");
+            if want == State::Interrupted {
+                assert!(
+                    row.reason.as_deref().is_some_and(|r| r.contains("on_restart")),
+                    "{case}: {:?}",
+                    row.reason
+                );
+            }
+        }
+        check("hold", 1000, State::Interrupted).await;
+        check("hold", -1000, State::Queued).await;
+        check("hold", 0, State::Queued).await;
+        check("resume", 1000, State::Queued).await;
+    }
+
+    /// The queue and the pipeline together, on a real repository: the pending request is claimed, its
+    /// release recorded and put live; a later trigger for the live sha is closed as ignored, never fetched.
+    #[tokio::test]
+    async fn run_next_deploys_the_pending_request_then_skips_the_live_sha() {
+        let fx = Fixture::new(APPS);
+        let repo = Repo::new(fx.root()).await;
+        let head = repo.commit(&[("index.html", "v1")], "v1").await;
+        let env = fx.env();
+        let q = fx.queue();
+        assert!(
+            run_next(&env, "blog").await.expect("run").is_none(),
+            "nothing queued"
+        );
+
+        let (id, _) = recorded(
+            q.submit(DeployRequest::new("blog", Trigger::Manual, "alice"))
+                .await
+                .expect("submit"),
+        );
+        let (row, outcome) = run_next(&env, "blog").await.expect("run").expect("a deploy ran");
+        assert_eq!(row.id, id);
+        assert_eq!(outcome.state, State::Succeeded, "{}", outcome.reason);
+        let done = fx.row(&id).await;
+        assert_eq!(done.state, State::Succeeded);
+        assert_eq!(done.sha.as_deref(), Some(head.as_str()));
+        let live = release::current(&fx.app_path("blog")).expect("something is live");
+        assert_eq!(done.release_id.as_deref(), Some(live.as_str()));
+
+        let (again, _) = recorded(q.submit(webhook("blog", &head)).await.expect("submit"));
+        let (_, skipped) = run_next(&env, "blog").await.expect("run").expect("claimed");
+        assert_eq!(skipped.state, State::Ignored, "{}", skipped.reason);
+        let row = fx.row(&again).await;
+        assert_eq!(row.state, State::Ignored);
+        assert_eq!(row.started_at, None, "nothing was fetched or run for it");
+        assert_eq!(release::current(&fx.app_path("blog")), Some(live));
+        assert!(!env.dirs.log_of(&again).exists(), "no log for a skip");
+    }
+}

@@ -220,3 +220,275 @@ pub async fn request(path: &Path, req: &ControlRequest) -> Result<Option<Control
         .map(Some)
         .map_err(|e| format!("the daemon's answer was not understood: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deploy::testkit::{self, Fixture};
+    use crate::model::State;
+
+    const APPS: &str = r#"
+[apps.blog]
+repo = "repo.git"
+path = "srv/blog"
+
+[apps.site]
+repo = "repo.git"
+path = "srv/site"
+tags = "v*"
+"#;
+
+    fn deploy(app: &str, sha: Option<&str>) -> ControlRequest {
+        ControlRequest::Deploy {
+            app: app.into(),
+            sha: sha.map(String::from),
+        }
+    }
+
+    fn rollback(app: &str, to: Option<&str>) -> ControlRequest {
+        ControlRequest::Rollback {
+            app: app.into(),
+            to: to.map(String::from),
+        }
+    }
+
+    #[test]
+    fn to_request_validates_what_a_person_typed() {
+        let cfg = testkit::parse_in(Path::new("/srv/haul"), APPS);
+        let apps = crate::deploy::queue::Env::app_map(&cfg);
+        let main = Some("refs/heads/main");
+        let check = |req: ControlRequest, want: Result<DeployRequest, &str>| {
+            let got = req.to_request(&apps, "alice");
+            match (got, want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{req:?}"),
+                (Err(e), Err(says)) => assert!(e.contains(says), "{req:?}: {e:?} does not say {says:?}"),
+                (got, want) => panic!("{req:?}: got {got:?}, wanted {want:?}"),
+            }
+        };
+        let manual = |app: &str, git_ref: Option<&str>, sha: Option<&str>| {
+            DeployRequest::new(app, Trigger::Manual, "alice")
+                .at_ref(git_ref.map(String::from))
+                .with_sha(sha.map(String::from))
+        };
+        let back = |app: &str, git_ref: Option<&str>, to: Option<&str>| {
+            DeployRequest::new(app, Trigger::Rollback, "alice")
+                .at_ref(git_ref.map(String::from))
+                .with_target(to.map(String::from))
+        };
+        check(deploy("blog", None), Ok(manual("blog", main, None)));
+        check(
+            deploy("blog", Some("abcd")),
+            Ok(manual("blog", main, Some("abcd"))),
+        );
+        check(
+            deploy("blog", Some("ABCDEF1")),
+            Ok(manual("blog", main, Some("abcdef1"))),
+        );
+        let full = "a".repeat(64);
+        check(deploy("blog", Some(&full)), Ok(manual("blog", main, Some(&full))));
+        // A tag app names no branch: the pipeline picks the tag.
+        check(deploy("site", None), Ok(manual("site", None, None)));
+        check(rollback("site", None), Ok(back("site", None, None)));
+        check(rollback("blog", None), Ok(back("blog", main, None)));
+        check(
+            rollback("blog", Some("20261126T153215-1a2b3c4")),
+            Ok(back("blog", main, Some("20261126T153215-1a2b3c4"))),
+        );
+        check(
+            rollback("blog", Some("20261126T153215-1a2b3c4.2")),
+            Ok(back("blog", main, Some("20261126T153215-1a2b3c4.2"))),
+        );
+        check(
+            rollback("blog", Some("1a2b3c4")),
+            Ok(back("blog", main, Some("1a2b3c4"))),
+        );
+
+        let not_a_sha = "is not a commit sha";
+        for bad in [
+            "abc",
+            "xyz1",
+            "main",
+            "HEAD~1",
+            "-abcd",
+            "abcd efgh",
+            "",
+            &"a".repeat(65),
+        ] {
+            check(deploy("blog", Some(bad)), Err(not_a_sha));
+        }
+        let not_a_release = "is neither a release id nor a commit sha";
+        for bad in [
+            "",
+            "../etc",
+            "-rf",
+            ".hidden",
+            "a/b",
+            "a b",
+            "x\n",
+            &"a".repeat(81),
+        ] {
+            check(rollback("blog", Some(bad)), Err(not_a_release));
+        }
+        for req in [
+            deploy("nope", None),
+            rollback("nope", None),
+            deploy("", None),
+            deploy("../blog", None),
+        ] {
+            check(req, Err("no app named"));
+        }
+    }
+
+    #[test]
+    fn the_actor_is_cleaned() {
+        let cfg = testkit::parse_in(Path::new("/srv/haul"), APPS);
+        let apps = crate::deploy::queue::Env::app_map(&cfg);
+        for (actor, want) in [
+            ("alice", "alice"),
+            ("  root (sudo by alice) ", "root (sudo by alice)"),
+            ("ev\nil\u{1b}[31m", "evil[31m"),
+            ("", "unknown"),
+            ("\n\t", "unknown"),
+        ] {
+            let got = deploy("blog", None).to_request(&apps, actor).expect("valid");
+            assert_eq!(got.actor, want, "{actor:?}");
+        }
+        let long = "x".repeat(500);
+        let got = deploy("blog", None).to_request(&apps, &long).expect("valid");
+        assert_eq!(got.actor.len(), 100, "bounded");
+    }
+
+    /// The JSON-lines protocol, pinned: an older `haul` talks to a newer daemon and back.
+    #[test]
+    fn the_wire_format_round_trips() {
+        let cases = [
+            (deploy("blog", None), r#"{"op":"deploy","app":"blog","sha":null}"#),
+            (
+                deploy("blog", Some("abc1")),
+                r#"{"op":"deploy","app":"blog","sha":"abc1"}"#,
+            ),
+            (
+                rollback("blog", None),
+                r#"{"op":"rollback","app":"blog","to":null}"#,
+            ),
+            (
+                rollback("blog", Some("20261126T153215-1a2b3c4")),
+                r#"{"op":"rollback","app":"blog","to":"20261126T153215-1a2b3c4"}"#,
+            ),
+        ];
+        for (req, line) in cases {
+            assert_eq!(serde_json::to_string(&req).expect("serialise"), line);
+            let back: ControlRequest = serde_json::from_str(line).expect("parse");
+            assert_eq!(format!("{back:?}"), format!("{req:?}"));
+        }
+        // What may be left out, and what may not.
+        let parsed: ControlRequest = serde_json::from_str(r#"{"op":"deploy","app":"blog"}"#).expect("parse");
+        assert_eq!(format!("{parsed:?}"), format!("{:?}", deploy("blog", None)));
+        for bad in [
+            r#"{"op":"destroy","app":"blog"}"#,
+            r#"{"app":"blog"}"#,
+            r#"{"op":"deploy"}"#,
+            r#"{"op":"deploy","app":7}"#,
+            "deploy blog",
+            "",
+        ] {
+            assert!(
+                serde_json::from_str::<ControlRequest>(bad).is_err(),
+                "{bad:?} parsed"
+            );
+        }
+
+        let reply = ControlReply {
+            ok: true,
+            deploy_id: Some("d".into()),
+            error: None,
+        };
+        let line = serde_json::to_string(&reply).expect("serialise");
+        assert_eq!(line, r#"{"ok":true,"deploy_id":"d","error":null}"#);
+        let back: ControlReply = serde_json::from_str(r#"{"ok":false,"error":"no"}"#).expect("parse");
+        assert_eq!(
+            (back.ok, back.deploy_id, back.error.as_deref()),
+            (false, None, Some("no"))
+        );
+    }
+
+    /// One raw line to the socket, and the reply line.
+    async fn raw(path: &Path, line: &[u8]) -> ControlReply {
+        let mut stream = UnixStream::connect(path).await.expect("connect");
+        stream.write_all(line).await.expect("write");
+        let mut reply = String::new();
+        BufReader::new(stream).read_line(&mut reply).await.expect("read");
+        serde_json::from_str(&reply).unwrap_or_else(|e| panic!("reply {reply:?}: {e}"))
+    }
+
+    #[tokio::test]
+    async fn a_request_over_the_socket_is_queued_and_garbage_changes_nothing() {
+        let fx = Fixture::new(APPS);
+        let path = crate::infra::state_dir::StateDir::new(&fx.cfg.state_dir).socket();
+        let nobody = request(&path, &deploy("blog", None)).await.expect("no error");
+        assert!(
+            nobody.is_none(),
+            "no daemon, so the caller deploys in-process: {nobody:?}"
+        );
+        let listener = bind(&path).expect("bind");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).expect("socket").permissions().mode();
+        assert_eq!(mode & 0o777, 0o660, "owner and group only");
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let server = tokio::spawn(serve(listener, fx.queue(), stop_rx));
+
+        let reply = request(&path, &deploy("blog", Some("ABCD123")))
+            .await
+            .expect("an answer")
+            .expect("a daemon");
+        assert!(reply.ok, "{reply:?}");
+        let id = reply
+            .deploy_id
+            .as_deref()
+            .and_then(model::DeployId::parse)
+            .expect("a deploy id");
+        let row = fx.row(&id).await;
+        assert_eq!(row.state, State::Queued);
+        assert_eq!(row.trigger, Trigger::Manual);
+        assert_eq!(row.sha.as_deref(), Some("abcd123"));
+        // SAFETY: getuid(2) cannot fail and touches no memory.
+        let me = user_name(unsafe { libc::getuid() });
+        assert_eq!(row.actor, me, "the actor comes from the kernel");
+
+        let refusals: Vec<(Vec<u8>, &str)> = vec![
+            (b"this is not json\n".to_vec(), "malformed request"),
+            (
+                b"{\"op\":\"destroy\",\"app\":\"blog\"}\n".to_vec(),
+                "malformed request",
+            ),
+            (
+                b"{\"op\":\"deploy\",\"app\":\"blog\",\"sha\":\"zz\"}\n".to_vec(),
+                "is not a commit sha",
+            ),
+            (
+                b"{\"op\":\"rollback\",\"app\":\"blog\",\"to\":\"../x\"}\n".to_vec(),
+                "neither a release id",
+            ),
+            (b"{\"op\":\"deploy\",\"app\":\"nope\"}\n".to_vec(), "no app named"),
+            (vec![b'x'; 5000], "malformed request"),
+        ];
+        for (line, says) in refusals {
+            let shown = String::from_utf8_lossy(&line[..line.len().min(60)]).into_owned();
+            let reply = raw(&path, &line).await;
+            assert!(!reply.ok, "{shown:?}: {reply:?}");
+            assert_eq!(reply.deploy_id, None, "{shown:?}");
+            let error = reply.error.unwrap_or_default();
+            assert!(error.contains(says), "{shown:?}: {error:?} does not say {says:?}");
+            let rows = fx.rows().await;
+            assert_eq!(rows.len(), 1, "{shown:?}: nothing recorded");
+            assert_eq!(
+                rows[0].state,
+                State::Queued,
+                "{shown:?}: the queued request is untouched"
+            );
+        }
+
+        let _ = stop_tx.send(true);
+        server.await.expect("the socket server stops");
+    }
+}

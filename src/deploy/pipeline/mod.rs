@@ -351,3 +351,227 @@ impl Pipeline {
         crate::infra::metrics::stage(&self.app.name, stage, since.elapsed());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deploy::testkit::{Fixture, Repo};
+
+    /// A build that leaves evidence of where and with what it ran, and fails if the commit says so; an activate
+    /// step that fails if the commit says so.
+    const APP: &str = r#"
+[apps.blog]
+repo = "repo.git"
+path = "srv/blog"
+max_fetches_per_minute = 10000
+build = ["echo hi > built", "printf %s \"$HAUL_SHA\" > built-sha", "test ! -e fail-build"]
+activate = ["test ! -e fail-activate"]
+"#;
+
+    struct World {
+        fx: Fixture,
+        repo: Repo,
+    }
+
+    impl World {
+        async fn new(toml: &str) -> World {
+            let fx = Fixture::new(toml);
+            let repo = Repo::new(fx.root()).await;
+            World { fx, repo }
+        }
+
+        fn path(&self) -> PathBuf {
+            self.fx.app_path("blog")
+        }
+
+        fn pipeline(&self, job: &Job) -> Pipeline {
+            let dirs = crate::infra::state_dir::StateDir::new(&self.fx.cfg.state_dir);
+            let log = DeployLog::create(&dirs.logs(), &job.id).expect("deploy log");
+            Pipeline {
+                app: Arc::new(self.fx.cfg.apps["blog"].clone()),
+                dirs,
+                log: Arc::new(log),
+                pgid_file: None,
+            }
+        }
+
+        /// What is live now, as the queue would tell the pipeline.
+        fn previous(&self, sha: Option<&str>) -> Previous {
+            Previous {
+                release_id: release::current(&self.path()),
+                sha: sha.map(String::from),
+                ..Previous::default()
+            }
+        }
+
+        /// `prepare`, then (if that chose a target) `release`, as the queue runs them.
+        async fn deploy(&self, sha: Option<&str>, previous: &Previous) -> Outcome {
+            let job = job(sha);
+            let p = self.pipeline(&job);
+            match p.prepare(&job, previous).await {
+                Ok(target) => p.release(&job, &target, previous).await,
+                Err(refused) => refused,
+            }
+        }
+
+        fn live(&self) -> Option<String> {
+            release::current(&self.path())
+        }
+    }
+
+    fn job(sha: Option<&str>) -> Job {
+        Job {
+            id: DeployId::new(model::now_ms()),
+            trigger: Trigger::Manual,
+            git_ref: Some("refs/heads/main".into()),
+            sha: sha.map(String::from),
+            actor: "alice".into(),
+            digest: None,
+        }
+    }
+
+    fn read(dir: &Path, name: &str) -> String {
+        std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{}/{name}: {e}", dir.display()))
+    }
+
+    #[tokio::test]
+    async fn a_commit_becomes_the_live_release_with_its_build_run_in_it() {
+        let w = World::new(APP).await;
+        let v1 = w.repo.commit(&[("index.html", "v1")], "v1").await;
+        let o = w.deploy(Some(&v1[..7]), &w.previous(None)).await;
+        assert_eq!(o.state, State::Succeeded, "{}", o.reason);
+        let rid = o.release_id.clone().expect("a release id");
+        assert_eq!(
+            o.sha.as_deref(),
+            Some(v1.as_str()),
+            "the prefix resolved to the full sha"
+        );
+        assert!(o.reason.contains(&format!("is live as {rid}")), "{}", o.reason);
+        assert_eq!(w.live().as_deref(), Some(rid.as_str()));
+        let dir = release::release_dir(&w.path(), &rid);
+        assert_eq!(read(&dir, "index.html"), "v1");
+        assert_eq!(read(&dir, "built"), "hi\n", "the build ran in the release dir");
+        assert_eq!(read(&dir, "built-sha"), v1, "the build was told the sha");
+
+        // The branch tip, by default; the previous release stays for a rollback.
+        let v2 = w.repo.commit(&[("index.html", "v2")], "v2").await;
+        let o2 = w.deploy(None, &w.previous(Some(&v1))).await;
+        assert_eq!(o2.state, State::Succeeded, "{}", o2.reason);
+        assert_eq!(o2.sha.as_deref(), Some(v2.as_str()));
+        assert_eq!(o2.previous_sha.as_deref(), Some(v1.as_str()));
+        assert_eq!(w.live(), o2.release_id);
+        assert!(dir.is_dir());
+    }
+
+    #[tokio::test]
+    async fn a_failing_build_step_leaves_current_untouched() {
+        let w = World::new(APP).await;
+        let v1 = w.repo.commit(&[("index.html", "v1")], "v1").await;
+        let first = w.deploy(Some(&v1), &w.previous(None)).await;
+        assert_eq!(first.state, State::Succeeded, "{}", first.reason);
+        let live = w.live().expect("v1 is live");
+
+        let bad = w.repo.commit(&[("fail-build", "")], "breaks the build").await;
+        let o = w.deploy(Some(&bad), &w.previous(Some(&v1))).await;
+        assert_eq!(o.state, State::Failed, "{}", o.reason);
+        assert!(
+            o.reason.contains("build step 3/3"),
+            "names the step: {}",
+            o.reason
+        );
+        assert!(
+            o.reason.contains(&format!("current still points at {live}")),
+            "{}",
+            o.reason
+        );
+        assert_eq!(w.live().as_deref(), Some(live.as_str()), "nothing switched");
+        assert_eq!(read(&release::release_dir(&w.path(), &live), "index.html"), "v1");
+    }
+
+    #[tokio::test]
+    async fn an_activate_failure_rolls_back_to_the_previous_release() {
+        let w = World::new(APP).await;
+        let v1 = w.repo.commit(&[("index.html", "v1")], "v1").await;
+        let first = w.deploy(Some(&v1), &w.previous(None)).await;
+        assert_eq!(first.state, State::Succeeded, "{}", first.reason);
+        let live = w.live().expect("v1 is live");
+
+        let bad = w.repo.commit(&[("fail-activate", "")], "breaks activate").await;
+        let o = w.deploy(Some(&bad), &w.previous(Some(&v1))).await;
+        assert_eq!(o.state, State::RolledBack, "{}", o.reason);
+        assert!(o.reason.contains("activate step 1/1"), "{}", o.reason);
+        assert!(
+            o.reason.contains(&format!("rolled back to {live}")),
+            "{}",
+            o.reason
+        );
+        assert_eq!(w.live().as_deref(), Some(live.as_str()), "current is back");
+        let failed = o.release_id.expect("the failed release is named");
+        assert!(
+            release::release_dir(&w.path(), &failed).is_dir(),
+            "the failed release stays on disk for inspection"
+        );
+    }
+
+    /// With nothing to go back to, the new release is what there is: it stays live, and the audit says so.
+    #[tokio::test]
+    async fn an_activate_failure_with_no_previous_release_stays_live() {
+        let w = World::new(APP).await;
+        let bad = w.repo.commit(&[("fail-activate", "")], "breaks activate").await;
+        let o = w.deploy(Some(&bad), &w.previous(None)).await;
+        assert_eq!(o.state, State::Failed, "{}", o.reason);
+        assert!(
+            o.reason.contains("no previous release to roll back to"),
+            "{}",
+            o.reason
+        );
+        assert_eq!(w.live(), o.release_id);
+    }
+
+    /// Every refusal happens before anything is written under the app's path.
+    #[tokio::test]
+    async fn a_sha_that_is_not_on_the_branch_is_refused() {
+        let w = World::new(APP).await;
+        let v1 = w.repo.commit(&[("index.html", "v1")], "v1").await;
+        let v2 = w.repo.commit(&[("index.html", "v2")], "v2").await;
+        let first = w.deploy(Some(&v2), &w.previous(None)).await;
+        assert_eq!(first.state, State::Succeeded, "{}", first.reason);
+        let live = w.live().expect("v2 is live");
+        // A force-push takes main back: v2 stays in the mirror, on no branch.
+        w.repo.rewind(&v1).await;
+        w.repo.remove("index.html");
+        let v3 = w.repo.commit(&[("other.html", "v3")], "v3").await;
+        assert_ne!(v3, v2);
+
+        async fn check(w: &World, live_sha: &str, sha: &str, wanted: &str) {
+            let (releases, live) = (release::list(&w.path()), w.live());
+            let job = job(Some(sha));
+            let p = w.pipeline(&job);
+            let refused = p
+                .prepare(&job, &w.previous(Some(live_sha)))
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{sha:?} was accepted"));
+            assert_eq!(refused.state, State::Failed, "{sha:?}: {}", refused.reason);
+            assert!(
+                refused.reason.contains(wanted),
+                "{sha:?}: {:?} does not say {wanted:?}",
+                refused.reason
+            );
+            assert_eq!(w.live(), live, "{sha:?}: nothing switched");
+            assert_eq!(release::list(&w.path()), releases, "{sha:?}: nothing written");
+        }
+        check(&w, &v2, &v2, "is not on branch main").await;
+        check(
+            &w,
+            &v2,
+            &"deadbeef".repeat(5),
+            "is not in the repository after fetching",
+        )
+        .await;
+        check(&w, &v2, "main", "is not a commit sha").await;
+        check(&w, &v2, "HEAD~1", "is not a commit sha").await;
+        check(&w, &v2, "--upload-pack=x", "is not a commit sha").await;
+        assert_eq!(w.live(), Some(live));
+    }
+}

@@ -181,3 +181,385 @@ pub async fn serve(
     })
     .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deploy::testkit::Fixture;
+    use crate::model::State;
+    use axum::body::Body;
+    use axum::http::Request;
+
+    const SECRET: &[u8] = b"it's a secret to everybody";
+    /// GitHub's documented push, unchanged: `refs/heads/master` at 6113728.
+    const PUSH: &str = include_str!("../../../tests/fixtures/github/push.json");
+    const PUSHED_SHA: &str = "6113728f27ae82c7b1a177c8d03f9e96e0adf246";
+    const APPS: &str = r#"
+[apps.blog]
+repo = "repo.git"
+branch = "master"
+path = "srv/blog"
+[apps.blog.webhook]
+provider = "github"
+secret_file = "blog.secret"
+
+[apps.quiet]
+repo = "repo.git"
+path = "srv/quiet"
+"#;
+
+    /// The daemon's HTTP side over a real audit database, without a socket. No worker runs, so what is
+    /// queued stays queued.
+    struct Door {
+        fx: Fixture,
+        router: Router,
+    }
+
+    impl Door {
+        /// `top` holds top-level keys (`max_body = ...`).
+        fn new(top: &str) -> Door {
+            let fx = Fixture::new(&format!("max_body = \"16KiB\"\n{top}\n{APPS}"));
+            let secrets = HashMap::from([("blog".to_string(), vec![SECRET.to_vec()])]);
+            let state = Arc::new(HttpState::new(&fx.cfg, fx.queue(), secrets));
+            Door {
+                fx,
+                router: router(state),
+            }
+        }
+
+        /// One request through the router, as `serve` hands it over; (status, headers, body).
+        async fn send(&self, req: Request<Body>) -> (StatusCode, HeaderMap, String) {
+            use tower_service::Service;
+            let mut svc = self.router.clone();
+            std::future::poll_fn(|cx| Service::<Request<Body>>::poll_ready(&mut svc, cx))
+                .await
+                .expect("a router is always ready");
+            let resp = svc.call(req).await.expect("a router never fails");
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .expect("read the reply");
+            (status, headers, String::from_utf8_lossy(&body).into_owned())
+        }
+
+        async fn get(&self, uri: &str) -> (StatusCode, String) {
+            let req = Request::get(uri).body(Body::empty()).expect("request");
+            let (status, _, body) = self.send(req).await;
+            (status, body)
+        }
+
+        async fn recorded(&self) -> usize {
+            self.fx.rows().await.len()
+        }
+    }
+
+    /// A webhook delivery, signed correctly unless a case says otherwise.
+    struct Hook {
+        app: &'static str,
+        body: Vec<u8>,
+        headers: Vec<(&'static str, String)>,
+        peer: Option<SocketAddr>,
+        declare_length: bool,
+    }
+
+    impl Hook {
+        fn push(delivery: &str) -> Hook {
+            Hook {
+                app: "blog",
+                body: PUSH.as_bytes().to_vec(),
+                headers: vec![
+                    ("x-github-event", "push".into()),
+                    ("x-github-delivery", delivery.into()),
+                    ("content-type", "application/json".into()),
+                    (
+                        "x-hub-signature-256",
+                        crate::intake::sign_github(SECRET, PUSH.as_bytes()),
+                    ),
+                ],
+                peer: Some(peer("192.0.2.1")),
+                declare_length: true,
+            }
+        }
+        fn to(mut self, app: &'static str) -> Hook {
+            self.app = app;
+            self
+        }
+        fn from(mut self, peer: Option<SocketAddr>) -> Hook {
+            self.peer = peer;
+            self
+        }
+        /// Replaces (or, with `None`, removes) a header.
+        fn header(mut self, name: &'static str, value: Option<String>) -> Hook {
+            self.headers.retain(|(n, _)| *n != name);
+            if let Some(v) = value {
+                self.headers.push((name, v));
+            }
+            self
+        }
+        /// A different body, signed with the right secret.
+        fn signed_body(self, body: Vec<u8>) -> Hook {
+            let sig = crate::intake::sign_github(SECRET, &body);
+            let mut h = self.header("x-hub-signature-256", Some(sig));
+            h.body = body;
+            h
+        }
+        fn without_length(mut self) -> Hook {
+            self.declare_length = false;
+            self
+        }
+        fn request(self) -> Request<Body> {
+            let mut b = Request::post(format!("/hooks/{}", self.app));
+            for (n, v) in &self.headers {
+                b = b.header(*n, v.as_str());
+            }
+            if self.declare_length {
+                b = b.header("content-length", self.body.len().to_string());
+            }
+            let mut req = b.body(Body::from(self.body)).expect("request");
+            if let Some(p) = self.peer {
+                req.extensions_mut().insert(ConnectInfo(p));
+            }
+            req
+        }
+    }
+
+    fn peer(ip: &str) -> SocketAddr {
+        SocketAddr::new(ip.parse().expect("an address"), 40000)
+    }
+
+    fn json(body: &str) -> serde_json::Value {
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{body:?} is not JSON: {e}"))
+    }
+
+    /// Sends `hook`, expects `status` with `says` in the body, and that nothing was recorded.
+    async fn refused(door: &Door, case: &str, hook: Hook, status: u16, says: &str) {
+        let before = door.recorded().await;
+        let (got, _, body) = door.send(hook.request()).await;
+        assert_eq!(got.as_u16(), status, "{case}: {body}");
+        assert!(body.contains(says), "{case}: {body:?} does not say {says:?}");
+        assert_eq!(door.recorded().await, before, "{case}: nothing is recorded");
+    }
+
+    #[tokio::test]
+    async fn a_signed_push_is_answered_202_and_recorded_queued() {
+        let door = Door::new("");
+        let (status, _, body) = door.send(Hook::push("d-1").request()).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        let reply = json(&body);
+        assert_eq!(reply["status"], "queued", "{body}");
+        let id = reply["deploy_id"].as_str().expect("a deploy id");
+        let id = crate::model::DeployId::parse(id).expect("a well-formed deploy id");
+        let row = door.fx.row(&id).await;
+        assert_eq!(row.state, State::Queued);
+        assert_eq!(row.trigger, crate::model::Trigger::Webhook);
+        assert_eq!(row.sha.as_deref(), Some(PUSHED_SHA));
+        assert_eq!(row.git_ref.as_deref(), Some("refs/heads/master"));
+        assert_eq!(row.delivery_id.as_deref(), Some("d-1"));
+        assert_eq!(row.provider.as_deref(), Some("github"));
+        assert_eq!(row.actor, "Codertocat");
+        assert_eq!(door.recorded().await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_replayed_delivery_is_a_duplicate_and_a_new_one_supersedes() {
+        let door = Door::new("");
+        let (_, _, first) = door.send(Hook::push("d-1").request()).await;
+        let first_id = json(&first)["deploy_id"].clone();
+
+        let (status, _, body) = door.send(Hook::push("d-1").request()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let reply = json(&body);
+        assert_eq!(reply["status"], "duplicate", "{body}");
+        assert_eq!(reply["deploy_id"], first_id, "names the first delivery's deploy");
+        assert_eq!(door.recorded().await, 1, "a replay records nothing");
+
+        let (status, _, body) = door.send(Hook::push("d-2").request()).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        let reply = json(&body);
+        assert_eq!(reply["superseded"], serde_json::json!([first_id]), "{body}");
+        assert_eq!(door.recorded().await, 2);
+    }
+
+    #[tokio::test]
+    async fn bad_deliveries_are_refused_and_record_nothing() {
+        let door = Door::new("");
+        let push = || Hook::push("d-1");
+        let sig = |s: &str| Some(s.to_string());
+        let other = crate::intake::sign_github(b"another secret", PUSH.as_bytes());
+        let of_other_body = crate::intake::sign_github(SECRET, b"{}");
+        let big = {
+            let mut b = PUSH.as_bytes().to_vec();
+            b.extend(std::iter::repeat_n(b' ', 17 * 1024));
+            b
+        };
+        let cases: Vec<(&str, Hook, u16, &str)> = vec![
+            (
+                "no signature",
+                push().header("x-hub-signature-256", None),
+                401,
+                "missing signature header",
+            ),
+            (
+                "signed with another secret",
+                push().header("x-hub-signature-256", Some(other.clone())),
+                401,
+                "signature does not match",
+            ),
+            (
+                "the signature of another body",
+                push().header("x-hub-signature-256", Some(of_other_body)),
+                401,
+                "signature does not match",
+            ),
+            (
+                "no sha256= prefix",
+                push().header(
+                    "x-hub-signature-256",
+                    Some(other.trim_start_matches("sha256=").to_string()),
+                ),
+                401,
+                "signature does not match",
+            ),
+            (
+                "not hex",
+                push().header("x-hub-signature-256", sig("sha256=zz")),
+                401,
+                "signature does not match",
+            ),
+            (
+                "signed garbage",
+                push().signed_body(b"not json".to_vec()),
+                400,
+                "malformed",
+            ),
+            (
+                "no delivery id",
+                push().header("x-github-delivery", None),
+                400,
+                "delivery id",
+            ),
+            (
+                "an unknown app",
+                push().to("nope"),
+                404,
+                "no app with a webhook by that name",
+            ),
+            (
+                "an app without a webhook",
+                push().to("quiet"),
+                404,
+                "no app with a webhook by that name",
+            ),
+            (
+                "a body over max_body, declared",
+                push().signed_body(big.clone()),
+                413,
+                "max_body",
+            ),
+            (
+                "a body over max_body, streamed",
+                push().signed_body(big).without_length(),
+                413,
+                "max_body",
+            ),
+        ];
+        for (case, hook, status, says) in cases {
+            refused(&door, case, hook, status, says).await;
+        }
+        assert_eq!(door.recorded().await, 0);
+    }
+
+    #[tokio::test]
+    async fn allow_ips_refuses_other_addresses() {
+        let door = Door::new("allow_ips = [\"10.0.0.0/8\", \"2001:db8::1\"]");
+        let push = || Hook::push("d-1");
+        let says = "this address may not call";
+        refused(&door, "outside", push().from(Some(peer("192.0.2.1"))), 403, says).await;
+        refused(
+            &door,
+            "another v6",
+            push().from(Some(peer("2001:db8::2"))),
+            403,
+            says,
+        )
+        .await;
+        refused(&door, "no peer address at all", push().from(None), 403, says).await;
+        // Refused before the app is looked up: an unknown app says nothing about what is configured.
+        refused(&door, "outside, unknown app", push().to("nope"), 403, says).await;
+        let (status, _, body) = door.send(push().from(Some(peer("10.1.2.3"))).request()).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "inside: {body}");
+        let (status, _, body) = door
+            .send(Hook::push("d-2").from(Some(peer("2001:db8::1"))).request())
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "a single v6 address: {body}");
+        assert_eq!(door.recorded().await, 2);
+    }
+
+    #[tokio::test]
+    async fn the_rate_limiter_answers_429_with_retry_after() {
+        // 1 a minute: the burst is the floor of 10.
+        let door = Door::new("rate_limit_per_minute = 1");
+        let noisy = Some(peer("192.0.2.7"));
+        for i in 0..10 {
+            let (status, _, body) = door
+                .send(Hook::push("d-1").to("nope").from(noisy).request())
+                .await;
+            assert_eq!(
+                status,
+                StatusCode::NOT_FOUND,
+                "request {i} is within the burst: {body}"
+            );
+        }
+        let (status, headers, body) = door.send(Hook::push("d-1").from(noisy).request()).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+        assert_eq!(
+            headers
+                .get(axum::http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()),
+            Some("10")
+        );
+        assert_eq!(
+            door.recorded().await,
+            0,
+            "a limited request, though signed, records nothing"
+        );
+        // Per address: another client is not held back by this one.
+        let (status, _, body) = door
+            .send(Hook::push("d-1").from(Some(peer("192.0.2.8"))).request())
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+
+    #[tokio::test]
+    async fn healthz_says_starting_until_the_liveness_is_wired() {
+        let door = Door::new("");
+        let (status, body) = door.get("/healthz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, "unhealthy: starting\n");
+    }
+
+    #[tokio::test]
+    async fn the_status_page_can_be_turned_off() {
+        async fn a_deploy(door: &Door) -> String {
+            let (_, _, queued) = door.send(Hook::push("d-1").request()).await;
+            json(&queued)["deploy_id"].as_str().expect("an id").to_string()
+        }
+        let on = Door::new("");
+        let id = a_deploy(&on).await;
+        for uri in ["/".to_string(), format!("/deploys/{id}")] {
+            let (status, body) = on.get(&uri).await;
+            assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+            assert!(body.contains("blog"), "{uri}: the page names the app");
+        }
+
+        let off = Door::new("status_page = false");
+        let id = a_deploy(&off).await;
+        for uri in ["/".to_string(), format!("/deploys/{id}")] {
+            let (status, body) = off.get(&uri).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{uri}: {body}");
+            assert!(body.contains("status_page = false"), "{uri}: {body}");
+            assert!(!body.contains("blog"), "{uri}: nothing about the apps: {body}");
+        }
+    }
+}
