@@ -121,8 +121,14 @@ pub async fn serve(listener: UnixListener, queue: Arc<Queue>, mut shutdown: watc
             a = listener.accept() => a,
             _ = shutdown.changed() => return,
         };
-        let Ok((stream, _)) = accepted else {
-            continue;
+        let (stream, _) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning, as the HTTP door does.
+                tracing::warn!("control socket: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let q = queue.clone();
         tokio::spawn(async move {
