@@ -14,6 +14,10 @@ use serde::Deserialize;
 use crate::model;
 use crate::model::event::EventKind;
 
+mod units;
+
+use units::{parse_duration, parse_size};
+
 pub const DEFAULT_CONFIG: &str = "/etc/haul/haul.toml";
 
 #[derive(Debug, thiserror::Error)]
@@ -537,32 +541,6 @@ fn default_branch() -> String {
 }
 fn default_keep() -> usize {
     5
-}
-
-/// `"90s"`, `"10m"`, `"24h"`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{s:?} is not a duration like \"90s\", \"10m\" or \"24h\" ({e})"))
-}
-
-/// `"1MiB"`, `"512KiB"`, `"1000000"`.
-pub fn parse_size(s: &str) -> Result<usize, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: usize = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size like \"1MiB\""))?;
-    let mult = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" | "K" => 1024,
-        "MiB" | "M" => 1024 * 1024,
-        "GiB" | "G" => 1024 * 1024 * 1024,
-        "kB" => 1000,
-        "MB" => 1_000_000,
-        _ => return Err(format!("{s:?}: unknown unit (use B, KiB, MiB or GiB)")),
-    };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 fn is_tag_glob(glob: &str) -> bool {
@@ -1479,13 +1457,5 @@ mod tests {
         ] {
             assert_eq!(glob_match(p, t), want, "{p} {t}");
         }
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
-        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
-        assert_eq!(parse_size("2000"), Ok(2000));
-        assert!(parse_size("lots").is_err());
     }
 }
