@@ -9,13 +9,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use crate::model;
 use crate::model::event::EventKind;
 
+mod raw;
 mod units;
 
+use raw::{RawApp, RawConfig, RawVerify};
 use units::{parse_duration, parse_size};
 
 pub const DEFAULT_CONFIG: &str = "/etc/haul/haul.toml";
@@ -389,113 +389,6 @@ pub struct WebhookConfig {
     pub base_dir: PathBuf,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default = "default_listen")]
-    listen: String,
-    state_dir: PathBuf,
-    #[serde(default)]
-    max_body: Option<String>,
-    body_timeout: Option<String>,
-    header_timeout: Option<String>,
-    stop_grace: Option<String>,
-    log_retention: Option<String>,
-    rate_limit_per_minute: Option<u32>,
-    #[serde(default)]
-    allow_ips: Vec<String>,
-    client_ip_header: Option<String>,
-    #[serde(default)]
-    notify: Vec<RawNotify>,
-    status_page: Option<bool>,
-    #[serde(default)]
-    apps: BTreeMap<String, RawApp>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawNotify {
-    kind: String,
-    url: Option<String>,
-    secret_file: Option<PathBuf>,
-    #[serde(default)]
-    to: Vec<String>,
-    from: Option<String>,
-    sendmail: Option<String>,
-    #[serde(default)]
-    apps: Vec<String>,
-    events: Option<Vec<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawApp {
-    #[serde(default)]
-    repo: String,
-    image: Option<String>,
-    tag: Option<String>,
-    image_kind: Option<String>,
-    registry_username: Option<String>,
-    registry_password_file: Option<PathBuf>,
-    registry_token_file: Option<PathBuf>,
-    #[serde(default)]
-    plain_http: bool,
-    object: Option<String>,
-    s3_endpoint: Option<String>,
-    s3_region: Option<String>,
-    s3_access_key_id_file: Option<PathBuf>,
-    s3_secret_access_key_file: Option<PathBuf>,
-    url: Option<String>,
-    url_token_file: Option<PathBuf>,
-    verify: Option<RawVerify>,
-    max_artifact_size: Option<String>,
-    #[serde(default = "default_branch")]
-    branch: String,
-    tags: Option<String>,
-    poll: Option<String>,
-    deploy_key: Option<PathBuf>,
-    known_hosts: Option<PathBuf>,
-    path: PathBuf,
-    #[serde(default = "default_keep")]
-    keep_releases: usize,
-    #[serde(default)]
-    build: Vec<String>,
-    #[serde(default)]
-    activate: Vec<String>,
-    step_timeout: Option<String>,
-    fetch_timeout: Option<String>,
-    fetch_attempts: Option<u32>,
-    webhook: Option<RawWebhook>,
-    health: Option<RawHealth>,
-    build_retries: Option<u32>,
-    on_restart: Option<String>,
-    max_fetches_per_minute: Option<u32>,
-    #[serde(default)]
-    mirrors: Vec<String>,
-    mirror_mode: Option<String>,
-    alert_if_no_success_within: Option<String>,
-    realert_every: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawVerify {
-    minisign_key: Option<PathBuf>,
-    ssh_allowed_signers: Option<PathBuf>,
-    ssh_identity: Option<String>,
-    ssh_namespace: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHealth {
-    url: Option<String>,
-    command: Option<String>,
-    timeout: Option<String>,
-    retries: Option<u32>,
-    interval: Option<String>,
-}
-
 /// `http://host[:port]/path` (plain HTTP: a health check talks to the app on this machine).
 fn parse_health_url(url: &str) -> Result<(String, u16, String), String> {
     let rest = url
@@ -521,26 +414,6 @@ fn parse_health_url(url: &str) -> Result<(String, u16, String), String> {
         port,
         path.to_string(),
     ))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawWebhook {
-    provider: String,
-    secret_file: Option<PathBuf>,
-    previous_secret_file: Option<PathBuf>,
-    #[serde(default)]
-    secret_files: Vec<PathBuf>,
-}
-
-fn default_listen() -> String {
-    "127.0.0.1:9000".into()
-}
-fn default_branch() -> String {
-    "main".into()
-}
-fn default_keep() -> usize {
-    5
 }
 
 fn is_tag_glob(glob: &str) -> bool {
