@@ -5,16 +5,18 @@
 //! from systemd's `$CREDENTIALS_DIRECTORY`.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::model;
 use crate::model::event::EventKind;
 
+mod files;
 mod raw;
 mod units;
 
+pub use files::check_private_file;
+use files::ConfigDir;
 use raw::{RawApp, RawConfig, RawVerify};
 use units::{parse_duration, parse_size};
 
@@ -435,7 +437,7 @@ fn source_display(source: &Source) -> Option<String> {
 }
 
 /// The one source an app names: `repo`, `image`, `object` or `url`.
-fn parse_source(a: &RawApp, resolve: &dyn Fn(&Path) -> PathBuf) -> Result<Source, String> {
+fn parse_source(a: &RawApp, dir: &ConfigDir) -> Result<Source, String> {
     let named = [
         !a.repo.is_empty(),
         a.image.is_some(),
@@ -528,8 +530,8 @@ fn parse_source(a: &RawApp, resolve: &dyn Fn(&Path) -> PathBuf) -> Result<Source
             repository: repository.to_string(),
             kind,
             username: a.registry_username.clone(),
-            password_file: a.registry_password_file.as_deref().map(resolve),
-            token_file: a.registry_token_file.as_deref().map(resolve),
+            password_file: a.registry_password_file.as_deref().map(|p| dir.resolve(p)),
+            token_file: a.registry_token_file.as_deref().map(|p| dir.resolve(p)),
             plain_http: a.plain_http,
         }));
     }
@@ -556,8 +558,8 @@ fn parse_source(a: &RawApp, resolve: &dyn Fn(&Path) -> PathBuf) -> Result<Source
             key: key.to_string(),
             endpoint: a.s3_endpoint.clone(),
             region,
-            access_key_id_file: a.s3_access_key_id_file.as_deref().map(resolve),
-            secret_access_key_file: a.s3_secret_access_key_file.as_deref().map(resolve),
+            access_key_id_file: a.s3_access_key_id_file.as_deref().map(|p| dir.resolve(p)),
+            secret_access_key_file: a.s3_secret_access_key_file.as_deref().map(|p| dir.resolve(p)),
         }));
     }
     let url = a.url.clone().unwrap_or_default();
@@ -576,7 +578,7 @@ fn parse_source(a: &RawApp, resolve: &dyn Fn(&Path) -> PathBuf) -> Result<Source
     check_template("url", &url)?;
     Ok(Source::Url(UrlSource {
         url,
-        token_file: a.url_token_file.as_deref().map(resolve),
+        token_file: a.url_token_file.as_deref().map(|p| dir.resolve(p)),
     }))
 }
 
@@ -589,13 +591,15 @@ fn check_template(key: &str, t: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_verify(v: &RawVerify, resolve: &dyn Fn(&Path) -> PathBuf) -> Result<Verifier, String> {
+fn parse_verify(v: &RawVerify, dir: &ConfigDir) -> Result<Verifier, String> {
     match (&v.minisign_key, &v.ssh_allowed_signers) {
         (Some(k), None) => {
             if v.ssh_identity.is_some() || v.ssh_namespace.is_some() {
                 return Err("verify: ssh_identity and ssh_namespace go with ssh_allowed_signers".into());
             }
-            Ok(Verifier::Minisign { key_file: resolve(k) })
+            Ok(Verifier::Minisign {
+                key_file: dir.resolve(k),
+            })
         }
         (None, Some(signers)) => {
             let identity = v
@@ -609,7 +613,7 @@ fn parse_verify(v: &RawVerify, resolve: &dyn Fn(&Path) -> PathBuf) -> Result<Ver
                 }
             }
             Ok(Verifier::Ssh {
-                allowed_signers: resolve(signers),
+                allowed_signers: dir.resolve(signers),
                 identity,
                 namespace,
             })
@@ -650,14 +654,7 @@ impl Config {
             path: path.to_path_buf(),
             message,
         };
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let resolve = |p: &Path| {
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                base.join(p)
-            }
-        };
+        let dir = ConfigDir::of(path);
 
         let max_body_bytes = match &raw.max_body {
             Some(s) => parse_size(s).map_err(|e| invalid(format!("max_body: {e}")))?,
@@ -742,7 +739,7 @@ impl Config {
                     Some(d)
                 }
             };
-            let source = parse_source(&a, &resolve).map_err(|m| ctx(&m))?;
+            let source = parse_source(&a, &dir).map_err(|m| ctx(&m))?;
             let track = match (&source, &a.tag) {
                 (Source::Image(_), Some(glob)) => {
                     if !is_tag_glob(glob) || !model::is_oci_tag(&glob.replace(['*', '?'], "x")) {
@@ -779,7 +776,7 @@ impl Config {
                         "verify applies to artifacts (image, object, url); git apps are pinned by sha",
                     ))
                 }
-                Some(v) => Some(parse_verify(v, &resolve).map_err(|m| ctx(&m))?),
+                Some(v) => Some(parse_verify(v, &dir).map_err(|m| ctx(&m))?),
             };
             let max_artifact_bytes = match &a.max_artifact_size {
                 Some(s) => parse_size(s).map_err(|e| ctx(&format!("max_artifact_size: {e}")))? as u64,
@@ -914,7 +911,7 @@ impl Config {
                     Some(WebhookConfig {
                         provider,
                         secret_files,
-                        base_dir: base.clone(),
+                        base_dir: dir.path().to_path_buf(),
                     })
                 }
             };
@@ -924,14 +921,14 @@ impl Config {
                 } else if a.repo.contains("://") || model::url::is_ssh_url(&a.repo) {
                     a.repo
                 } else {
-                    resolve(Path::new(&a.repo)).to_string_lossy().into_owned()
+                    dir.resolve(Path::new(&a.repo)).to_string_lossy().into_owned()
                 },
                 branch: a.branch,
                 track,
                 poll,
-                deploy_key: a.deploy_key.as_deref().map(resolve),
-                known_hosts: a.known_hosts.as_deref().map(resolve),
-                path: resolve(&a.path),
+                deploy_key: a.deploy_key.as_deref().map(|p| dir.resolve(p)),
+                known_hosts: a.known_hosts.as_deref().map(|p| dir.resolve(p)),
+                path: dir.resolve(&a.path),
                 keep_releases: a.keep_releases,
                 build: a.build,
                 activate: a.activate,
@@ -967,7 +964,7 @@ impl Config {
             let kind = match n.kind.as_str() {
                 "webhook" => NotifyKind::Webhook {
                     url: url()?,
-                    secret_file: n.secret_file.as_deref().map(resolve),
+                    secret_file: n.secret_file.as_deref().map(|p| dir.resolve(p)),
                 },
                 "slack" => NotifyKind::Slack { url: url()? },
                 "ntfy" => NotifyKind::Ntfy { url: url()? },
@@ -1030,7 +1027,7 @@ impl Config {
             status_page: raw.status_page.unwrap_or(true),
             path: path.to_path_buf(),
             listen: raw.listen,
-            state_dir: resolve(&raw.state_dir),
+            state_dir: dir.resolve(&raw.state_dir),
             max_body_bytes,
             body_timeout,
             header_timeout,
@@ -1073,53 +1070,6 @@ impl Config {
     pub fn locks_dir(&self) -> PathBuf {
         self.state_dir.join("locks")
     }
-
-    /// Everything `haul check` verifies beyond parsing: key and secret files exist with safe modes.
-    pub fn check_files(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        for app in self.apps.values() {
-            if let Some(k) = &app.deploy_key {
-                if let Err(e) = check_private_file(k) {
-                    problems.push(format!("[apps.{}] deploy_key: {e}", app.name));
-                }
-            }
-            if let Some(kh) = &app.known_hosts {
-                match std::fs::read_to_string(kh) {
-                    Ok(t) if t.lines().any(|l| !l.trim().is_empty() && !l.starts_with('#')) => {}
-                    Ok(_) => problems.push(format!(
-                        "[apps.{}] known_hosts {} has no host keys; add them with `ssh-keyscan HOST >> {}` and compare the fingerprint with your forge's published one",
-                        app.name,
-                        kh.display(),
-                        kh.display()
-                    )),
-                    Err(e) => problems.push(format!("[apps.{}] known_hosts {}: {e}", app.name, kh.display())),
-                }
-            }
-            if let Some(w) = &app.webhook {
-                if let Err(e) = w.load_secrets() {
-                    problems.push(format!("[apps.{}] webhook: {e}", app.name));
-                }
-            }
-            for (key, file) in app.credential_files() {
-                if let Err(e) = check_private_file(file) {
-                    problems.push(format!("[apps.{}] {key}: {e}", app.name));
-                }
-            }
-            let verify_file = match &app.verify {
-                Some(Verifier::Minisign { key_file }) => Some(("verify.minisign_key", key_file)),
-                Some(Verifier::Ssh { allowed_signers, .. }) => {
-                    Some(("verify.ssh_allowed_signers", allowed_signers))
-                }
-                None => None,
-            };
-            if let Some((key, file)) = verify_file {
-                if let Err(e) = std::fs::metadata(file) {
-                    problems.push(format!("[apps.{}] {key} {}: {e}", app.name, file.display()));
-                }
-            }
-        }
-        problems
-    }
 }
 
 pub fn is_valid_app_name(name: &str) -> bool {
@@ -1131,37 +1081,14 @@ pub fn is_valid_app_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-/// A file holding a secret or a private key must exist and be readable by its owner only.
-pub fn check_private_file(path: &Path) -> Result<(), String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if !meta.is_file() {
-        return Err(format!("{} is not a file", path.display()));
-    }
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "{} is readable by other users (mode {mode:04o}); run `chmod 600 {}`",
-            path.display(),
-            path.display()
-        ));
-    }
-    Ok(())
-}
-
 impl WebhookConfig {
     /// Reads every configured secret (current first, then the previous one during a rotation). A relative path
     /// is looked up in `$CREDENTIALS_DIRECTORY` when systemd provides one.
     pub fn load_secrets(&self) -> Result<Vec<Vec<u8>>, String> {
         let mut out = Vec::new();
         for f in &self.secret_files {
-            let path = match std::env::var_os("CREDENTIALS_DIRECTORY") {
-                _ if f.is_absolute() => f.clone(),
-                Some(dir) => Path::new(&dir).join(f),
-                None => self.base_dir.join(f),
-            };
-            check_private_file(&path)?;
-            let text = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            let secret = trim_ascii(&text).to_vec();
+            let path = files::credential_path(f, &self.base_dir);
+            let secret = files::read_secret(&path)?;
             if secret.len() < 16 {
                 return Err(format!(
                     "secret in {} is shorter than 16 bytes; generate one with `openssl rand -hex 32 > {}`",
@@ -1173,15 +1100,6 @@ impl WebhookConfig {
         }
         Ok(out)
     }
-}
-
-fn trim_ascii(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-    let end = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &b[start..end]
 }
 
 #[cfg(test)]
