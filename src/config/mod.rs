@@ -13,11 +13,13 @@ use crate::model::event::EventKind;
 
 mod files;
 mod raw;
+mod track;
 mod units;
 
 pub use files::check_private_file;
 use files::ConfigDir;
 use raw::{RawApp, RawConfig, RawVerify};
+pub use track::{glob_match, Track};
 use units::{parse_duration, parse_size};
 
 pub const DEFAULT_CONFIG: &str = "/etc/haul/haul.toml";
@@ -330,58 +332,6 @@ impl Provider {
     }
 }
 
-/// What an app deploys: the tip of one branch, or the newest tag matching a glob.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Track {
-    Branch(String),
-    Tags(String),
-}
-
-impl Track {
-    /// Does a full ref name select this app's deploys?
-    pub fn wants(&self, git_ref: &str) -> bool {
-        match self {
-            Track::Branch(b) => git_ref.strip_prefix("refs/heads/") == Some(b.as_str()),
-            Track::Tags(glob) => git_ref
-                .strip_prefix("refs/tags/")
-                .is_some_and(|t| glob_match(glob, t)),
-        }
-    }
-    /// A tag glob with wildcards (not one fixed tag).
-    pub fn is_glob(&self) -> bool {
-        matches!(self, Track::Tags(g) if g.contains(['*', '?']))
-    }
-    pub fn describe(&self) -> String {
-        match self {
-            Track::Branch(b) => format!("branch {b}"),
-            Track::Tags(g) => format!("tags matching {g}"),
-        }
-    }
-}
-
-/// Shell-style glob with `*` (any run of characters) and `?` (one character), as `git for-each-ref` uses.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ti;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|c| *c == '*')
-}
-
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
     pub provider: Provider,
@@ -416,14 +366,6 @@ fn parse_health_url(url: &str) -> Result<(String, u16, String), String> {
         port,
         path.to_string(),
     ))
-}
-
-fn is_tag_glob(glob: &str) -> bool {
-    let probe = glob.replace(['*', '?'], "x");
-    !glob.is_empty()
-        && glob.len() <= 128
-        && model::is_valid_ref(&format!("refs/tags/{probe}"))
-        && !glob.contains('/')
 }
 
 /// What `repo` shows for an artifact app (status, audit, page): where it comes from, without credentials.
@@ -711,22 +653,7 @@ impl Config {
             if !is_valid_app_name(&name) {
                 return Err(ctx("app names use letters, digits, '-', '_' and '.', start with a letter or digit, and are at most 64 characters"));
             }
-            if !model::is_valid_branch(&a.branch) {
-                return Err(ctx(&format!("branch {:?} is not a valid branch name", a.branch)));
-            }
-            let track = match &a.tags {
-                None => Track::Branch(a.branch.clone()),
-                Some(glob) => {
-                    let probe = glob.replace(['*', '?'], "x");
-                    if glob.is_empty()
-                        || !model::is_valid_ref(&format!("refs/tags/{probe}"))
-                        || glob.contains('/')
-                    {
-                        return Err(ctx(&format!("tags {glob:?} is not a tag glob like \"v*\"")));
-                    }
-                    Track::Tags(glob.clone())
-                }
-            };
+            let track = track::git_track(&a).map_err(|m| ctx(&m))?;
             let poll = match &a.poll {
                 None => None,
                 Some(s) => {
@@ -740,24 +667,7 @@ impl Config {
                 }
             };
             let source = parse_source(&a, &dir).map_err(|m| ctx(&m))?;
-            let track = match (&source, &a.tag) {
-                (Source::Image(_), Some(glob)) => {
-                    if !is_tag_glob(glob) || !model::is_oci_tag(&glob.replace(['*', '?'], "x")) {
-                        return Err(ctx(&format!(
-                            "tag {glob:?} is not an image tag or a tag glob like \"v*\""
-                        )));
-                    }
-                    Track::Tags(glob.clone())
-                }
-                (Source::Image(_), None) => Track::Tags("latest".into()),
-                (_, Some(_)) => return Err(ctx("`tag` goes with `image`; a git app uses `tags`")),
-                _ => track,
-            };
-            if source.is_artifact() && a.tags.is_some() {
-                return Err(ctx(
-                    "`tags` is for git apps; an image app names its tag (or glob) in `tag`",
-                ));
-            }
+            let track = track::for_source(&a, &source, track).map_err(|m| ctx(&m))?;
             if source.is_templated() && poll.is_some() {
                 return Err(ctx("poll cannot watch a location with {sha} in it (which sha?); poll a fixed key or URL, or send a webhook after the upload"));
             }
@@ -1233,20 +1143,5 @@ mod tests {
         );
         assert!(parse_health_url("https://example.com/").is_err());
         assert!(parse_health_url("http://h:99999/").is_err());
-    }
-
-    #[test]
-    fn globs() {
-        for (p, t, want) in [
-            ("v*", "v1.2.3", true),
-            ("v*", "release-1", false),
-            ("v?.*", "v1.0", true),
-            ("*", "", true),
-            ("v*-rc*", "v2-rc1", true),
-            ("v*-rc*", "v2", false),
-            ("release", "release", true),
-        ] {
-            assert_eq!(glob_match(p, t), want, "{p} {t}");
-        }
     }
 }
