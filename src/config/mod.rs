@@ -12,12 +12,14 @@ use crate::model;
 use crate::model::event::EventKind;
 
 mod files;
+mod health;
 mod raw;
 mod track;
 mod units;
 
 pub use files::check_private_file;
 use files::ConfigDir;
+pub use health::{Health, HealthCheck};
 use raw::{RawApp, RawConfig, RawVerify};
 pub use track::{glob_match, Track};
 use units::{parse_duration, parse_size};
@@ -274,26 +276,6 @@ pub enum OnRestart {
     Hold,
 }
 
-/// The health gate run after `activate`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Health {
-    pub check: HealthCheck,
-    /// Limit for one attempt.
-    pub timeout: Duration,
-    /// Attempts before the release is declared unhealthy.
-    pub retries: u32,
-    /// Wait between attempts.
-    pub interval: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HealthCheck {
-    /// `GET http://host:port/path` must answer 2xx.
-    Url { host: String, port: u16, path: String },
-    /// A command, run like a step in the release directory, must exit 0.
-    Command(String),
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Provider {
     Github,
@@ -339,33 +321,6 @@ pub struct WebhookConfig {
     pub secret_files: Vec<PathBuf>,
     /// The config file's directory: a relative secret file is found here (or in systemd's credentials).
     pub base_dir: PathBuf,
-}
-
-/// `http://host[:port]/path` (plain HTTP: a health check talks to the app on this machine).
-fn parse_health_url(url: &str) -> Result<(String, u16, String), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("health.url {url:?} must be http:// (the app, on this machine); use health.command for anything else"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
-            h.to_string(),
-            p.parse::<u16>()
-                .map_err(|_| format!("health.url {url:?} has a bad port"))?,
-        ),
-        _ => (authority.to_string(), 80),
-    };
-    if host.is_empty() || path.chars().any(|c| c.is_control() || c == ' ') {
-        return Err(format!("health.url {url:?} is not a URL"));
-    }
-    Ok((
-        host.trim_start_matches('[').trim_end_matches(']').to_string(),
-        port,
-        path.to_string(),
-    ))
 }
 
 /// What `repo` shows for an artifact app (status, audit, page): where it comes from, without credentials.
@@ -706,33 +661,7 @@ impl Config {
                 Some(s) => parse_duration(s).map_err(|e| ctx(&format!("fetch_timeout: {e}")))?,
                 None => Duration::from_secs(300),
             };
-            let health = match a.health {
-                None => None,
-                Some(h) => {
-                    let check = match (h.url, h.command) {
-                        (Some(url), None) => {
-                            let (host, port, path) = parse_health_url(&url).map_err(|e| ctx(&e))?;
-                            HealthCheck::Url { host, port, path }
-                        }
-                        (None, Some(cmd)) if !cmd.trim().is_empty() => HealthCheck::Command(cmd),
-                        _ => return Err(ctx("health needs exactly one of `url` or `command`")),
-                    };
-                    let dur = |v: &Option<String>, key: &str, default: u64| match v {
-                        Some(s) => parse_duration(s).map_err(|e| ctx(&format!("health.{key}: {e}"))),
-                        None => Ok(Duration::from_secs(default)),
-                    };
-                    let retries = h.retries.unwrap_or(5);
-                    if !(1..=100).contains(&retries) {
-                        return Err(ctx("health.retries must be between 1 and 100"));
-                    }
-                    Some(Health {
-                        check,
-                        timeout: dur(&h.timeout, "timeout", 30)?,
-                        retries,
-                        interval: dur(&h.interval, "interval", 2)?,
-                    })
-                }
-            };
+            let health = a.health.map(health::parse).transpose().map_err(|m| ctx(&m))?;
             let on_restart = match a.on_restart.as_deref() {
                 None | Some("resume") => OnRestart::Resume,
                 Some("hold") => OnRestart::Hold,
@@ -1125,23 +1054,5 @@ mod tests {
             let err = parse(&text).expect_err(&text).to_string();
             assert!(err.contains(needle), "{text:?} gave {err:?}, wanted {needle:?}");
         }
-    }
-
-    #[test]
-    fn health_urls() {
-        assert_eq!(
-            parse_health_url("http://127.0.0.1:8080/healthz"),
-            Ok(("127.0.0.1".into(), 8080, "/healthz".into()))
-        );
-        assert_eq!(
-            parse_health_url("http://localhost"),
-            Ok(("localhost".into(), 80, "/".into()))
-        );
-        assert_eq!(
-            parse_health_url("http://[::1]:9/x?y=1"),
-            Ok(("::1".into(), 9, "/x?y=1".into()))
-        );
-        assert!(parse_health_url("https://example.com/").is_err());
-        assert!(parse_health_url("http://h:99999/").is_err());
     }
 }

@@ -11,6 +11,13 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{s:?} is not a duration like \"90s\", \"10m\" or \"24h\" ({e})"))
 }
 
+/// An optional duration setting, `default` when unset; the error names the key.
+pub(crate) fn duration_or(key: &str, value: Option<&str>, default: Duration) -> Result<Duration, String> {
+    value.map_or(Ok(default), |s| {
+        parse_duration(s).map_err(|e| format!("{key}: {e}"))
+    })
+}
+
 /// `"1MiB"`, `"512KiB"`, `"1000000"`.
 pub(crate) fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();
