@@ -16,6 +16,7 @@ mod health;
 mod raw;
 mod track;
 mod units;
+mod webhook;
 
 pub use files::check_private_file;
 use files::ConfigDir;
@@ -23,6 +24,7 @@ pub use health::{Health, HealthCheck};
 use raw::{RawApp, RawConfig, RawVerify};
 pub use track::{glob_match, Track};
 use units::{parse_duration, parse_size};
+pub use webhook::{Provider, WebhookConfig};
 
 pub const DEFAULT_CONFIG: &str = "/etc/haul/haul.toml";
 
@@ -274,53 +276,6 @@ fn url_host(url: &str) -> &str {
 pub enum OnRestart {
     Resume,
     Hold,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Provider {
-    Github,
-    Gitlab,
-    Gitea,
-    Forgejo,
-    Bitbucket,
-    Standard,
-    /// A registry's own notifications (Docker Distribution), for image apps.
-    Distribution,
-}
-
-impl Provider {
-    pub const ALL: [Provider; 7] = [
-        Provider::Github,
-        Provider::Gitlab,
-        Provider::Gitea,
-        Provider::Forgejo,
-        Provider::Bitbucket,
-        Provider::Standard,
-        Provider::Distribution,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Provider::Github => "github",
-            Provider::Gitlab => "gitlab",
-            Provider::Gitea => "gitea",
-            Provider::Forgejo => "forgejo",
-            Provider::Bitbucket => "bitbucket",
-            Provider::Standard => "standard",
-            Provider::Distribution => "distribution",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Provider> {
-        Provider::ALL.into_iter().find(|p| p.as_str() == s)
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct WebhookConfig {
-    pub provider: Provider,
-    /// Where the secrets come from; read by [`WebhookConfig::load_secrets`].
-    pub secret_files: Vec<PathBuf>,
-    /// The config file's directory: a relative secret file is found here (or in systemd's credentials).
-    pub base_dir: PathBuf,
 }
 
 /// What `repo` shows for an artifact app (status, audit, page): where it comes from, without credentials.
@@ -720,40 +675,11 @@ impl Config {
                     return Err(ctx(&format!("{key} has an empty step")));
                 }
             }
-            let webhook = match a.webhook {
-                None => None,
-                Some(w) => {
-                    let Some(provider) = Provider::parse(&w.provider) else {
-                        let known: Vec<&str> = Provider::ALL.iter().map(|p| p.as_str()).collect();
-                        return Err(ctx(&format!(
-                            "webhook.provider {:?} is not supported (supported: {})",
-                            w.provider,
-                            known.join(", ")
-                        )));
-                    };
-                    if provider == Provider::Distribution && !matches!(source, Source::Image(_)) {
-                        return Err(ctx("webhook.provider \"distribution\" (a registry's notifications) is for image apps"));
-                    }
-                    let mut secret_files: Vec<PathBuf> = w.secret_file.into_iter().collect();
-                    secret_files.extend(w.previous_secret_file);
-                    secret_files.extend(w.secret_files);
-                    if secret_files.is_empty() {
-                        return Err(ctx(
-                            "webhook needs `secret_file` (secrets are never written in the config itself)",
-                        ));
-                    }
-                    if secret_files.len() > 4 {
-                        return Err(ctx(
-                            "webhook accepts at most 4 secrets at once (for a rotation, 2 is enough)",
-                        ));
-                    }
-                    Some(WebhookConfig {
-                        provider,
-                        secret_files,
-                        base_dir: dir.path().to_path_buf(),
-                    })
-                }
-            };
+            let webhook = a
+                .webhook
+                .map(|w| webhook::parse(w, &source, &dir))
+                .transpose()
+                .map_err(|m| ctx(&m))?;
             let app = AppConfig {
                 repo: if let Some(display) = source_display(&source) {
                     display
@@ -918,27 +844,6 @@ pub fn is_valid_app_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
-impl WebhookConfig {
-    /// Reads every configured secret (current first, then the previous one during a rotation). A relative path
-    /// is looked up in `$CREDENTIALS_DIRECTORY` when systemd provides one.
-    pub fn load_secrets(&self) -> Result<Vec<Vec<u8>>, String> {
-        let mut out = Vec::new();
-        for f in &self.secret_files {
-            let path = files::credential_path(f, &self.base_dir);
-            let secret = files::read_secret(&path)?;
-            if secret.len() < 16 {
-                return Err(format!(
-                    "secret in {} is shorter than 16 bytes; generate one with `openssl rand -hex 32 > {}`",
-                    path.display(),
-                    path.display()
-                ));
-            }
-            out.push(secret);
-        }
-        Ok(out)
-    }
 }
 
 #[cfg(test)]
