@@ -14,16 +14,20 @@ use crate::model::event::EventKind;
 mod files;
 mod health;
 mod raw;
+mod source;
 mod track;
 mod units;
+mod verify;
 mod webhook;
 
 pub use files::check_private_file;
 use files::ConfigDir;
 pub use health::{Health, HealthCheck};
-use raw::{RawApp, RawConfig, RawVerify};
+use raw::RawConfig;
+pub use source::{ImageKind, ImageSource, ObjectSource, Source, UrlSource};
 pub use track::{glob_match, Track};
 use units::{parse_duration, parse_size};
+pub use verify::Verifier;
 pub use webhook::{Provider, WebhookConfig};
 
 pub const DEFAULT_CONFIG: &str = "/etc/haul/haul.toml";
@@ -98,77 +102,6 @@ pub struct AppConfig {
     pub verify: Option<Verifier>,
     /// The most an artifact may unpack to.
     pub max_artifact_bytes: u64,
-}
-
-/// Where an app's releases come from. Every source ends in the same place: a complete directory under
-/// `releases/`, recorded before it is written, switched to atomically.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    /// A git repository (`repo`): a bare mirror fetched over SSH or HTTPS, checked out.
-    Git,
-    /// An OCI registry (`image` + `tag`): resolved to a digest, pulled by digest.
-    Image(ImageSource),
-    /// S3-compatible object storage (`object = "s3://bucket/key"`).
-    Object(ObjectSource),
-    /// A plain download (`url`).
-    Url(UrlSource),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageSource {
-    /// `host[:port]`.
-    pub registry: String,
-    /// `acme/api`.
-    pub repository: String,
-    pub kind: ImageKind,
-    /// Basic credentials (`registry_username` + `registry_password_file`), or a bearer token file.
-    pub username: Option<String>,
-    pub password_file: Option<PathBuf>,
-    pub token_file: Option<PathBuf>,
-    /// Talk plain HTTP to the registry (a registry on loopback or a private network only).
-    pub plain_http: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ImageKind {
-    /// An OCI artifact whose layers are tarballs: they become the release directory.
-    Artifact,
-    /// A container image the activate steps run (`HAUL_IMAGE`, pinned by digest); layers are not pulled.
-    Container,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObjectSource {
-    pub bucket: String,
-    /// The key, possibly with `{sha}` (the version a trigger names).
-    pub key: String,
-    /// An S3-compatible endpoint (`http://127.0.0.1:9000`); AWS when unset.
-    pub endpoint: Option<String>,
-    pub region: String,
-    pub access_key_id_file: Option<PathBuf>,
-    pub secret_access_key_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UrlSource {
-    /// `https://...`, possibly with `{sha}`.
-    pub url: String,
-    /// Sent as `Authorization: Bearer <token>`.
-    pub token_file: Option<PathBuf>,
-}
-
-impl Source {
-    /// Does the location name the version (`{sha}`), so a trigger must say which?
-    pub fn is_templated(&self) -> bool {
-        match self {
-            Source::Object(o) => o.key.contains("{sha}"),
-            Source::Url(u) => u.url.contains("{sha}"),
-            Source::Git | Source::Image(_) => false,
-        }
-    }
-    pub fn is_artifact(&self) -> bool {
-        !matches!(self, Source::Git)
-    }
 }
 
 impl AppConfig {
@@ -278,216 +211,6 @@ pub enum OnRestart {
     Hold,
 }
 
-/// What `repo` shows for an artifact app (status, audit, page): where it comes from, without credentials.
-fn source_display(source: &Source) -> Option<String> {
-    match source {
-        Source::Git => None,
-        Source::Image(i) => Some(format!("oci://{}/{}", i.registry, i.repository)),
-        Source::Object(o) => Some(format!("s3://{}/{}", o.bucket, o.key)),
-        Source::Url(u) => Some(crate::model::url::shown(&u.url)),
-    }
-}
-
-/// The one source an app names: `repo`, `image`, `object` or `url`.
-fn parse_source(a: &RawApp, dir: &ConfigDir) -> Result<Source, String> {
-    let named = [
-        !a.repo.is_empty(),
-        a.image.is_some(),
-        a.object.is_some(),
-        a.url.is_some(),
-    ];
-    match named.iter().filter(|n| **n).count() {
-        0 => {
-            return Err(
-                "needs a source: `repo` (git), `image` (OCI registry), `object` (s3://...) or `url`".into(),
-            )
-        }
-        1 => {}
-        _ => {
-            return Err(
-                "names more than one source; use exactly one of `repo`, `image`, `object` or `url`".into(),
-            )
-        }
-    }
-    let image_keys = a.registry_username.is_some()
-        || a.registry_password_file.is_some()
-        || a.registry_token_file.is_some()
-        || a.image_kind.is_some()
-        || a.plain_http;
-    if image_keys && a.image.is_none() {
-        return Err("registry_* keys, image_kind and plain_http go with `image`".into());
-    }
-    let s3_keys = a.s3_endpoint.is_some()
-        || a.s3_region.is_some()
-        || a.s3_access_key_id_file.is_some()
-        || a.s3_secret_access_key_file.is_some();
-    if s3_keys && a.object.is_none() {
-        return Err("s3_* keys go with `object`".into());
-    }
-    if a.url_token_file.is_some() && a.url.is_none() {
-        return Err("url_token_file goes with `url`".into());
-    }
-    if a.image.is_none() && a.object.is_none() && a.url.is_none() {
-        return Ok(Source::Git);
-    }
-    let no_control = |k: &str, v: &str| {
-        if v.is_empty() || v.starts_with('-') || v.chars().any(|c| c.is_control() || c == ' ') {
-            Err(format!("{k} {v:?} is not valid"))
-        } else {
-            Ok(())
-        }
-    };
-    if let Some(image) = &a.image {
-        no_control("image", image)?;
-        if image.contains("://")
-            || image.contains('@')
-            || image.rsplit('/').next().is_some_and(|l| l.contains(':'))
-        {
-            return Err(format!(
-                "image {image:?} is `registry.example.com/acme/api` (no scheme, tag or digest: the tag goes in `tag`)"
-            ));
-        }
-        let (registry, repository) = image
-            .split_once('/')
-            .filter(|(r, rest)| (r.contains('.') || r.contains(':') || *r == "localhost") && !rest.is_empty())
-            .ok_or_else(|| {
-                format!("image {image:?} must start with the registry host, like `ghcr.io/acme/api`")
-            })?;
-        if !repository.split('/').all(|c| {
-            !c.is_empty()
-                && c.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-        }) {
-            return Err(format!("image {image:?}: the repository part must be lowercase letters, digits, '.', '_', '-' and '/'"));
-        }
-        let kind = match a.image_kind.as_deref() {
-            None | Some("artifact") => ImageKind::Artifact,
-            Some("container") => ImageKind::Container,
-            Some(other) => {
-                return Err(format!(
-                    "image_kind {other:?} must be \"artifact\" or \"container\""
-                ))
-            }
-        };
-        if a.registry_username.is_some() != a.registry_password_file.is_some() {
-            return Err("registry_username and registry_password_file go together".into());
-        }
-        if a.registry_token_file.is_some() && a.registry_username.is_some() {
-            return Err(
-                "use registry_token_file or registry_username + registry_password_file, not both".into(),
-            );
-        }
-        return Ok(Source::Image(ImageSource {
-            registry: registry.to_string(),
-            repository: repository.to_string(),
-            kind,
-            username: a.registry_username.clone(),
-            password_file: a.registry_password_file.as_deref().map(|p| dir.resolve(p)),
-            token_file: a.registry_token_file.as_deref().map(|p| dir.resolve(p)),
-            plain_http: a.plain_http,
-        }));
-    }
-    if let Some(object) = &a.object {
-        no_control("object", object)?;
-        let (bucket, key) = object
-            .strip_prefix("s3://")
-            .and_then(|r| r.split_once('/'))
-            .filter(|(b, k)| !b.is_empty() && !k.is_empty())
-            .ok_or_else(|| format!("object {object:?} must be s3://bucket/key"))?;
-        check_template("object", key)?;
-        if let Some(e) = &a.s3_endpoint {
-            if !(e.starts_with("https://") || e.starts_with("http://")) || e.chars().any(char::is_control) {
-                return Err(format!("s3_endpoint {e:?} must be an http:// or https:// URL"));
-            }
-        }
-        if a.s3_access_key_id_file.is_some() != a.s3_secret_access_key_file.is_some() {
-            return Err("s3_access_key_id_file and s3_secret_access_key_file go together".into());
-        }
-        let region = a.s3_region.clone().unwrap_or_else(|| "us-east-1".into());
-        no_control("s3_region", &region)?;
-        return Ok(Source::Object(ObjectSource {
-            bucket: bucket.to_string(),
-            key: key.to_string(),
-            endpoint: a.s3_endpoint.clone(),
-            region,
-            access_key_id_file: a.s3_access_key_id_file.as_deref().map(|p| dir.resolve(p)),
-            secret_access_key_file: a.s3_secret_access_key_file.as_deref().map(|p| dir.resolve(p)),
-        }));
-    }
-    let url = a.url.clone().unwrap_or_default();
-    no_control("url", &url)?;
-    if !(url.starts_with("https://") || url.starts_with("http://")) {
-        return Err(format!(
-            "url {url:?} must be https:// (or http:// on a private network)"
-        ));
-    }
-    if url
-        .split_once("://")
-        .is_some_and(|(_, r)| r.split('/').next().is_some_and(|a| a.contains('@')))
-    {
-        return Err("url must not carry credentials; put a token in url_token_file".into());
-    }
-    check_template("url", &url)?;
-    Ok(Source::Url(UrlSource {
-        url,
-        token_file: a.url_token_file.as_deref().map(|p| dir.resolve(p)),
-    }))
-}
-
-/// Only `{sha}` may be filled in, and only once the trigger's value is validated.
-fn check_template(key: &str, t: &str) -> Result<(), String> {
-    let stripped = t.replace("{sha}", "");
-    if stripped.contains('{') || stripped.contains('}') {
-        return Err(format!("{key} {t:?}: the only placeholder is {{sha}}"));
-    }
-    Ok(())
-}
-
-fn parse_verify(v: &RawVerify, dir: &ConfigDir) -> Result<Verifier, String> {
-    match (&v.minisign_key, &v.ssh_allowed_signers) {
-        (Some(k), None) => {
-            if v.ssh_identity.is_some() || v.ssh_namespace.is_some() {
-                return Err("verify: ssh_identity and ssh_namespace go with ssh_allowed_signers".into());
-            }
-            Ok(Verifier::Minisign {
-                key_file: dir.resolve(k),
-            })
-        }
-        (None, Some(signers)) => {
-            let identity = v
-                .ssh_identity
-                .clone()
-                .ok_or("verify: ssh_allowed_signers needs ssh_identity (the principal CI signs as)")?;
-            let namespace = v.ssh_namespace.clone().unwrap_or_else(|| "haul".into());
-            for (k, val) in [("ssh_identity", &identity), ("ssh_namespace", &namespace)] {
-                if val.is_empty() || val.starts_with('-') || val.chars().any(|c| c.is_control() || c == ' ') {
-                    return Err(format!("verify: {k} {val:?} is not valid"));
-                }
-            }
-            Ok(Verifier::Ssh {
-                allowed_signers: dir.resolve(signers),
-                identity,
-                namespace,
-            })
-        }
-        _ => Err("verify needs exactly one of minisign_key or ssh_allowed_signers".into()),
-    }
-}
-
-/// How an artifact's detached signature is checked (`verify = { ... }`); the checking is
-/// `sources::signature`'s.
-#[derive(Debug, Clone)]
-pub enum Verifier {
-    Minisign {
-        key_file: PathBuf,
-    },
-    Ssh {
-        allowed_signers: PathBuf,
-        identity: String,
-        namespace: String,
-    },
-}
-
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -576,7 +299,7 @@ impl Config {
                     Some(d)
                 }
             };
-            let source = parse_source(&a, &dir).map_err(|m| ctx(&m))?;
+            let source = source::parse(&a, &dir).map_err(|m| ctx(&m))?;
             let track = track::for_source(&a, &source, track).map_err(|m| ctx(&m))?;
             if source.is_templated() && poll.is_some() {
                 return Err(ctx("poll cannot watch a location with {sha} in it (which sha?); poll a fixed key or URL, or send a webhook after the upload"));
@@ -589,15 +312,7 @@ impl Config {
             if source.is_artifact() && !a.mirrors.is_empty() {
                 return Err(ctx("mirrors are for git apps"));
             }
-            let verify = match &a.verify {
-                None => None,
-                Some(_) if !source.is_artifact() => {
-                    return Err(ctx(
-                        "verify applies to artifacts (image, object, url); git apps are pinned by sha",
-                    ))
-                }
-                Some(v) => Some(parse_verify(v, &dir).map_err(|m| ctx(&m))?),
-            };
+            let verify = verify::parse(a.verify.as_ref(), &source, &dir).map_err(|m| ctx(&m))?;
             let max_artifact_bytes = match &a.max_artifact_size {
                 Some(s) => parse_size(s).map_err(|e| ctx(&format!("max_artifact_size: {e}")))? as u64,
                 None => 4 * 1024 * 1024 * 1024,
@@ -681,7 +396,7 @@ impl Config {
                 .transpose()
                 .map_err(|m| ctx(&m))?;
             let app = AppConfig {
-                repo: if let Some(display) = source_display(&source) {
+                repo: if let Some(display) = source::source_display(&source) {
                     display
                 } else if a.repo.contains("://") || model::url::is_ssh_url(&a.repo) {
                     a.repo
@@ -898,65 +613,6 @@ mod tests {
         ];
         for (text, needle) in cases {
             let err = parse(text).expect_err(text).to_string();
-            assert!(err.contains(needle), "{text:?} gave {err:?}, wanted {needle:?}");
-        }
-    }
-
-    #[test]
-    fn artifact_sources() {
-        let base = "state_dir = \"/tmp/s\"\n[apps.a]\npath = \"/srv/a\"\n";
-        let ok = parse(&format!(
-            "{base}image = \"reg.example.com:5000/acme/api\"\ntag = \"v*\"\nregistry_username = \"d\"\nregistry_password_file = \"pw\"\nverify = {{ minisign_key = \"k.pub\" }}\npoll = \"5m\"\n"
-        ))
-        .expect("image app");
-        match &ok.apps["a"].source {
-            Source::Image(i) => {
-                assert_eq!(
-                    (i.registry.as_str(), i.repository.as_str()),
-                    ("reg.example.com:5000", "acme/api")
-                );
-                assert_eq!(i.password_file.as_deref(), Some(Path::new("/etc/haul/pw")));
-            }
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(ok.apps["a"].track, Track::Tags("v*".into()));
-        assert_eq!(ok.apps["a"].upstream(), "reg.example.com:5000");
-        let obj = parse(&format!(
-            "{base}object = \"s3://b/app-{{sha}}.tar.gz\"\ns3_endpoint = \"http://127.0.0.1:9\"\ns3_access_key_id_file = \"id\"\ns3_secret_access_key_file = \"key\"\n"
-        ))
-        .expect("object app");
-        assert!(obj.apps["a"].source.is_templated());
-        assert_eq!(obj.apps["a"].upstream(), "127.0.0.1:9");
-        let cases = [
-            (format!("{base}repo = \"/r\"\nimage = \"r.io/a/b\"\n"), "more than one source"),
-            (base.to_string(), "needs a source"),
-            (format!("{base}image = \"https://r.io/a/b\"\n"), "no scheme"),
-            (format!("{base}image = \"r.io/a/b:main\"\n"), "no scheme, tag or digest"),
-            (format!("{base}image = \"acme/api\"\n"), "registry host"),
-            (format!("{base}image = \"r.io/Acme/api\"\n"), "lowercase"),
-            (format!("{base}image = \"r.io/a/b\"\ntag = \"-x\"\n"), "tag"),
-            (format!("{base}image = \"r.io/a/b\"\nimage_kind = \"vm\"\n"), "image_kind"),
-            (format!("{base}image = \"r.io/a/b\"\nregistry_username = \"u\"\n"), "go together"),
-            (format!("{base}repo = \"/r\"\nplain_http = true\n"), "go with `image`"),
-            (format!("{base}object = \"b/key\"\n"), "s3://bucket/key"),
-            (format!("{base}object = \"s3://b/{{version}}.tgz\"\n"), "only placeholder"),
-            (format!("{base}object = \"s3://b/{{sha}}.tgz\"\npoll = \"1m\"\n"), "poll cannot watch"),
-            (format!("{base}object = \"s3://b/k\"\ns3_endpoint = \"ftp://x\"\n"), "s3_endpoint"),
-            (format!("{base}object = \"s3://b/k\"\ns3_access_key_id_file = \"x\"\n"), "go together"),
-            (format!("{base}url = \"https://u:p@h/a.tgz\"\n"), "credentials"),
-            (format!("{base}url = \"file:///etc/passwd\"\n"), "https://"),
-            (format!("{base}repo = \"/r\"\nverify = {{ minisign_key = \"k\" }}\n"), "verify applies"),
-            (format!("{base}url = \"https://h/a\"\nverify = {{ }}\n"), "exactly one"),
-            (format!("{base}url = \"https://h/a\"\nverify = {{ ssh_allowed_signers = \"s\" }}\n"), "ssh_identity"),
-            (format!("{base}url = \"https://h/a\"\ntag = \"v1\"\n"), "`tag` goes with `image`"),
-            (
-                format!("{base}repo = \"/r\"\n[apps.a.webhook]\nprovider = \"distribution\"\nsecret_file = \"/s\"\n"),
-                "for image apps",
-            ),
-            (format!("{base}url = \"https://h/a\"\nmax_artifact_size = \"lots\"\n"), "max_artifact_size"),
-        ];
-        for (text, needle) in cases {
-            let err = parse(&text).expect_err(&text).to_string();
             assert!(err.contains(needle), "{text:?} gave {err:?}, wanted {needle:?}");
         }
     }
