@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::model;
-use crate::model::event::EventKind;
 
 mod files;
 mod health;
+mod notify;
 mod raw;
 mod source;
 mod track;
@@ -23,6 +23,7 @@ mod webhook;
 pub use files::check_private_file;
 use files::ConfigDir;
 pub use health::{Health, HealthCheck};
+pub use notify::{NotifyKind, NotifyTarget};
 use raw::RawConfig;
 pub use source::{ImageKind, ImageSource, ObjectSource, Source, UrlSource};
 pub use track::{glob_match, Track};
@@ -152,56 +153,6 @@ pub enum MirrorMode {
     Prefer,
     /// The primary first; mirrors when it is down or rate-limiting.
     Fallback,
-}
-
-/// One `[[notify]]` target.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NotifyTarget {
-    pub kind: NotifyKind,
-    /// Only these apps (empty: all).
-    pub apps: Vec<String>,
-    /// Only these events (`failed`, `rolled_back`, `interrupted`, `stale`, `recovered`, `succeeded`).
-    pub events: Vec<EventKind>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NotifyKind {
-    /// A JSON POST, signed with Standard Webhooks when a secret is given.
-    Webhook {
-        url: String,
-        secret_file: Option<PathBuf>,
-    },
-    /// A Slack-compatible incoming webhook.
-    Slack { url: String },
-    /// An ntfy topic URL.
-    Ntfy { url: String },
-    /// Mail through the local sendmail.
-    Email {
-        to: Vec<String>,
-        from: String,
-        sendmail: String,
-    },
-}
-
-impl NotifyTarget {
-    pub fn wants(&self, app: &str, event: EventKind) -> bool {
-        (self.apps.is_empty() || self.apps.iter().any(|a| a == app)) && self.events.contains(&event)
-    }
-    pub fn describe(&self) -> String {
-        match &self.kind {
-            // Host only: paths and topics are often the secret.
-            NotifyKind::Webhook { url, .. } => format!("webhook to {}", url_host(url)),
-            NotifyKind::Slack { .. } => "slack".to_string(),
-            NotifyKind::Ntfy { url } => format!("ntfy at {}", url_host(url)),
-            NotifyKind::Email { to, .. } => format!("email {}", to.join(", ")),
-        }
-    }
-}
-
-fn url_host(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split('/').next().unwrap_or(rest);
-    authority.rsplit('@').next().unwrap_or(authority)
 }
 
 /// What to do, at start-up, with a request that was queued when haul stopped.
@@ -431,77 +382,7 @@ impl Config {
             };
             apps.insert(name, app);
         }
-        let mut notify = Vec::new();
-        for (i, n) in raw.notify.into_iter().enumerate() {
-            let nctx = |m: &str| invalid(format!("[[notify]] #{}: {m}", i + 1));
-            let url = || -> Result<String, ConfigError> {
-                match &n.url {
-                    Some(u) if u.starts_with("https://") || u.starts_with("http://") => Ok(u.clone()),
-                    Some(u) => Err(nctx(&format!("url {u:?} must be http:// or https://"))),
-                    None => Err(nctx("needs `url`")),
-                }
-            };
-            let kind = match n.kind.as_str() {
-                "webhook" => NotifyKind::Webhook {
-                    url: url()?,
-                    secret_file: n.secret_file.as_deref().map(|p| dir.resolve(p)),
-                },
-                "slack" => NotifyKind::Slack { url: url()? },
-                "ntfy" => NotifyKind::Ntfy { url: url()? },
-                "email" => {
-                    if n.to.is_empty()
-                        || n.to
-                            .iter()
-                            .any(|t| !t.contains('@') || t.chars().any(|c| c.is_control() || c == ','))
-                    {
-                        return Err(nctx("email needs `to`, a list of addresses"));
-                    }
-                    let from = n.from.clone().unwrap_or_else(|| "haul".to_string());
-                    if from.chars().any(char::is_control) {
-                        return Err(nctx("`from` has control characters"));
-                    }
-                    NotifyKind::Email {
-                        to: n.to.clone(),
-                        from,
-                        sendmail: n
-                            .sendmail
-                            .clone()
-                            .unwrap_or_else(|| "/usr/sbin/sendmail".to_string()),
-                    }
-                }
-                other => {
-                    return Err(nctx(&format!(
-                        "kind {other:?} must be webhook, slack, ntfy or email"
-                    )))
-                }
-            };
-            let events = match n.events {
-                Some(ev) => {
-                    let mut kinds = Vec::with_capacity(ev.len());
-                    for e in &ev {
-                        let Some(k) = EventKind::parse(e) else {
-                            let all: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
-                            return Err(nctx(&format!("event {e:?} is not one of {}", all.join(", "))));
-                        };
-                        kinds.push(k);
-                    }
-                    kinds
-                }
-                None => EventKind::DEFAULT.to_vec(),
-            };
-            notify.push(NotifyTarget {
-                kind,
-                apps: n.apps,
-                events,
-            });
-        }
-        for t in &notify {
-            if let Some(bad) = t.apps.iter().find(|a| !apps.contains_key(*a)) {
-                return Err(invalid(format!(
-                    "[[notify]] names app {bad:?}, which is not configured"
-                )));
-            }
-        }
+        let notify = notify::parse(raw.notify, &dir, &apps).map_err(invalid)?;
         Ok(Config {
             notify,
             status_page: raw.status_page.unwrap_or(true),
