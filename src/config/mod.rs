@@ -14,6 +14,7 @@ mod files;
 mod health;
 mod notify;
 mod raw;
+mod server;
 mod source;
 mod track;
 mod units;
@@ -182,55 +183,7 @@ impl Config {
         };
         let dir = ConfigDir::of(path);
 
-        let max_body_bytes = match &raw.max_body {
-            Some(s) => parse_size(s).map_err(|e| invalid(format!("max_body: {e}")))?,
-            None => 1024 * 1024,
-        };
-        if max_body_bytes < 1024 {
-            return Err(invalid("max_body must be at least 1KiB".into()));
-        }
-        let body_timeout = match &raw.body_timeout {
-            Some(s) => parse_duration(s).map_err(|e| invalid(format!("body_timeout: {e}")))?,
-            None => Duration::from_secs(10),
-        };
-        let header_timeout = match &raw.header_timeout {
-            Some(s) => parse_duration(s).map_err(|e| invalid(format!("header_timeout: {e}")))?,
-            None => Duration::from_secs(10),
-        };
-        let log_retention = match raw.log_retention.as_deref() {
-            None => Some(Duration::from_secs(90 * 24 * 3600)),
-            Some("forever") => None,
-            Some(s) => {
-                let d = parse_duration(s).map_err(|e| invalid(format!("log_retention: {e}")))?;
-                if d < Duration::from_secs(24 * 3600) || d > Duration::from_secs(100 * 365 * 24 * 3600) {
-                    return Err(invalid(
-                        "log_retention must be between 1d and 100y (or \"forever\")".into(),
-                    ));
-                }
-                Some(d)
-            }
-        };
-        let stop_grace = match &raw.stop_grace {
-            Some(s) => parse_duration(s).map_err(|e| invalid(format!("stop_grace: {e}")))?,
-            None => Duration::from_secs(30),
-        };
-        let mut allow_ips = Vec::new();
-        for cidr in &raw.allow_ips {
-            let net = cidr
-                .parse::<ipnet::IpNet>()
-                .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                .map_err(|_| {
-                    invalid(format!(
-                        "allow_ips: {cidr:?} is not an address or a CIDR network like \"192.0.2.0/24\""
-                    ))
-                })?;
-            allow_ips.push(net);
-        }
-        if let Some(h) = &raw.client_ip_header {
-            if axum::http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                return Err(invalid(format!("client_ip_header: {h:?} is not a header name")));
-            }
-        }
+        let server = server::parse(&raw, &dir).map_err(invalid)?;
         let mut apps = BTreeMap::new();
         for (name, a) in raw.apps {
             let ctx = |m: &str| invalid(format!("[apps.{name}] {m}"));
@@ -384,19 +337,19 @@ impl Config {
         }
         let notify = notify::parse(raw.notify, &dir, &apps).map_err(invalid)?;
         Ok(Config {
-            notify,
-            status_page: raw.status_page.unwrap_or(true),
             path: path.to_path_buf(),
-            listen: raw.listen,
-            state_dir: dir.resolve(&raw.state_dir),
-            max_body_bytes,
-            body_timeout,
-            header_timeout,
-            stop_grace,
-            log_retention,
-            rate_limit_per_minute: raw.rate_limit_per_minute.unwrap_or(600),
-            allow_ips,
-            client_ip_header: raw.client_ip_header,
+            listen: server.listen,
+            state_dir: server.state_dir,
+            max_body_bytes: server.max_body_bytes,
+            body_timeout: server.body_timeout,
+            header_timeout: server.header_timeout,
+            stop_grace: server.stop_grace,
+            log_retention: server.log_retention,
+            rate_limit_per_minute: server.rate_limit_per_minute,
+            allow_ips: server.allow_ips,
+            client_ip_header: server.client_ip_header,
+            notify,
+            status_page: server.status_page,
             apps,
         })
     }

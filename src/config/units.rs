@@ -38,6 +38,11 @@ pub(crate) fn parse_size(s: &str) -> Result<usize, String> {
     n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// An optional size setting, `default` when unset; the error names the key.
+pub(crate) fn size_or(key: &str, value: Option<&str>, default: usize) -> Result<usize, String> {
+    value.map_or(Ok(default), |s| parse_size(s).map_err(|e| format!("{key}: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
