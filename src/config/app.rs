@@ -4,13 +4,12 @@
 //! checks the rest and the rules between them, in a fixed order.
 
 use std::collections::BTreeMap;
-use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::files::ConfigDir;
 use super::raw::RawApp;
-use super::units::{duration_or, parse_duration, parse_size};
+use super::units::{duration_or, optional_duration, parse_duration, parse_size};
 use super::{health, source, track, verify, webhook};
 use super::{Health, Source, Track, Verifier, WebhookConfig};
 use crate::model;
@@ -109,6 +108,8 @@ pub enum OnRestart {
     Hold,
 }
 
+/// An app name is a file name (its lock under `state_dir`) and a URL path segment (`/hooks/NAME`), so it keeps
+/// to letters, digits and `-_.`, and starts with a letter or digit.
 pub fn is_valid_app_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
@@ -137,79 +138,56 @@ fn parse_app(name: &str, a: RawApp, dir: &ConfigDir) -> Result<AppConfig, String
     if !is_valid_app_name(name) {
         return Err("app names use letters, digits, '-', '_' and '.', start with a letter or digit, and are at most 64 characters".into());
     }
-    let track = track::git_track(&a)?;
-    let poll = parse_poll(a.poll.as_deref())?;
-    let source = source::parse(&a, dir)?;
-    let track = track::for_source(&a, &source, track)?;
-    check_fits_source(&a, &source, poll.is_some())?;
-    let verify = verify::parse(a.verify.as_ref(), &source, dir)?;
-    let max_artifact_bytes = match a.max_artifact_size.as_deref() {
-        Some(s) => parse_size(s).map_err(|e| format!("max_artifact_size: {e}"))? as u64,
-        None => 4 * 1024 * 1024 * 1024,
-    };
-    let has_ssh_keys = a.deploy_key.is_some() && a.known_hosts.is_some();
-    if model::url::is_ssh_url(&a.repo) && !has_ssh_keys {
-        return Err("an SSH repo needs `deploy_key` (the private half of a read-only deploy key) and `known_hosts` (the pinned host keys)".into());
-    }
+    let origin = parse_origin(&a, dir)?;
     if a.keep_releases < 2 {
         return Err(
             "keep_releases must be at least 2 (the live release and the one before it are always kept)"
                 .into(),
         );
     }
-    let step_timeout = duration_or(
-        "step_timeout",
-        a.step_timeout.as_deref(),
-        Duration::from_secs(600),
-    )?;
-    let fetch_timeout = duration_or(
-        "fetch_timeout",
-        a.fetch_timeout.as_deref(),
-        Duration::from_secs(300),
-    )?;
+    let or_secs = |key: &str, value: &Option<String>, default: u64| {
+        duration_or(key, value.as_deref(), Duration::from_secs(default))
+    };
+    let step_timeout = or_secs("step_timeout", &a.step_timeout, 600)?;
+    let fetch_timeout = or_secs("fetch_timeout", &a.fetch_timeout, 300)?;
     let health = a.health.map(health::parse).transpose()?;
     let on_restart = parse_on_restart(a.on_restart.as_deref())?;
-    let build_retries = bounded(
-        a.build_retries.unwrap_or(0),
-        0..=5,
-        "build_retries must be at most 5",
-    )?;
-    let max_fetches_per_minute = bounded(
-        a.max_fetches_per_minute.unwrap_or(30),
-        1..=u32::MAX,
-        "max_fetches_per_minute must be at least 1",
-    )?;
-    check_mirrors(&a.mirrors, has_ssh_keys)?;
+    let build_retries = a.build_retries.unwrap_or(0);
+    if build_retries > 5 {
+        return Err("build_retries must be at most 5".into());
+    }
+    let max_fetches_per_minute = a.max_fetches_per_minute.unwrap_or(30);
+    if max_fetches_per_minute == 0 {
+        return Err("max_fetches_per_minute must be at least 1".into());
+    }
+    check_mirrors(&a.mirrors, a.deploy_key.is_some() && a.known_hosts.is_some())?;
     let mirror_mode = parse_mirror_mode(a.mirror_mode.as_deref())?;
-    let alert_if_no_success_within = a
-        .alert_if_no_success_within
-        .as_deref()
-        .map(|s| parse_duration(s).map_err(|e| format!("alert_if_no_success_within: {e}")))
-        .transpose()?;
-    let realert_every = duration_or(
-        "realert_every",
-        a.realert_every.as_deref(),
-        Duration::from_secs(24 * 3600),
+    let alert_if_no_success_within = optional_duration(
+        "alert_if_no_success_within",
+        a.alert_if_no_success_within.as_deref(),
     )?;
+    let realert_every = or_secs("realert_every", &a.realert_every, 24 * 3600)?;
     if realert_every < Duration::from_secs(60) {
         return Err("realert_every must be at least 1m".into());
     }
-    let fetch_attempts = bounded(
-        a.fetch_attempts.unwrap_or(3),
-        1..=10,
-        "fetch_attempts must be between 1 and 10",
-    )?;
+    let fetch_attempts = a.fetch_attempts.unwrap_or(3);
+    if !(1..=10).contains(&fetch_attempts) {
+        return Err("fetch_attempts must be between 1 and 10".into());
+    }
     for (key, steps) in [("build", &a.build), ("activate", &a.activate)] {
         if steps.iter().any(|s| s.trim().is_empty()) {
             return Err(format!("{key} has an empty step"));
         }
     }
-    let webhook = a.webhook.map(|w| webhook::parse(w, &source, dir)).transpose()?;
+    let webhook = a
+        .webhook
+        .map(|w| webhook::parse(w, &origin.source, dir))
+        .transpose()?;
     Ok(AppConfig {
-        repo: shown_repo(&source, a.repo, dir),
+        repo: shown_repo(&origin.source, a.repo, dir),
         branch: a.branch,
-        track,
-        poll,
+        track: origin.track,
+        poll: origin.poll,
         deploy_key: a.deploy_key.as_deref().map(|p| dir.resolve(p)),
         known_hosts: a.known_hosts.as_deref().map(|p| dir.resolve(p)),
         path: dir.resolve(&a.path),
@@ -229,6 +207,39 @@ fn parse_app(name: &str, a: RawApp, dir: &ConfigDir) -> Result<AppConfig, String
         mirrors: a.mirrors,
         mirror_mode,
         name: name.to_string(),
+        source: origin.source,
+        verify: origin.verify,
+        max_artifact_bytes: origin.max_artifact_bytes,
+    })
+}
+
+/// What an app deploys and where it comes from: checked before how it deploys, and in this order.
+struct Origin {
+    track: Track,
+    poll: Option<Duration>,
+    source: Source,
+    verify: Option<Verifier>,
+    max_artifact_bytes: u64,
+}
+
+fn parse_origin(a: &RawApp, dir: &ConfigDir) -> Result<Origin, String> {
+    let track = track::git_track(a)?;
+    let poll = parse_poll(a.poll.as_deref())?;
+    let source = source::parse(a, dir)?;
+    let track = track::for_source(a, &source, track)?;
+    check_fits_source(a, &source, poll.is_some())?;
+    let verify = verify::parse(a.verify.as_ref(), &source, dir)?;
+    let max_artifact_bytes = match a.max_artifact_size.as_deref() {
+        Some(s) => parse_size(s).map_err(|e| format!("max_artifact_size: {e}"))? as u64,
+        None => 4 * 1024 * 1024 * 1024,
+    };
+    // haul's ssh uses the app's own key and pinned host keys only (no agent, no `~/.ssh`).
+    if model::url::is_ssh_url(&a.repo) && (a.deploy_key.is_none() || a.known_hosts.is_none()) {
+        return Err("an SSH repo needs `deploy_key` (the private half of a read-only deploy key) and `known_hosts` (the pinned host keys)".into());
+    }
+    Ok(Origin {
+        track,
+        poll,
         source,
         verify,
         max_artifact_bytes,
@@ -262,8 +273,7 @@ fn check_fits_source(a: &RawApp, source: &Source, polls: bool) -> Result<(), Str
     Ok(())
 }
 
-/// haul's ssh uses the app's own key and pinned host keys only (no agent, no `~/.ssh`), so an SSH mirror
-/// without them could never be reached.
+/// A mirror is fetched like the repo, with the same key and pinned host keys.
 fn check_mirrors(mirrors: &[String], has_ssh_keys: bool) -> Result<(), String> {
     for m in mirrors {
         if m.is_empty() || m.starts_with('-') || m.chars().any(char::is_control) {
@@ -291,14 +301,6 @@ fn parse_mirror_mode(value: Option<&str>) -> Result<MirrorMode, String> {
         Some(other) => Err(format!(
             "mirror_mode {other:?} must be \"prefer\" or \"fallback\""
         )),
-    }
-}
-
-fn bounded(value: u32, range: RangeInclusive<u32>, message: &str) -> Result<u32, String> {
-    if range.contains(&value) {
-        Ok(value)
-    } else {
-        Err(message.to_string())
     }
 }
 

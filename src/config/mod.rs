@@ -3,6 +3,18 @@
 //! Everything a person can get wrong is caught here, before the daemon starts, with a message that names the
 //! key and says how to fix it. Secrets are never inline: they are read from files whose mode is checked, or
 //! from systemd's `$CREDENTIALS_DIRECTORY`.
+//!
+//! # Layout
+//!
+//! Raw, then validated: `raw` is the file exactly as serde reads it, and each section turns its part of that
+//! into the types below. [`Config::parse`] only calls the sections, in order.
+//!
+//! - `raw`: the serde structs, with `deny_unknown_fields`.
+//! - `server`: the top-level settings (`listen`, `state_dir`, the webhook endpoint's limits).
+//! - `app`: `[apps.NAME]` into an [`AppConfig`], and the rules between its parts, which have their own files:
+//!   `source` (git, image, object, url), `track` (branch, tags, image tag), `verify`, `health`, `webhook`.
+//! - `notify`: the `[[notify]]` targets.
+//! - `units`: durations and sizes. `files`: paths beside the config, private files, secrets.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -87,7 +99,7 @@ impl Config {
             message,
         };
         let dir = ConfigDir::of(path);
-
+        // Notify targets come last: they may name apps, which must exist by then.
         let server = server::parse(&raw, &dir).map_err(invalid)?;
         let apps = app::parse_all(raw.apps, &dir).map_err(invalid)?;
         let notify = notify::parse(raw.notify, &dir, &apps).map_err(invalid)?;

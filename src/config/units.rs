@@ -18,6 +18,13 @@ pub(crate) fn duration_or(key: &str, value: Option<&str>, default: Duration) -> 
     })
 }
 
+/// An optional duration setting with no default; the error names the key.
+pub(crate) fn optional_duration(key: &str, value: Option<&str>) -> Result<Option<Duration>, String> {
+    value
+        .map(|s| parse_duration(s).map_err(|e| format!("{key}: {e}")))
+        .transpose()
+}
+
 /// `"1MiB"`, `"512KiB"`, `"1000000"`.
 pub(crate) fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();
