@@ -105,8 +105,8 @@ pub(crate) fn parse(a: &RawApp, dir: &ConfigDir) -> Result<Source, String> {
     }
 }
 
-/// Exactly one source, and no key that belongs to another one (a forgotten `image` line would otherwise turn
-/// an image app into a git app with stray settings).
+/// Exactly one source, and no key that belongs to another one: registry keys on a git app are a half-edited
+/// config, not settings to ignore.
 fn check_one_source(a: &RawApp) -> Result<(), String> {
     let named = [
         !a.repo.is_empty(),
