@@ -1,0 +1,317 @@
+//! `[apps.NAME]`: one deployable thing, validated into an [`AppConfig`].
+//!
+//! The sections an app is made of (source, track, verify, health, webhook) each have their own file; this one
+//! checks the rest and the rules between them, in a fixed order.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::files::ConfigDir;
+use super::raw::RawApp;
+use super::units::{duration_or, optional_duration, parse_duration, parse_size};
+use super::{health, source, track, verify, webhook};
+use super::{Health, Source, Track, Verifier, WebhookConfig};
+use crate::model;
+
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    pub name: String,
+    pub repo: String,
+    pub branch: String,
+    pub track: Track,
+    pub poll: Option<Duration>,
+    pub deploy_key: Option<PathBuf>,
+    pub known_hosts: Option<PathBuf>,
+    pub path: PathBuf,
+    pub keep_releases: usize,
+    pub build: Vec<String>,
+    pub activate: Vec<String>,
+    pub step_timeout: Duration,
+    pub fetch_timeout: Duration,
+    pub fetch_attempts: u32,
+    pub webhook: Option<WebhookConfig>,
+    pub health: Option<Health>,
+    /// Extra attempts for a failing build step (0: fail at once).
+    pub build_retries: u32,
+    pub on_restart: OnRestart,
+    /// Fetches per minute to this app's upstream host, shared by every app that uses it.
+    pub max_fetches_per_minute: u32,
+    /// The dead-man's switch: alert when no deploy succeeded for this long.
+    pub alert_if_no_success_within: Option<Duration>,
+    pub realert_every: Duration,
+    /// Other places to fetch the same repository from (a cache, a mirror).
+    pub mirrors: Vec<String>,
+    pub mirror_mode: MirrorMode,
+    /// Where releases come from: git (`repo`), or an artifact built in CI (`image`, `object`, `url`).
+    pub source: Source,
+    /// When set, an artifact must carry a valid detached signature by this key.
+    pub verify: Option<Verifier>,
+    /// The most an artifact may unpack to.
+    pub max_artifact_bytes: u64,
+}
+
+impl AppConfig {
+    /// The artifact credential files this app reads (each must be private): (config key, path).
+    pub fn credential_files(&self) -> Vec<(&'static str, &Path)> {
+        let mut out: Vec<(&'static str, &Path)> = Vec::new();
+        match &self.source {
+            Source::Image(i) => {
+                out.extend(i.password_file.as_deref().map(|p| ("registry_password_file", p)));
+                out.extend(i.token_file.as_deref().map(|p| ("registry_token_file", p)));
+            }
+            Source::Object(o) => {
+                out.extend(
+                    o.access_key_id_file
+                        .as_deref()
+                        .map(|p| ("s3_access_key_id_file", p)),
+                );
+                out.extend(
+                    o.secret_access_key_file
+                        .as_deref()
+                        .map(|p| ("s3_secret_access_key_file", p)),
+                );
+            }
+            Source::Url(u) => out.extend(u.token_file.as_deref().map(|p| ("url_token_file", p))),
+            Source::Git => {}
+        }
+        out
+    }
+
+    /// The upstream host this app's fetches count against (budget and rate-limit circuit).
+    pub fn upstream(&self) -> String {
+        match &self.source {
+            Source::Git => crate::model::url::upstream_key(&self.repo),
+            Source::Image(i) => i.registry.clone(),
+            Source::Object(o) => match &o.endpoint {
+                Some(e) => crate::model::url::upstream_key(e),
+                None => format!("s3.{}.amazonaws.com", o.region),
+            },
+            Source::Url(u) => crate::model::url::upstream_key(&u.url),
+        }
+    }
+}
+
+/// When the mirrors are used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MirrorMode {
+    /// Mirrors first; the primary only when they fail.
+    Prefer,
+    /// The primary first; mirrors when it is down or rate-limiting.
+    Fallback,
+}
+
+/// What to do, at start-up, with a request that was queued when haul stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRestart {
+    Resume,
+    Hold,
+}
+
+/// An app name is a file name (its lock under `state_dir`) and a URL path segment (`/hooks/NAME`), so it keeps
+/// to letters, digits and `-_.`, and starts with a letter or digit.
+pub fn is_valid_app_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Every `[apps.NAME]`, in name order; an error is prefixed with the app's table so it can be found.
+pub(crate) fn parse_all(
+    raw: BTreeMap<String, RawApp>,
+    dir: &ConfigDir,
+) -> Result<BTreeMap<String, AppConfig>, String> {
+    let mut apps = BTreeMap::new();
+    for (name, a) in raw {
+        let app = parse_app(&name, a, dir).map_err(|m| format!("[apps.{name}] {m}"))?;
+        apps.insert(name, app);
+    }
+    Ok(apps)
+}
+
+/// One app, checked in a fixed order (what it deploys and from where, then how), so that a config with
+/// several mistakes always reports the same one first.
+fn parse_app(name: &str, a: RawApp, dir: &ConfigDir) -> Result<AppConfig, String> {
+    if !is_valid_app_name(name) {
+        return Err("app names use letters, digits, '-', '_' and '.', start with a letter or digit, and are at most 64 characters".into());
+    }
+    let origin = parse_origin(&a, dir)?;
+    if a.keep_releases < 2 {
+        return Err(
+            "keep_releases must be at least 2 (the live release and the one before it are always kept)"
+                .into(),
+        );
+    }
+    let or_secs = |key: &str, value: &Option<String>, default: u64| {
+        duration_or(key, value.as_deref(), Duration::from_secs(default))
+    };
+    let step_timeout = or_secs("step_timeout", &a.step_timeout, 600)?;
+    let fetch_timeout = or_secs("fetch_timeout", &a.fetch_timeout, 300)?;
+    let health = a.health.map(health::parse).transpose()?;
+    let on_restart = parse_on_restart(a.on_restart.as_deref())?;
+    let build_retries = a.build_retries.unwrap_or(0);
+    if build_retries > 5 {
+        return Err("build_retries must be at most 5".into());
+    }
+    let max_fetches_per_minute = a.max_fetches_per_minute.unwrap_or(30);
+    if max_fetches_per_minute == 0 {
+        return Err("max_fetches_per_minute must be at least 1".into());
+    }
+    check_mirrors(&a.mirrors, a.deploy_key.is_some() && a.known_hosts.is_some())?;
+    let mirror_mode = parse_mirror_mode(a.mirror_mode.as_deref())?;
+    let alert_if_no_success_within = optional_duration(
+        "alert_if_no_success_within",
+        a.alert_if_no_success_within.as_deref(),
+    )?;
+    let realert_every = or_secs("realert_every", &a.realert_every, 24 * 3600)?;
+    if realert_every < Duration::from_secs(60) {
+        return Err("realert_every must be at least 1m".into());
+    }
+    let fetch_attempts = a.fetch_attempts.unwrap_or(3);
+    if !(1..=10).contains(&fetch_attempts) {
+        return Err("fetch_attempts must be between 1 and 10".into());
+    }
+    for (key, steps) in [("build", &a.build), ("activate", &a.activate)] {
+        if steps.iter().any(|s| s.trim().is_empty()) {
+            return Err(format!("{key} has an empty step"));
+        }
+    }
+    let webhook = a
+        .webhook
+        .map(|w| webhook::parse(w, &origin.source, dir))
+        .transpose()?;
+    Ok(AppConfig {
+        repo: shown_repo(&origin.source, a.repo, dir),
+        branch: a.branch,
+        track: origin.track,
+        poll: origin.poll,
+        deploy_key: a.deploy_key.as_deref().map(|p| dir.resolve(p)),
+        known_hosts: a.known_hosts.as_deref().map(|p| dir.resolve(p)),
+        path: dir.resolve(&a.path),
+        keep_releases: a.keep_releases,
+        build: a.build,
+        activate: a.activate,
+        step_timeout,
+        fetch_timeout,
+        fetch_attempts,
+        webhook,
+        health,
+        build_retries,
+        on_restart,
+        max_fetches_per_minute,
+        alert_if_no_success_within,
+        realert_every,
+        mirrors: a.mirrors,
+        mirror_mode,
+        name: name.to_string(),
+        source: origin.source,
+        verify: origin.verify,
+        max_artifact_bytes: origin.max_artifact_bytes,
+    })
+}
+
+/// What an app deploys and where it comes from: checked before how it deploys, and in this order.
+struct Origin {
+    track: Track,
+    poll: Option<Duration>,
+    source: Source,
+    verify: Option<Verifier>,
+    max_artifact_bytes: u64,
+}
+
+fn parse_origin(a: &RawApp, dir: &ConfigDir) -> Result<Origin, String> {
+    let track = track::git_track(a)?;
+    let poll = parse_poll(a.poll.as_deref())?;
+    let source = source::parse(a, dir)?;
+    let track = track::for_source(a, &source, track)?;
+    check_fits_source(a, &source, poll.is_some())?;
+    let verify = verify::parse(a.verify.as_ref(), &source, dir)?;
+    let max_artifact_bytes = match a.max_artifact_size.as_deref() {
+        Some(s) => parse_size(s).map_err(|e| format!("max_artifact_size: {e}"))? as u64,
+        None => 4 * 1024 * 1024 * 1024,
+    };
+    // haul's ssh uses the app's own key and pinned host keys only (no agent, no `~/.ssh`).
+    if model::url::is_ssh_url(&a.repo) && (a.deploy_key.is_none() || a.known_hosts.is_none()) {
+        return Err("an SSH repo needs `deploy_key` (the private half of a read-only deploy key) and `known_hosts` (the pinned host keys)".into());
+    }
+    Ok(Origin {
+        track,
+        poll,
+        source,
+        verify,
+        max_artifact_bytes,
+    })
+}
+
+fn parse_poll(value: Option<&str>) -> Result<Option<Duration>, String> {
+    let Some(s) = value else {
+        return Ok(None);
+    };
+    let d = parse_duration(s).map_err(|e| format!("poll: {e}"))?;
+    if d < Duration::from_secs(1) {
+        return Err("poll must be at least 1s (and a minute or more is kinder to your forge)".into());
+    }
+    Ok(Some(d))
+}
+
+/// The keys that only make sense for one kind of source.
+fn check_fits_source(a: &RawApp, source: &Source, polls: bool) -> Result<(), String> {
+    if source.is_templated() && polls {
+        return Err("poll cannot watch a location with {sha} in it (which sha?); poll a fixed key or URL, or send a webhook after the upload".into());
+    }
+    if !source.is_artifact()
+        && (a.repo.is_empty() || a.repo.starts_with('-') || a.repo.chars().any(char::is_control))
+    {
+        return Err(format!("repo {:?} is not a git URL or path", a.repo));
+    }
+    if source.is_artifact() && !a.mirrors.is_empty() {
+        return Err("mirrors are for git apps".into());
+    }
+    Ok(())
+}
+
+/// A mirror is fetched like the repo, with the same key and pinned host keys.
+fn check_mirrors(mirrors: &[String], has_ssh_keys: bool) -> Result<(), String> {
+    for m in mirrors {
+        if m.is_empty() || m.starts_with('-') || m.chars().any(char::is_control) {
+            return Err(format!("mirrors: {m:?} is not a git URL or path"));
+        }
+        if model::url::is_ssh_url(m) && !has_ssh_keys {
+            return Err("an SSH mirror needs `deploy_key` and `known_hosts`, like an SSH repo".into());
+        }
+    }
+    Ok(())
+}
+
+fn parse_on_restart(value: Option<&str>) -> Result<OnRestart, String> {
+    match value {
+        None | Some("resume") => Ok(OnRestart::Resume),
+        Some("hold") => Ok(OnRestart::Hold),
+        Some(other) => Err(format!("on_restart {other:?} must be \"resume\" or \"hold\"")),
+    }
+}
+
+fn parse_mirror_mode(value: Option<&str>) -> Result<MirrorMode, String> {
+    match value {
+        None | Some("fallback") => Ok(MirrorMode::Fallback),
+        Some("prefer") => Ok(MirrorMode::Prefer),
+        Some(other) => Err(format!(
+            "mirror_mode {other:?} must be \"prefer\" or \"fallback\""
+        )),
+    }
+}
+
+/// What `repo` holds once parsed: where an artifact comes from (without credentials), a git URL as written,
+/// or a local repository's path made absolute.
+fn shown_repo(source: &Source, repo: String, dir: &ConfigDir) -> String {
+    if let Some(display) = source::source_display(source) {
+        display
+    } else if repo.contains("://") || model::url::is_ssh_url(&repo) {
+        repo
+    } else {
+        dir.resolve(Path::new(&repo)).to_string_lossy().into_owned()
+    }
+}

@@ -1,0 +1,137 @@
+//! The shape of `haul.toml`, exactly as serde reads it, before anything is checked.
+//!
+//! Every struct denies unknown fields, so a typo is an error that names the key instead of a setting that is
+//! silently ignored. Field order matters: serde lists the expected keys in this order when it rejects one.
+//! Defaults that need no judgement live here too; everything else is decided by the section that validates it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    #[serde(default = "default_listen")]
+    pub(crate) listen: String,
+    pub(crate) state_dir: PathBuf,
+    #[serde(default)]
+    pub(crate) max_body: Option<String>,
+    pub(crate) body_timeout: Option<String>,
+    pub(crate) header_timeout: Option<String>,
+    pub(crate) stop_grace: Option<String>,
+    pub(crate) log_retention: Option<String>,
+    pub(crate) rate_limit_per_minute: Option<u32>,
+    #[serde(default)]
+    pub(crate) allow_ips: Vec<String>,
+    pub(crate) client_ip_header: Option<String>,
+    #[serde(default)]
+    pub(crate) notify: Vec<RawNotify>,
+    pub(crate) status_page: Option<bool>,
+    #[serde(default)]
+    pub(crate) apps: BTreeMap<String, RawApp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNotify {
+    pub(crate) kind: String,
+    pub(crate) url: Option<String>,
+    pub(crate) secret_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) to: Vec<String>,
+    pub(crate) from: Option<String>,
+    pub(crate) sendmail: Option<String>,
+    #[serde(default)]
+    pub(crate) apps: Vec<String>,
+    pub(crate) events: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawApp {
+    #[serde(default)]
+    pub(crate) repo: String,
+    pub(crate) image: Option<String>,
+    pub(crate) tag: Option<String>,
+    pub(crate) image_kind: Option<String>,
+    pub(crate) registry_username: Option<String>,
+    pub(crate) registry_password_file: Option<PathBuf>,
+    pub(crate) registry_token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) plain_http: bool,
+    pub(crate) object: Option<String>,
+    pub(crate) s3_endpoint: Option<String>,
+    pub(crate) s3_region: Option<String>,
+    pub(crate) s3_access_key_id_file: Option<PathBuf>,
+    pub(crate) s3_secret_access_key_file: Option<PathBuf>,
+    pub(crate) url: Option<String>,
+    pub(crate) url_token_file: Option<PathBuf>,
+    pub(crate) verify: Option<RawVerify>,
+    pub(crate) max_artifact_size: Option<String>,
+    #[serde(default = "default_branch")]
+    pub(crate) branch: String,
+    pub(crate) tags: Option<String>,
+    pub(crate) poll: Option<String>,
+    pub(crate) deploy_key: Option<PathBuf>,
+    pub(crate) known_hosts: Option<PathBuf>,
+    pub(crate) path: PathBuf,
+    #[serde(default = "default_keep")]
+    pub(crate) keep_releases: usize,
+    #[serde(default)]
+    pub(crate) build: Vec<String>,
+    #[serde(default)]
+    pub(crate) activate: Vec<String>,
+    pub(crate) step_timeout: Option<String>,
+    pub(crate) fetch_timeout: Option<String>,
+    pub(crate) fetch_attempts: Option<u32>,
+    pub(crate) webhook: Option<RawWebhook>,
+    pub(crate) health: Option<RawHealth>,
+    pub(crate) build_retries: Option<u32>,
+    pub(crate) on_restart: Option<String>,
+    pub(crate) max_fetches_per_minute: Option<u32>,
+    #[serde(default)]
+    pub(crate) mirrors: Vec<String>,
+    pub(crate) mirror_mode: Option<String>,
+    pub(crate) alert_if_no_success_within: Option<String>,
+    pub(crate) realert_every: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawVerify {
+    pub(crate) minisign_key: Option<PathBuf>,
+    pub(crate) ssh_allowed_signers: Option<PathBuf>,
+    pub(crate) ssh_identity: Option<String>,
+    pub(crate) ssh_namespace: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealth {
+    pub(crate) url: Option<String>,
+    pub(crate) command: Option<String>,
+    pub(crate) timeout: Option<String>,
+    pub(crate) retries: Option<u32>,
+    pub(crate) interval: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWebhook {
+    pub(crate) provider: String,
+    pub(crate) secret_file: Option<PathBuf>,
+    pub(crate) previous_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) secret_files: Vec<PathBuf>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9000".into()
+}
+fn default_branch() -> String {
+    "main".into()
+}
+fn default_keep() -> usize {
+    5
+}
