@@ -3,6 +3,7 @@
 //! over loopback HTTP, and shows the release land and the audit row. Then it keeps serving until Ctrl-C, so
 //! a newcomer can push more commits and watch them deploy.
 
+use crate::infra::state_dir::StateDir;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -92,7 +93,7 @@ pub async fn run(port: u16, once: bool) -> anyhow::Result<()> {
     say(&format!("daemon listening on http://{addr}"));
 
     let id = send_push(&addr, &secret, &repo.sha).await?;
-    let row = wait_until_final(&cfg.db_path(), &id).await?;
+    let row = wait_until_final(&StateDir::new(&cfg.state_dir).db(), &id).await?;
     print_log(&cfg, &id);
     if row.state != State::Succeeded {
         let _ = stop_tx.send(());
@@ -226,8 +227,7 @@ async fn wait_until_final(db: &Path, id: &DeployId) -> anyhow::Result<DeployRow>
 /// The deploy's own log, indented, so the newcomer sees every step haul took.
 fn print_log(cfg: &Config, id: &DeployId) {
     eprintln!();
-    let log =
-        std::fs::read_to_string(crate::infra::deploylog::path_for(&cfg.logs_dir(), id)).unwrap_or_default();
+    let log = std::fs::read_to_string(StateDir::new(&cfg.state_dir).log_of(id)).unwrap_or_default();
     for line in log.lines() {
         eprintln!("    {line}");
     }

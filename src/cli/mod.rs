@@ -208,7 +208,7 @@ async fn logs(cfg: &Config, deploy_id: &str, follow_it: bool, json: bool) -> Res
 }
 
 fn check(cfg: &Config) -> Result<(), Exit> {
-    let problems = cfg.check_files();
+    let problems = config::preflight(cfg).err().unwrap_or_default();
     println!("config {}: {} app(s)", cfg.path.display(), cfg.apps.len());
     for app in cfg.apps.values() {
         println!(

@@ -7,8 +7,6 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use super::{AppConfig, Config, Verifier};
-
 /// The directory of the config file. A relative path in `haul.toml` means a path beside the config, not beside
 /// wherever the daemon happened to be started.
 pub(crate) struct ConfigDir(PathBuf);
@@ -63,56 +61,4 @@ pub(crate) fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
     check_private_file(path)?;
     let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     Ok(text.trim_ascii().to_vec())
-}
-
-impl Config {
-    /// Everything `haul check` verifies beyond parsing: key and secret files exist with safe modes.
-    pub fn check_files(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        for app in self.apps.values() {
-            check_app_files(app, &mut problems);
-        }
-        problems
-    }
-}
-
-fn check_app_files(app: &AppConfig, problems: &mut Vec<String>) {
-    if let Some(k) = &app.deploy_key {
-        if let Err(e) = check_private_file(k) {
-            problems.push(format!("[apps.{}] deploy_key: {e}", app.name));
-        }
-    }
-    if let Some(kh) = &app.known_hosts {
-        match std::fs::read_to_string(kh) {
-            Ok(t) if t.lines().any(|l| !l.trim().is_empty() && !l.starts_with('#')) => {}
-            Ok(_) => problems.push(format!(
-                "[apps.{}] known_hosts {} has no host keys; add them with `ssh-keyscan HOST >> {}` and compare the fingerprint with your forge's published one",
-                app.name,
-                kh.display(),
-                kh.display()
-            )),
-            Err(e) => problems.push(format!("[apps.{}] known_hosts {}: {e}", app.name, kh.display())),
-        }
-    }
-    if let Some(w) = &app.webhook {
-        if let Err(e) = w.load_secrets() {
-            problems.push(format!("[apps.{}] webhook: {e}", app.name));
-        }
-    }
-    for (key, file) in app.credential_files() {
-        if let Err(e) = check_private_file(file) {
-            problems.push(format!("[apps.{}] {key}: {e}", app.name));
-        }
-    }
-    // A public key need not be private, only present.
-    let verify_file = match &app.verify {
-        Some(Verifier::Minisign { key_file }) => Some(("verify.minisign_key", key_file)),
-        Some(Verifier::Ssh { allowed_signers, .. }) => Some(("verify.ssh_allowed_signers", allowed_signers)),
-        None => None,
-    };
-    if let Some((key, file)) = verify_file {
-        if let Err(e) = std::fs::metadata(file) {
-            problems.push(format!("[apps.{}] {key} {}: {e}", app.name, file.display()));
-        }
-    }
 }

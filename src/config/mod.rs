@@ -24,6 +24,7 @@ mod app;
 mod files;
 mod health;
 mod notify;
+mod preflight;
 mod raw;
 mod server;
 mod source;
@@ -37,6 +38,7 @@ pub use files::check_private_file;
 use files::ConfigDir;
 pub use health::{Health, HealthCheck};
 pub use notify::{NotifyKind, NotifyTarget};
+pub use preflight::{preflight, Secrets};
 use raw::RawConfig;
 pub use source::{ImageKind, ImageSource, ObjectSource, Source, UrlSource};
 pub use track::{glob_match, Track};
@@ -134,22 +136,6 @@ impl Config {
                 }
             )
         })
-    }
-
-    pub fn db_path(&self) -> PathBuf {
-        self.state_dir.join("haul.db")
-    }
-    pub fn socket_path(&self) -> PathBuf {
-        self.state_dir.join("haul.sock")
-    }
-    pub fn logs_dir(&self) -> PathBuf {
-        self.state_dir.join("logs")
-    }
-    pub fn mirrors_dir(&self) -> PathBuf {
-        self.state_dir.join("mirrors")
-    }
-    pub fn locks_dir(&self) -> PathBuf {
-        self.state_dir.join("locks")
     }
 }
 

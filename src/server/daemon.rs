@@ -2,7 +2,6 @@
 //! checked and binds its sockets (so a port clash or a bad secret fails the start, not the first webhook), and
 //! [`Daemon::serve`] runs the HTTP server, the control socket and one worker per app until `shutdown`.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,26 +47,16 @@ pub async fn start(cfg: Config) -> anyhow::Result<Daemon> {
             cfg.state_dir.display()
         );
     };
-    // A private key others can read is refused here, not by ssh in the middle of a deploy.
-    for app in cfg.apps.values() {
-        if let Some(k) = &app.deploy_key {
-            crate::config::check_private_file(k)
-                .map_err(|e| anyhow::anyhow!("[apps.{}] deploy_key: {e}", app.name))?;
-        }
-        for (key, file) in app.credential_files() {
-            crate::config::check_private_file(file)
-                .map_err(|e| anyhow::anyhow!("[apps.{}] {key}: {e}", app.name))?;
-        }
-    }
-    let mut secrets = HashMap::new();
-    for app in cfg.apps.values() {
-        if let Some(w) = &app.webhook {
-            let s = w
-                .load_secrets()
-                .map_err(|e| anyhow::anyhow!("[apps.{}] webhook secret: {e}", app.name))?;
-            secrets.insert(app.name.clone(), s);
-        }
-    }
+    // A private key others can read, a missing known_hosts or verify key, an unreadable secret: refused here,
+    // not in the middle of a deploy, and exactly what `haul check` reports.
+    let secrets = crate::config::preflight(&cfg).map_err(|problems| {
+        anyhow::anyhow!(
+            "{} problem(s) in {}; nothing was started (`haul check` lists them too):\n  {}",
+            problems.len(),
+            cfg.path.display(),
+            problems.join("\n  ")
+        )
+    })?;
     let Runtime { env, notify_rx } = Runtime::open(&cfg)?;
     let now = model::now_ms();
     env.store
@@ -187,5 +176,60 @@ pub async fn shutdown_signal() {
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::deploy::testkit::parse_in;
+    use crate::infra::scratch::TestDir;
+
+    fn private(path: &std::path::Path, text: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, text).expect("write");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+
+    /// Regression: the daemon's start checked keys and secrets but neither `known_hosts` nor the `verify` key
+    /// files, which `haul check` did; a missing one failed the first deploy instead of the start.
+    #[tokio::test]
+    async fn regression_the_daemon_refuses_what_haul_check_refuses() {
+        let dir = TestDir::new("haul-preflight");
+        private(&dir.path("key"), "not really a key");
+        private(&dir.path("secret"), "a webhook secret that is long enough");
+        std::fs::write(dir.path("known_hosts"), "# no host keys yet\n").expect("write");
+        let toml = r#"listen = "127.0.0.1:0"
+[apps.blog]
+repo = "git@github.com:acme/blog.git"
+deploy_key = "key"
+known_hosts = "known_hosts"
+path = "srv/blog"
+[apps.blog.webhook]
+provider = "github"
+secret_file = "secret"
+
+[apps.worker]
+url = "https://downloads.example/worker.tar.gz"
+path = "srv/worker"
+verify = { minisign_key = "missing.pub" }
+"#;
+        let cfg = parse_in(&dir.0, toml);
+        let checked = crate::config::preflight(&cfg).expect_err("haul check finds problems");
+        assert_eq!(checked.len(), 2, "{checked:?}");
+        let err = match super::start(cfg).await {
+            Ok(_) => panic!("the daemon started with an empty known_hosts and a missing verify key"),
+            Err(e) => e.to_string(),
+        };
+        for problem in &checked {
+            assert!(err.contains(problem.as_str()), "{err:?} does not say {problem:?}");
+        }
+        assert!(
+            err.contains("known_hosts") && err.contains("verify.minisign_key"),
+            "{err}"
+        );
+        assert!(
+            !dir.path("state/haul.db").exists(),
+            "nothing was started, not even the audit database"
+        );
     }
 }
