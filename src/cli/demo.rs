@@ -34,7 +34,7 @@ async fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
 }
 
 /// A GitHub `push` payload in the shape GitHub sends (see tests/fixtures/github/push.json for a real one).
-pub fn github_push_payload(
+pub(crate) fn github_push_payload(
     repo_name: &str,
     before: &str,
     after: &str,

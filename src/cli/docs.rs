@@ -18,7 +18,7 @@ fn command() -> clap::Command {
 }
 
 /// Writes the completion script for `shell`.
-pub fn completions(shell: clap_complete::Shell, out: &mut dyn Write) -> io::Result<()> {
+pub(crate) fn completions(shell: clap_complete::Shell, out: &mut dyn Write) -> io::Result<()> {
     // clap_complete panics on a write error; render into memory, where writing cannot fail, and report the
     // real writer's errors (a closed pipe) as errors.
     let mut script = Vec::new();
@@ -28,7 +28,7 @@ pub fn completions(shell: clap_complete::Shell, out: &mut dyn Write) -> io::Resu
 
 /// Writes `haul(1)`: one page, with every subcommand as a subsection of COMMANDS, so `man -l haul.1` (or
 /// `haul man | man -l -`) shows everything and no page points at a `haul-deploy(1)` nobody installed.
-pub fn man_page(out: &mut dyn Write) -> io::Result<()> {
+pub(crate) fn man_page(out: &mut dyn Write) -> io::Result<()> {
     let cmd = command();
     let man = Man::new(cmd.clone());
     // Each clap_mangen piece is rendered on its own; they are assembled in memory, then cleaned up below.

@@ -53,7 +53,7 @@ pub struct AppConfig {
 
 impl AppConfig {
     /// The artifact credential files this app reads (each must be private): (config key, path).
-    pub fn credential_files(&self) -> Vec<(&'static str, &Path)> {
+    pub(crate) fn credential_files(&self) -> Vec<(&'static str, &Path)> {
         let mut out: Vec<(&'static str, &Path)> = Vec::new();
         match &self.source {
             Source::Image(i) => {
@@ -110,7 +110,7 @@ pub enum OnRestart {
 
 /// An app name is a file name (its lock under `state_dir`) and a URL path segment (`/hooks/NAME`), so it keeps
 /// to letters, digits and `-_.`, and starts with a letter or digit.
-pub fn is_valid_app_name(name: &str) -> bool {
+pub(crate) fn is_valid_app_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name.as_bytes()[0].is_ascii_alphanumeric()

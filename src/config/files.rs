@@ -30,7 +30,7 @@ impl ConfigDir {
 }
 
 /// A file holding a secret or a private key must exist and be readable by its owner only.
-pub fn check_private_file(path: &Path) -> Result<(), String> {
+pub(crate) fn check_private_file(path: &Path) -> Result<(), String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if !meta.is_file() {
         return Err(format!("{} is not a file", path.display()));

@@ -33,15 +33,18 @@ mod units;
 mod verify;
 mod webhook;
 
-pub use app::{is_valid_app_name, AppConfig, MirrorMode, OnRestart};
-pub use files::check_private_file;
+pub(crate) use app::is_valid_app_name;
+pub use app::{AppConfig, MirrorMode, OnRestart};
+pub(crate) use files::check_private_file;
 use files::ConfigDir;
 pub use health::{Health, HealthCheck};
 pub use notify::{NotifyKind, NotifyTarget};
-pub use preflight::{preflight, Secrets};
+pub(crate) use preflight::preflight;
+pub use preflight::Secrets;
 use raw::RawConfig;
 pub use source::{ImageKind, ImageSource, ObjectSource, Source, UrlSource};
-pub use track::{glob_match, Track};
+pub(crate) use track::glob_match;
+pub use track::Track;
 pub use verify::Verifier;
 pub use webhook::{Provider, WebhookConfig};
 
@@ -83,7 +86,7 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,

@@ -44,7 +44,7 @@ impl NotifyTarget {
     pub fn wants(&self, app: &str, event: EventKind) -> bool {
         (self.apps.is_empty() || self.apps.iter().any(|a| a == app)) && self.events.contains(&event)
     }
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match &self.kind {
             // Host only: paths and topics are often the secret.
             NotifyKind::Webhook { url, .. } => format!("webhook to {}", url_host(url)),

@@ -13,7 +13,7 @@ use super::{AppConfig, Config, Verifier};
 pub type Secrets = HashMap<String, Vec<Vec<u8>>>;
 
 /// The webhook secrets, loaded; or every problem found, one line each, naming the app and the key.
-pub fn preflight(cfg: &Config) -> Result<Secrets, Vec<String>> {
+pub(crate) fn preflight(cfg: &Config) -> Result<Secrets, Vec<String>> {
     let mut problems = Vec::new();
     let mut secrets = Secrets::new();
     for app in cfg.apps.values() {

@@ -69,14 +69,14 @@ pub struct UrlSource {
 
 impl Source {
     /// Does the location name the version (`{sha}`), so a trigger must say which?
-    pub fn is_templated(&self) -> bool {
+    pub(crate) fn is_templated(&self) -> bool {
         match self {
             Source::Object(o) => o.key.contains("{sha}"),
             Source::Url(u) => u.url.contains("{sha}"),
             Source::Git | Source::Image(_) => false,
         }
     }
-    pub fn is_artifact(&self) -> bool {
+    pub(crate) fn is_artifact(&self) -> bool {
         !matches!(self, Source::Git)
     }
 }

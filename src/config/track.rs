@@ -25,10 +25,10 @@ impl Track {
         }
     }
     /// A tag glob with wildcards (not one fixed tag).
-    pub fn is_glob(&self) -> bool {
+    pub(crate) fn is_glob(&self) -> bool {
         matches!(self, Track::Tags(g) if g.contains(['*', '?']))
     }
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Track::Branch(b) => format!("branch {b}"),
             Track::Tags(g) => format!("tags matching {g}"),
@@ -37,7 +37,7 @@ impl Track {
 }
 
 /// Shell-style glob with `*` (any run of characters) and `?` (one character), as `git for-each-ref` uses.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
     let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
     while ti < t.len() {

@@ -60,7 +60,7 @@ pub struct WebhookConfig {
 impl WebhookConfig {
     /// Reads every configured secret (current first, then the previous one during a rotation). A relative path
     /// is looked up in `$CREDENTIALS_DIRECTORY` when systemd provides one.
-    pub fn load_secrets(&self) -> Result<Vec<Vec<u8>>, String> {
+    pub(crate) fn load_secrets(&self) -> Result<Vec<Vec<u8>>, String> {
         let mut out = Vec::new();
         for f in &self.secret_files {
             let path = files::credential_path(f, &self.base_dir);

@@ -7,15 +7,15 @@ use std::path::{Path, PathBuf};
 
 use crate::model;
 
-pub fn releases_dir(app_path: &Path) -> PathBuf {
+pub(crate) fn releases_dir(app_path: &Path) -> PathBuf {
     app_path.join("releases")
 }
 
-pub fn current_link(app_path: &Path) -> PathBuf {
+pub(crate) fn current_link(app_path: &Path) -> PathBuf {
     app_path.join("current")
 }
 
-pub fn release_dir(app_path: &Path, id: &str) -> PathBuf {
+pub(crate) fn release_dir(app_path: &Path, id: &str) -> PathBuf {
     releases_dir(app_path).join(id)
 }
 
@@ -27,7 +27,7 @@ pub fn current(app_path: &Path) -> Option<String> {
 }
 
 /// `20261126T153215-1a2b3c4`: sortable, and carries the short sha. Unique within `releases/`.
-pub fn new_release_id(app_path: &Path, now_ms: i64, sha: &str) -> String {
+pub(crate) fn new_release_id(app_path: &Path, now_ms: i64, sha: &str) -> String {
     let short = &sha[..sha.len().min(7)];
     let base = format!("{}-{short}", model::compact_utc(now_ms));
     let mut id = base.clone();
@@ -45,7 +45,7 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
 
 /// Flushes the filesystem holding `dir` to disk, so a release is durable before `current` points at it (a
 /// power cut must not leave `current` durable and the files it names empty).
-pub fn sync_filesystem(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_filesystem(dir: &Path) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let f = std::fs::File::open(dir)?;
     // SAFETY: syncfs(2) on a descriptor we own for the duration of the call.
@@ -127,7 +127,7 @@ pub fn prune(app_path: &Path, keep: usize, protect: &[&str]) -> Vec<String> {
 }
 
 /// Removes the temporaries a crash can leave: index files beside releases and a temp symlink beside `current`.
-pub fn clean_temporaries(app_path: &Path) {
+pub(crate) fn clean_temporaries(app_path: &Path) {
     let stray = |dir: &Path, pred: &dyn Fn(&str) -> bool| {
         if let Ok(rd) = std::fs::read_dir(dir) {
             for e in rd.filter_map(Result::ok) {

@@ -24,7 +24,7 @@ pub fn sha(digit: char) -> String {
 /// A webhook request for `app` at `sha` on `main`.
 pub fn webhook(app: &str, sha: &str) -> DeployRequest {
     DeployRequest::new(app, Trigger::Webhook, "octocat")
-        .from_provider("github", None)
+        .sent_by("github", None)
         .at_ref(Some("refs/heads/main".into()))
         .with_sha(Some(sha.into()))
 }

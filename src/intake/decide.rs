@@ -40,7 +40,7 @@ pub(super) fn decide(
         }
     };
     let request = DeployRequest::new(&app.name, Trigger::Webhook, model::clean_actor(actor))
-        .from_provider(provider, delivery_id)
+        .sent_by(provider, delivery_id)
         .at_ref(Some(c.git_ref.clone()))
         .with_sha(if deleted { None } else { c.sha.clone() });
     Ok(match ignored {
@@ -116,7 +116,7 @@ pub(super) fn decide_image(
         .as_deref()
         .map(|d| d.trim_start_matches("sha256:").to_string());
     let request = DeployRequest::new(&app.name, Trigger::Webhook, model::clean_actor(actor))
-        .from_provider(provider, delivery_id)
+        .sent_by(provider, delivery_id)
         .at_ref(Some(git_ref))
         .with_sha(sha)
         .with_digest(digest);

@@ -52,7 +52,7 @@ impl EventKind {
     pub fn parse(s: &str) -> Option<EventKind> {
         EventKind::ALL.into_iter().find(|k| k.as_str() == s)
     }
-    pub fn from_state(s: State) -> Option<EventKind> {
+    pub(crate) fn from_state(s: State) -> Option<EventKind> {
         Some(match s {
             State::Succeeded => EventKind::Succeeded,
             State::Failed => EventKind::Failed,
@@ -61,7 +61,7 @@ impl EventKind {
             _ => return None,
         })
     }
-    pub fn is_problem(self) -> bool {
+    pub(crate) fn is_problem(self) -> bool {
         matches!(
             self,
             EventKind::Failed | EventKind::RolledBack | EventKind::Interrupted
@@ -152,7 +152,7 @@ impl Notifier {
 }
 
 /// The handle deploys send through, and the receiving end for `ops::notify::spawn`.
-pub fn channel() -> (Notifier, mpsc::UnboundedReceiver<Event>) {
+pub(crate) fn channel() -> (Notifier, mpsc::UnboundedReceiver<Event>) {
     let (tx, rx) = mpsc::unbounded_channel();
     (Notifier { tx }, rx)
 }

@@ -45,7 +45,7 @@ impl fmt::Display for DeployId {
 }
 
 /// `20261126T153215` in UTC, for ids that sort by time.
-pub fn compact_utc(now_ms: i64) -> String {
+pub(crate) fn compact_utc(now_ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms.max(0) as u64);
     let s = humantime::format_rfc3339_seconds(t).to_string(); // 2026-11-26T15:32:15Z
     s.chars().filter(|c| c.is_ascii_digit() || *c == 'T').collect()
@@ -175,7 +175,7 @@ impl DeployRequest {
         }
     }
     /// The webhook provider that sent it and its delivery id.
-    pub fn from_provider(
+    pub(crate) fn sent_by(
         mut self,
         provider: impl Into<String>,
         delivery_id: Option<String>,
@@ -184,19 +184,19 @@ impl DeployRequest {
         self.delivery_id = delivery_id;
         self
     }
-    pub fn at_ref(mut self, git_ref: Option<String>) -> DeployRequest {
+    pub(crate) fn at_ref(mut self, git_ref: Option<String>) -> DeployRequest {
         self.git_ref = git_ref;
         self
     }
-    pub fn with_sha(mut self, sha: Option<String>) -> DeployRequest {
+    pub(crate) fn with_sha(mut self, sha: Option<String>) -> DeployRequest {
         self.sha = sha;
         self
     }
-    pub fn with_target(mut self, target: Option<String>) -> DeployRequest {
+    pub(crate) fn with_target(mut self, target: Option<String>) -> DeployRequest {
         self.target = target;
         self
     }
-    pub fn with_digest(mut self, digest: Option<String>) -> DeployRequest {
+    pub(crate) fn with_digest(mut self, digest: Option<String>) -> DeployRequest {
         self.digest = digest;
         self
     }
@@ -234,7 +234,7 @@ pub fn short_sha(sha: &str) -> &str {
 }
 
 /// "12s ago", "5m ago", "3h ago", "2d ago" for an age in milliseconds.
-pub fn age(ms: i64) -> String {
+pub(crate) fn age(ms: i64) -> String {
     let s = (ms / 1000).max(0);
     match s {
         0..=59 => format!("{s}s ago"),
@@ -256,7 +256,7 @@ pub fn is_sha256_digest(s: &str) -> bool {
 }
 
 /// An OCI tag: `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}` (the distribution spec's grammar; it goes into a URL path).
-pub fn is_oci_tag(t: &str) -> bool {
+pub(crate) fn is_oci_tag(t: &str) -> bool {
     let b = t.as_bytes();
     !b.is_empty()
         && b.len() <= 128
@@ -266,12 +266,12 @@ pub fn is_oci_tag(t: &str) -> bool {
 }
 
 /// An abbreviated sha a person may type: 4 to 64 hex digits (either case).
-pub fn is_sha_prefix(s: &str) -> bool {
+pub(crate) fn is_sha_prefix(s: &str) -> bool {
     (4..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The all-zero sha a forge sends as `after` when a ref is deleted.
-pub fn is_zero_sha(s: &str) -> bool {
+pub(crate) fn is_zero_sha(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b == b'0')
 }
 
@@ -294,12 +294,12 @@ pub fn is_valid_ref(r: &str) -> bool {
 }
 
 /// A branch name as configured (`main`, `release/2.x`).
-pub fn is_valid_branch(b: &str) -> bool {
+pub(crate) fn is_valid_branch(b: &str) -> bool {
     !b.starts_with("refs/") && is_valid_ref(&format!("refs/heads/{b}"))
 }
 
 /// Who is named in the audit and in `HAUL_ACTOR`: printable, bounded, never empty.
-pub fn clean_actor(s: &str) -> String {
+pub(crate) fn clean_actor(s: &str) -> String {
     let cleaned: String = s
         .chars()
         .filter(|c| !c.is_control())
@@ -315,7 +315,7 @@ pub fn clean_actor(s: &str) -> String {
 }
 
 /// What `haul rollback --to` accepts: a release id (`20261126T153215-1a2b3c4`) or a sha prefix.
-pub fn is_valid_release_ref(s: &str) -> bool {
+pub(crate) fn is_valid_release_ref(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 80
         && !s.starts_with(['-', '.'])
@@ -324,7 +324,7 @@ pub fn is_valid_release_ref(s: &str) -> bool {
 }
 
 /// A delivery id is stored and echoed back; keep it to a sane alphabet and length.
-pub fn is_valid_delivery_id(s: &str) -> bool {
+pub(crate) fn is_valid_delivery_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && s.bytes()

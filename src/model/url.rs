@@ -15,7 +15,7 @@ use std::fmt;
 pub const MASK: &str = "***";
 
 /// Is this repo URL one that goes over SSH (and so needs a deploy key and pinned host keys)?
-pub fn is_ssh_url(repo: &str) -> bool {
+pub(crate) fn is_ssh_url(repo: &str) -> bool {
     if repo.starts_with("ssh://") || repo.starts_with("git+ssh://") {
         return true;
     }
@@ -31,7 +31,7 @@ pub fn is_ssh_url(repo: &str) -> bool {
 
 /// The upstream a URL belongs to: `host[:port]`, or `local` for a path. Budgets, circuits and the
 /// `haul_circuit_open` gauge are keyed by it.
-pub fn upstream_key(url: &str) -> String {
+pub(crate) fn upstream_key(url: &str) -> String {
     let rest = match url.split_once("://") {
         Some((_, rest)) => rest,
         None if is_ssh_url(url) => {
@@ -48,25 +48,6 @@ pub fn upstream_key(url: &str) -> String {
     };
     let authority = rest.split('/').next().unwrap_or(rest);
     authority.rsplit('@').next().unwrap_or(authority).to_string()
-}
-
-/// The credential in a URL's userinfo: the password of `user:password@`, or the whole userinfo of
-/// `token@`. SSH URLs carry none (their user name is no secret).
-pub fn url_secrets(url: &str) -> Vec<String> {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return vec![];
-    };
-    if is_ssh_scheme(scheme) {
-        return vec![];
-    }
-    let authority = rest.split('/').next().unwrap_or("");
-    match authority.rsplit_once('@') {
-        Some((userinfo, _)) => match userinfo.split_once(':') {
-            Some((_, pass)) if !pass.is_empty() => vec![pass.to_string()],
-            _ => vec![userinfo.to_string()],
-        },
-        None => vec![],
-    }
 }
 
 fn is_ssh_scheme(scheme: &str) -> bool {
@@ -89,14 +70,14 @@ impl fmt::Display for Shown<'_> {
 }
 
 /// `url` as [`Shown`] displays it.
-pub fn shown(url: &str) -> String {
+pub(crate) fn shown(url: &str) -> String {
     Shown(url).to_string()
 }
 
 /// Masks the userinfo credential of every non-SSH URL in `text` (`https://u:tok@h` -> `https://u:***@h`,
 /// `https://tok@h` -> `https://***@h`), then every exact secret in `secrets`. Lines without `://` or a
 /// secret are returned as they are, without a copy.
-pub fn redact<'a>(text: &'a str, secrets: &[String]) -> Cow<'a, str> {
+pub(crate) fn redact<'a>(text: &'a str, secrets: &[String]) -> Cow<'a, str> {
     let mut out = mask_userinfo(text);
     for s in secrets.iter().filter(|s| !s.is_empty()) {
         if out.contains(s.as_str()) {
@@ -166,13 +147,12 @@ mod tests {
 
     #[test]
     fn url_credentials_are_redacted() {
-        assert_eq!(
-            url_secrets("https://x-access-token:ghs_abc@github.com/a/b.git"),
-            ["ghs_abc"]
-        );
-        assert_eq!(url_secrets("https://ghp_tok@github.com/a/b.git"), ["ghp_tok"]);
-        assert!(url_secrets("git@github.com:a/b.git").is_empty());
-        assert!(url_secrets("ssh://root@h/x.git").is_empty());
+        let s = shown("https://x-access-token:ghs_abc@github.com/a/b.git");
+        assert!(!s.contains("ghs_abc") && s.contains("x-access-token:***@"), "{s}");
+        let s = shown("https://ghp_tok@github.com/a/b.git");
+        assert!(!s.contains("ghp_tok"), "{s}");
+        assert_eq!(shown("git@github.com:a/b.git"), "git@github.com:a/b.git");
+        assert_eq!(shown("ssh://root@h/x.git"), "ssh://root@h/x.git");
     }
 
     fn check(text: &str, secrets: &[&str], expected: &str) {

@@ -33,7 +33,7 @@ impl ControlRequest {
 
     /// The deploy request this asks for, by `actor`, validated; the one place a manual request is built, for
     /// the daemon and for an in-process `haul deploy` alike.
-    pub fn to_request(
+    pub(crate) fn to_request(
         &self,
         apps: &std::collections::HashMap<String, Arc<AppConfig>>,
         actor: &str,
@@ -96,7 +96,7 @@ pub fn user_name(uid: u32) -> String {
 }
 
 /// The person running this process, for the audit: `alice`, or `root (sudo by alice)`.
-pub fn local_actor() -> String {
+pub(crate) fn local_actor() -> String {
     // SAFETY: getuid(2) cannot fail and touches no memory.
     let uid = unsafe { libc::getuid() };
     let name = user_name(uid);

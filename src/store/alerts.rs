@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::StoreError;
 
 /// The failure alert last told for `app`: (signature, sent_at, suppressed since).
-pub fn failure_alert(c: &Connection, app: &str) -> Result<Option<(String, i64, u32)>, StoreError> {
+pub(crate) fn failure_alert(c: &Connection, app: &str) -> Result<Option<(String, i64, u32)>, StoreError> {
     Ok(c.query_row(
         "SELECT signature, sent_at, suppressed FROM alerts WHERE app = ?1 AND kind = 'failure'",
         params![app],
@@ -18,7 +18,7 @@ pub fn failure_alert(c: &Connection, app: &str) -> Result<Option<(String, i64, u
 }
 
 /// One more identical failure held back.
-pub fn suppress_failure(c: &Connection, app: &str) -> Result<(), StoreError> {
+pub(crate) fn suppress_failure(c: &Connection, app: &str) -> Result<(), StoreError> {
     c.execute(
         "UPDATE alerts SET suppressed = suppressed + 1 WHERE app = ?1 AND kind = 'failure'",
         params![app],
@@ -27,7 +27,7 @@ pub fn suppress_failure(c: &Connection, app: &str) -> Result<(), StoreError> {
 }
 
 /// A failure told now: it becomes the one later failures are compared with.
-pub fn told_failure(c: &Connection, app: &str, signature: &str, at: i64) -> Result<(), StoreError> {
+pub(crate) fn told_failure(c: &Connection, app: &str, signature: &str, at: i64) -> Result<(), StoreError> {
     c.execute(
         "INSERT INTO alerts (app, kind, signature, first_at, sent_at, suppressed) VALUES (?1, 'failure', ?2, ?3, ?3, 0)
          ON CONFLICT (app, kind) DO UPDATE SET signature = ?2, sent_at = ?3, suppressed = 0",
@@ -37,7 +37,7 @@ pub fn told_failure(c: &Connection, app: &str, signature: &str, at: i64) -> Resu
 }
 
 /// A success: the next failure is told whatever it is.
-pub fn clear_failure(c: &Connection, app: &str) -> Result<(), StoreError> {
+pub(crate) fn clear_failure(c: &Connection, app: &str) -> Result<(), StoreError> {
     c.execute(
         "DELETE FROM alerts WHERE app = ?1 AND kind = 'failure'",
         params![app],
@@ -47,7 +47,7 @@ pub fn clear_failure(c: &Connection, app: &str) -> Result<(), StoreError> {
 
 /// When the dead-man's switch measures from: the last successful deploy, or for an app that never
 /// succeeded, the first request haul saw for it.
-pub fn stale_since(c: &Connection, app: &str) -> Result<Option<i64>, StoreError> {
+pub(crate) fn stale_since(c: &Connection, app: &str) -> Result<Option<i64>, StoreError> {
     let last_success: Option<i64> = c.query_row(
         "SELECT max(finished_at) FROM deploys WHERE app = ?1 AND state = 'succeeded'",
         params![app],
@@ -64,7 +64,7 @@ pub fn stale_since(c: &Connection, app: &str) -> Result<Option<i64>, StoreError>
 }
 
 /// The dead-man's switch's open alert for `app`: (first_at, sent_at).
-pub fn stale_alert(c: &Connection, app: &str) -> Result<Option<(i64, i64)>, StoreError> {
+pub(crate) fn stale_alert(c: &Connection, app: &str) -> Result<Option<(i64, i64)>, StoreError> {
     Ok(c.query_row(
         "SELECT first_at, sent_at FROM alerts WHERE app = ?1 AND kind = 'stale'",
         params![app],
@@ -74,7 +74,7 @@ pub fn stale_alert(c: &Connection, app: &str) -> Result<Option<(i64, i64)>, Stor
 }
 
 /// The dead-man's switch told `app` is stale, first (a new alert) or again.
-pub fn told_stale(c: &Connection, app: &str, now: i64) -> Result<(), StoreError> {
+pub(crate) fn told_stale(c: &Connection, app: &str, now: i64) -> Result<(), StoreError> {
     c.execute(
         "INSERT INTO alerts (app, kind, signature, first_at, sent_at) VALUES (?1, 'stale', '', ?2, ?2)
          ON CONFLICT (app, kind) DO UPDATE SET sent_at = ?2",
@@ -84,7 +84,7 @@ pub fn told_stale(c: &Connection, app: &str, now: i64) -> Result<(), StoreError>
 }
 
 /// `app` deployed successfully again: its stale alert is over.
-pub fn clear_stale(c: &Connection, app: &str) -> Result<(), StoreError> {
+pub(crate) fn clear_stale(c: &Connection, app: &str) -> Result<(), StoreError> {
     c.execute(
         "DELETE FROM alerts WHERE app = ?1 AND kind = 'stale'",
         params![app],

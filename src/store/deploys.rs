@@ -132,7 +132,7 @@ fn insert(
 /// One exception: a webhook or a poll never supersedes a pending `haul rollback` (a person asked for it, and a
 /// redelivered trigger for the very release being rolled back from must not cancel it); the rollback runs
 /// first.
-pub fn enqueue(conn: &Connection, req: &DeployRequest, now: i64) -> Result<Enqueued, StoreError> {
+pub(crate) fn enqueue(conn: &Connection, req: &DeployRequest, now: i64) -> Result<Enqueued, StoreError> {
     if let Some(first) = seen_delivery(conn, req)? {
         return Ok(Enqueued::Duplicate { first });
     }
@@ -153,7 +153,7 @@ pub fn enqueue(conn: &Connection, req: &DeployRequest, now: i64) -> Result<Enque
 }
 
 /// Records a request that will never run (another branch, a tag, a deletion), with why.
-pub fn record_ignored(
+pub(crate) fn record_ignored(
     conn: &Connection,
     req: &DeployRequest,
     reason: &str,
@@ -170,7 +170,7 @@ pub fn record_ignored(
 }
 
 /// Takes the app's pending request, if any, and marks it running.
-pub fn claim_next(conn: &Connection, app: &str, now: i64) -> Result<Option<DeployRow>, StoreError> {
+pub(crate) fn claim_next(conn: &Connection, app: &str, now: i64) -> Result<Option<DeployRow>, StoreError> {
     let sql = format!(
         "UPDATE deploys SET state = 'running', started_at = ?2
          WHERE seq = (SELECT seq FROM deploys WHERE app = ?1 AND state = 'queued'
@@ -205,7 +205,7 @@ pub fn skip(conn: &Connection, id: &DeployId, reason: &str, now: i64) -> Result<
 
 /// Records the release a running deploy is about to build, before anything is written, so recovery knows
 /// exactly which directory a crash left half-built.
-pub fn set_release(
+pub(crate) fn set_release(
     conn: &Connection,
     id: &DeployId,
     sha: &str,
@@ -221,7 +221,11 @@ pub fn set_release(
 }
 
 /// At start-up (under the app's lock, so nobody is running it): a deploy still `running` was cut short.
-pub fn interrupt_running(conn: &Connection, app: &str, now: i64) -> Result<Vec<DeployRow>, StoreError> {
+pub(crate) fn interrupt_running(
+    conn: &Connection,
+    app: &str,
+    now: i64,
+) -> Result<Vec<DeployRow>, StoreError> {
     let sql = format!(
         "UPDATE deploys SET state = 'interrupted', finished_at = ?2,
                 reason = 'haul stopped while this deploy was running; the previous release stayed live'
@@ -275,7 +279,7 @@ pub struct AppSummary {
     pub queued: usize,
 }
 
-pub fn summary(conn: &Connection, app: &str) -> Result<AppSummary, StoreError> {
+pub(crate) fn summary(conn: &Connection, app: &str) -> Result<AppSummary, StoreError> {
     let one = |cond: &str| -> Result<Option<DeployRow>, StoreError> {
         let sql =
             format!("SELECT {COLUMNS} FROM deploys WHERE app = ?1 AND {cond} ORDER BY seq DESC LIMIT 1");
@@ -294,7 +298,11 @@ pub fn summary(conn: &Connection, app: &str) -> Result<AppSummary, StoreError> {
 }
 
 /// The deploy that put `release_id` live most recently (a deploy or a rollback).
-pub fn live_deploy(conn: &Connection, app: &str, release_id: &str) -> Result<Option<DeployRow>, StoreError> {
+pub(crate) fn live_deploy(
+    conn: &Connection,
+    app: &str,
+    release_id: &str,
+) -> Result<Option<DeployRow>, StoreError> {
     let sql = format!(
         "SELECT {COLUMNS} FROM deploys WHERE app = ?1 AND release_id = ?2 AND state = 'succeeded' ORDER BY seq DESC LIMIT 1"
     );
@@ -305,7 +313,11 @@ pub fn live_deploy(conn: &Connection, app: &str, release_id: &str) -> Result<Opt
 
 /// What a release directory was built from: its sha, (an artifact) the digest it was unpacked from, and the
 /// ref it was deployed as. A rollback row names the release but not its digest: the row that built it does.
-pub fn release_sha(conn: &Connection, app: &str, release_id: &str) -> Result<ReleaseFacts, StoreError> {
+pub(crate) fn release_sha(
+    conn: &Connection,
+    app: &str,
+    release_id: &str,
+) -> Result<ReleaseFacts, StoreError> {
     Ok(conn
         .query_row(
             "SELECT sha, digest, git_ref FROM deploys WHERE app = ?1 AND release_id = ?2
@@ -332,7 +344,7 @@ pub struct ReleaseFacts {
 
 /// Did `sha` go live for `app` before (a deploy that succeeded)? For an artifact named by version, a trigger
 /// for such a version that is not live now is a replay or arrived out of order: it is not deployed again.
-pub fn sha_succeeded(conn: &Connection, app: &str, sha: &str) -> Result<bool, StoreError> {
+pub(crate) fn sha_succeeded(conn: &Connection, app: &str, sha: &str) -> Result<bool, StoreError> {
     Ok(conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM deploys WHERE app = ?1 AND sha = ?2 AND state = 'succeeded' AND trigger != 'rollback')",
         params![app, sha],
@@ -343,7 +355,7 @@ pub fn sha_succeeded(conn: &Connection, app: &str, sha: &str) -> Result<bool, St
 /// Releases that went live successfully (a deploy or a rollback that succeeded), newest built first (by audit
 /// order, not by id: two releases can be built within one second), with their sha:
 /// what `haul rollback` may go back to.
-pub fn successful_releases(conn: &Connection, app: &str) -> Result<Vec<(String, String)>, StoreError> {
+pub(crate) fn successful_releases(conn: &Connection, app: &str) -> Result<Vec<(String, String)>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT release_id, sha, min(seq) AS built FROM deploys
          WHERE app = ?1 AND state = 'succeeded' AND release_id IS NOT NULL AND sha IS NOT NULL
@@ -356,7 +368,7 @@ pub fn successful_releases(conn: &Connection, app: &str) -> Result<Vec<(String, 
 }
 
 /// `on_restart = "hold"`: requests still queued at start-up are not run; they are closed with a reason.
-pub fn hold_queued(conn: &Connection, app: &str, before: i64, now: i64) -> Result<usize, StoreError> {
+pub(crate) fn hold_queued(conn: &Connection, app: &str, before: i64, now: i64) -> Result<usize, StoreError> {
     Ok(conn.execute(
         "UPDATE deploys SET state = 'interrupted', finished_at = ?2,
                 reason = 'queued when haul stopped, and held at start-up (on_restart = \"hold\"); deploy it with `haul deploy`'
@@ -367,7 +379,7 @@ pub fn hold_queued(conn: &Connection, app: &str, before: i64, now: i64) -> Resul
 
 /// Was `sha` ever requested for `app` and tried (or is it waiting)? A poll never asks for such a sha again: not
 /// after it failed, and not after someone rolled it back.
-pub fn sha_attempted(conn: &Connection, app: &str, sha: &str) -> Result<bool, StoreError> {
+pub(crate) fn sha_attempted(conn: &Connection, app: &str, sha: &str) -> Result<bool, StoreError> {
     Ok(conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM deploys WHERE app = ?1 AND sha = ?2 AND state NOT IN ('ignored', 'superseded'))",
         params![app, sha],
@@ -376,7 +388,7 @@ pub fn sha_attempted(conn: &Connection, app: &str, sha: &str) -> Result<bool, St
 }
 
 /// Forget delivery ids older than `keep_ms` (replay protection keeps them at least 7 days).
-pub fn prune_deliveries(conn: &Connection, now: i64, keep_ms: i64) -> Result<usize, StoreError> {
+pub(crate) fn prune_deliveries(conn: &Connection, now: i64, keep_ms: i64) -> Result<usize, StoreError> {
     Ok(conn.execute(
         "DELETE FROM deliveries WHERE seen_at < ?1",
         params![now - keep_ms],
@@ -389,7 +401,7 @@ mod tests {
 
     fn req(app: &str, delivery: Option<&str>) -> DeployRequest {
         DeployRequest::new(app, Trigger::Webhook, "octocat")
-            .from_provider("github", delivery.map(Into::into))
+            .sent_by("github", delivery.map(Into::into))
             .at_ref(Some("refs/heads/main".into()))
             .with_sha(Some("a".repeat(40)))
     }

@@ -16,7 +16,7 @@ mod alerts;
 mod deploys;
 mod schema;
 
-pub use alerts::*;
+pub(crate) use alerts::*;
 pub use deploys::*;
 use schema::{configure, migrate};
 
