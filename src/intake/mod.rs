@@ -77,7 +77,7 @@ pub fn evaluate(
     body: &[u8],
     now_secs: i64,
 ) -> Result<Accepted, Rejected> {
-    match provider {
+    let accepted = match provider {
         Provider::Github => github::evaluate(app, secrets, headers, body),
         Provider::Gitlab => gitlab::evaluate(app, secrets, headers, body, now_secs),
         Provider::Gitea => gitea::evaluate(app, secrets, headers, body, &gitea::GITEA),
@@ -85,6 +85,24 @@ pub fn evaluate(
         Provider::Bitbucket => bitbucket::evaluate(app, secrets, headers, body),
         Provider::Standard => standard::evaluate(app, secrets, headers, body, now_secs),
         Provider::Distribution => distribution::evaluate(app, secrets, headers, body),
+    }?;
+    // Standard Webhooks sign the id and the timestamp with the body, so a fresh id cannot be forged and the
+    // same body twice is two deliveries; every other forge signs the body alone.
+    Ok(match provider {
+        Provider::Standard => accepted,
+        _ => accepted.remembering(body),
+    })
+}
+
+impl Accepted {
+    /// The request, carrying the digest of the body it came in.
+    fn remembering(self, body: &[u8]) -> Accepted {
+        let digest = || Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body)));
+        match self {
+            Accepted::Deploy(r) => Accepted::Deploy(r.with_body_digest(digest())),
+            Accepted::Ignore(r, why) => Accepted::Ignore(r.with_body_digest(digest()), why),
+            other => other,
+        }
     }
 }
 

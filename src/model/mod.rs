@@ -156,6 +156,12 @@ pub struct DeployRequest {
     pub target: Option<String>,
     /// For an artifact: the content digest (`sha256:<hex>`) the trigger pinned; what is downloaded must match.
     pub digest: Option<String>,
+    /// For a push: the full sha the branch pointed at before it (the payload's `before`), when the forge says.
+    /// It orders requests without a fetch: a push whose parent is a pending request's sha is newer than it.
+    pub parent: Option<String>,
+    /// The hex sha256 of the verified body, for forges that sign the body but not the delivery id: the same
+    /// body again under a fresh delivery id is a replay.
+    pub body_digest: Option<String>,
 }
 
 impl DeployRequest {
@@ -172,6 +178,8 @@ impl DeployRequest {
             actor: actor.into(),
             target: None,
             digest: None,
+            parent: None,
+            body_digest: None,
         }
     }
     /// The webhook provider that sent it and its delivery id.
@@ -198,6 +206,15 @@ impl DeployRequest {
     }
     pub(crate) fn with_digest(mut self, digest: Option<String>) -> DeployRequest {
         self.digest = digest;
+        self
+    }
+    /// The sha this push moved the branch from (validated: a full sha or none).
+    pub(crate) fn after_parent(mut self, parent: Option<String>) -> DeployRequest {
+        self.parent = parent;
+        self
+    }
+    pub(crate) fn with_body_digest(mut self, digest: Option<String>) -> DeployRequest {
+        self.body_digest = digest;
         self
     }
 }
