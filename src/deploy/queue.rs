@@ -647,7 +647,7 @@ max_fetches_per_minute = 10000
     fn recorded(e: Enqueued) -> (DeployId, Vec<DeployId>) {
         match e {
             Enqueued::Recorded { id, superseded } => (id, superseded),
-            Enqueued::Duplicate { first } => panic!("unexpected duplicate of {first}"),
+            other => panic!("unexpected {other:?}"),
         }
     }
 

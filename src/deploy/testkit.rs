@@ -14,7 +14,7 @@ use crate::infra::runner::{self, Cmd};
 use crate::infra::scratch::TestDir;
 use crate::infra::state_dir::StateDir;
 use crate::model::{DeployId, DeployRequest, State, Trigger};
-use crate::store::{self, DeployRow, Enqueued, Store};
+use crate::store::{self, DeployRow, Store};
 
 /// A 40-hex sha made of one repeated digit, for requests that are never fetched.
 pub fn sha(digit: char) -> String {
@@ -94,10 +94,7 @@ impl Fixture {
             .call(move |c| {
                 let now = crate::model::now_ms();
                 // No delivery id, so never a duplicate. (Nothing here may panic: it runs on the writer thread.)
-                let id = match store::enqueue(c, &req, now)? {
-                    Enqueued::Recorded { id, .. } => id,
-                    Enqueued::Duplicate { first } => first,
-                };
+                let id = store::enqueue(c, &req, now)?.id().clone();
                 store::claim_next(c, &app, now)?;
                 store::set_release(c, &id, &req.sha.clone().unwrap_or_default(), &rid, None, None)?;
                 let mut o = crate::model::Outcome::new(State::Succeeded, "test");

@@ -184,7 +184,10 @@ async fn answer(req: ControlRequest, actor: &str, queue: &Queue) -> ControlReply
                 error: None,
             }
         }
-        Ok(Enqueued::Duplicate { first }) => fail(format!("duplicate of {first}")),
+        Ok(Enqueued::Duplicate { first } | Enqueued::Replay { first }) => {
+            fail(format!("duplicate of {first}"))
+        }
+        Ok(Enqueued::Passed { id, reason, .. }) => fail(format!("{reason} (deploy {id})")),
         Err(e) => fail(format!("cannot record the request: {e}")),
     }
 }

@@ -38,6 +38,25 @@ pub enum Enqueued {
     Recorded { id: DeployId, superseded: Vec<DeployId> },
     /// The delivery id was seen before: nothing recorded.
     Duplicate { first: DeployId },
+    /// The same verified body was received before under another delivery id (a replay): nothing recorded.
+    Replay { first: DeployId },
+    /// Recorded, and final at once: older on the branch than what is pending, running or live (`superseded`
+    /// or `ignored`, with the reason). Nothing was queued.
+    Passed {
+        id: DeployId,
+        state: State,
+        reason: String,
+    },
+}
+
+impl Enqueued {
+    /// The deploy this answer is about: the one recorded, or the earlier one it repeats.
+    pub fn id(&self) -> &DeployId {
+        match self {
+            Enqueued::Recorded { id, .. } | Enqueued::Passed { id, .. } => id,
+            Enqueued::Duplicate { first } | Enqueued::Replay { first } => first,
+        }
+    }
 }
 
 const COLUMNS: &str =
@@ -78,16 +97,28 @@ fn row_to_deploy(r: &Row<'_>) -> rusqlite::Result<DeployRow> {
     })
 }
 
-fn seen_delivery(conn: &Connection, req: &DeployRequest) -> Result<Option<DeployId>, StoreError> {
-    let Some(d) = &req.delivery_id else {
-        return Ok(None);
-    };
+/// A delivery id or a body seen before: the answer is that, and nothing is recorded.
+fn seen_before(conn: &Connection, req: &DeployRequest) -> Result<Option<Enqueued>, StoreError> {
     // The hot path of a webhook flood: every statement here is prepared once and cached.
-    let first: Option<String> = conn
-        .prepare_cached("SELECT deploy_id FROM deliveries WHERE app = ?1 AND delivery_id = ?2")?
-        .query_row(params![req.app, d], |r| r.get(0))
-        .optional()?;
-    Ok(first.as_deref().and_then(DeployId::parse))
+    if let Some(d) = &req.delivery_id {
+        let first: Option<String> = conn
+            .prepare_cached("SELECT deploy_id FROM deliveries WHERE app = ?1 AND delivery_id = ?2")?
+            .query_row(params![req.app, d], |r| r.get(0))
+            .optional()?;
+        if let Some(first) = first.as_deref().and_then(DeployId::parse) {
+            return Ok(Some(Enqueued::Duplicate { first }));
+        }
+    }
+    if let Some(b) = &req.body_digest {
+        let first: Option<String> = conn
+            .prepare_cached("SELECT deploy_id FROM bodies WHERE app = ?1 AND digest = ?2")?
+            .query_row(params![req.app, b], |r| r.get(0))
+            .optional()?;
+        if let Some(first) = first.as_deref().and_then(DeployId::parse) {
+            return Ok(Some(Enqueued::Replay { first }));
+        }
+    }
+    Ok(None)
 }
 
 fn insert(
@@ -99,8 +130,8 @@ fn insert(
 ) -> Result<DeployId, StoreError> {
     let id = DeployId::new(now);
     conn.prepare_cached(
-        "INSERT INTO deploys (id, app, trigger, provider, delivery_id, git_ref, sha, actor, state, reason, requested_at, finished_at, target, digest)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        "INSERT INTO deploys (id, app, trigger, provider, delivery_id, git_ref, sha, actor, state, reason, requested_at, finished_at, target, digest, parent)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         )?
         .execute(params![
             id.as_str(),
@@ -117,6 +148,7 @@ fn insert(
             state.is_final().then_some(now),
             req.target,
             req.digest,
+            req.parent,
         ],
     )?;
     if let Some(d) = &req.delivery_id {
@@ -125,18 +157,43 @@ fn insert(
         )?
         .execute(params![req.app, d, id.as_str(), now])?;
     }
+    if let Some(b) = &req.body_digest {
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO bodies (app, digest, deploy_id, seen_at) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![req.app, b, id.as_str(), now])?;
+    }
     Ok(id)
 }
 
-/// Records a request as pending. The app's older pending request, if any, is superseded by it: newest wins.
-/// One exception: a webhook or a poll never supersedes a pending `haul rollback` (a person asked for it, and a
-/// redelivered trigger for the very release being rolled back from must not cancel it); the rollback runs
-/// first.
+/// Records a request as pending, newest wins: by history where the forge tells it, else by arrival.
+///
+/// A push that names its parent (the sha it moved the branch from) is ordered against what is pending,
+/// running and live without a fetch (`lineage`): older than one of them, it is recorded `superseded` or
+/// `ignored` at once and the newer one keeps its slot; it supersedes only pending requests it descends from.
+/// Where history cannot tell (no link among the requests haul has seen), it is queued beside the pending one
+/// and the worker orders them with its mirror after the fetch. Other requests (`haul deploy`, a poll, which
+/// sees the tip, a trigger without a parent) supersede the pending one. One exception: a webhook or a poll
+/// never supersedes a pending `haul rollback` (a person asked for it, and a redelivered trigger for the very
+/// release being rolled back from must not cancel it); the rollback runs first.
 pub(crate) fn enqueue(conn: &Connection, req: &DeployRequest, now: i64) -> Result<Enqueued, StoreError> {
-    if let Some(first) = seen_delivery(conn, req)? {
-        return Ok(Enqueued::Duplicate { first });
+    if let Some(seen) = seen_before(conn, req)? {
+        return Ok(seen);
+    }
+    let order = super::lineage::order(conn, req)?;
+    if let super::lineage::Order::Older { newer, state, reason } = order {
+        let id = insert(conn, req, state, Some(&reason), now)?;
+        if let Some(newer) = newer {
+            conn.prepare_cached("UPDATE deploys SET superseded_by = ?2 WHERE id = ?1")?
+                .execute(params![id.as_str(), newer.as_str()])?;
+        }
+        return Ok(Enqueued::Passed { id, state, reason });
     }
     let id = insert(conn, req, State::Queued, None, now)?;
+    if let super::lineage::Order::Descends { from } = order {
+        let superseded = super::lineage::supersede(conn, req, &id, &from, now)?;
+        return Ok(Enqueued::Recorded { id, superseded });
+    }
     let mut stmt = conn.prepare_cached(
         "UPDATE deploys SET state = 'superseded', superseded_by = ?1, finished_at = ?2,
                 reason = 'superseded by ' || ?1 || ' before it started'
@@ -159,8 +216,8 @@ pub(crate) fn record_ignored(
     reason: &str,
     now: i64,
 ) -> Result<Enqueued, StoreError> {
-    if let Some(first) = seen_delivery(conn, req)? {
-        return Ok(Enqueued::Duplicate { first });
+    if let Some(seen) = seen_before(conn, req)? {
+        return Ok(seen);
     }
     let id = insert(conn, req, State::Ignored, Some(reason), now)?;
     Ok(Enqueued::Recorded {
@@ -389,10 +446,12 @@ pub(crate) fn sha_attempted(conn: &Connection, app: &str, sha: &str) -> Result<b
 
 /// Forget delivery ids older than `keep_ms` (replay protection keeps them at least 7 days).
 pub(crate) fn prune_deliveries(conn: &Connection, now: i64, keep_ms: i64) -> Result<usize, StoreError> {
-    Ok(conn.execute(
+    let ids = conn.execute(
         "DELETE FROM deliveries WHERE seen_at < ?1",
         params![now - keep_ms],
-    )?)
+    )?;
+    let bodies = conn.execute("DELETE FROM bodies WHERE seen_at < ?1", params![now - keep_ms])?;
+    Ok(ids + bodies)
 }
 
 #[cfg(test)]
@@ -433,7 +492,7 @@ mod tests {
     fn id_of(e: Enqueued) -> DeployId {
         match e {
             Enqueued::Recorded { id, .. } => id,
-            Enqueued::Duplicate { first } => panic!("duplicate of {first}"),
+            other => panic!("not recorded: {other:?}"),
         }
     }
 

@@ -14,6 +14,7 @@ use rusqlite::{Connection, OpenFlags};
 
 mod alerts;
 mod deploys;
+mod lineage;
 mod schema;
 
 pub(crate) use alerts::*;

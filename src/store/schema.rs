@@ -57,6 +57,16 @@ pub(super) const SCHEMA: &[&str] = &[
         app TEXT NOT NULL, kind TEXT NOT NULL, signature TEXT NOT NULL,
         first_at INTEGER NOT NULL, sent_at INTEGER NOT NULL, suppressed INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (app, kind)) WITHOUT ROWID;",
+    // v8: order by history, not arrival (a push names the sha it moved the branch from), and replay memory by
+    // content (forges that sign the body, not the delivery id: the same body under a fresh id is a replay).
+    "ALTER TABLE deploys ADD COLUMN parent TEXT;
+     CREATE TABLE bodies (
+        app TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        deploy_id TEXT NOT NULL,
+        seen_at INTEGER NOT NULL,
+        PRIMARY KEY (app, digest)
+     ) WITHOUT ROWID;",
 ];
 
 pub(super) fn configure(conn: &Connection) -> rusqlite::Result<()> {

@@ -136,6 +136,23 @@ async fn decide(st: &HttpState, app: &str, accepted: Accepted) -> (Response, &'s
             r.superseded = superseded.iter().map(ToString::to_string).collect();
             ((StatusCode::ACCEPTED, Json(r)).into_response(), status)
         }
+        Ok((Enqueued::Passed { id, state, reason }, ..)) => {
+            tracing::info!(deploy_id = %id, app = %app, "webhook {state}: {reason}");
+            let mut r = HookReply::new(state.as_str());
+            r.deploy_id = Some(id.to_string());
+            r.reason = Some(reason);
+            ((StatusCode::ACCEPTED, Json(r)).into_response(), state.as_str())
+        }
+        Ok((Enqueued::Replay { first }, ..)) => {
+            tracing::info!(deploy_id = %first, app = %app, "webhook repeats the body of an earlier delivery under a new delivery id; nothing queued");
+            let mut r = HookReply::new("duplicate");
+            r.deploy_id = Some(first.to_string());
+            r.reason = Some(
+                "this signed body was already received under another delivery id (a replay); nothing was queued"
+                    .into(),
+            );
+            ((StatusCode::OK, Json(r)).into_response(), "replay")
+        }
         Ok((Enqueued::Duplicate { first }, ..)) => {
             tracing::info!(deploy_id = %first, app = %app, "webhook is a replay of an earlier delivery; nothing queued");
             let mut r = HookReply::new("duplicate");

@@ -297,6 +297,24 @@ path = "srv/quiet"
             }
             self
         }
+        /// The fixture's push moved on by one commit: `after` is `sha`, `before` the fixture's own `after`
+        /// (a new push, not a replay of the fixture's body).
+        fn next_push(self, sha: &str) -> Hook {
+            let body = PUSH
+                .replace(
+                    "\"before\": \"0000000000000000000000000000000000000000\"",
+                    &format!("\"before\": \"{PUSHED_SHA}\""),
+                )
+                .replace(
+                    &format!("\"after\": \"{PUSHED_SHA}\""),
+                    &format!("\"after\": \"{sha}\""),
+                );
+            assert_ne!(
+                body, PUSH,
+                "the fixture's before and after are where this expects them"
+            );
+            self.signed_body(body.into_bytes())
+        }
         /// A different body, signed with the right secret.
         fn signed_body(self, body: Vec<u8>) -> Hook {
             let sig = crate::intake::sign_github(SECRET, &body);
@@ -374,7 +392,8 @@ path = "srv/quiet"
         assert_eq!(reply["deploy_id"], first_id, "names the first delivery's deploy");
         assert_eq!(door.recorded().await, 1, "a replay records nothing");
 
-        let (status, _, body) = door.send(Hook::push("d-2").request()).await;
+        let next = Hook::push("d-2").next_push(&"b".repeat(40));
+        let (status, _, body) = door.send(next.request()).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
         let reply = json(&body);
         assert_eq!(reply["superseded"], serde_json::json!([first_id]), "{body}");
@@ -490,7 +509,12 @@ path = "srv/quiet"
         let (status, _, body) = door.send(push().from(Some(peer("10.1.2.3"))).request()).await;
         assert_eq!(status, StatusCode::ACCEPTED, "inside: {body}");
         let (status, _, body) = door
-            .send(Hook::push("d-2").from(Some(peer("2001:db8::1"))).request())
+            .send(
+                Hook::push("d-2")
+                    .next_push(&"b".repeat(40))
+                    .from(Some(peer("2001:db8::1")))
+                    .request(),
+            )
             .await;
         assert_eq!(status, StatusCode::ACCEPTED, "a single v6 address: {body}");
         assert_eq!(door.recorded().await, 2);
