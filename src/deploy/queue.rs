@@ -492,10 +492,25 @@ async fn nothing_to_do(env: &Env, app: &AppConfig, row: &DeployRow, previous: &P
             previous.release_id.as_deref().unwrap_or("")
         ));
     }
+    let sha = row.sha.clone().filter(|s| Some(s) != previous.sha.as_ref())?;
+    // A rollback is sticky: what it took away (or anything that went live before) comes back only on purpose.
+    let (name, probe) = (app.name.clone(), sha.clone());
+    if let Ok(Some(rollback)) = env
+        .store
+        .call(move |c| store::rollback_pin(c, &name, &probe))
+        .await
+    {
+        return Some(format!(
+            "{} went live before, and the rollback {rollback} has put {} back since: after a rollback, automatic triggers deploy only a commit haul has never deployed; nothing deployed (`haul deploy {} --sha {}` deploys it on purpose)",
+            model::short_sha(&sha),
+            previous.release_id.as_deref().unwrap_or("an earlier release"),
+            app.name,
+            model::short_sha(&sha)
+        ));
+    }
     if !app.source.is_templated() {
         return None;
     }
-    let sha = row.sha.clone().filter(|s| Some(s) != previous.sha.as_ref())?;
     let (name, probe) = (app.name.clone(), sha.clone());
     let went_live = env
         .store
@@ -509,6 +524,45 @@ async fn nothing_to_do(env: &Env, app: &AppConfig, row: &DeployRow, previous: &P
             app.name
         )
     })
+}
+
+/// Requests whose order history could not tell at intake were queued side by side; with the mirror fetched,
+/// git can. This one steps aside if a pending request is newer on the branch (that one deploys next); the
+/// pending requests it is newer than are superseded by it.
+async fn order_after_fetch(env: &Env, pipeline: &Pipeline, row: &DeployRow, sha: &str) -> Option<Outcome> {
+    let (name, me) = (row.app.clone(), row.id.clone());
+    let others = env
+        .store
+        .call(move |c| store::queued_pushes(c, &name, &me))
+        .await
+        .ok()?;
+    let mut older = Vec::new();
+    for (id, other) in others {
+        if other != sha && pipeline.is_ancestor(sha, &other).await {
+            return Some(Outcome::new(
+                State::Ignored,
+                format!(
+                    "{} is older on the branch than {}, pending as {id}: that one deploys instead; nothing deployed",
+                    model::short_sha(sha),
+                    model::short_sha(&other)
+                ),
+            ));
+        }
+        if pipeline.is_ancestor(&other, sha).await {
+            older.push(id);
+        }
+    }
+    if !older.is_empty() {
+        let (name, me, now) = (row.app.clone(), row.id.clone(), model::now_ms());
+        if let Err(e) = env
+            .store
+            .call(move |c| store::supersede(c, &name, &me, &older, now))
+            .await
+        {
+            tracing::warn!("cannot supersede the older pending requests: {e}");
+        }
+    }
+    None
 }
 
 /// The pipeline for one claimed row: a rollback to an earlier release, or prepare then release (with the
@@ -556,6 +610,11 @@ async fn run_pipeline(
         Err(o) => return o,
         Ok(target) => target,
     };
+    if matches!(row.trigger, Trigger::Webhook | Trigger::Poll) && !app.source.is_artifact() {
+        if let Some(o) = order_after_fetch(env, &pipeline, row, &target.sha).await {
+            return o;
+        }
+    }
     // Recorded before anything is written under `path`, so recovery knows what to clean.
     let (id, sha, rid, prev) = (
         row.id.clone(),

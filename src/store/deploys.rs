@@ -191,7 +191,7 @@ pub(crate) fn enqueue(conn: &Connection, req: &DeployRequest, now: i64) -> Resul
     }
     let id = insert(conn, req, State::Queued, None, now)?;
     if let super::lineage::Order::Descends { from } = order {
-        let superseded = super::lineage::supersede(conn, req, &id, &from, now)?;
+        let superseded = super::lineage::supersede(conn, &req.app, &id, &from, now)?;
         return Ok(Enqueued::Recorded { id, superseded });
     }
     let mut stmt = conn.prepare_cached(

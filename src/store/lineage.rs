@@ -93,6 +93,59 @@ fn describe(state: State) -> &'static str {
     }
 }
 
+/// The automatic requests of `app` still queued beside `except` (the one running), with their shas: what the
+/// worker orders with its mirror once it has fetched.
+pub(crate) fn queued_pushes(
+    conn: &Connection,
+    app: &str,
+    except: &DeployId,
+) -> Result<Vec<(DeployId, String)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, sha FROM deploys WHERE app = ?1 AND state = 'queued' AND trigger IN ('webhook', 'poll')
+           AND sha IS NOT NULL AND id != ?2",
+    )?;
+    let rows = stmt.query_map(params![app, except.as_str()], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
+    let mut out = Vec::new();
+    for r in rows {
+        let (id, sha) = r?;
+        if let Some(id) = DeployId::parse(&id) {
+            out.push((id, sha));
+        }
+    }
+    Ok(out)
+}
+
+/// After a rollback (`haul rollback`, or a health gate that put the previous release back), automatic triggers
+/// may take the app only to a commit haul has never deployed: if `sha` went live before (or was the one a
+/// rollback took away) and the app's live release came from a rollback since, the rollback's deploy id.
+pub(crate) fn rollback_pin(conn: &Connection, app: &str, sha: &str) -> Result<Option<DeployId>, StoreError> {
+    let last: Option<(String, String, String)> = conn
+        .prepare_cached(
+            "SELECT id, trigger, state FROM deploys WHERE app = ?1 AND state IN ('succeeded', 'rolled_back')
+             ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row(params![app], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })?;
+    let Some((id, trigger, state)) = last else {
+        return Ok(None);
+    };
+    if !(state == "rolled_back" || (trigger == "rollback" && state == "succeeded")) {
+        return Ok(None);
+    }
+    let deployed: bool = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM deploys WHERE app = ?1 AND sha = ?2 AND state IN ('succeeded', 'rolled_back'))",
+        )?
+        .query_row(params![app, sha], |r| r.get(0))?;
+    Ok(deployed.then(|| DeployId::parse(&id)).flatten())
+}
+
 /// The app's pending and running pushes (a pending rollback is not a push), and the last successful deploy.
 fn current(conn: &Connection, app: &str) -> Result<Vec<Current>, StoreError> {
     let mut out = Vec::new();
@@ -189,10 +242,10 @@ impl<'a> Chain<'a> {
     }
 }
 
-/// Supersedes the pending requests `from` by `id` (the push that descends from them).
-pub(super) fn supersede(
+/// Supersedes the pending requests `from` of `app` by `id` (newer on the branch than each of them).
+pub(crate) fn supersede(
     conn: &Connection,
-    req: &DeployRequest,
+    app: &str,
     id: &DeployId,
     from: &[DeployId],
     now: i64,
@@ -204,9 +257,157 @@ pub(super) fn supersede(
     )?;
     let mut done = Vec::new();
     for f in from {
-        if stmt.execute(params![id.as_str(), now, f.as_str(), req.app])? == 1 {
+        if stmt.execute(params![id.as_str(), now, f.as_str(), app])? == 1 {
             done.push(f.clone());
         }
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{claim_next, enqueue, finish, memory, Enqueued};
+    use crate::model::{DeployRequest, Outcome, State, Trigger};
+    use rusqlite::Connection;
+
+    fn sha(n: u32) -> String {
+        format!("{n:040x}")
+    }
+
+    /// A push of `after` on top of `before`, as every forge that sends `before` describes it.
+    fn push(after: u32, before: u32) -> DeployRequest {
+        DeployRequest::new("blog", Trigger::Webhook, "octocat")
+            .sent_by("github", None)
+            .at_ref(Some("refs/heads/main".into()))
+            .with_sha(Some(sha(after)))
+            .after_parent(Some(sha(before)))
+    }
+
+    fn state_of(c: &Connection, s: u32) -> Vec<String> {
+        let mut stmt = c
+            .prepare("SELECT state FROM deploys WHERE sha = ?1 ORDER BY seq")
+            .expect("prepare");
+        stmt.query_map([sha(s)], |r| r.get(0))
+            .expect("query")
+            .map(|r| r.expect("row"))
+            .collect()
+    }
+
+    /// Claims the newest pending request and ends it `succeeded` (it is the live one from then on).
+    fn goes_live(c: &Connection) {
+        let row = claim_next(c, "blog", 0)
+            .expect("claim")
+            .expect("something pending");
+        finish(c, &row.id, &Outcome::new(State::Succeeded, "live"), 0).expect("finish");
+    }
+
+    #[test]
+    fn in_order_pushes_supersede_what_they_descend_from() {
+        let c = memory();
+        let first = enqueue(&c, &push(1, 0), 0).expect("enqueue");
+        let second = enqueue(&c, &push(2, 1), 0).expect("enqueue");
+        let Enqueued::Recorded { superseded, .. } = second else {
+            panic!("{second:?}")
+        };
+        assert_eq!(superseded, [first.id().clone()]);
+        assert_eq!(state_of(&c, 1), ["superseded"]);
+        assert_eq!(state_of(&c, 2), ["queued"]);
+    }
+
+    /// Regression (issue 12, hole 2): c3 building, c4 acknowledged, then a late delivery of c1 superseded c4,
+    /// and c4 never deployed.
+    #[test]
+    fn regression_a_late_delivery_during_a_build_never_takes_a_newer_pushs_slot() {
+        let c = memory();
+        enqueue(&c, &push(1, 0), 0).expect("c1");
+        goes_live(&c);
+        enqueue(&c, &push(2, 1), 0).expect("c2");
+        enqueue(&c, &push(3, 2), 0).expect("c3");
+        let running = claim_next(&c, "blog", 0).expect("claim").expect("c3");
+        assert_eq!(running.sha.as_deref(), Some(sha(3).as_str()));
+        enqueue(&c, &push(4, 3), 0).expect("c4");
+        // The late one: the very push of c1 (parent c0), under a body the store has not seen.
+        let late = enqueue(&c, &push(1, 0).sent_by("github", Some("late".into())), 0).expect("late");
+        let Enqueued::Passed { state, reason, .. } = &late else {
+            panic!("{late:?}")
+        };
+        assert_eq!(*state, State::Superseded, "{reason}");
+        assert!(reason.contains("older on the branch"), "{reason}");
+        assert_eq!(state_of(&c, 4), ["queued"], "c4 keeps its slot");
+    }
+
+    #[test]
+    fn a_late_delivery_during_a_pending_slot_is_older_than_it() {
+        let c = memory();
+        enqueue(&c, &push(2, 1), 0).expect("c2");
+        let late = enqueue(&c, &push(1, 0), 0).expect("c1");
+        let Enqueued::Passed { state, .. } = &late else {
+            panic!("{late:?}")
+        };
+        assert_eq!(*state, State::Superseded);
+        assert_eq!(state_of(&c, 2), ["queued"]);
+    }
+
+    #[test]
+    fn older_than_the_live_release_is_ignored_without_a_fetch() {
+        let c = memory();
+        enqueue(&c, &push(1, 0), 0).expect("c1");
+        enqueue(&c, &push(2, 1), 0).expect("c2");
+        goes_live(&c);
+        let late = enqueue(&c, &push(1, 0).sent_by("github", Some("x".into())), 0).expect("late");
+        let Enqueued::Passed { state, reason, .. } = &late else {
+            panic!("{late:?}")
+        };
+        assert_eq!(*state, State::Ignored, "{reason}");
+        assert!(reason.contains("live"), "{reason}");
+    }
+
+    #[test]
+    fn a_real_rewind_moves_forward() {
+        let c = memory();
+        enqueue(&c, &push(1, 0), 0).expect("c1");
+        enqueue(&c, &push(2, 1), 0).expect("c2");
+        goes_live(&c);
+        // A force-push from c2 back to c1: the forge names c2 as the push's parent.
+        let rewind = enqueue(&c, &push(1, 2), 0).expect("rewind");
+        assert!(matches!(rewind, Enqueued::Recorded { .. }), "{rewind:?}");
+        assert_eq!(state_of(&c, 1).last().map(String::as_str), Some("queued"));
+    }
+
+    #[test]
+    fn the_same_commit_again_keeps_the_first_request() {
+        let c = memory();
+        let first = enqueue(&c, &push(2, 1), 0).expect("c2");
+        let again = enqueue(&c, &push(2, 1).sent_by("gitea", Some("other".into())), 0).expect("again");
+        let Enqueued::Passed { state, reason, .. } = &again else {
+            panic!("{again:?}")
+        };
+        assert_eq!(*state, State::Superseded);
+        assert!(reason.contains(first.id().as_str()), "{reason}");
+    }
+
+    #[test]
+    fn unknown_order_queues_both_and_supersedes_nothing() {
+        let c = memory();
+        enqueue(&c, &push(5, 4), 0).expect("c5");
+        let other = enqueue(&c, &push(9, 8), 0).expect("c9");
+        let Enqueued::Recorded { superseded, .. } = other else {
+            panic!("{other:?}")
+        };
+        assert!(superseded.is_empty());
+        assert_eq!(state_of(&c, 5), ["queued"]);
+        assert_eq!(state_of(&c, 9), ["queued"]);
+    }
+
+    #[test]
+    fn triggers_without_history_still_supersede_by_arrival() {
+        let c = memory();
+        enqueue(&c, &push(5, 4), 0).expect("c5");
+        let poll = DeployRequest::new("blog", Trigger::Poll, "poll").with_sha(Some(sha(6)));
+        let Enqueued::Recorded { superseded, .. } = enqueue(&c, &poll, 0).expect("poll") else {
+            panic!("not recorded")
+        };
+        assert_eq!(superseded.len(), 1);
+        assert_eq!(state_of(&c, 5), ["superseded"]);
+    }
 }

@@ -19,6 +19,7 @@ mod schema;
 
 pub(crate) use alerts::*;
 pub use deploys::*;
+pub(crate) use lineage::{queued_pushes, rollback_pin, supersede};
 use schema::{configure, migrate};
 
 /// The connection a [`Store::call`] closure is given (callers name this, never the SQL library).

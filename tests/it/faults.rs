@@ -165,14 +165,15 @@ fn two_hundred_webhooks_cause_at_most_two_fetches_and_two_deploys() {
         &[("blog", "github", "build = [\"sleep 0.2\"]")],
     );
     h.start();
-    let body = github_push("refs/heads/main", &sha);
     let addr = h.addr();
     let threads: Vec<_> = (0..4)
         .map(|_| {
-            let (addr, body) = (addr.clone(), body.clone());
+            let (addr, sha) = (addr.clone(), sha.clone());
             std::thread::spawn(move || {
                 let mut statuses = Vec::new();
                 for _ in 0..50 {
+                    // 200 pushes of the same commit (each its own body, as GitHub sends them).
+                    let body = github_push("refs/heads/main", &sha);
                     statuses.push(
                         http_post(
                             &addr,

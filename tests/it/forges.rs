@@ -357,8 +357,8 @@ fn a_secret_can_be_rotated_without_failed_deliveries() {
     .expect("config");
     let mut h = h0;
     h.start();
-    let body = github_push("refs/heads/main", &sha);
     for secret in [SECRET, "the secret the forge still signs with"] {
+        let body = github_push("refs/heads/main", &sha);
         let headers = vec![
             ("X-GitHub-Event", "push".to_string()),
             ("X-GitHub-Delivery", delivery()),
@@ -370,6 +370,7 @@ fn a_secret_can_be_rotated_without_failed_deliveries() {
         let (status, reply) = h.post("/hooks/blog", &headers, body.as_bytes());
         assert_eq!(status, 202, "{reply}");
     }
+    let body = github_push("refs/heads/main", &sha);
     let headers = vec![
         ("X-GitHub-Event", "push".to_string()),
         (

@@ -706,11 +706,17 @@ pub fn fixture(name: &str) -> String {
 }
 
 /// GitHub's documented push example with only `ref` and `after` rewritten.
+/// A GitHub push of `sha` to `git_ref`, built from the documented payload. Each call is a new push, as GitHub
+/// sends it: its `repository.pushed_at` differs, so its body does too (haul answers the same body under a fresh
+/// delivery id `duplicate`: a replay). A test that replays a delivery sends the same body again.
 pub fn github_push(git_ref: &str, sha: &str) -> String {
+    static PUSHES: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
     let mut v: serde_json::Value = serde_json::from_str(&fixture("github/push.json")).expect("json");
     v["ref"] = git_ref.into();
     v["after"] = sha.into();
     v["head_commit"]["id"] = sha.into();
+    let n = PUSHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    v["repository"]["pushed_at"] = (1_764_000_000 + n).into();
     v.to_string()
 }
 

@@ -124,6 +124,12 @@ impl Pipeline {
     /// A webhook or a poll never takes the app back in time: a sha that is an ancestor of the live one, and is
     /// not what the remote's ref points at now, is a replayed or out-of-order trigger. (A real rewind, a
     /// force-push of the branch to an older commit, makes that commit the tip, and deploys.)
+    /// Is `ancestor` an ancestor of `descendant` (or the same commit) in the app's mirror? False when the mirror
+    /// cannot tell (a sha it does not have).
+    pub(crate) async fn is_ancestor(&self, ancestor: &str, descendant: &str) -> bool {
+        ancestor == descendant || matches!(self.git().is_ancestor(ancestor, descendant).await, Ok(true))
+    }
+
     pub(super) async fn refuse_going_back(
         &self,
         git: &Git,
