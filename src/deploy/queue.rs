@@ -1025,4 +1025,83 @@ max_fetches_per_minute = 10000
         assert_eq!(release::current(&fx.app_path("blog")), Some(live));
         assert!(!env.dirs.log_of(&again).exists(), "no log for a skip");
     }
+
+    /// A rollback is sticky, for git and artifacts alike: after it, an automatic trigger for what went live
+    /// before (or what the rollback took away) is ignored before any fetch, until a commit (or digest) haul
+    /// has never deployed arrives; a person's `haul deploy --sha` is not held back.
+    #[tokio::test]
+    async fn a_rollback_is_sticky_for_git_and_image_apps() {
+        let fx = Fixture::new(
+            r#"
+[apps.blog]
+repo = "repo.git"
+path = "srv/blog"
+
+[apps.shop]
+image = "registry.example/acme/shop"
+tag = "main"
+path = "srv/shop"
+"#,
+        );
+        let env = fx.env();
+        for (app, len) in [("blog", 40), ("shop", 64)] {
+            let v = |d: char| d.to_string().repeat(len);
+            fx.record_success(app, &v('1'), "r1").await;
+            fx.record_success(app, &v('2'), "r2").await;
+            // `haul rollback`: c1 is live again.
+            let (a, one) = (app.to_string(), v('1'));
+            fx.store
+                .call(move |c| {
+                    store::enqueue(c, &DeployRequest::new(&a, Trigger::Rollback, "alice"), 0)?;
+                    let row = store::claim_next(c, &a, 0)?.expect("the rollback");
+                    let mut o = Outcome::new(State::Succeeded, "rolled back");
+                    o.sha = Some(one);
+                    store::finish(c, &row.id, &o, 0)
+                })
+                .await
+                .expect("record the rollback");
+            let cfg = env.apps[app].clone();
+            let previous = Previous {
+                release_id: Some("r1".into()),
+                sha: Some(v('1')),
+                ..Previous::default()
+            };
+            let row_for = |trigger: Trigger, sha: String| {
+                let (store, app) = (fx.store.clone(), app.to_string());
+                async move {
+                    let req = match trigger {
+                        Trigger::Webhook => webhook(&app, &sha),
+                        t => DeployRequest::new(&app, t, "alice").with_sha(Some(sha)),
+                    };
+                    let id = store
+                        .call(move |c| Ok(store::enqueue(c, &req, 0)?.id().clone()))
+                        .await
+                        .expect("enqueue");
+                    store
+                        .call(move |c| store::get(c, &id))
+                        .await
+                        .expect("read")
+                        .expect("row")
+                }
+            };
+            let taken_away = row_for(Trigger::Webhook, v('2')).await;
+            let why = nothing_to_do(&env, &cfg, &taken_away, &previous).await;
+            assert!(
+                why.as_deref().is_some_and(|w| w.contains("rollback")),
+                "{app}: {why:?}"
+            );
+            let on_purpose = row_for(Trigger::Manual, v('2')).await;
+            assert_eq!(
+                nothing_to_do(&env, &cfg, &on_purpose, &previous).await,
+                None,
+                "{app}"
+            );
+            let never_deployed = row_for(Trigger::Webhook, v('3')).await;
+            assert_eq!(
+                nothing_to_do(&env, &cfg, &never_deployed, &previous).await,
+                None,
+                "{app}"
+            );
+        }
+    }
 }

@@ -7,6 +7,7 @@ mod faults;
 mod forges;
 mod fuzz;
 mod ops;
+mod replays;
 mod spine;
 mod support;
 mod tidy;

@@ -630,6 +630,15 @@ impl Haul {
         )
     }
 
+    /// Sends `body` as a GitHub push with `delivery` as its id.
+    pub fn deliver(&self, body: &str, delivery: &str) -> (u16, serde_json::Value) {
+        self.post(
+            "/hooks/blog",
+            &signed_headers("push", delivery, body),
+            body.as_bytes(),
+        )
+    }
+
     pub fn rows(&self) -> Vec<DeployRow> {
         match store::open_read(&self.state_dir.join("haul.db")) {
             Ok(c) => store::history(&c, None, 10_000).expect("history"),
@@ -717,6 +726,13 @@ pub fn github_push(git_ref: &str, sha: &str) -> String {
     v["head_commit"]["id"] = sha.into();
     let n = PUSHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     v["repository"]["pushed_at"] = (1_764_000_000 + n).into();
+    v.to_string()
+}
+
+/// A GitHub push that moved `git_ref` from `before` to `sha` (what every real push names).
+pub fn github_push_from(git_ref: &str, before: &str, sha: &str) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(&github_push(git_ref, sha)).expect("json");
+    v["before"] = before.into();
     v.to_string()
 }
 
