@@ -47,6 +47,7 @@ struct BbTarget {
 #[serde(rename_all = "camelCase")]
 struct BbServerChange {
     ref_id: Option<String>,
+    from_hash: Option<String>,
     to_hash: Option<String>,
     #[serde(rename = "type")]
     kind: Option<String>,
@@ -91,15 +92,15 @@ pub(super) fn evaluate(
         .actor
         .and_then(|a| a.nickname.or(a.name).or(a.display_name).or(a.display_name_dc))
         .unwrap_or_default();
-    decide(app, "bitbucket", delivery_id, &changes, &actor)
+    decide(app, "bitbucket", delivery_id, changes, &actor)
 }
 
-/// Cloud names a ref without its `refs/...` prefix and reports a deletion as a change with no `new` side;
-/// a change with neither side says nothing and is skipped.
+/// Cloud names a ref without its `refs/...` prefix and reports a deletion as a change with no `new` side
+/// (and a creation as one with no `old` side); a change with neither side says nothing and is skipped.
 fn cloud_change(c: BbCloudChange) -> Result<Option<Change>, Rejected> {
-    let (r, deleted) = match (c.new, c.old) {
-        (Some(new), _) => (new, false),
-        (None, Some(old)) => (old, true),
+    let (r, old, deleted) = match (c.new, c.old) {
+        (Some(new), old) => (new, old, false),
+        (None, Some(old)) => (old, None, true),
         (None, None) => return Ok(None),
     };
     let name = r
@@ -109,23 +110,29 @@ fn cloud_change(c: BbCloudChange) -> Result<Option<Change>, Rejected> {
         Some("tag") | Some("annotated_tag") => "refs/tags/",
         _ => "refs/heads/",
     };
+    let hash = r.target.and_then(|t| t.hash);
+    // A deletion's only side is the old one: what the ref pointed at before.
+    let (sha, parent) = if deleted {
+        (None, hash)
+    } else {
+        (hash, old.and_then(|o| o.target?.hash))
+    };
     Ok(Some(Change {
         git_ref: format!("{prefix}{name}"),
-        sha: if deleted {
-            None
-        } else {
-            r.target.and_then(|t| t.hash)
-        },
+        sha,
+        parent,
         deleted,
     }))
 }
 
-/// Data Center names the full ref and says `DELETE` in the change's type.
+/// Data Center names the full ref and says `DELETE` in the change's type (and `ADD`, with an all-zero
+/// `fromHash`, for a creation).
 fn server_change(c: BbServerChange) -> Result<Change, Rejected> {
     Ok(Change {
         git_ref: required_ref(c.ref_id)?,
         deleted: c.kind.as_deref() == Some("DELETE"),
         sha: c.to_hash,
+        parent: c.from_hash,
     })
 }
 

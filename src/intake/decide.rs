@@ -11,38 +11,43 @@ use crate::model::{self, DeployRequest, Trigger};
 pub(super) struct Change {
     pub(super) git_ref: String,
     pub(super) sha: Option<String>,
+    /// What the ref pointed at before (`before`, `fromHash`, `old.target.hash`); the all-zero sha of a
+    /// creation means none.
+    pub(super) parent: Option<String>,
     pub(super) deleted: bool,
 }
 
 /// Validates every change, then filters. With several changes (Bitbucket), the first one this app deploys
-/// wins; if none does, the first one is recorded as ignored.
+/// wins; if none does, the first one is recorded as ignored. The changes are taken, so the one chosen moves
+/// into the request without a copy.
 pub(super) fn decide(
     app: &AppConfig,
     provider: &str,
     delivery_id: Option<String>,
-    changes: &[Change],
+    mut changes: Vec<Change>,
     actor: &str,
 ) -> Result<Accepted, Rejected> {
-    let Some(first) = changes.first() else {
+    if changes.is_empty() {
         return Err(Rejected::Malformed("push payload names no ref".into()));
-    };
-    for c in changes {
+    }
+    for c in &changes {
         validate(c)?;
     }
-    let (c, deleted, ignored) = match changes
+    let wanted = changes
         .iter()
-        .find(|c| app.track.wants(&c.git_ref) && !is_deletion(c))
-    {
-        Some(c) => (c, false, None),
-        None => {
-            let deleted = is_deletion(first);
-            (first, deleted, Some(ignore_reason(app, first, deleted)))
-        }
-    };
+        .position(|c| app.track.wants(&c.git_ref) && !is_deletion(c));
+    let c = changes.swap_remove(wanted.unwrap_or(0));
+    let deleted = is_deletion(&c);
+    let ignored = wanted.is_none().then(|| ignore_reason(app, &c, deleted));
+    // A tag's previous target says nothing about the order of commits on a branch.
+    let parent = c
+        .parent
+        .filter(|p| !model::is_zero_sha(p) && !c.git_ref.starts_with("refs/tags/"));
     let request = DeployRequest::new(&app.name, Trigger::Webhook, model::clean_actor(actor))
         .sent_by(provider, delivery_id)
-        .at_ref(Some(c.git_ref.clone()))
-        .with_sha(if deleted { None } else { c.sha.clone() });
+        .with_sha(if deleted { None } else { c.sha })
+        .after_parent(parent)
+        .at_ref(Some(c.git_ref));
     Ok(match ignored {
         None => Accepted::Deploy(request),
         Some(reason) => Accepted::Ignore(request, reason),
@@ -59,6 +64,14 @@ fn validate(c: &Change) -> Result<(), Rejected> {
         if !model::is_full_sha(sha) {
             return Err(Rejected::Malformed(
                 "push payload's sha is not a full commit sha".into(),
+            ));
+        }
+    }
+    if let Some(parent) = &c.parent {
+        if !model::is_full_sha(parent) {
+            return Err(Rejected::Malformed(
+                "push payload's previous sha (what the ref pointed at before) is not a full commit sha"
+                    .into(),
             ));
         }
     }

@@ -44,6 +44,7 @@ pub(super) const FORGEJO: Dialect = Dialect {
 struct GiteaPush {
     #[serde(rename = "ref")]
     git_ref: Option<String>,
+    before: Option<String>,
     after: Option<String>,
     pusher: Option<Login>,
     sender: Option<Login>,
@@ -74,9 +75,10 @@ pub(super) fn evaluate(
     let change = Change {
         git_ref: required_ref(push.git_ref)?,
         sha: Some(required_sha(push.after)?),
+        parent: push.before,
         deleted: false,
     };
-    decide(app, dialect.provider, delivery_id, &[change], &actor)
+    decide(app, dialect.provider, delivery_id, vec![change], &actor)
 }
 
 #[cfg(test)]

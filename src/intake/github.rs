@@ -38,6 +38,7 @@ pub(super) fn evaluate(
 struct GithubPush {
     #[serde(rename = "ref")]
     git_ref: Option<String>,
+    before: Option<String>,
     after: Option<String>,
     #[serde(default)]
     deleted: bool,
@@ -55,9 +56,10 @@ fn push(app: &AppConfig, delivery_id: Option<String>, body: &[u8]) -> Result<Acc
     let change = Change {
         git_ref: required_ref(push.git_ref)?,
         sha: Some(required_sha(push.after)?),
+        parent: push.before,
         deleted: push.deleted,
     };
-    decide(app, "github", delivery_id, &[change], &actor)
+    decide(app, "github", delivery_id, vec![change], &actor)
 }
 
 /// GitHub's `package` / `registry_package` event: a container version published to GHCR.

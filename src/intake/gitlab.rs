@@ -17,6 +17,7 @@ struct GitlabPush {
     object_kind: Option<String>,
     #[serde(rename = "ref")]
     git_ref: Option<String>,
+    before: Option<String>,
     after: Option<String>,
     user_username: Option<String>,
     user_name: Option<String>,
@@ -45,9 +46,10 @@ pub(super) fn evaluate(
     let change = Change {
         git_ref: required_ref(push.git_ref)?,
         sha: Some(required_sha(push.after)?),
+        parent: push.before,
         deleted: false,
     };
-    decide(app, "gitlab", delivery_id, &[change], &actor)
+    decide(app, "gitlab", delivery_id, vec![change], &actor)
 }
 
 /// Checks whichever proof the request carries and returns its delivery id. Beside a plain token the delivery

@@ -27,6 +27,8 @@ mod standard;
 mod verify;
 
 #[cfg(test)]
+mod fixtures;
+#[cfg(test)]
 mod test_support;
 
 pub use verify::{sign_github, sign_standard};
