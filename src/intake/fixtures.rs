@@ -1,7 +1,7 @@
 //! The forges' own example payloads (`tests/fixtures/<provider>/`, each with its SOURCE.md), signed and
-//! evaluated. Where a forge names the sha a push moved the ref from is checked here against what the forges
-//! document they send, not against payloads written for the tests; `tests/fixtures/PROVIDERS.md` lists the
-//! same paths.
+//! evaluated. Where a forge names its repository (for `webhook.repository`) and the sha a push moved the ref
+//! from is checked here against what the forges document they send, not against payloads written for the
+//! tests; `tests/fixtures/PROVIDERS.md` lists the same paths.
 
 use serde_json::{json, Value};
 
@@ -18,6 +18,10 @@ struct Fixture {
     body: String,
     /// The app's source lines: a git app that deploys the pushed branch, or an image app.
     app: &'static str,
+    /// The repository as the payload names it, as a person writes it.
+    repository: &'static str,
+    /// JSON pointers to what names it: without any one of them, the payload names no repository.
+    names_it: &'static [&'static str],
     /// Where the parent sha is (a JSON pointer), and what the request carries once it is validated.
     parent_at: Option<&'static str>,
     parent: Option<&'static str>,
@@ -33,6 +37,8 @@ fn fixtures() -> Vec<Fixture> {
             event: "push",
             body: include_str!("../../tests/fixtures/github/push.json").into(),
             app: "repo = \"/r\"\nbranch = \"master\"",
+            repository: "Codertocat/Hello-World",
+            names_it: &["/repository/full_name", "/repository"],
             parent_at: Some("/before"),
             // A branch creation: `before` is all zeros.
             parent: None,
@@ -44,6 +50,8 @@ fn fixtures() -> Vec<Fixture> {
             event: "push",
             body: include_str!("../../tests/fixtures/github/push-tag.json").into(),
             app: "repo = \"/r\"\nbranch = \"master\"",
+            repository: "Codertocat/Hello-World",
+            names_it: &["/repository/full_name", "/repository"],
             parent_at: Some("/before"),
             parent: None,
             tag: true,
@@ -54,6 +62,8 @@ fn fixtures() -> Vec<Fixture> {
             event: "package",
             body: github_package(),
             app: "image = \"ghcr.io/codertocat/hello-world-npm\"\ntag = \"main\"",
+            repository: "Codertocat/hello-world-npm",
+            names_it: &["/repository/full_name", "/repository"],
             parent_at: None,
             parent: None,
             tag: true,
@@ -64,6 +74,8 @@ fn fixtures() -> Vec<Fixture> {
             event: "Push Hook",
             body: include_str!("../../tests/fixtures/gitlab/push.json").into(),
             app: "repo = \"/r\"\nbranch = \"master\"",
+            repository: "mike/diaspora",
+            names_it: &["/project/path_with_namespace", "/project"],
             parent_at: Some("/before"),
             parent: Some("95790bf891e76fee5e1747ab589903a6a1f80f22"),
             tag: false,
@@ -74,6 +86,8 @@ fn fixtures() -> Vec<Fixture> {
             event: "Tag Push Hook",
             body: include_str!("../../tests/fixtures/gitlab/tag_push.json").into(),
             app: "repo = \"/r\"\nbranch = \"master\"",
+            repository: "jsmith/example",
+            names_it: &["/project/path_with_namespace", "/project"],
             parent_at: Some("/before"),
             parent: None,
             tag: true,
@@ -84,6 +98,8 @@ fn fixtures() -> Vec<Fixture> {
             event: "push",
             body: include_str!("../../tests/fixtures/gitea/push.json").into(),
             app: "repo = \"/r\"\nbranch = \"develop\"",
+            repository: "gitea/webhooks",
+            names_it: &["/repository/full_name", "/repository"],
             parent_at: Some("/before"),
             parent: Some("28e1879d029cb852e4844d9c718537df08844e03"),
             tag: false,
@@ -94,6 +110,8 @@ fn fixtures() -> Vec<Fixture> {
             event: "push",
             body: include_str!("../../tests/fixtures/forgejo/push.json").into(),
             app: "repo = \"/r\"\nbranch = \"develop\"",
+            repository: "forgejo/webhooks",
+            names_it: &["/repository/full_name", "/repository"],
             parent_at: Some("/before"),
             parent: Some("28e1879d029cb852e4844d9c718537df08844e03"),
             tag: false,
@@ -104,6 +122,8 @@ fn fixtures() -> Vec<Fixture> {
             event: "repo:push",
             body: include_str!("../../tests/fixtures/bitbucket-cloud/push.json").into(),
             app: "repo = \"/r\"\nbranch = \"name-of-branch\"",
+            repository: "team_name/repo_name",
+            names_it: &["/repository/full_name", "/repository"],
             parent_at: Some("/push/changes/0/old/target/hash"),
             parent: Some("1e65c05c1d5171631d92438a13901ca7dae9618c"),
             tag: false,
@@ -114,6 +134,14 @@ fn fixtures() -> Vec<Fixture> {
             event: "repo:refs_changed",
             body: include_str!("../../tests/fixtures/bitbucket-server/push.json").into(),
             app: "repo = \"/r\"\nbranch = \"master\"",
+            // `repository.project.key` + `/` + `repository.slug`, as in the clone URL `.../scm/proj/repository.git`.
+            repository: "PROJ/repository",
+            names_it: &[
+                "/repository/project/key",
+                "/repository/slug",
+                "/repository/project",
+                "/repository",
+            ],
             parent_at: Some("/changes/0/fromHash"),
             parent: Some("ecddabb624f6f5ba43816f5926e580a5f680a932"),
             tag: false,
@@ -172,6 +200,54 @@ fn edited(f: &Fixture, pointer: &str, value: Option<Value>) -> String {
         }
     }
     v.to_string()
+}
+
+#[test]
+fn webhook_repository_accepts_the_named_repository_in_any_case_and_refuses_others_and_none() {
+    for f in fixtures() {
+        let named = f.repository;
+        for configured in [named.to_string(), named.to_lowercase(), named.to_uppercase()] {
+            let got = eval(&f, &app(&f, Some(&configured)), &f.body);
+            assert!(got.is_ok(), "{}: {configured:?} gave {got:?}", f.name);
+        }
+        let (owner, name) = named.split_once('/').expect("owner/name");
+        for other in [
+            "someone/else".to_string(),
+            format!("{named}-2"),
+            format!("{owner}/{name}/sub"),
+            format!("x{named}"),
+            format!("{owner}/x{name}"),
+        ] {
+            match eval(&f, &app(&f, Some(&other)), &f.body) {
+                Err(Rejected::Malformed(m)) => assert!(
+                    m.contains(&format!("{other:?}")) && m.contains(&format!("{named:?}")),
+                    "{}: {other:?}: the refusal names both: {m}",
+                    f.name
+                ),
+                got => panic!("{}: configured {other:?}, got {got:?}", f.name),
+            }
+        }
+        for pointer in f.names_it {
+            let body = edited(&f, pointer, None);
+            match eval(&f, &app(&f, Some(named)), &body) {
+                Err(Rejected::Malformed(m)) => assert!(m.contains("names no repository"), "{}: {m}", f.name),
+                got => panic!("{} without {pointer}: {got:?}", f.name),
+            }
+            // Without `repository`, nothing is asked of the payload.
+            let got = eval(&f, &app(&f, None), &body);
+            assert!(got.is_ok(), "{} without {pointer}: {got:?}", f.name);
+        }
+        // An empty name is no name.
+        if let Some(at) = f.names_it.first() {
+            let body = edited(&f, at, Some(json!("")));
+            let got = eval(&f, &app(&f, Some(named)), &body);
+            assert!(
+                matches!(got, Err(Rejected::Malformed(ref m)) if m.contains("names no repository")),
+                "{}: {got:?}",
+                f.name
+            );
+        }
+    }
 }
 
 #[test]
