@@ -46,6 +46,7 @@ pub use source::{ImageKind, ImageSource, ObjectSource, Source, UrlSource};
 pub(crate) use track::glob_match;
 pub use track::Track;
 pub use verify::Verifier;
+pub(crate) use webhook::check_repository;
 pub use webhook::{Provider, WebhookConfig};
 
 pub const DEFAULT_CONFIG: &str = "/etc/haul/haul.toml";

@@ -50,6 +50,12 @@ impl Provider {
     pub fn parse(s: &str) -> Option<Provider> {
         Provider::ALL.into_iter().find(|p| p.as_str() == s)
     }
+    /// Whether this forge's push payloads name the repository they are about (what `repository` is compared
+    /// with). Standard Webhooks payloads name none; a registry's notifications name the image's repository,
+    /// which `image` already fixes.
+    pub(crate) fn names_repository(self) -> bool {
+        !matches!(self, Provider::Standard | Provider::Distribution)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -123,19 +129,20 @@ pub(crate) fn parse(w: RawWebhook, source: &Source, dir: &ConfigDir) -> Result<W
 /// `repository` only where the payload names one to compare it with: a key that could never match would
 /// refuse every delivery, and one that is silently ignored would protect nothing.
 fn check_repository_for(provider: Provider, r: &str) -> Result<(), String> {
-    match provider {
-        Provider::Standard => Err(
+    if provider.names_repository() {
+        return check_repository(r);
+    }
+    Err(match provider {
+        Provider::Standard => {
             "webhook.repository: Standard Webhooks payloads name no repository to compare it with; remove it \
              (a secret of this app's own is what keeps other senders out)"
-                .into(),
-        ),
-        Provider::Distribution => Err(
+        }
+        _ => {
             "webhook.repository: a registry's notifications are already matched against the repository in \
              `image`; remove it"
-                .into(),
-        ),
-        _ => check_repository(r),
+        }
     }
+    .into())
 }
 
 /// The shape of `repository`: the path of the repository as its URLs show it, `owner/name` (GitLab:
