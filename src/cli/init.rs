@@ -61,6 +61,8 @@ struct Plan {
     repo: String,
     branch: String,
     provider: Provider,
+    /// `webhook.repository`, when the repo URL shows it.
+    repository: Option<String>,
     config: PathBuf,
     state_dir: PathBuf,
     path: PathBuf,
@@ -228,6 +230,7 @@ fn plan(opts: &InitOptions) -> anyhow::Result<Plan> {
         state_dir: absolute(&opts.state_dir)?,
         path: absolute(&opts.path)?,
         branch: opts.branch.clone(),
+        repository: repository_of(&repo, provider),
         app,
         repo,
         provider,
@@ -277,6 +280,20 @@ known_hosts = {}
     } else {
         app.clone()
     };
+    let repository = match &plan.repository {
+        Some(r) => format!(
+            "# Only this repository's pushes deploy (read from `repo`; change it if the repository is renamed or\n\
+             # moved): a push to another repository whose hook shares this secret is refused.\nrepository = {}\n",
+            toml_str(r)
+        ),
+        None if plan.provider.names_repository() => {
+            "# The repository on the forge, as in its URLs (\"acme/blog\"; GitLab: \"group/subgroup/blog\"). Set it,\n\
+             # and a push to another repository whose hook shares this secret is refused.\n\
+             # repository = \"owner/name\"\n"
+                .to_string()
+        }
+        None => String::new(),
+    };
     let section = format!(
         r#"
 # The webhook URL of this app is /hooks/{app}.
@@ -304,7 +321,7 @@ step_timeout = "10m"
 provider = "{provider}"
 # The file holding the shared secret (mode 0600). The secret itself never goes in this file.
 secret_file = {secret}
-"#,
+{repository}"#,
         repo = toml_str(&plan.repo),
         branch = toml_str(&plan.branch),
         path = q(&plan.path)?,
@@ -312,6 +329,42 @@ secret_file = {secret}
         secret = q(&plan.secret)?,
     );
     Ok((header, section))
+}
+
+/// The repository's path on its forge (`acme/blog`), for `webhook.repository`, when the repo URL shows it
+/// beyond doubt: `git@host:owner/name.git`, `ssh://git@host[:port]/owner/name.git`,
+/// `https://host/owner/name.git`. GitHub, Gitea, Forgejo and Bitbucket name a repository with exactly two
+/// parts (Bitbucket Data Center's HTTP URLs put `scm/` before them), GitLab with two or more (subgroups);
+/// anything else (a local path, a forge served under a sub-path) is left for the person to write.
+fn repository_of(repo: &str, provider: Provider) -> Option<String> {
+    if !provider.names_repository() {
+        return None;
+    }
+    let url = ["ssh://", "git+ssh://", "https://", "http://"]
+        .iter()
+        .find_map(|scheme| Some((repo.strip_prefix(scheme)?, scheme.starts_with("http"))));
+    let (path, http) = match url {
+        Some((rest, http)) => (rest.split_once('/')?.1, http),
+        None if model::url::is_ssh_url(repo) => (repo.split_once(':')?.1, false),
+        None => return None,
+    };
+    let path = path.trim_matches('/');
+    let path = path.strip_suffix(".git").unwrap_or(path);
+    let mut parts: Vec<&str> = path.split('/').collect();
+    if provider == Provider::Bitbucket && http && parts.len() == 3 && parts[0] == "scm" {
+        parts.remove(0);
+    }
+    let fits = match provider {
+        Provider::Gitlab => parts.len() >= 2,
+        _ => parts.len() == 2,
+    };
+    let plain = parts.iter().all(|p| {
+        !matches!(*p, "" | "." | "..")
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
+    });
+    let name = parts.join("/");
+    (fits && plain && config::check_repository(&name).is_ok()).then_some(name)
 }
 
 /// A TOML basic string.
@@ -736,6 +789,7 @@ mod tests {
         assert_eq!(cfg.state_dir, root.join("state"));
         let webhook = app.webhook.as_ref().expect("webhook");
         assert_eq!(webhook.provider, Provider::Github);
+        assert_eq!(webhook.repository.as_deref(), Some("acme/blog"));
         let secrets = webhook
             .load_secrets()
             .expect("the secret is private and long enough");
@@ -887,6 +941,7 @@ mod tests {
         let cfg = Config::load(&o.config).expect("loads");
         let app = cfg.app("www.example").expect("one app, not a nested table");
         assert_eq!(app.deploy_key, None);
+        assert_eq!(app.webhook.as_ref().and_then(|w| w.repository.as_deref()), None);
         assert!(!root.join("etc/keys").exists(), "no key for a local repo");
         assert!(
             text.contains("notify-haul.sh https://deploy.example.com/hooks/www.example"),
@@ -922,6 +977,88 @@ mod tests {
             let got = ssh_host(repo);
             let want = want.map(|(h, p)| (h.to_string(), p));
             assert_eq!(got, want, "{repo}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_repository_it_cannot_read_is_left_for_the_person_to_write() {
+        let tmp = TempDir::new();
+        let root = &tmp.0;
+        let mut o = options(root, "blog");
+        o.repo = "https://git.example.com/gitea/acme/blog.git".into();
+        o.provider = "gitea".into();
+        init(&o).await.expect("init");
+        let text = std::fs::read_to_string(&o.config).expect("config");
+        assert!(text.contains("\n# repository = \"owner/name\"\n"), "{text}");
+        let cfg = Config::load(&o.config).expect("loads");
+        let webhook = cfg.app("blog").expect("app").webhook.clone().expect("webhook");
+        assert_eq!(webhook.repository, None);
+    }
+
+    #[test]
+    fn the_repository_is_read_from_the_repo_url_only_when_it_is_certain() {
+        use Provider::*;
+        for (repo, provider, want) in [
+            ("git@github.com:acme/blog.git", Github, Some("acme/blog")),
+            ("git@github.com:Acme/Blog", Github, Some("Acme/Blog")),
+            ("github.com:acme/blog.git", Github, Some("acme/blog")),
+            ("https://github.com/acme/blog.git", Github, Some("acme/blog")),
+            ("https://github.com/acme/blog/", Github, Some("acme/blog")),
+            (
+                "https://token@github.com/acme/blog.git",
+                Github,
+                Some("acme/blog"),
+            ),
+            ("ssh://git@github.com/acme/blog.git", Github, Some("acme/blog")),
+            (
+                "ssh://git@git.example.com:2222/acme/blog.git",
+                Gitea,
+                Some("acme/blog"),
+            ),
+            ("https://codeberg.org/acme/blog.git", Forgejo, Some("acme/blog")),
+            (
+                "git@gitlab.com:group/sub/blog.git",
+                Gitlab,
+                Some("group/sub/blog"),
+            ),
+            (
+                "https://gitlab.example.com/group/blog.git",
+                Gitlab,
+                Some("group/blog"),
+            ),
+            ("git@bitbucket.org:acme/blog.git", Bitbucket, Some("acme/blog")),
+            (
+                "https://bitbucket.example.com/scm/proj/blog.git",
+                Bitbucket,
+                Some("proj/blog"),
+            ),
+            (
+                "ssh://git@bitbucket.example.com:7999/proj/blog.git",
+                Bitbucket,
+                Some("proj/blog"),
+            ),
+            (
+                "ssh://git@bitbucket.example.com:7999/~admin/blog.git",
+                Bitbucket,
+                Some("~admin/blog"),
+            ),
+            // A forge under a sub-path, or a path that is not owner/name: not guessed.
+            ("https://git.example.com/gitea/acme/blog.git", Gitea, None),
+            ("https://github.com/blog.git", Github, None),
+            ("https://github.com/", Github, None),
+            ("git@github.com:acme/../blog.git", Gitlab, None),
+            ("https://github.com/acme/blog%20x.git", Github, None),
+            ("https://github.com/acme/blog.git?x=1", Github, None),
+            ("/srv/git/blog.git", Github, None),
+            ("file:///srv/git/acme/blog.git", Github, None),
+            // Payloads that name no repository.
+            ("git@github.com:acme/blog.git", Standard, None),
+        ] {
+            assert_eq!(
+                repository_of(repo, provider).as_deref(),
+                want,
+                "{repo} ({provider:?})"
+            );
         }
     }
 

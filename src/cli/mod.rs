@@ -220,7 +220,10 @@ fn check(cfg: &Config) -> Result<(), Exit> {
             app.path.display(),
             app.webhook
                 .as_ref()
-                .map(|w| format!(", webhook {}", w.provider.as_str()))
+                .map(|w| match &w.repository {
+                    Some(r) => format!(", webhook {} for {r}", w.provider.as_str()),
+                    None => format!(", webhook {}", w.provider.as_str()),
+                })
                 .unwrap_or_default()
         );
     }

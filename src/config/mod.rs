@@ -46,6 +46,7 @@ pub use source::{ImageKind, ImageSource, ObjectSource, Source, UrlSource};
 pub(crate) use track::glob_match;
 pub use track::Track;
 pub use verify::Verifier;
+pub(crate) use webhook::check_repository;
 pub use webhook::{Provider, WebhookConfig};
 
 pub const DEFAULT_CONFIG: &str = "/etc/haul/haul.toml";
@@ -159,6 +160,10 @@ mod tests {
         assert_eq!(blog.step_timeout, Duration::from_secs(600));
         assert_eq!(blog.build, ["npm ci", "npm run build"]);
         assert_eq!(blog.webhook.as_ref().map(|w| w.provider), Some(Provider::Github));
+        assert_eq!(
+            blog.webhook.as_ref().and_then(|w| w.repository.as_deref()),
+            Some("acme/blog")
+        );
         let artifacts =
             parse(include_str!("../../examples/artifacts.toml")).expect("examples/artifacts.toml must parse");
         assert!(matches!(&artifacts.apps["shop"].source, Source::Image(i) if i.kind == ImageKind::Container));

@@ -124,6 +124,7 @@ pub(crate) struct RawWebhook {
     pub(crate) previous_secret_file: Option<PathBuf>,
     #[serde(default)]
     pub(crate) secret_files: Vec<PathBuf>,
+    pub(crate) repository: Option<String>,
 }
 
 fn default_listen() -> String {

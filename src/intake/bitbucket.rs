@@ -1,11 +1,13 @@
 //! Bitbucket: Cloud (`repo:push`) and Data Center (`repo:refs_changed`) share the signature header but not the
 //! payload, and both can carry several ref changes in one delivery, so each shape is turned into a list of
-//! `Change`s and `decide` picks the one this app deploys.
+//! `Change`s and `decide` picks the one this app deploys. They name their repository differently too: Cloud
+//! as `repository.full_name` (`workspace/slug`), Data Center as a project key and a slug, which a person
+//! writes `KEY/slug` as in its clone URLs.
 
 use http::HeaderMap;
 use serde::Deserialize;
 
-use super::decide::{decide, Change};
+use super::decide::{check_repository, decide, Change, RepoName};
 use super::payload::{parse, required_ref};
 use super::verify::{check_sha256_prefixed, header, required_delivery};
 use super::{Accepted, Rejected};
@@ -17,6 +19,20 @@ struct BitbucketPayload {
     push: Option<BbCloudPush>,
     changes: Option<Vec<BbServerChange>>,
     actor: Option<BbActor>,
+    repository: Option<BbRepository>,
+}
+
+/// Cloud's repository has `full_name`; Data Center's a `slug` inside a `project`.
+#[derive(Deserialize)]
+struct BbRepository {
+    full_name: Option<String>,
+    slug: Option<String>,
+    project: Option<BbProject>,
+}
+
+#[derive(Deserialize)]
+struct BbProject {
+    key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -47,6 +63,7 @@ struct BbTarget {
 #[serde(rename_all = "camelCase")]
 struct BbServerChange {
     ref_id: Option<String>,
+    from_hash: Option<String>,
     to_hash: Option<String>,
     #[serde(rename = "type")]
     kind: Option<String>,
@@ -78,6 +95,7 @@ pub(super) fn evaluate(
         other => return Ok(Accepted::OtherEvent(model::clean_actor(other))),
     }
     let p: BitbucketPayload = parse(body)?;
+    check_repository(app, repository(event, p.repository.as_ref()))?;
     let mut changes = Vec::new();
     for c in p.push.map(|push| push.changes).unwrap_or_default() {
         if let Some(change) = cloud_change(c)? {
@@ -91,15 +109,28 @@ pub(super) fn evaluate(
         .actor
         .and_then(|a| a.nickname.or(a.name).or(a.display_name).or(a.display_name_dc))
         .unwrap_or_default();
-    decide(app, "bitbucket", delivery_id, &changes, &actor)
+    decide(app, "bitbucket", delivery_id, changes, &actor)
 }
 
-/// Cloud names a ref without its `refs/...` prefix and reports a deletion as a change with no `new` side;
-/// a change with neither side says nothing and is skipped.
+/// The event key says which product sent the payload, and so where it names its repository.
+fn repository<'a>(event: &str, r: Option<&'a BbRepository>) -> Option<RepoName<'a>> {
+    let r = r?;
+    if event == "repo:push" {
+        return r.full_name.as_deref().map(RepoName::Path);
+    }
+    let key = r.project.as_ref()?.key.as_deref()?;
+    Some(RepoName::Project {
+        key,
+        slug: r.slug.as_deref()?,
+    })
+}
+
+/// Cloud names a ref without its `refs/...` prefix and reports a deletion as a change with no `new` side
+/// (and a creation as one with no `old` side); a change with neither side says nothing and is skipped.
 fn cloud_change(c: BbCloudChange) -> Result<Option<Change>, Rejected> {
-    let (r, deleted) = match (c.new, c.old) {
-        (Some(new), _) => (new, false),
-        (None, Some(old)) => (old, true),
+    let (r, old, deleted) = match (c.new, c.old) {
+        (Some(new), old) => (new, old, false),
+        (None, Some(old)) => (old, None, true),
         (None, None) => return Ok(None),
     };
     let name = r
@@ -109,23 +140,29 @@ fn cloud_change(c: BbCloudChange) -> Result<Option<Change>, Rejected> {
         Some("tag") | Some("annotated_tag") => "refs/tags/",
         _ => "refs/heads/",
     };
+    let hash = r.target.and_then(|t| t.hash);
+    // A deletion's only side is the old one: what the ref pointed at before.
+    let (sha, parent) = if deleted {
+        (None, hash)
+    } else {
+        (hash, old.and_then(|o| o.target?.hash))
+    };
     Ok(Some(Change {
         git_ref: format!("{prefix}{name}"),
-        sha: if deleted {
-            None
-        } else {
-            r.target.and_then(|t| t.hash)
-        },
+        sha,
+        parent,
         deleted,
     }))
 }
 
-/// Data Center names the full ref and says `DELETE` in the change's type.
+/// Data Center names the full ref and says `DELETE` in the change's type (and `ADD`, with an all-zero
+/// `fromHash`, for a creation).
 fn server_change(c: BbServerChange) -> Result<Change, Rejected> {
     Ok(Change {
         git_ref: required_ref(c.ref_id)?,
         deleted: c.kind.as_deref() == Some("DELETE"),
         sha: c.to_hash,
+        parent: c.from_hash,
     })
 }
 

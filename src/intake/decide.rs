@@ -1,7 +1,10 @@
 //! Decide: where every provider's parsed payload becomes an [`Accepted`]. A signed payload is still untrusted
 //! text (a forge's bug or a leaked secret must not hand `git` a ref like `--upload-pack=...`), so refs, shas,
 //! tags and digests are validated here, once for all providers, before the app's `Track` says deploy or
-//! ignore. Git refs end in [`decide`], image tags in [`decide_image`].
+//! ignore. Git refs end in [`decide`], image tags in [`decide_image`]. A payload for another repository than
+//! the app's `webhook.repository` is refused by [`check_repository`] before either.
+
+use std::fmt;
 
 use super::{Accepted, Rejected};
 use crate::config::{AppConfig, Track};
@@ -11,38 +14,43 @@ use crate::model::{self, DeployRequest, Trigger};
 pub(super) struct Change {
     pub(super) git_ref: String,
     pub(super) sha: Option<String>,
+    /// What the ref pointed at before (`before`, `fromHash`, `old.target.hash`); the all-zero sha of a
+    /// creation means none.
+    pub(super) parent: Option<String>,
     pub(super) deleted: bool,
 }
 
 /// Validates every change, then filters. With several changes (Bitbucket), the first one this app deploys
-/// wins; if none does, the first one is recorded as ignored.
+/// wins; if none does, the first one is recorded as ignored. The changes are taken, so the one chosen moves
+/// into the request without a copy.
 pub(super) fn decide(
     app: &AppConfig,
     provider: &str,
     delivery_id: Option<String>,
-    changes: &[Change],
+    mut changes: Vec<Change>,
     actor: &str,
 ) -> Result<Accepted, Rejected> {
-    let Some(first) = changes.first() else {
+    if changes.is_empty() {
         return Err(Rejected::Malformed("push payload names no ref".into()));
-    };
-    for c in changes {
+    }
+    for c in &changes {
         validate(c)?;
     }
-    let (c, deleted, ignored) = match changes
+    let wanted = changes
         .iter()
-        .find(|c| app.track.wants(&c.git_ref) && !is_deletion(c))
-    {
-        Some(c) => (c, false, None),
-        None => {
-            let deleted = is_deletion(first);
-            (first, deleted, Some(ignore_reason(app, first, deleted)))
-        }
-    };
+        .position(|c| app.track.wants(&c.git_ref) && !is_deletion(c));
+    let c = changes.swap_remove(wanted.unwrap_or(0));
+    let deleted = is_deletion(&c);
+    let ignored = wanted.is_none().then(|| ignore_reason(app, &c, deleted));
+    // A tag's previous target says nothing about the order of commits on a branch.
+    let parent = c
+        .parent
+        .filter(|p| !model::is_zero_sha(p) && !c.git_ref.starts_with("refs/tags/"));
     let request = DeployRequest::new(&app.name, Trigger::Webhook, model::clean_actor(actor))
         .sent_by(provider, delivery_id)
-        .at_ref(Some(c.git_ref.clone()))
-        .with_sha(if deleted { None } else { c.sha.clone() });
+        .with_sha(if deleted { None } else { c.sha })
+        .after_parent(parent)
+        .at_ref(Some(c.git_ref));
     Ok(match ignored {
         None => Accepted::Deploy(request),
         Some(reason) => Accepted::Ignore(request, reason),
@@ -62,7 +70,71 @@ fn validate(c: &Change) -> Result<(), Rejected> {
             ));
         }
     }
+    if let Some(parent) = &c.parent {
+        if !model::is_full_sha(parent) {
+            return Err(Rejected::Malformed(
+                "push payload's previous sha (what the ref pointed at before) is not a full commit sha"
+                    .into(),
+            ));
+        }
+    }
     Ok(())
+}
+
+/// How a payload names the repository it is about, as a person writes it in `webhook.repository`.
+#[derive(Clone, Copy)]
+pub(super) enum RepoName<'a> {
+    /// The repository's path: `owner/name`, or GitLab's `group/subgroup/name`.
+    Path(&'a str),
+    /// Bitbucket Data Center's project key and repository slug, written `KEY/slug`.
+    Project { key: &'a str, slug: &'a str },
+}
+
+impl RepoName<'_> {
+    fn is_empty(self) -> bool {
+        match self {
+            RepoName::Path(p) => p.is_empty(),
+            RepoName::Project { key, slug } => key.is_empty() || slug.is_empty(),
+        }
+    }
+    /// Forges treat names without regard to case (`Acme/Blog` is `acme/blog`), and all of them are ASCII.
+    fn is(self, configured: &str) -> bool {
+        match self {
+            RepoName::Path(p) => p.eq_ignore_ascii_case(configured),
+            RepoName::Project { key, slug } => configured
+                .split_once('/')
+                .is_some_and(|(k, s)| k.eq_ignore_ascii_case(key) && s.eq_ignore_ascii_case(slug)),
+        }
+    }
+}
+
+impl fmt::Display for RepoName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RepoName::Path(p) => f.write_str(p),
+            RepoName::Project { key, slug } => write!(f, "{key}/{slug}"),
+        }
+    }
+}
+
+/// A secret proves who signed, not which repository the push is about: when the app names its repository,
+/// a payload must name the same one, and a payload that names none is refused too (fail closed). Nothing is
+/// recorded for a refusal.
+pub(super) fn check_repository(app: &AppConfig, named: Option<RepoName<'_>>) -> Result<(), Rejected> {
+    let Some(want) = app.webhook.as_ref().and_then(|w| w.repository.as_deref()) else {
+        return Ok(());
+    };
+    match named.filter(|n| !n.is_empty()) {
+        Some(n) if n.is(want) => Ok(()),
+        Some(n) => Err(Rejected::Malformed(format!(
+            "this app deploys only repository {want:?} (webhook.repository), and this payload is for {:?}; \
+             is its secret shared with another repository's webhook?",
+            model::clean_actor(&n.to_string())
+        ))),
+        None => Err(Rejected::Malformed(format!(
+            "this app deploys only repository {want:?} (webhook.repository), and this payload names no repository"
+        ))),
+    }
 }
 
 /// A forge reports a deleted ref either with a flag or with the all-zero sha; both mean the same.

@@ -5,8 +5,8 @@
 use http::HeaderMap;
 use serde::Deserialize;
 
-use super::decide::{decide, Change};
-use super::payload::{parse, required_ref, required_sha, Login};
+use super::decide::{check_repository, decide, Change};
+use super::payload::{full_name, parse, required_ref, required_sha, Login, Repository};
 use super::verify::{check_hex, first_header, required_delivery};
 use super::{Accepted, Rejected};
 use crate::config::AppConfig;
@@ -44,9 +44,11 @@ pub(super) const FORGEJO: Dialect = Dialect {
 struct GiteaPush {
     #[serde(rename = "ref")]
     git_ref: Option<String>,
+    before: Option<String>,
     after: Option<String>,
     pusher: Option<Login>,
     sender: Option<Login>,
+    repository: Option<Repository>,
 }
 
 pub(super) fn evaluate(
@@ -66,6 +68,7 @@ pub(super) fn evaluate(
         return Ok(Accepted::OtherEvent(model::clean_actor(event)));
     }
     let push: GiteaPush = parse(body)?;
+    check_repository(app, full_name(push.repository.as_ref()))?;
     let actor = push
         .pusher
         .and_then(|p| p.username.or(p.login).or(p.full_name))
@@ -74,9 +77,10 @@ pub(super) fn evaluate(
     let change = Change {
         git_ref: required_ref(push.git_ref)?,
         sha: Some(required_sha(push.after)?),
+        parent: push.before,
         deleted: false,
     };
-    decide(app, dialect.provider, delivery_id, &[change], &actor)
+    decide(app, dialect.provider, delivery_id, vec![change], &actor)
 }
 
 #[cfg(test)]

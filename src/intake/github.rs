@@ -5,8 +5,8 @@
 use http::HeaderMap;
 use serde::Deserialize;
 
-use super::decide::{decide, decide_image, Change};
-use super::payload::{parse, required_ref, required_sha, Login, Named};
+use super::decide::{check_repository, decide, decide_image, Change};
+use super::payload::{full_name, parse, required_ref, required_sha, Login, Named, Repository};
 use super::verify::{check_sha256_prefixed, header, required_delivery};
 use super::{Accepted, Rejected};
 use crate::config::{AppConfig, Source};
@@ -38,15 +38,18 @@ pub(super) fn evaluate(
 struct GithubPush {
     #[serde(rename = "ref")]
     git_ref: Option<String>,
+    before: Option<String>,
     after: Option<String>,
     #[serde(default)]
     deleted: bool,
     pusher: Option<Named>,
     sender: Option<Login>,
+    repository: Option<Repository>,
 }
 
 fn push(app: &AppConfig, delivery_id: Option<String>, body: &[u8]) -> Result<Accepted, Rejected> {
     let push: GithubPush = parse(body)?;
+    check_repository(app, full_name(push.repository.as_ref()))?;
     let actor = push
         .pusher
         .and_then(|p| p.name)
@@ -55,9 +58,10 @@ fn push(app: &AppConfig, delivery_id: Option<String>, body: &[u8]) -> Result<Acc
     let change = Change {
         git_ref: required_ref(push.git_ref)?,
         sha: Some(required_sha(push.after)?),
+        parent: push.before,
         deleted: push.deleted,
     };
-    decide(app, "github", delivery_id, &[change], &actor)
+    decide(app, "github", delivery_id, vec![change], &actor)
 }
 
 /// GitHub's `package` / `registry_package` event: a container version published to GHCR.
@@ -67,6 +71,7 @@ struct GithubPackageEvent {
     package: Option<GithubPackage>,
     registry_package: Option<GithubPackage>,
     sender: Option<Login>,
+    repository: Option<Repository>,
 }
 
 #[derive(Deserialize)]
@@ -128,6 +133,7 @@ fn package(app: &AppConfig, delivery_id: Option<String>, body: &[u8]) -> Result<
     let Some(tag) = tag_name.filter(|t| !t.is_empty()) else {
         return Ok(Accepted::OtherEvent("untagged package version".into()));
     };
+    check_repository(app, full_name(ev.repository.as_ref()))?;
     let actor = ev.sender.and_then(|s| s.login).unwrap_or_default();
     decide_image(app, "github", delivery_id, Some(tag), digest, &actor)
 }

@@ -5,7 +5,7 @@
 use http::HeaderMap;
 use serde::Deserialize;
 
-use super::decide::{decide, Change};
+use super::decide::{check_repository, decide, Change, RepoName};
 use super::payload::{parse, required_ref, required_sha};
 use super::verify::{check_token, delivery, header, verify_standard};
 use super::{Accepted, Rejected};
@@ -17,9 +17,17 @@ struct GitlabPush {
     object_kind: Option<String>,
     #[serde(rename = "ref")]
     git_ref: Option<String>,
+    before: Option<String>,
     after: Option<String>,
     user_username: Option<String>,
     user_name: Option<String>,
+    project: Option<GitlabProject>,
+}
+
+#[derive(Deserialize)]
+struct GitlabProject {
+    /// `group/subgroup/name`, as in the project's URLs.
+    path_with_namespace: Option<String>,
 }
 
 pub(super) fn evaluate(
@@ -41,13 +49,19 @@ pub(super) fn evaluate(
             "payload's object_kind is not push or tag_push".into(),
         ));
     }
+    let named = push
+        .project
+        .as_ref()
+        .and_then(|p| p.path_with_namespace.as_deref());
+    check_repository(app, named.map(RepoName::Path))?;
     let actor = push.user_username.or(push.user_name).unwrap_or_default();
     let change = Change {
         git_ref: required_ref(push.git_ref)?,
         sha: Some(required_sha(push.after)?),
+        parent: push.before,
         deleted: false,
     };
-    decide(app, "gitlab", delivery_id, &[change], &actor)
+    decide(app, "gitlab", delivery_id, vec![change], &actor)
 }
 
 /// Checks whichever proof the request carries and returns its delivery id. Beside a plain token the delivery

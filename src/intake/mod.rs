@@ -27,6 +27,8 @@ mod standard;
 mod verify;
 
 #[cfg(test)]
+mod fixtures;
+#[cfg(test)]
 mod test_support;
 
 pub use verify::{sign_github, sign_standard};
@@ -54,6 +56,8 @@ pub enum Rejected {
     BadSignature,
     #[error("timestamp is outside the 5-minute window (replayed, or a clock is wrong)")]
     Stale,
+    /// Not a request this app can act on, however well signed: invalid JSON, an invalid ref or sha, or a
+    /// payload for another repository than `webhook.repository` (or naming none).
     #[error("malformed request: {0}")]
     Malformed(String),
 }

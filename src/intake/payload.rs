@@ -4,6 +4,7 @@
 
 use serde::Deserialize;
 
+use super::decide::RepoName;
 use super::Rejected;
 
 pub(super) fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Rejected> {
@@ -23,6 +24,17 @@ pub(super) struct Login {
     pub(super) login: Option<String>,
     pub(super) username: Option<String>,
     pub(super) full_name: Option<String>,
+}
+
+/// The repository a push is about, as GitHub, Gitea, Forgejo and Bitbucket Cloud name it (`owner/name`).
+#[derive(Deserialize)]
+pub(super) struct Repository {
+    pub(super) full_name: Option<String>,
+}
+
+/// `repository.full_name`, for `decide::check_repository`.
+pub(super) fn full_name(r: Option<&Repository>) -> Option<RepoName<'_>> {
+    r?.full_name.as_deref().map(RepoName::Path)
 }
 
 pub(super) fn required_ref(r: Option<String>) -> Result<String, Rejected> {

@@ -83,9 +83,10 @@ fn commit(
     let change = Change {
         git_ref,
         sha,
+        parent: None,
         deleted: false,
     };
-    let decided = decide(app, "standard", Some(id), &[change], actor)?;
+    let decided = decide(app, "standard", Some(id), vec![change], actor)?;
     // An object or URL app: the digest the upload must have travels with the request.
     Ok(match decided {
         Accepted::Deploy(mut r) if app.source.is_artifact() => {

@@ -1,5 +1,6 @@
 //! Every forge, fail closed: each provider's documented push payload deploys end to end; polling deploys
-//! without a webhook and never fetches when nothing moved; tag apps; the HTTP door's limits.
+//! without a webhook and never fetches when nothing moved; tag apps; the HTTP door's limits; a secret shared
+//! by two repositories' hooks (`repository`).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -416,4 +417,47 @@ fn the_standard_webhook_recipe_for_ci_works() {
         .output()
         .expect("run");
     assert!(!out.status.success());
+}
+
+/// Issue 12: one secret on two repositories' hooks. With `repository` set, a push signed with that secret but
+/// for the other repository is refused at the door (`400`, saying which is which), and nothing is recorded
+/// for the app it was not for; the right app still takes it, whatever the case of the name.
+#[test]
+fn issue_12_a_secret_shared_by_two_repositories_deploys_only_the_right_app() {
+    let t = TempDir::new("issue-12");
+    let app = |name: &str, repository: &str| {
+        format!(
+            "[apps.{name}]\nrepo = \"/nonexistent/{name}.git\"\npath = \"{{SRV}}/{name}\"\n\
+             [apps.{name}.webhook]\nprovider = \"github\"\nsecret_file = \"{{SECRET}}\"\nrepository = \"{repository}\"\n\n"
+        )
+    };
+    let apps = format!(
+        "{}{}",
+        app("blog", "codertocat/hello-world"),
+        app("shop", "acme/shop")
+    );
+    let mut h = Haul::configure_raw(t.path(), "blog", &apps);
+    h.start();
+    // GitHub's example push names Codertocat/Hello-World.
+    let body = github_push("refs/heads/main", &"a".repeat(40));
+    let (status, reply) = h.post(
+        "/hooks/shop",
+        &signed_headers("push", &delivery(), &body),
+        body.as_bytes(),
+    );
+    assert_eq!(status, 400, "{reply}");
+    let why = reply["error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("\"acme/shop\"") && why.contains("\"Codertocat/Hello-World\""),
+        "{reply}"
+    );
+    assert!(h.rows().is_empty(), "a refused push was recorded");
+    let (status, reply) = h.post(
+        "/hooks/blog",
+        &signed_headers("push", &delivery(), &body),
+        body.as_bytes(),
+    );
+    assert_eq!(status, 202, "{reply}");
+    assert_eq!(reply["status"], "queued", "{reply}");
+    assert!(h.rows().iter().all(|r| r.app == "blog"));
 }

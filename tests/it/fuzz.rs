@@ -1,8 +1,9 @@
 //! Fuzzing the trust boundary: for every provider, [`haul::intake::evaluate`] must never panic, whatever the
-//! headers and body, and whatever it accepts must already be safe to use (a valid ref, a full sha, a clean
-//! actor). Inputs are mutated real payloads (the fixtures and `tests/fuzz-corpus/`), signed correctly so the
-//! parser behind the signature check is reached, and raw noise. `FUZZ_CASES` sets the number of cases per
-//! provider (default 2000); proptest records any failing case in `tests/it/fuzz.proptest-regressions`.
+//! headers and body, and whatever it accepts must already be safe to use (a valid ref, a full sha, a full
+//! non-zero parent, a clean actor). Inputs are mutated real payloads (the fixtures and `tests/fuzz-corpus/`),
+//! signed correctly so the parser behind the signature check is reached, and raw noise. `FUZZ_CASES` sets the
+//! number of cases per provider (default 2000); proptest records any failing case in
+//! `tests/it/fuzz.proptest-regressions`.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use haul::config::{Config, Provider};
@@ -204,7 +205,23 @@ fn intake_never_panics_and_accepts_only_safe_requests() {
                 (p, format!("{IMAGE}tag = \"v*\"")),
             ]
         });
-    for (provider, extra) in git.chain(image) {
+    // Apps that name their repository: each forge's own fixture names the one given here.
+    let named = [
+        (Provider::Github, "Codertocat/Hello-World"),
+        (Provider::Gitlab, "mike/diaspora"),
+        (Provider::Gitea, "gitea/webhooks"),
+        (Provider::Forgejo, "forgejo/webhooks"),
+        (Provider::Bitbucket, "PROJ/repository"),
+    ]
+    .into_iter()
+    .map(|(p, r)| {
+        let section = format!(
+            "repo = \"/r\"\nbranch = \"master\"\n[apps.a.webhook]\nprovider = \"{}\"\nsecret_file = \"/s\"\nrepository = \"{r}\"",
+            p.as_str()
+        );
+        (p, section)
+    });
+    for (provider, extra) in git.chain(image).chain(named) {
         let cfg = Config::parse(
             std::path::Path::new("/fuzz/haul.toml"),
             &format!("state_dir = \"/s\"\n[apps.a]\npath = \"/p\"\n{extra}\n"),
@@ -243,6 +260,13 @@ fn intake_never_panics_and_accepts_only_safe_requests() {
                         r.sha.as_deref().is_none_or(haul::model::is_full_sha),
                         "accepted a bad sha: {:?}",
                         r.sha
+                    );
+                    prop_assert!(
+                        r.parent
+                            .as_deref()
+                            .is_none_or(|p| haul::model::is_full_sha(p) && p.bytes().any(|b| b != b'0')),
+                        "accepted a bad or all-zero parent: {:?}",
+                        r.parent
                     );
                     prop_assert!(
                         r.digest.as_deref().is_none_or(haul::model::is_sha256_digest),
