@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,10 +19,12 @@ use crate::store::Enqueued;
 pub(super) async fn hook(
     State(st): State<Arc<HttpState>>,
     peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
-    Path(app): Path<String>,
+    app: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // A name that does not even decode (`%FF`) names no app: refused like any unknown one, in the one shape.
+    let app = app.map(|Path(a)| a).unwrap_or_default();
     let (response, provider, result) = hook_inner(&st, peer, &app, &headers, body).await;
     crate::infra::metrics::webhook(provider, result);
     response

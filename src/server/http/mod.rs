@@ -100,13 +100,20 @@ impl HookReply {
     }
 }
 
+/// Every error reply, whoever refuses: `{"status": "error", "error": "<message>"}`, the shape of a
+/// [`HookReply`] so a client reads `status` first whatever came back (`error` alone was the old shape).
 #[derive(Serialize)]
 struct ErrorReply {
+    status: &'static str,
     error: String,
 }
 
 pub(super) fn error(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, Json(ErrorReply { error: msg.into() })).into_response()
+    let reply = ErrorReply {
+        status: "error",
+        error: msg.into(),
+    };
+    (status, Json(reply)).into_response()
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
@@ -116,6 +123,11 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/metrics", get(pages::metrics))
         .route("/", get(pages::status_index))
         .route("/deploys/{id}", get(pages::status_deploy))
+        // axum's own refusals are plain text; these keep every error reply in the one shape.
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "nothing here") })
+        .method_not_allowed_fallback(|| async {
+            error(StatusCode::METHOD_NOT_ALLOWED, "this method is not served here")
+        })
         .with_state(state)
 }
 
@@ -338,7 +350,54 @@ path = "srv/quiet"
         let (got, _, body) = door.send(hook.request()).await;
         assert_eq!(got.as_u16(), status, "{case}: {body}");
         assert!(body.contains(says), "{case}: {body:?} does not say {says:?}");
+        let reply = json(&body);
+        assert_eq!(reply["status"], "error", "{case}: {body}");
+        assert!(reply["error"].is_string(), "{case}: {body}");
         assert_eq!(door.recorded().await, before, "{case}: nothing is recorded");
+    }
+
+    /// Regression: error replies were `{"error": ...}`, without the `status` the README promises every
+    /// reply carries; and axum's own refusals (no route, wrong method, a name that does not decode) were
+    /// plain text.
+    #[tokio::test]
+    async fn regression_every_error_reply_says_status_error() {
+        let door = Door::new("");
+        let get = |uri: &str| Request::get(uri).body(Body::empty()).expect("request");
+        let cases: Vec<(&str, Request<Body>, u16)> = vec![
+            (
+                "a forged push",
+                Hook::push("d-1").header("x-hub-signature-256", None).request(),
+                401,
+            ),
+            ("an unknown app", Hook::push("d-1").to("nope").request(), 404),
+            (
+                "an app name that does not decode",
+                Request::post("/hooks/%FF")
+                    .body(Body::from("{}"))
+                    .expect("request"),
+                404,
+            ),
+            ("GET of a webhook", get("/hooks/blog"), 405),
+            ("no such route", get("/nothing/here"), 404),
+            ("no such deploy", get("/deploys/20260101T000000-nope"), 404),
+            ("a deploy id that does not decode", get("/deploys/%FF"), 404),
+        ];
+        for (case, req, want) in cases {
+            let (status, headers, body) = door.send(req).await;
+            assert_eq!(status.as_u16(), want, "{case}: {body}");
+            assert_eq!(
+                headers.get("content-type").and_then(|v| v.to_str().ok()),
+                Some("application/json"),
+                "{case}"
+            );
+            let reply = json(&body);
+            assert_eq!(reply["status"], "error", "{case}: {body}");
+            assert!(
+                reply["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{case}: the old `error` field stays: {body}"
+            );
+        }
+        assert_eq!(door.recorded().await, 0, "nothing is recorded");
     }
 
     #[tokio::test]
