@@ -529,6 +529,45 @@ path = "srv/quiet"
         assert_eq!(door.recorded().await, 0);
     }
 
+    /// GitHub's push with `edit` applied, as bytes.
+    fn edited_push(edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+        let mut v: serde_json::Value = serde_json::from_str(PUSH).expect("the fixture is JSON");
+        edit(&mut v);
+        v.to_string().into_bytes()
+    }
+
+    /// Regression: a signed push whose ref carried a right-to-left override was recorded, ref and all, and
+    /// an actor's bidi and zero-width characters reached the audit (and so the page and `HAUL_ACTOR`).
+    #[tokio::test]
+    async fn regression_bidi_and_format_characters_never_reach_the_audit() {
+        let door = Door::new("");
+        for (i, c) in [
+            '\u{202e}', '\u{2066}', '\u{200b}', '\u{feff}', '\u{ad}', '\u{2028}', '\u{85}',
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let body = edited_push(|v| v["ref"] = format!("refs/heads/mas{c}ter").into());
+            let hook = Hook::push(&format!("r-{i}")).signed_body(body);
+            refused(
+                &door,
+                &format!("a ref with {c:?}"),
+                hook,
+                400,
+                "not a valid git ref",
+            )
+            .await;
+        }
+        assert_eq!(door.recorded().await, 0);
+
+        let body = edited_push(|v| v["pusher"]["name"] = "Coder\u{202e}\u{200b}tocat\u{2069}".into());
+        let (status, _, reply) = door.send(Hook::push("a-1").signed_body(body).request()).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
+        let rows = door.fx.rows().await;
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].actor, "Codertocat", "the actor is recorded without them");
+    }
+
     #[tokio::test]
     async fn allow_ips_refuses_other_addresses() {
         let door = Door::new("allow_ips = [\"10.0.0.0/8\", \"2001:db8::1\"]");
