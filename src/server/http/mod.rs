@@ -42,6 +42,8 @@ pub struct HttpState {
     pub limiter: RateLimiter,
     pub liveness: Arc<crate::server::liveness::Liveness>,
     pub status_page: bool,
+    /// Every app's source locations, which the status page replaces with `[source]`.
+    pub sources: crate::ops::page::Sources,
 }
 
 impl HttpState {
@@ -57,6 +59,7 @@ impl HttpState {
             limiter: RateLimiter::new(cfg.rate_limit_per_minute),
             liveness: Arc::default(),
             status_page: cfg.status_page,
+            sources: crate::ops::page::Sources::of(cfg.apps.values()),
         }
     }
 
@@ -230,8 +233,16 @@ path = "srv/quiet"
     impl Door {
         /// `top` holds top-level keys (`max_body = ...`).
         fn new(top: &str) -> Door {
-            let fx = Fixture::new(&format!("max_body = \"16KiB\"\n{top}\n{APPS}"));
-            let secrets = HashMap::from([("blog".to_string(), vec![SECRET.to_vec()])]);
+            Door::with_apps(top, APPS)
+        }
+
+        /// Other apps than [`APPS`]; `blog` and `ci` get [`SECRET`] if they have a webhook.
+        fn with_apps(top: &str, apps: &str) -> Door {
+            let fx = Fixture::new(&format!("max_body = \"16KiB\"\n{top}\n{apps}"));
+            let secrets = HashMap::from([
+                ("blog".to_string(), vec![SECRET.to_vec()]),
+                ("ci".to_string(), vec![SECRET.to_vec()]),
+            ]);
             let state = Arc::new(HttpState::new(&fx.cfg, fx.queue(), secrets));
             Door {
                 fx,
@@ -627,6 +638,66 @@ path = "srv/quiet"
             .send(Hook::push("d-1").from(Some(peer("192.0.2.8"))).request())
             .await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+
+    /// Regression: `/deploys/<id>` showed the log's `==> fetch <url>` line and `/` showed reasons naming a
+    /// mirror, so anyone who could read the page learnt where the repositories live. The page says
+    /// `[source]`; the log on disk (what `haul logs` prints) is left whole.
+    #[tokio::test]
+    async fn regression_the_status_page_never_shows_a_repository_url() {
+        let apps = r#"
+[apps.blog]
+repo = "https://deploy:ghp_TOKEN@git.example.com/acme/blog.git"
+mirrors = ["https://cache.internal/acme/blog.git"]
+branch = "master"
+path = "srv/blog"
+[apps.blog.webhook]
+provider = "github"
+secret_file = "blog.secret"
+"#;
+        let door = Door::with_apps("", apps);
+        let (_, _, reply) = door.send(Hook::push("d-1").request()).await;
+        let id = json(&reply)["deploy_id"].as_str().expect("an id").to_string();
+        let id = crate::model::DeployId::parse(&id).expect("an id");
+        let log_path = crate::infra::state_dir::StateDir::new(&door.fx.cfg.state_dir).log_of(&id);
+        let log = format!(
+            "2026-01-01T00:00:00Z ==> fetch https://deploy:***@git.example.com/acme/blog.git (branch master)\n\
+             2026-01-01T00:00:01Z   ! fetching from https://deploy:***@git.example.com/acme/blog.git failed (transient)\n\
+             2026-01-01T00:00:02Z     fetched from mirror https://cache.internal/acme/blog.git; {PUSHED_SHA} is the sha the primary's signed webhook named\n"
+        );
+        std::fs::write(&log_path, &log).expect("write the log");
+        let ignored = crate::deploy::testkit::webhook("blog", &crate::deploy::testkit::sha('a'));
+        door.fx
+            .queue()
+            .ignore(
+                ignored,
+                "mirror https://cache.internal/acme/blog.git offers a sha the primary does not contain"
+                    .into(),
+            )
+            .await
+            .expect("record");
+        let rows = door.recorded().await;
+
+        for uri in ["/".to_string(), format!("/deploys/{id}")] {
+            let (status, page) = door.get(&uri).await;
+            assert_eq!(status, StatusCode::OK, "{uri}: {page}");
+            for hidden in ["git.example.com", "cache.internal", "ghp_TOKEN", "https://"] {
+                assert!(!page.contains(hidden), "{uri} shows {hidden:?}: {page}");
+            }
+            assert!(page.contains("[source]"), "{uri}: {page}");
+        }
+        let (_, page) = door.get(&format!("/deploys/{id}")).await;
+        assert!(page.contains("==&gt; fetch [source] (branch master)"), "{page}");
+        assert!(page.contains("fetched from mirror [source];"), "{page}");
+        let (_, index) = door.get("/").await;
+        assert!(index.contains("mirror [source] offers"), "{index}");
+
+        assert_eq!(
+            std::fs::read_to_string(&log_path).expect("the log"),
+            log,
+            "the log itself, what `haul logs` shows, keeps the (redacted) URLs"
+        );
+        assert_eq!(door.recorded().await, rows, "reading the page records nothing");
     }
 
     #[tokio::test]

@@ -66,6 +66,7 @@ pub(super) async fn status_index(State(st): State<Arc<HttpState>>) -> Response {
             &hostname(),
             &views,
             &recent,
+            &st.sources,
             crate::model::now_ms(),
         )),
         Err(e) => {
@@ -124,6 +125,7 @@ pub(super) async fn status_deploy(
             html(crate::ops::page::deploy(
                 &row,
                 log.as_deref(),
+                &st.sources,
                 crate::model::now_ms(),
             ))
         }
