@@ -39,7 +39,10 @@ pub struct HttpState {
     pub header_timeout: Duration,
     pub allow_ips: Vec<ipnet::IpNet>,
     pub client_ip_header: Option<String>,
-    pub limiter: RateLimiter,
+    /// Per client address: the budget of requests whose signature verified...
+    pub signed: RateLimiter,
+    /// ...and the budget of those that did not authenticate (see `limits`).
+    pub failures: RateLimiter,
     pub liveness: Arc<crate::server::liveness::Liveness>,
     pub status_page: bool,
     /// Every app's source locations, which the status page replaces with `[source]`.
@@ -56,7 +59,8 @@ impl HttpState {
             header_timeout: cfg.header_timeout,
             allow_ips: cfg.allow_ips.clone(),
             client_ip_header: cfg.client_ip_header.as_ref().map(|h| h.to_ascii_lowercase()),
-            limiter: RateLimiter::new(cfg.rate_limit_per_minute),
+            signed: RateLimiter::new(cfg.rate_limit_per_minute),
+            failures: RateLimiter::new(cfg.rate_limit_per_minute),
             liveness: Arc::default(),
             status_page: cfg.status_page,
             sources: crate::ops::page::Sources::of(cfg.apps.values()),
@@ -605,39 +609,167 @@ path = "srv/quiet"
         assert_eq!(door.recorded().await, 2);
     }
 
-    #[tokio::test]
-    async fn the_rate_limiter_answers_429_with_retry_after() {
-        // 1 a minute: the burst is the floor of 10.
-        let door = Door::new("rate_limit_per_minute = 1");
-        let noisy = Some(peer("192.0.2.7"));
-        for i in 0..10 {
-            let (status, _, body) = door
-                .send(Hook::push("d-1").to("nope").from(noisy).request())
-                .await;
-            assert_eq!(
-                status,
-                StatusCode::NOT_FOUND,
-                "request {i} is within the burst: {body}"
-            );
+    fn retry_after(headers: &HeaderMap) -> u64 {
+        headers
+            .get(axum::http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .expect("a Retry-After in seconds")
+    }
+
+    /// Sends `hook` and expects a 429 (with an honest `Retry-After` for 1 request a minute) that says `says`
+    /// and records nothing.
+    async fn limited(door: &Door, case: &str, hook: Hook, says: &str) {
+        let before = door.recorded().await;
+        let (status, headers, body) = door.send(hook.request()).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{case}: {body}");
+        assert!(body.contains(says), "{case}: {body:?} does not say {says:?}");
+        assert_eq!(json(&body)["status"], "error", "{case}: {body}");
+        let secs = retry_after(&headers);
+        assert!(
+            (50..=60).contains(&secs),
+            "{case}: a token a minute: Retry-After {secs}"
+        );
+        assert_eq!(door.recorded().await, before, "{case}: nothing is recorded");
+    }
+
+    /// A body that never arrives, and says whether anyone asked for it.
+    struct Untouched(Arc<std::sync::atomic::AtomicBool>);
+
+    impl futures_util::Stream for Untouched {
+        type Item = Result<bytes::Bytes, std::io::Error>;
+        fn poll_next(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            std::task::Poll::Pending
         }
-        let (status, headers, body) = door.send(Hook::push("d-1").from(noisy).request()).await;
+    }
+
+    /// Regression: every request from an address drew on one budget before its body was read, so a flood of
+    /// forgeries from an address a forge shares with everyone (GitHub's hook deliveries) got that forge's
+    /// real, signed deliveries answered 429; and `Retry-After` said 10 whatever the bucket held.
+    #[tokio::test]
+    async fn regression_forgeries_from_a_shared_address_had_its_signed_deliveries_refused() {
+        // 1 a minute: each budget's burst is the floor of 10.
+        let door = Door::new("rate_limit_per_minute = 1");
+        let shared = Some(peer("192.0.2.7"));
+        let push = |d: &str| Hook::push(d).from(shared);
+        let forged = |i: usize| -> (Hook, u16) {
+            match i % 4 {
+                0 => (push("f").header("x-hub-signature-256", None), 401),
+                1 => (
+                    push("f").header("x-hub-signature-256", Some("sha256=00".into())),
+                    401,
+                ),
+                2 => (push("f").to("nope"), 404),
+                _ => (push("f").to("quiet"), 404),
+            }
+        };
+        for i in 0..10 {
+            let (hook, status) = forged(i);
+            refused(&door, &format!("forgery {i}, within the burst"), hook, status, "").await;
+        }
+        for i in 10..14 {
+            let (hook, _) = forged(i);
+            limited(&door, &format!("forgery {i}"), hook, "too many failed requests").await;
+        }
+
+        // The forgeries spent nothing of what signed deliveries spend.
+        let (status, _, body) = door.send(push("d-0").request()).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "a signed delivery: {body}");
+        // Malformed after a valid signature is the sender's honest mistake: a 400, from the signed budget.
+        refused(
+            &door,
+            "signed garbage",
+            push("g").signed_body(b"not json".to_vec()),
+            400,
+            "malformed",
+        )
+        .await;
+        for i in 1..9 {
+            let (status, _, body) = door.send(push(&format!("d-{i}")).request()).await;
+            assert_eq!(status, StatusCode::ACCEPTED, "signed delivery {i}: {body}");
+        }
+        assert_eq!(door.recorded().await, 9);
+        limited(
+            &door,
+            "a signed delivery over its budget",
+            push("d-9"),
+            "too many requests",
+        )
+        .await;
+
+        // Both spent: refused before the body is read (this one never arrives).
+        let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (parts, _) = push("d-10").without_length().request().into_parts();
+        let req = Request::from_parts(parts, Body::from_stream(Untouched(asked.clone())));
+        let (status, headers, body) = door.send(req).await;
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
-        assert_eq!(
-            headers
-                .get(axum::http::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok()),
-            Some("10")
+        assert!((50..=60).contains(&retry_after(&headers)), "{headers:?}");
+        assert!(
+            !asked.load(std::sync::atomic::Ordering::SeqCst),
+            "the body was not read"
         );
-        assert_eq!(
-            door.recorded().await,
-            0,
-            "a limited request, though signed, records nothing"
-        );
-        // Per address: another client is not held back by this one.
-        let (status, _, body) = door
-            .send(Hook::push("d-1").from(Some(peer("192.0.2.8"))).request())
-            .await;
+        assert_eq!(door.recorded().await, 9);
+
+        // Per address: another client is held back by neither budget.
+        let other = Some(peer("192.0.2.8"));
+        refused(
+            &door,
+            "another address's forgery",
+            forged(0).0.from(other),
+            401,
+            "missing signature",
+        )
+        .await;
+        let (status, _, body) = door.send(Hook::push("e-1").from(other).request()).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+
+    /// A Standard Webhooks request without its `webhook-id` is refused as malformed before any signature is
+    /// computed: it proved nothing, so it spends the failure budget; a signed delivery's malformed payload
+    /// spends the signed one and is answered 400 even after the forgeries have spent theirs.
+    #[tokio::test]
+    async fn regression_an_unsigned_malformed_request_spent_the_signed_budget() {
+        let apps = r#"
+[apps.ci]
+repo = "repo.git"
+path = "srv/ci"
+[apps.ci.webhook]
+provider = "standard"
+secret_file = "ci.secret"
+"#;
+        let door = Door::with_apps("rate_limit_per_minute = 1", apps);
+        let standard = |id: &str, body: &str| {
+            let ts = crate::model::now_ms() / 1000;
+            let sig = crate::intake::sign_standard(SECRET, id, ts, body.as_bytes());
+            Hook {
+                app: "ci",
+                body: body.as_bytes().to_vec(),
+                headers: vec![
+                    ("webhook-id", id.to_string()),
+                    ("webhook-timestamp", ts.to_string()),
+                    ("webhook-signature", sig),
+                    ("content-type", "application/json".into()),
+                ],
+                peer: Some(peer("192.0.2.9")),
+                declare_length: true,
+            }
+        };
+        let deploy = format!("{{\"ref\": \"refs/heads/main\", \"sha\": \"{PUSHED_SHA}\"}}");
+        for i in 0..10 {
+            let hook = standard("x", &deploy).header("webhook-id", None);
+            refused(&door, &format!("no webhook-id {i}"), hook, 400, "webhook-id").await;
+        }
+        let hook = standard("x", &deploy).header("webhook-timestamp", Some("soon".into()));
+        limited(&door, "an unreadable timestamp", hook, "too many failed requests").await;
+        let signed_garbage = standard("msg-1", "{\"ref\": 7}");
+        refused(&door, "signed garbage", signed_garbage, 400, "malformed").await;
+        let (status, _, body) = door.send(standard("msg-2", &deploy).request()).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        assert_eq!(door.recorded().await, 1);
     }
 
     /// Regression: `/deploys/<id>` showed the log's `==> fetch <url>` line and `/` showed reasons naming a
