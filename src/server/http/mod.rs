@@ -29,6 +29,12 @@ pub use limits::RateLimiter;
 /// Connections served at once; past that, new ones are closed at once.
 pub const MAX_CONNECTIONS: usize = 1024;
 
+/// Connections one client address may hold at once; past that, its new ones are closed at once, so one
+/// client holding idle connections cannot keep every other address out for the whole `header_timeout`. Not
+/// applied behind a reverse proxy (`client_ip_header` set): there the proxy is the one peer, and limiting
+/// its clients' connections is the proxy's job.
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
+
 pub struct HttpState {
     pub queue: Arc<Queue>,
     /// Per app with a webhook: the secrets, current first.
@@ -138,14 +144,73 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .with_state(state)
 }
 
+/// How many connections each peer address holds. A slot is a guard that gives itself back when dropped, so a
+/// connection's slot is released however its task ends: done, panicked or aborted.
+#[derive(Clone)]
+struct PeerSlots {
+    max: usize,
+    open: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+}
+
+struct PeerSlot {
+    slots: PeerSlots,
+    ip: IpAddr,
+}
+
+impl PeerSlots {
+    fn new(max: usize) -> PeerSlots {
+        PeerSlots {
+            max,
+            open: Arc::default(),
+        }
+    }
+
+    fn take(&self, ip: IpAddr) -> Option<PeerSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            slots: self.clone(),
+            ip,
+        })
+    }
+
+    #[cfg(test)]
+    fn held(&self, ip: IpAddr) -> usize {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.get(&ip).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                // An address with nothing open is forgotten, so the map is as large as the open connections.
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Serves `router` on `listener` until `stop` turns true: HTTP/1.1 only, a deadline on request headers, a cap on
-/// connections, and each request told its peer address. In-flight requests finish; idle connections close.
+/// connections in all and per client address, and each request told its peer address. In-flight requests
+/// finish; idle connections close.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<HttpState>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let header_timeout = state.header_timeout;
+    let per_peer = state
+        .client_ip_header
+        .is_none()
+        .then(|| PeerSlots::new(MAX_CONNECTIONS_PER_ADDRESS));
     let router = router(state);
     use hyper_util::rt::{TokioIo, TokioTimer};
     use tower_service::Service;
@@ -166,6 +231,16 @@ pub async fn serve(
                 continue;
             }
         };
+        let peer_slot = match &per_peer {
+            Some(p) => match p.take(peer.ip().to_canonical()) {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::info!(client = %peer, "too many connections from this address; closing a new one");
+                    continue;
+                }
+            },
+            None => None,
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!(client = %peer, "too many connections; closing a new one");
             continue;
@@ -174,7 +249,7 @@ pub async fn serve(
         let router = router.clone();
         let mut stop = stop.clone();
         conns.spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, peer_slot);
             let svc =
                 hyper::service::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(ConnectInfo(peer));
@@ -231,6 +306,7 @@ path = "srv/quiet"
     /// queued stays queued.
     struct Door {
         fx: Fixture,
+        state: Arc<HttpState>,
         router: Router,
     }
 
@@ -250,7 +326,8 @@ path = "srv/quiet"
             let state = Arc::new(HttpState::new(&fx.cfg, fx.queue(), secrets));
             Door {
                 fx,
-                router: router(state),
+                router: router(state.clone()),
+                state,
             }
         }
 
@@ -830,6 +907,137 @@ secret_file = "blog.secret"
             "the log itself, what `haul logs` shows, keeps the (redacted) URLs"
         );
         assert_eq!(door.recorded().await, rows, "reading the page records nothing");
+    }
+
+    /// Regression: one slot per connection in all, none per address, so a single client holding idle
+    /// connections could keep every other address out for the whole `header_timeout`. A slot is a guard:
+    /// it comes back when the connection's task ends, whether it finishes, panics or is aborted.
+    #[tokio::test]
+    async fn regression_a_connection_slot_is_given_back_however_its_task_ends() {
+        let slots = PeerSlots::new(2);
+        let ip: IpAddr = "192.0.2.1".parse().expect("an address");
+        let other: IpAddr = "192.0.2.2".parse().expect("an address");
+        let a = slots.take(ip).expect("one");
+        let b = slots.take(ip).expect("two");
+        assert!(
+            slots.take(ip).is_none(),
+            "a third from the same address is refused"
+        );
+        let _c = slots.take(other).expect("another address has its own");
+        drop(a);
+        assert_eq!(slots.held(ip), 1);
+
+        let held = slots.clone();
+        let panicked = std::thread::spawn(move || {
+            let _slot = held.take(ip).expect("the freed one");
+            panic!("a connection's task panics");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert_eq!(slots.held(ip), 1, "given back by the panic");
+
+        let held = slots.clone();
+        let task = tokio::spawn(async move {
+            let _slot = held.take(ip).expect("the freed one");
+            std::future::pending::<()>().await;
+        });
+        while slots.held(ip) < 2 {
+            tokio::task::yield_now().await;
+        }
+        task.abort();
+        assert!(task.await.is_err_and(|e| e.is_cancelled()));
+        assert_eq!(slots.held(ip), 1, "given back by the abort");
+        drop(b);
+        assert!(
+            slots.open.lock().expect("lock").get(&ip).is_none(),
+            "and forgotten"
+        );
+    }
+
+    /// `serve` on a real socket: one address at its cap of idle connections does not keep another out, and
+    /// gets a slot back when one of its connections ends.
+    #[tokio::test]
+    async fn regression_one_address_holding_idle_connections_kept_every_other_one_out() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        /// A request on a new connection from `from`; the reply's first bytes, empty if it was closed unserved.
+        async fn ask(addr: SocketAddr, from: &str) -> Vec<u8> {
+            let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+            sock.bind(SocketAddr::new(from.parse().expect("an address"), 0))
+                .expect("bind");
+            let mut conn = sock.connect(addr).await.expect("connect");
+            let _ = conn
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: haul\r\nConnection: close\r\n\r\n")
+                .await;
+            let mut buf = vec![0; 64];
+            let read = tokio::time::timeout(Duration::from_secs(60), conn.read(&mut buf)).await;
+            let n = read.expect("an answer or a close, not silence").unwrap_or(0);
+            buf.truncate(n);
+            buf
+        }
+        let door = Door::new("header_timeout = \"10m\"");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(serve(listener, door.state.clone(), stopped));
+
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS_PER_ADDRESS {
+            idle.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+        }
+        // Accepted in order, so by the time this one is looked at, the idle ones hold every slot.
+        assert_eq!(
+            ask(addr, "127.0.0.1").await,
+            b"",
+            "the 65th from one address is closed unserved"
+        );
+        assert!(
+            ask(addr, "127.0.0.2").await.starts_with(b"HTTP/1.1 503"),
+            "another address is served (healthz: starting)"
+        );
+        drop(idle.pop());
+        loop {
+            // The server notices the close in its own time; nothing else can free the slot.
+            let reply = ask(addr, "127.0.0.1").await;
+            if reply.starts_with(b"HTTP/1.1 503") {
+                break;
+            }
+            assert_eq!(reply, b"", "served or closed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(door.recorded().await, 0);
+        stop.send(true).expect("stop");
+        drop(idle);
+        server.await.expect("serve ends");
+    }
+
+    /// Behind a proxy every connection comes from the proxy: the per-address cap would cap the proxy.
+    #[tokio::test]
+    async fn behind_a_proxy_the_per_address_cap_is_the_proxys_job() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let door = Door::new("header_timeout = \"10m\"\nclient_ip_header = \"X-Forwarded-For\"");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(serve(listener, door.state.clone(), stopped));
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS_PER_ADDRESS {
+            idle.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+        }
+        let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: haul\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut reply = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(60), conn.read_to_end(&mut reply)).await;
+        read.expect("an answer").expect("read");
+        assert!(
+            reply.starts_with(b"HTTP/1.1 503"),
+            "{}",
+            String::from_utf8_lossy(&reply)
+        );
+        stop.send(true).expect("stop");
+        drop(idle);
+        server.await.expect("serve ends");
     }
 
     #[tokio::test]
