@@ -90,6 +90,30 @@ impl AppConfig {
             Source::Url(u) => crate::model::url::upstream_key(&u.url),
         }
     }
+
+    /// Every configured place this app's releases come from, as written (a URL may carry a credential, and
+    /// a location may hold `{sha}`): `repo` and `mirrors`; for an image its `oci://` form, `registry/repo`
+    /// and the registry API's `registry/v2/repo`; for an object `s3://bucket/key`, `bucket/key` and the
+    /// endpoint; for a download its URL. What the status page replaces with a marker.
+    pub(crate) fn source_locations(&self) -> Vec<String> {
+        let mut out = vec![self.repo.clone()];
+        out.extend(self.mirrors.iter().cloned());
+        match &self.source {
+            Source::Git => {}
+            Source::Image(i) => {
+                out.push(format!("{}/{}", i.registry, i.repository));
+                out.push(format!("{}/v2/{}", i.registry, i.repository));
+            }
+            Source::Object(o) => {
+                out.push(format!("s3://{}/{}", o.bucket, o.key));
+                out.push(format!("{}/{}", o.bucket, o.key));
+                out.extend(o.endpoint.iter().cloned());
+            }
+            Source::Url(u) => out.push(u.url.clone()),
+        }
+        out.retain(|l| !l.is_empty());
+        out
+    }
 }
 
 /// When the mirrors are used.

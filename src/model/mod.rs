@@ -292,8 +292,48 @@ pub(crate) fn is_zero_sha(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b == b'0')
 }
 
+/// Unicode general category Cf ("format"), as ranges: the characters that are not drawn but change how the
+/// text around them is drawn or read (bidi embeddings, overrides and isolates, zero-width spaces and joiners,
+/// the soft hyphen, the BOM, invisible operators, tags). Taken from the Unicode Character Database 16.0.0,
+/// `extracted/DerivedGeneralCategory.txt` (every `; Cf` line), which is also regex-syntax's `FORMAT` table.
+const FORMAT_CHARS: [(char, char); 21] = [
+    ('\u{ad}', '\u{ad}'),
+    ('\u{600}', '\u{605}'),
+    ('\u{61c}', '\u{61c}'),
+    ('\u{6dd}', '\u{6dd}'),
+    ('\u{70f}', '\u{70f}'),
+    ('\u{890}', '\u{891}'),
+    ('\u{8e2}', '\u{8e2}'),
+    ('\u{180e}', '\u{180e}'),
+    ('\u{200b}', '\u{200f}'),
+    ('\u{202a}', '\u{202e}'),
+    ('\u{2060}', '\u{2064}'),
+    ('\u{2066}', '\u{206f}'),
+    ('\u{feff}', '\u{feff}'),
+    ('\u{fff9}', '\u{fffb}'),
+    ('\u{110bd}', '\u{110bd}'),
+    ('\u{110cd}', '\u{110cd}'),
+    ('\u{13430}', '\u{1343f}'),
+    ('\u{1bca0}', '\u{1bca3}'),
+    ('\u{1d173}', '\u{1d17a}'),
+    ('\u{e0001}', '\u{e0001}'),
+    ('\u{e0020}', '\u{e007f}'),
+];
+
+/// A character that must never reach the audit, the page, a log line or `HAUL_ACTOR` from a payload: a
+/// control character (C0, DEL, C1), a format character (Cf, above: what a "Trojan Source" name hides
+/// behind), or the line and paragraph separators U+2028 and U+2029, which end a line where a reader does
+/// not expect one.
+fn is_hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}')
+        || FORMAT_CHARS.iter().any(|&(lo, hi)| (lo..=hi).contains(&c))
+}
+
 /// `git check-ref-format` rules for a full ref name, plus the ones that keep it from ever being read as an
-/// option: nothing starting with `-`, no empty component, a bounded length.
+/// option or shown as something it is not: nothing starting with `-`, no empty component, a bounded
+/// length, no control or format character anywhere (git allows a C1 control or a right-to-left override in
+/// a ref; haul does not).
 pub fn is_valid_ref(r: &str) -> bool {
     if r.is_empty() || r.len() > 255 || r.starts_with('-') || r == "@" {
         return false;
@@ -301,9 +341,7 @@ pub fn is_valid_ref(r: &str) -> bool {
     if r.ends_with('/') || r.ends_with('.') || r.contains("..") || r.contains("@{") || r.contains("//") {
         return false;
     }
-    if r.bytes()
-        .any(|b| b < 0x20 || b == 0x7f || b" ~^:?*[\\".contains(&b))
-    {
+    if r.bytes().any(|b| b" ~^:?*[\\".contains(&b)) || r.chars().any(is_hidden) {
         return false;
     }
     r.split('/')
@@ -315,11 +353,12 @@ pub(crate) fn is_valid_branch(b: &str) -> bool {
     !b.starts_with("refs/") && is_valid_ref(&format!("refs/heads/{b}"))
 }
 
-/// Who is named in the audit and in `HAUL_ACTOR`: printable, bounded, never empty.
+/// Who is named in the audit, on the page and in `HAUL_ACTOR`: no control or format character (those are
+/// dropped, see [`is_hidden`]), bounded, never empty.
 pub(crate) fn clean_actor(s: &str) -> String {
     let cleaned: String = s
         .chars()
-        .filter(|c| !c.is_control())
+        .filter(|c| !is_hidden(*c))
         .take(100)
         .collect::<String>()
         .trim()
@@ -406,6 +445,76 @@ mod tests {
         for bad in ["../x", "a/b", "", "-x", "a b"] {
             assert!(DeployId::parse(bad).is_none(), "{bad}");
         }
+    }
+
+    /// The characters a name or a ref could hide behind: every kind issue 12 names, plus a C1 control and
+    /// two of the rarer format characters.
+    const HIDDEN: &[(&str, &[char])] = &[
+        (
+            "bidi embeddings and overrides",
+            &['\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{202e}'],
+        ),
+        ("bidi isolates", &['\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}']),
+        (
+            "zero-width spaces, joiners, marks",
+            &['\u{200b}', '\u{200c}', '\u{200d}', '\u{200e}', '\u{200f}'],
+        ),
+        ("line and paragraph separators", &['\u{2028}', '\u{2029}']),
+        ("BOM, soft hyphen", &['\u{feff}', '\u{ad}']),
+        (
+            "Arabic letter mark, word joiner, invisible plus",
+            &['\u{61c}', '\u{2060}', '\u{2064}'],
+        ),
+        ("C1 control (next line)", &['\u{85}']),
+        ("tag, musical format", &['\u{e0041}', '\u{1d173}']),
+    ];
+
+    /// Regression: `is_valid_ref` let any non-ASCII byte through, so a ref could carry a right-to-left
+    /// override or a zero-width space into the audit and the page; `clean_actor` dropped only control
+    /// characters, so an actor could too (and so into `HAUL_ACTOR`).
+    #[test]
+    fn regression_refs_and_actors_carried_bidi_and_format_characters() {
+        fn check(kind: &str, c: char) {
+            let r = format!("refs/heads/ma{c}in");
+            assert!(!is_valid_ref(&r), "{kind}: {r:?} is refused");
+            assert!(!is_valid_branch(&format!("ma{c}in")), "{kind}: branch {c:?}");
+            assert_eq!(
+                clean_actor(&format!("octo{c}cat")),
+                "octocat",
+                "{kind}: {c:?} is dropped"
+            );
+            assert_eq!(clean_actor(&format!("{c}")), "unknown", "{kind}: {c:?} alone");
+        }
+        for (kind, chars) in HIDDEN {
+            for &c in *chars {
+                check(kind, c);
+            }
+        }
+        // Every character of the table, not only the ones named above.
+        for &(lo, hi) in &FORMAT_CHARS {
+            for c in lo..=hi {
+                check("Cf", c);
+            }
+        }
+        // What stays: letters, marks and symbols of every script.
+        for ok in ["refs/heads/café", "refs/tags/v1-日本", "refs/heads/żółw/ñ"] {
+            assert!(is_valid_ref(ok), "{ok:?}");
+        }
+        for ok in ["José Ñandú", "李雷", "Zoë 🚀"] {
+            assert_eq!(clean_actor(ok), ok);
+        }
+    }
+
+    /// The table is UCD 16.0.0's Cf, whole: 170 characters in ascending, disjoint ranges.
+    #[test]
+    fn the_format_table_is_sorted_and_complete() {
+        let count: u32 = FORMAT_CHARS
+            .iter()
+            .map(|&(lo, hi)| u32::from(hi) - u32::from(lo) + 1)
+            .sum();
+        assert_eq!(count, 170);
+        assert!(FORMAT_CHARS.windows(2).all(|w| w[0].1 < w[1].0));
+        assert!(FORMAT_CHARS.iter().all(|&(lo, hi)| lo <= hi));
     }
 
     #[test]

@@ -1,13 +1,102 @@
 //! The status page (`GET /`, `GET /deploys/<id>`): small, server-rendered HTML with no JavaScript and no build
 //! step. Every app with its live release, sha, actor and age; a timeline of recent deploys coloured by outcome
 //! with their durations; each deploy's log. Links are relative, so the page works behind a reverse proxy's
-//! path prefix. It shows no secrets: no repository URLs, no configuration, only what the audit log and the
-//! (already redacted) deploy logs say. `status_page = false` turns it off.
+//! path prefix. It shows no secrets: no configuration, only what the audit log and the (already redacted)
+//! deploy logs say, and no repository URL even there ([`Sources`]). `status_page = false` turns it off.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt::Write;
 
+use crate::config::AppConfig;
 use crate::model::State;
 use crate::store::{AppSummary, DeployRow};
+
+/// What the page shows where a configured source location was.
+pub const SOURCE_MARK: &str = "[source]";
+
+/// The source locations of every app, which the page never shows: a deploy log's `==> fetch <url>` line, a
+/// git error quoting the repository, a reason naming a mirror all show `[source]` there instead. Each
+/// location is looked for as configured and as [`crate::model::url::shown`] prints it (credentials masked,
+/// query dropped), the longest first; a `{sha}` in a location matches the hex a trigger filled in. The log
+/// file itself is untouched: `haul logs` shows it whole (redacted of credentials, as every log line is).
+#[derive(Default)]
+pub struct Sources {
+    by_app: HashMap<String, Vec<Vec<String>>>,
+}
+
+impl Sources {
+    pub fn of<'a>(apps: impl IntoIterator<Item = &'a AppConfig>) -> Sources {
+        let by_app = apps
+            .into_iter()
+            .map(|app| {
+                let mut forms: Vec<String> = app
+                    .source_locations()
+                    .into_iter()
+                    .flat_map(|l| [crate::model::url::shown(&l), l])
+                    .collect();
+                forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+                forms.dedup();
+                let patterns = forms
+                    .iter()
+                    .map(|f| f.split("{sha}").map(String::from).collect::<Vec<_>>())
+                    // A pattern must start with text to look for (a bare `{sha}` would be every hex word).
+                    .filter(|pieces| !pieces[0].is_empty())
+                    .collect();
+                (app.name.clone(), patterns)
+            })
+            .collect();
+        Sources { by_app }
+    }
+
+    /// `text` (of a deploy of `app`) with each of that app's source locations replaced by [`SOURCE_MARK`].
+    pub fn hide<'t>(&self, app: &str, text: &'t str) -> Cow<'t, str> {
+        let mut out = Cow::Borrowed(text);
+        for pieces in self.by_app.get(app).map_or(&[][..], Vec::as_slice) {
+            if let Some(replaced) = replace_location(&out, pieces) {
+                out = Cow::Owned(replaced);
+            }
+        }
+        out
+    }
+}
+
+/// Replaces every occurrence of `pieces` joined by shas (hex runs of 4 to 64, what fills a `{sha}`), or
+/// `None` when there is none.
+fn replace_location(text: &str, pieces: &[String]) -> Option<String> {
+    let (first, rest_pieces) = pieces.split_first()?;
+    let mut out = String::new();
+    let mut rest = text;
+    let mut changed = false;
+    while let Some(i) = rest.find(first.as_str()) {
+        let after = &rest[i + first.len()..];
+        match filled_len(after, rest_pieces) {
+            Some(n) => {
+                out.push_str(&rest[..i]);
+                out.push_str(SOURCE_MARK);
+                rest = &after[n..];
+                changed = true;
+            }
+            None => {
+                out.push_str(&rest[..i + first.len()]);
+                rest = after;
+            }
+        }
+    }
+    changed.then(|| out + rest)
+}
+
+/// How much of `text` is a sha, `pieces[0]`, a sha, `pieces[1]`, ...: the longest such prefix.
+fn filled_len(text: &str, pieces: &[String]) -> Option<usize> {
+    let Some((piece, more)) = pieces.split_first() else {
+        return Some(0);
+    };
+    let hex = text.bytes().take_while(u8::is_ascii_hexdigit).count().min(64);
+    (4..=hex).rev().find_map(|n| {
+        let after = text[n..].strip_prefix(piece.as_str())?;
+        filled_len(after, more).map(|m| n + piece.len() + m)
+    })
+}
 
 /// HTML-escapes text.
 pub fn esc(s: &str) -> String {
@@ -77,7 +166,7 @@ pub struct AppView {
 }
 
 /// `GET /`.
-pub fn index(host: &str, apps: &[AppView], recent: &[DeployRow], now: i64) -> String {
+pub fn index(host: &str, apps: &[AppView], recent: &[DeployRow], sources: &Sources, now: i64) -> String {
     let mut h = head(&format!("haul · {host}"), true);
     let _ = write!(
         h,
@@ -124,7 +213,7 @@ pub fn index(host: &str, apps: &[AppView], recent: &[DeployRow], now: i64) -> St
             r.trigger.as_str(),
             esc(&r.actor),
             took(r),
-            esc(r.reason.as_deref().unwrap_or("")),
+            esc(&sources.hide(&r.app, r.reason.as_deref().unwrap_or(""))),
             id = esc(r.id.as_str()),
             when = age(now, Some(r.requested_at)),
         );
@@ -137,7 +226,7 @@ pub fn index(host: &str, apps: &[AppView], recent: &[DeployRow], now: i64) -> St
 }
 
 /// `GET /deploys/<id>`.
-pub fn deploy(row: &DeployRow, log: Option<&str>, now: i64) -> String {
+pub fn deploy(row: &DeployRow, log: Option<&str>, sources: &Sources, now: i64) -> String {
     let cls = class(row.state);
     let mut h = head(&format!("haul · {} · {}", row.app, row.id), !row.state.is_final());
     let _ = write!(
@@ -151,8 +240,10 @@ pub fn deploy(row: &DeployRow, log: Option<&str>, now: i64) -> String {
         esc(row.sha.as_deref().unwrap_or("-")),
         age(now, Some(row.requested_at)),
         took(row),
-        esc(row.reason.as_deref().unwrap_or("")),
-        esc(log.unwrap_or("This request never ran, so it has no log."))
+        esc(&sources.hide(&row.app, row.reason.as_deref().unwrap_or(""))),
+        esc(&log.map_or(Cow::Borrowed("This request never ran, so it has no log."), |l| {
+            sources.hide(&row.app, l)
+        }))
     );
     h
 }
@@ -160,6 +251,108 @@ pub fn deploy(row: &DeployRow, log: Option<&str>, now: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: the deploy page showed the log's `==> fetch <url>` line, and reasons naming a mirror, so
+    /// the page told anyone who could read it where every repository lives. Each case: an app's source keys,
+    /// a line of its log, and the line as the page shows it.
+    #[test]
+    fn regression_the_page_showed_repository_urls() {
+        fn check(source: &str, line: &str, want: &str) {
+            let ssh = if source.contains("git@") {
+                "deploy_key = \"k\"\nknown_hosts = \"kh\"\n"
+            } else {
+                ""
+            };
+            let text = format!("state_dir = \"/tmp/s\"\n[apps.a]\npath = \"/srv/a\"\n{ssh}{source}\n");
+            let cfg = crate::config::Config::parse(std::path::Path::new("/etc/haul/haul.toml"), &text)
+                .unwrap_or_else(|e| panic!("{source}: {e}"));
+            let sources = Sources::of(cfg.apps.values());
+            assert_eq!(sources.hide("a", line), want, "{source}");
+            assert_eq!(
+                sources.hide("another app", line),
+                line,
+                "only the app's own deploys"
+            );
+        }
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        let digest = format!("sha256:{}", "e".repeat(64));
+        let token_repo = "repo = \"https://x-access-token:ghs_abc@github.com/acme/blog.git\"";
+        let cases: Vec<(&str, String, String)> = vec![
+            (
+                token_repo,
+                "==> fetch https://x-access-token:***@github.com/acme/blog.git (branch main)".into(),
+                "==> fetch [source] (branch main)".into(),
+            ),
+            (
+                token_repo,
+                "fatal: repository 'https://x-access-token:ghs_abc@github.com/acme/blog.git/' not found".into(),
+                "fatal: repository '[source]/' not found".into(),
+            ),
+            (
+                "repo = \"git@github.com:acme/blog.git\"",
+                "==> fetch git@github.com:acme/blog.git (branch main)".into(),
+                "==> fetch [source] (branch main)".into(),
+            ),
+            (
+                "repo = \"ssh://git@git.internal:2222/srv/blog.git\"",
+                "ssh: connect to ssh://git@git.internal:2222/srv/blog.git refused".into(),
+                "ssh: connect to [source] refused".into(),
+            ),
+            (
+                "repo = \"git@github.com:acme/blog.git\"\nmirrors = [\"https://cache.internal/acme/blog.git\", \"https://cache.internal/acme/blog\"]",
+                format!("    fetched from mirror https://cache.internal/acme/blog.git; the primary has {sha} on refs/heads/main"),
+                format!("    fetched from mirror [source]; the primary has {sha} on refs/heads/main"),
+            ),
+            (
+                "repo = \"git/blog\"",
+                "==> fetch /etc/haul/git/blog (branch main)".into(),
+                "==> fetch [source] (branch main)".into(),
+            ),
+            (
+                "url = \"https://dl.example.com/builds/{sha}/site.tar.gz?X-Amz-Signature=abc\"",
+                format!("    https://dl.example.com/builds/{sha}/site.tar.gz?…"),
+                "    [source]".into(),
+            ),
+            (
+                "url = \"https://dl.example.com/builds/{sha}/site.tar.gz\"",
+                format!("GET https://dl.example.com/builds/{}/site.tar.gz: 404", &sha[..7]),
+                "GET [source]: 404".into(),
+            ),
+            (
+                "object = \"s3://builds/worker/{sha}.tar.gz\"\ns3_endpoint = \"https://minio.internal:9000\"",
+                format!("    deploying {digest} (s3://builds/worker/{sha}.tar.gz)"),
+                format!("    deploying {digest} ([source])"),
+            ),
+            (
+                "object = \"s3://builds/worker/{sha}.tar.gz\"\ns3_endpoint = \"https://minio.internal:9000\"",
+                format!("error: https://minio.internal:9000/builds/worker/{sha}.tar.gz: 403"),
+                "error: [source]/[source]: 403".into(),
+            ),
+            (
+                "image = \"ghcr.io/acme/api\"\ntag = \"v*\"",
+                format!("    oci://ghcr.io/acme/api:v1.2.0@{digest}"),
+                format!("    [source]:v1.2.0@{digest}"),
+            ),
+            (
+                "image = \"ghcr.io/acme/api\"\ntag = \"v*\"",
+                "HEAD https://ghcr.io/v2/acme/api/manifests/v1.2.0: 401".into(),
+                "HEAD https://[source]/manifests/v1.2.0: 401".into(),
+            ),
+            (
+                "url = \"https://dl.example.com/builds/{sha}/site.tar.gz\"",
+                "a hex word too short to be a sha: https://dl.example.com/builds/abc/site.tar.gz".into(),
+                "a hex word too short to be a sha: https://dl.example.com/builds/abc/site.tar.gz".into(),
+            ),
+            (
+                token_repo,
+                "==> build step 1/2: npm ci".into(),
+                "==> build step 1/2: npm ci".into(),
+            ),
+        ];
+        for (source, line, want) in &cases {
+            check(source, line, want);
+        }
+    }
 
     #[test]
     fn escapes_everything_from_outside() {

@@ -363,7 +363,11 @@ fn the_status_page_in_headless_chromium() {
     // One deploy's page, with its log; links are relative, so a path prefix works.
     let dom = chromium(&["--dump-dom", &format!("{url}deploys/{}", row.id)]);
     let dom = String::from_utf8_lossy(&dom.stdout).into_owned();
-    assert!(dom.contains("==&gt; fetch") || dom.contains("==> fetch"), "{dom}");
+    assert!(
+        dom.contains("==&gt; fetch [source]") || dom.contains("==> fetch [source]"),
+        "{dom}"
+    );
+    assert!(!dom.contains(&git.url), "no repository URL on the page: {dom}");
     assert!(dom.contains("href=\"../\""));
     assert_eq!(http_get(&h.addr(), "/deploys/..%2f..%2fetc").0, 404);
 

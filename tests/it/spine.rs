@@ -91,6 +91,8 @@ fn signed_push_deploys_over_ssh_and_is_audited() {
         log.contains("==> fetch") && log.contains("==> switch") && log.contains("==> activate step 1/1"),
         "{log}"
     );
+    // The page says `[source]` where the repository is; `haul logs` keeps it.
+    assert!(log.contains(&format!("==> fetch {} (", git.url)), "{log}");
     let daemon_log = h.daemon_log();
     let deploy_lines: Vec<&str> = daemon_log
         .lines()

@@ -1,27 +1,32 @@
-//! `POST /hooks/<app>`: the webhook door. Cheap refusals first (address, rate, size), then the body
-//! (capped, with a deadline), then `intake::evaluate` (signature before parsing), then the durable record,
-//! then the reply: a forge gets its 202 once the request is committed, before any work is done.
+//! `POST /hooks/<app>`: the webhook door. Cheap refusals first (address, spent budgets, app, size), then the
+//! body (capped, with a deadline), then `intake::evaluate` (signature before parsing), then the address's
+//! budget for what it turned out to be (signed, or a failure: see `limits`), then the durable record, then
+//! the reply: a forge gets its 202 once the request is committed, before any work is done.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::{error, limits, HookReply, HttpState};
+use crate::config::Provider;
 use crate::intake::{self, Accepted};
 use crate::store::Enqueued;
 
 pub(super) async fn hook(
     State(st): State<Arc<HttpState>>,
     peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
-    Path(app): Path<String>,
+    app: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // A name that does not even decode (`%FF`) names no app: refused like any unknown one, in the one shape.
+    let app = app.map(|Path(a)| a).unwrap_or_default();
     let (response, provider, result) = hook_inner(&st, peer, &app, &headers, body).await;
     crate::infra::metrics::webhook(provider, result);
     response
@@ -35,26 +40,22 @@ async fn hook_inner(
     headers: &HeaderMap,
     body: Body,
 ) -> (Response, &'static str, &'static str) {
-    // Cheap refusals first: who is asking, and how often.
+    // Cheap refusals first: who is asking, and whether it has anything left to spend.
     let ip = st.client_ip(peer.map(|c| c.0 .0), headers);
-    if let Err((status, msg, result)) = limits::admit(st, ip) {
-        return (limits::refusal(status, msg), "none", result);
+    if let Err(refused) = limits::admit(st, ip) {
+        return (refused.reply(), "none", refused.result);
     }
     let env = st.queue.env();
-    let (Some(cfg), Some(secrets)) = (env.apps.get(app), st.secrets.get(app)) else {
+    let found = env
+        .apps
+        .get(app)
+        .zip(st.secrets.get(app))
+        .and_then(|(cfg, secrets)| cfg.webhook.as_ref().map(|w| (cfg, secrets, w)));
+    let Some((cfg, secrets, webhook)) = found else {
         tracing::info!(app = %crate::model::clean_actor(app), "webhook for an unknown app (or one without a webhook) refused");
-        return (
-            error(StatusCode::NOT_FOUND, "no app with a webhook by that name"),
-            "none",
-            "unknown_app",
-        );
-    };
-    let Some(webhook) = &cfg.webhook else {
-        return (
-            error(StatusCode::NOT_FOUND, "no app with a webhook by that name"),
-            "none",
-            "unknown_app",
-        );
+        let reply = error(StatusCode::NOT_FOUND, "no app with a webhook by that name");
+        let (resp, result) = limits::unauthenticated(st, ip, reply, "unknown_app");
+        return (resp, "none", result);
     };
     let provider = webhook.provider.as_str();
     let declared = headers
@@ -67,11 +68,16 @@ async fn hook_inner(
             "body is larger than the {}-byte limit (max_body)",
             st.max_body_bytes
         );
-        return (error(StatusCode::PAYLOAD_TOO_LARGE, msg), provider, "too_large");
+        let reply = error(StatusCode::PAYLOAD_TOO_LARGE, msg);
+        let (resp, result) = limits::unauthenticated(st, ip, reply, "too_large");
+        return (resp, provider, result);
     }
     let body = match limits::read_body(body, st.max_body_bytes, st.body_timeout).await {
         Ok(b) => b,
-        Err(resp) => return (resp, provider, "bad_body"),
+        Err(reply) => {
+            let (resp, result) = limits::unauthenticated(st, ip, reply, "bad_body");
+            return (resp, provider, result);
+        }
     };
     let now_secs = crate::model::now_ms() / 1000;
     let accepted = match intake::evaluate(cfg, webhook.provider, secrets, headers, &body, now_secs) {
@@ -79,16 +85,46 @@ async fn hook_inner(
         Err(rej) => {
             tracing::info!(app = %app, "webhook refused: {rej}");
             let status = StatusCode::from_u16(rej.status()).unwrap_or(StatusCode::BAD_REQUEST);
-            let result = match rej {
-                intake::Rejected::MissingSignature(_) | intake::Rejected::BadSignature => "bad_signature",
-                intake::Rejected::Stale => "stale",
-                intake::Rejected::Malformed(_) => "malformed",
+            let reply = error(status, rej.to_string());
+            let (resp, result) = match rej {
+                intake::Rejected::Malformed(_) if signed_before_malformed(webhook.provider, headers) => {
+                    match limits::authenticated(st, ip) {
+                        Ok(()) => (reply, "malformed"),
+                        Err(refused) => (refused.reply(), refused.result),
+                    }
+                }
+                intake::Rejected::Malformed(_) => limits::unauthenticated(st, ip, reply, "malformed"),
+                intake::Rejected::MissingSignature(_) | intake::Rejected::BadSignature => {
+                    limits::unauthenticated(st, ip, reply, "bad_signature")
+                }
+                intake::Rejected::Stale => limits::unauthenticated(st, ip, reply, "stale"),
             };
-            return (error(status, rej.to_string()), provider, result);
+            return (resp, provider, result);
         }
     };
+    if let Err(refused) = limits::authenticated(st, ip) {
+        return (refused.reply(), provider, refused.result);
+    }
     let (response, result) = decide(st, app, accepted).await;
     (response, provider, result)
+}
+
+/// Was a request that `intake` refused as malformed signed correctly? Every provider checks the signature
+/// before it reads anything else, with one exception: the Standard Webhooks check (the `standard` provider,
+/// and GitLab when it sends `webhook-signature`) refuses a missing or unreadable `webhook-id` or
+/// `webhook-timestamp` as malformed before it can compute the signature, since both are signed with the
+/// body. Such a request proved nothing, so it spends the failure budget like a forgery. This mirrors the
+/// header checks of `intake::verify::verify_standard`; the door's tests pin both cases.
+fn signed_before_malformed(provider: Provider, headers: &HeaderMap) -> bool {
+    let standard = match provider {
+        Provider::Standard => true,
+        Provider::Gitlab => headers.contains_key("webhook-signature"),
+        _ => false,
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    !standard
+        || (header("webhook-id").is_some_and(crate::model::is_valid_delivery_id)
+            && header("webhook-timestamp").is_some_and(|t| t.parse::<i64>().is_ok()))
 }
 
 /// What a verified request becomes: a pong, an ignored event, or a row in the audit (queued or ignored),

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -65,6 +66,7 @@ pub(super) async fn status_index(State(st): State<Arc<HttpState>>) -> Response {
             &hostname(),
             &views,
             &recent,
+            &st.sources,
             crate::model::now_ms(),
         )),
         Err(e) => {
@@ -102,14 +104,17 @@ fn log_tail(path: &std::path::Path, id: &crate::model::DeployId) -> Option<Strin
 }
 
 /// `GET /deploys/<id>`: one deploy and its log.
-pub(super) async fn status_deploy(State(st): State<Arc<HttpState>>, Path(id): Path<String>) -> Response {
+pub(super) async fn status_deploy(
+    State(st): State<Arc<HttpState>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
     if !st.status_page {
         return error(
             StatusCode::NOT_FOUND,
             "the status page is off (status_page = false)",
         );
     }
-    let Some(id) = crate::model::DeployId::parse(&id) else {
+    let Some(id) = id.ok().and_then(|Path(id)| crate::model::DeployId::parse(&id)) else {
         return error(StatusCode::NOT_FOUND, "no such deploy");
     };
     let env = st.queue.env();
@@ -120,6 +125,7 @@ pub(super) async fn status_deploy(State(st): State<Arc<HttpState>>, Path(id): Pa
             html(crate::ops::page::deploy(
                 &row,
                 log.as_deref(),
+                &st.sources,
                 crate::model::now_ms(),
             ))
         }
