@@ -790,7 +790,9 @@ path = "srv/quiet"
         )
         .await;
         for i in 1..9 {
-            let (status, _, body) = door.send(push(&format!("d-{i}")).request()).await;
+            // Each its own push (the same body again would be a replay, answered `duplicate`).
+            let next = push(&format!("d-{i}")).next_push(&format!("{:040x}", 100 + i));
+            let (status, _, body) = door.send(next.request()).await;
             assert_eq!(status, StatusCode::ACCEPTED, "signed delivery {i}: {body}");
         }
         assert_eq!(door.recorded().await, 9);
@@ -825,7 +827,8 @@ path = "srv/quiet"
             "missing signature",
         )
         .await;
-        let (status, _, body) = door.send(Hook::push("e-1").from(other).request()).await;
+        let next = Hook::push("e-1").next_push(&"e".repeat(40)).from(other);
+        let (status, _, body) = door.send(next.request()).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     }
 
