@@ -550,6 +550,14 @@ fn an_image_deploys_by_digest_a_changed_digest_redeploys_and_an_unchanged_one_is
     let out = h.cli(&["rollback", "site"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(read(&h, "index.html").as_deref(), Some("v1"));
+
+    // The rollback is sticky (issue 12): a trigger for the digest it took away, though the tag still points at
+    // it, is ignored before anything is pulled.
+    let id = deploy_id(&ci_hook(&h, "site", &json!({"tag": "main", "digest": digest2})));
+    let row = h.wait_final(&id);
+    assert_eq!(row.state, State::Ignored, "{row:?}");
+    assert!(row.reason.unwrap_or_default().contains("rollback"));
+    assert_eq!(read(&h, "index.html").as_deref(), Some("v1"));
 }
 
 #[test]
