@@ -178,6 +178,13 @@ cpu_ticks() {
   echo $((${12} + ${13}))
 }
 
+# "busy total" clock ticks of all CPUs since boot (/proc/stat's first line; busy leaves out idle and iowait).
+machine_ticks() {
+  local _cpu user nice sys idle iowait irq softirq steal _
+  read -r _cpu user nice sys idle iowait irq softirq steal _ </proc/stat
+  echo "$((user + nice + sys + irq + softirq + steal)) $((user + nice + sys + idle + iowait + irq + softirq + steal))"
+}
+
 # The PID most recently handed out on this machine: the difference over a run counts tasks created.
 last_pid() {
   local last
@@ -309,6 +316,15 @@ start_haul() { # CONFIG LOGFILE PORT -> HAUL_PID
   wait_http "http://127.0.0.1:$3/healthz" 30 || {
     tail -n 20 "$2" >&2
     die "haul did not start (log: $2)"
+  }
+}
+
+start_ceiling() { # SECRET-FILE RECORDS LOGFILE PORT [--no-sync] -> CEILING_PID
+  start_bg "$3" "$CEILING_BIN" --listen "127.0.0.1:$4" --secret-file "$1" --out "$2" "${@:5}"
+  CEILING_PID=$BG_PID
+  wait_http "http://127.0.0.1:$4/healthz" 30 || {
+    tail -n 20 "$3" >&2
+    die "the ceiling did not start (log: $3)"
   }
 }
 
