@@ -180,7 +180,8 @@ async fn decide(st: &HttpState, app: &str, accepted: Accepted) -> (Response, &'s
             ((StatusCode::ACCEPTED, Json(r)).into_response(), state.as_str())
         }
         Ok((Enqueued::Replay { first }, ..)) => {
-            tracing::info!(deploy_id = %first, app = %app, "webhook repeats the body of an earlier delivery under a new delivery id; nothing queued");
+            // A replay storm is in the answers, not in the daemon's log (like a storm of already-live redeliveries).
+            tracing::debug!(deploy_id = %first, app = %app, "webhook repeats the body of an earlier delivery under a new delivery id; nothing queued");
             let mut r = HookReply::new("duplicate");
             r.deploy_id = Some(first.to_string());
             r.reason = Some(
