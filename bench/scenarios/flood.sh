@@ -186,7 +186,7 @@ flood_one() {
     result "$kind" "$label.claimed_skipped" "$skipped"
     states=$(sqlite3 "$db" "SELECT state || '=' || count(*) FROM deploys GROUP BY state" | paste -sd' ')
     result "$kind" "$label.rows_recorded" "$rows"
-    result "$kind" "$label.bodies_remembered" "$(sqlite3 "$db" "SELECT count(*) FROM bodies")"
+    result "$kind" "$label.bodies_remembered" "$(sqlite3 "$db" "SELECT count(*) FROM deploys WHERE body_digest IS NOT NULL")"
     result "$kind" "$label.deploys_run" "$ran"
     result "$kind" "$label.states" "$states"
     result "$kind" "$label.log_lines" "$(wc -l <"$dir/daemon.log")"

@@ -33,8 +33,6 @@ SELECT strftime('%Y%m%dT%H%M%S', t / 1000, 'unixepoch') || printf('-h%05d', i % 
        CASE WHEN state IN ('succeeded', 'failed') THEN t + 50 END,
        t + 20000
 FROM r;
-INSERT INTO deliveries (app, delivery_id, deploy_id, seen_at)
-SELECT app, delivery_id, id, requested_at FROM deploys WHERE delivery_id LIKE 'hist-%';
 COMMIT;
 EOF
 }

@@ -102,9 +102,6 @@ fn due_hourly(last: &std::sync::atomic::AtomicI64, now: i64) -> bool {
 /// What is live for an app: its sha and (an artifact) its digest.
 type LiveFacts = (Option<String>, Option<String>);
 
-/// Replay protection keeps delivery ids at least 7 days; 8 to be safe.
-pub const DELIVERY_RETENTION_MS: i64 = 8 * 24 * 3600 * 1000;
-
 impl Queue {
     pub fn new(env: Env) -> Arc<Queue> {
         let wake = env
@@ -228,7 +225,7 @@ impl Queue {
         let result = self
             .env
             .store
-            .call(move |c| store::prune_deliveries(c, now, DELIVERY_RETENTION_MS))
+            .call(move |c| store::prune_deliveries(c, now, store::REPLAY_MEMORY_MS))
             .await;
         if let Ok(n) = result {
             if n > 0 {

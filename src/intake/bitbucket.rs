@@ -85,7 +85,12 @@ pub(super) fn evaluate(
     body: &[u8],
 ) -> Result<Accepted, Rejected> {
     let sig = header(headers, "x-hub-signature").ok_or(Rejected::MissingSignature("X-Hub-Signature"))?;
-    check_sha256_prefixed(secrets, body, sig)?;
+    let mac = check_sha256_prefixed(secrets, body, sig)?;
+    events(app, headers, body).map(|a| a.remembering(mac))
+}
+
+/// A verified delivery: a push (Cloud or Data Center), a ping, or another event (answered, not recorded).
+fn events(app: &AppConfig, headers: &HeaderMap, body: &[u8]) -> Result<Accepted, Rejected> {
     let event = header(headers, "x-event-key")
         .ok_or_else(|| Rejected::Malformed("missing X-Event-Key header".into()))?;
     let delivery_id = Some(required_delivery(headers, &["x-request-uuid", "x-request-id"])?);

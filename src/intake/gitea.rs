@@ -60,7 +60,12 @@ pub(super) fn evaluate(
 ) -> Result<Accepted, Rejected> {
     let sig = first_header(headers, dialect.signature)
         .ok_or(Rejected::MissingSignature(dialect.signature_shown))?;
-    check_hex(secrets, body, sig)?;
+    let mac = check_hex(secrets, body, sig)?;
+    push(app, headers, body, dialect).map(|a| a.remembering(mac))
+}
+
+/// A verified delivery: a push, or another event (answered, not recorded).
+fn push(app: &AppConfig, headers: &HeaderMap, body: &[u8], dialect: &Dialect) -> Result<Accepted, Rejected> {
     let event = first_header(headers, dialect.event)
         .ok_or_else(|| Rejected::Malformed(dialect.event_missing.into()))?;
     let delivery_id = Some(required_delivery(headers, dialect.delivery)?);

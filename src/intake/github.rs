@@ -20,7 +20,12 @@ pub(super) fn evaluate(
 ) -> Result<Accepted, Rejected> {
     let sig =
         header(headers, "x-hub-signature-256").ok_or(Rejected::MissingSignature("X-Hub-Signature-256"))?;
-    check_sha256_prefixed(secrets, body, sig)?;
+    let mac = check_sha256_prefixed(secrets, body, sig)?;
+    events(app, headers, body).map(|a| a.remembering(mac))
+}
+
+/// A verified delivery: what its event asks for.
+fn events(app: &AppConfig, headers: &HeaderMap, body: &[u8]) -> Result<Accepted, Rejected> {
     let event = header(headers, "x-github-event")
         .ok_or_else(|| Rejected::Malformed("missing X-GitHub-Event header".into()))?;
     let delivery_id = Some(required_delivery(headers, &["x-github-delivery"])?);

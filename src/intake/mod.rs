@@ -91,20 +91,23 @@ pub fn evaluate(
         Provider::Distribution => distribution::evaluate(app, secrets, headers, body),
     }?;
     // Standard Webhooks sign the id and the timestamp with the body, so a fresh id cannot be forged and the
-    // same body twice is two deliveries; every other forge signs the body alone.
+    // same body twice is two deliveries; every other forge signs the body alone. Those that sign it with an
+    // HMAC remembered it by that (just verified) HMAC; GitLab's token and a registry's token cover nothing of
+    // the body, so it is remembered by its sha256.
     Ok(match provider {
-        Provider::Standard => accepted,
-        _ => accepted.remembering(body),
+        Provider::Gitlab | Provider::Distribution => {
+            accepted.remembering(<sha2::Sha256 as sha2::Digest>::digest(body).into())
+        }
+        _ => accepted,
     })
 }
 
 impl Accepted {
     /// The request, carrying the digest of the body it came in.
-    fn remembering(self, body: &[u8]) -> Accepted {
-        let digest = || Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body)));
+    pub(super) fn remembering(self, digest: [u8; 32]) -> Accepted {
         match self {
-            Accepted::Deploy(r) => Accepted::Deploy(r.with_body_digest(digest())),
-            Accepted::Ignore(r, why) => Accepted::Ignore(r.with_body_digest(digest()), why),
+            Accepted::Deploy(r) => Accepted::Deploy(r.with_body_digest(Some(digest))),
+            Accepted::Ignore(r, why) => Accepted::Ignore(r.with_body_digest(Some(digest)), why),
             other => other,
         }
     }

@@ -51,16 +51,25 @@ pub(super) fn required_delivery(headers: &HeaderMap, names: &[&str]) -> Result<S
     })
 }
 
-/// `sha256=<hex>`, GitHub's and Bitbucket's form: any other algorithm is refused, not downgraded to.
-pub(super) fn check_sha256_prefixed(secrets: &[Vec<u8>], body: &[u8], sig: &str) -> Result<(), Rejected> {
+/// `sha256=<hex>`, GitHub's and Bitbucket's form: any other algorithm is refused, not downgraded to. Returns
+/// the verified HMAC (the body's digest for the replay memory: only the secret's holder can make it).
+pub(super) fn check_sha256_prefixed(
+    secrets: &[Vec<u8>],
+    body: &[u8],
+    sig: &str,
+) -> Result<[u8; 32], Rejected> {
     let hex_sig = sig.strip_prefix("sha256=").ok_or(Rejected::BadSignature)?;
     check_hex(secrets, body, hex_sig)
 }
 
-/// A bare hex HMAC-SHA256 of the body (Gitea's and Forgejo's form).
-pub(super) fn check_hex(secrets: &[Vec<u8>], body: &[u8], hex_sig: &str) -> Result<(), Rejected> {
-    if verify_hmac_sha256_hex(secrets, body, hex_sig) {
-        Ok(())
+/// A bare hex HMAC-SHA256 of the body (Gitea's and Forgejo's form); returns the verified HMAC.
+pub(super) fn check_hex(secrets: &[Vec<u8>], body: &[u8], hex_sig: &str) -> Result<[u8; 32], Rejected> {
+    let mut sig = [0u8; 32];
+    if hex::decode_to_slice(hex_sig, &mut sig).is_err() {
+        return Err(Rejected::BadSignature);
+    }
+    if verify_hmac_sha256(secrets.iter().map(Vec::as_slice), &[body], &sig) {
+        Ok(sig)
     } else {
         Err(Rejected::BadSignature)
     }
@@ -79,14 +88,6 @@ pub(super) fn check_token(secrets: &[Vec<u8>], token: &str) -> Result<(), Reject
     } else {
         Err(Rejected::BadSignature)
     }
-}
-
-/// Constant-time check of a hex HMAC-SHA256 against every configured secret.
-fn verify_hmac_sha256_hex(secrets: &[Vec<u8>], body: &[u8], hex_sig: &str) -> bool {
-    let Ok(sig) = hex::decode(hex_sig) else {
-        return false;
-    };
-    verify_hmac_sha256(secrets.iter().map(Vec::as_slice), &[body], &sig)
 }
 
 /// `parts` are fed to the MAC in order, so a signed text made of pieces (`id.timestamp.body`) is never
@@ -198,11 +199,17 @@ mod tests {
             sign_github(SECRET, b"Hello, World!"),
             "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
         );
-        assert!(verify_hmac_sha256_hex(
-            &[SECRET.to_vec()],
-            b"Hello, World!",
-            "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
-        ));
+        let hex_sig = "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+        let mac = check_hex(&[SECRET.to_vec()], b"Hello, World!", hex_sig).expect("verifies");
+        assert_eq!(
+            hex::encode(mac),
+            hex_sig,
+            "the verified HMAC is what the replay memory keeps"
+        );
+        assert_eq!(
+            check_hex(&[SECRET.to_vec()], b"Hello, World?", hex_sig),
+            Err(Rejected::BadSignature)
+        );
     }
 
     #[test]

@@ -17,11 +17,21 @@ pub struct DeployId(String);
 
 impl DeployId {
     pub fn new(now_ms: i64) -> DeployId {
-        const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
-        let suffix: String = (0..6)
-            .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
-            .collect();
-        DeployId(format!("{}-{}", compact_utc(now_ms), suffix))
+        DeployId::numbered(now_ms, fastrand::u64(..31u64.pow(6)))
+    }
+
+    /// The id whose suffix is `n` (modulo 31^6) written in 6 digits of an alphabet in ASCII order, so that
+    /// within one second a larger `n` sorts later (the store mints ids in sequence).
+    pub(crate) fn numbered(now_ms: i64, n: u64) -> DeployId {
+        const ALPHABET: &[u8; 31] = b"23456789abcdefghjkmnpqrstuvwxyz";
+        let mut suffix = [0u8; 6];
+        let mut n = n % 31u64.pow(6);
+        for c in suffix.iter_mut().rev() {
+            *c = ALPHABET[(n % 31) as usize];
+            n /= 31;
+        }
+        let suffix = std::str::from_utf8(&suffix).unwrap_or("222222");
+        DeployId(format!("{}-{suffix}", compact_utc(now_ms)))
     }
 
     /// Accepts an id typed by a person (`haul logs <id>`), refusing anything that could escape the logs dir.
@@ -159,9 +169,10 @@ pub struct DeployRequest {
     /// For a push: the full sha the branch pointed at before it (the payload's `before`), when the forge says.
     /// It orders requests without a fetch: a push whose parent is a pending request's sha is newer than it.
     pub parent: Option<String>,
-    /// The hex sha256 of the verified body, for forges that sign the body but not the delivery id: the same
-    /// body again under a fresh delivery id is a replay.
-    pub body_digest: Option<String>,
+    /// A digest of the verified body, for forges that sign the body but not the delivery id: the same body
+    /// again under a fresh delivery id is a replay. (The body's HMAC where the forge signs it, which haul has
+    /// just verified; its sha256 otherwise.)
+    pub body_digest: Option<[u8; 32]>,
 }
 
 impl DeployRequest {
@@ -213,7 +224,7 @@ impl DeployRequest {
         self.parent = parent;
         self
     }
-    pub(crate) fn with_body_digest(mut self, digest: Option<String>) -> DeployRequest {
+    pub(crate) fn with_body_digest(mut self, digest: Option<[u8; 32]>) -> DeployRequest {
         self.body_digest = digest;
         self
     }

@@ -60,7 +60,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Daemon> {
     let Runtime { env, notify_rx } = Runtime::open(&cfg)?;
     let now = model::now_ms();
     env.store
-        .call(move |c| store::prune_deliveries(c, now, crate::deploy::queue::DELIVERY_RETENTION_MS))
+        .call(move |c| store::prune_deliveries(c, now, store::REPLAY_MEMORY_MS))
         .await?;
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await

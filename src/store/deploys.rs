@@ -3,7 +3,8 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::StoreError;
+use super::memory::Kind;
+use super::{Conn, StoreError};
 use crate::model::{DeployId, DeployRequest, Outcome, State, Trigger};
 
 /// One row of the audit log.
@@ -97,43 +98,61 @@ fn row_to_deploy(r: &Row<'_>) -> rusqlite::Result<DeployRow> {
     })
 }
 
-/// A delivery id or a body seen before: the answer is that, and nothing is recorded.
-fn seen_before(conn: &Connection, req: &DeployRequest) -> Result<Option<Enqueued>, StoreError> {
-    // The hot path of a webhook flood: every statement here is prepared once and cached.
-    if let Some(d) = &req.delivery_id {
-        let first: Option<String> = conn
-            .prepare_cached("SELECT deploy_id FROM deliveries WHERE app = ?1 AND delivery_id = ?2")?
-            .query_row(params![req.app, d], |r| r.get(0))
-            .optional()?;
-        if let Some(first) = first.as_deref().and_then(DeployId::parse) {
-            return Ok(Some(Enqueued::Duplicate { first }));
-        }
-    }
-    if let Some(b) = &req.body_digest {
-        let first: Option<String> = conn
-            .prepare_cached("SELECT deploy_id FROM bodies WHERE app = ?1 AND digest = ?2")?
-            .query_row(params![req.app, b], |r| r.get(0))
-            .optional()?;
-        if let Some(first) = first.as_deref().and_then(DeployId::parse) {
-            return Ok(Some(Enqueued::Replay { first }));
-        }
+/// A delivery id or a body seen before: the answer is that, and nothing is recorded. The replay memory says
+/// which rows may hold it; a row confirms it (so a hash collision is never taken for a replay). A body seen
+/// before under the same delivery id is a forge's redelivery (`Duplicate`), under another one a replay.
+fn seen_before(conn: &Conn, req: &DeployRequest) -> Result<Option<Enqueued>, StoreError> {
+    let body = req.body_digest.as_ref().map(|b| b.as_slice());
+    let (kind, seqs) = conn
+        .memory
+        .borrow()
+        .candidates(&req.app, req.delivery_id.as_deref(), body);
+    for seq in seqs {
+        let row: Option<(String, Option<String>)> = match kind {
+            Kind::Body => conn
+                .prepare_cached(
+                    "SELECT id, delivery_id FROM deploys WHERE seq = ?1 AND app = ?2 AND body_digest = ?3",
+                )?
+                .query_row(params![seq, req.app, body], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?,
+            Kind::Delivery => conn
+                .prepare_cached(
+                    "SELECT id, delivery_id FROM deploys WHERE seq = ?1 AND app = ?2 AND delivery_id = ?3",
+                )?
+                .query_row(params![seq, req.app, req.delivery_id], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?,
+        };
+        let Some((id, delivery)) = row else { continue };
+        let Some(first) = DeployId::parse(&id) else {
+            continue;
+        };
+        return Ok(Some(if delivery.is_some() && delivery == req.delivery_id {
+            Enqueued::Duplicate { first }
+        } else {
+            Enqueued::Replay { first }
+        }));
     }
     Ok(None)
 }
 
 fn insert(
-    conn: &Connection,
+    conn: &Conn,
     req: &DeployRequest,
     state: State,
     reason: Option<&str>,
     now: i64,
 ) -> Result<DeployId, StoreError> {
-    let id = DeployId::new(now);
-    conn.prepare_cached(
-        "INSERT INTO deploys (id, app, trigger, provider, delivery_id, git_ref, sha, actor, state, reason, requested_at, finished_at, target, digest, parent)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-        )?
-        .execute(params![
+    let mut memory = conn.memory.borrow_mut();
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO deploys (id, app, trigger, provider, delivery_id, git_ref, sha, actor, state, reason, requested_at, finished_at, target, digest, parent, body_digest)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+    )?;
+    let mut tries = 0;
+    let id = loop {
+        let id = memory.mint(now);
+        let inserted = stmt.execute(params![
             id.as_str(),
             req.app,
             req.trigger.as_str(),
@@ -149,20 +168,29 @@ fn insert(
             req.target,
             req.digest,
             req.parent,
-        ],
-    )?;
-    if let Some(d) = &req.delivery_id {
-        conn.prepare_cached(
-            "INSERT OR IGNORE INTO deliveries (app, delivery_id, deploy_id, seen_at) VALUES (?1, ?2, ?3, ?4)",
-        )?
-        .execute(params![req.app, d, id.as_str(), now])?;
-    }
-    if let Some(b) = &req.body_digest {
-        conn.prepare_cached(
-            "INSERT OR IGNORE INTO bodies (app, digest, deploy_id, seen_at) VALUES (?1, ?2, ?3, ?4)",
-        )?
-        .execute(params![req.app, b, id.as_str(), now])?;
-    }
+            req.body_digest.as_ref().map(|b| b.as_slice()),
+        ]);
+        match inserted {
+            // Another writer (a daemon restarted within the second) minted this id: try from elsewhere.
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE && tries < 3 =>
+            {
+                tries += 1;
+                memory.reseed(now.div_euclid(1000));
+            }
+            other => {
+                other?;
+                break id;
+            }
+        }
+    };
+    let body = req.body_digest.as_ref().map(|b| b.as_slice());
+    memory.remember(
+        &req.app,
+        req.delivery_id.as_deref(),
+        body,
+        conn.last_insert_rowid(),
+    );
     Ok(id)
 }
 
@@ -176,7 +204,7 @@ fn insert(
 /// sees the tip, a trigger without a parent) supersede the pending one. One exception: a webhook or a poll
 /// never supersedes a pending `haul rollback` (a person asked for it, and a redelivered trigger for the very
 /// release being rolled back from must not cancel it); the rollback runs first.
-pub(crate) fn enqueue(conn: &Connection, req: &DeployRequest, now: i64) -> Result<Enqueued, StoreError> {
+pub(crate) fn enqueue(conn: &Conn, req: &DeployRequest, now: i64) -> Result<Enqueued, StoreError> {
     if let Some(seen) = seen_before(conn, req)? {
         return Ok(seen);
     }
@@ -211,7 +239,7 @@ pub(crate) fn enqueue(conn: &Connection, req: &DeployRequest, now: i64) -> Resul
 
 /// Records a request that will never run (another branch, a tag, a deletion), with why.
 pub(crate) fn record_ignored(
-    conn: &Connection,
+    conn: &Conn,
     req: &DeployRequest,
     reason: &str,
     now: i64,
@@ -444,14 +472,10 @@ pub(crate) fn sha_attempted(conn: &Connection, app: &str, sha: &str) -> Result<b
     )?)
 }
 
-/// Forget delivery ids older than `keep_ms` (replay protection keeps them at least 7 days).
-pub(crate) fn prune_deliveries(conn: &Connection, now: i64, keep_ms: i64) -> Result<usize, StoreError> {
-    let ids = conn.execute(
-        "DELETE FROM deliveries WHERE seen_at < ?1",
-        params![now - keep_ms],
-    )?;
-    let bodies = conn.execute("DELETE FROM bodies WHERE seen_at < ?1", params![now - keep_ms])?;
-    Ok(ids + bodies)
+/// Forgets delivery ids and body digests first seen more than `keep_ms` ago (replay protection keeps them
+/// at least 7 days); returns how many went.
+pub(crate) fn prune_deliveries(conn: &Conn, now: i64, keep_ms: i64) -> Result<usize, StoreError> {
+    Ok(conn.memory.borrow_mut().forget(conn, now, keep_ms)?)
 }
 
 #[cfg(test)]
@@ -485,7 +509,7 @@ mod tests {
         assert!(queued.contains("deploys_app_state_seq"), "{queued}");
     }
 
-    fn mem() -> Connection {
+    fn mem() -> Conn {
         super::super::memory()
     }
 

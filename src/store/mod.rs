@@ -5,8 +5,12 @@
 //! Writes go through one writer thread that owns the connection and commits in groups: every write that
 //! arrives while a commit is in flight joins the next transaction, so a flood of webhooks costs one fsync per
 //! batch instead of one per request, and a reply is only sent once its write is durable (`synchronous=FULL`).
+//! Beside the connection the writer keeps the replay memory (`memory`: the delivery ids and body digests of
+//! the last 8 days, rebuilt from the audit at open), which changes only with the transaction.
 //! Reads from the CLI open their own read-only connection; WAL lets them run beside the daemon.
 
+use std::cell::RefCell;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
@@ -15,6 +19,7 @@ use rusqlite::{Connection, OpenFlags};
 mod alerts;
 mod deploys;
 mod lineage;
+mod memory;
 mod schema;
 
 pub(crate) use alerts::*;
@@ -22,8 +27,32 @@ pub use deploys::*;
 pub(crate) use lineage::{queued_pushes, rollback_pin, supersede};
 use schema::{configure, migrate};
 
-/// The connection a [`Store::call`] closure is given (callers name this, never the SQL library).
-pub type Conn = Connection;
+/// Replay protection keeps delivery ids and body digests at least 7 days; 8 to be safe.
+pub const REPLAY_MEMORY_MS: i64 = 8 * 24 * 3600 * 1000;
+
+/// What a [`Store::call`] closure is given: the connection (callers name this, never the SQL library) and,
+/// beside it, the replay memory and the deploy id minter.
+pub struct Conn {
+    db: Connection,
+    memory: RefCell<memory::Memory>,
+}
+
+impl Deref for Conn {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.db
+    }
+}
+
+impl Conn {
+    fn open(db: Connection, now: i64) -> rusqlite::Result<Conn> {
+        let memory = memory::Memory::load(&db, now, REPLAY_MEMORY_MS)?;
+        Ok(Conn {
+            db,
+            memory: RefCell::new(memory),
+        })
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -39,7 +68,7 @@ pub enum StoreError {
 
 type Completer = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// A write: run inside the group transaction, or (`None`) not run at all because there is no transaction.
-type Job = Box<dyn FnOnce(Option<&Connection>) -> Completer + Send>;
+type Job = Box<dyn FnOnce(Option<&Conn>) -> Completer + Send>;
 
 /// The daemon's handle on the database: cheap to clone, safe to use from any task.
 #[derive(Clone)]
@@ -62,6 +91,7 @@ impl Store {
         conn.pragma_update(None, "page_size", 1024).map_err(open_err)?;
         configure(&conn).map_err(open_err)?;
         migrate(&mut conn).map_err(open_err)?;
+        let conn = Conn::open(conn, crate::model::now_ms()).map_err(open_err)?;
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("haul-store".into())
@@ -84,10 +114,10 @@ impl Store {
     pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Conn) -> Result<T, StoreError> + Send + 'static,
     {
         let (otx, orx) = tokio::sync::oneshot::channel::<Result<T, StoreError>>();
-        let job: Job = Box::new(move |conn: Option<&Connection>| {
+        let job: Job = Box::new(move |conn: Option<&Conn>| {
             let result = match conn {
                 Some(conn) => in_savepoint(conn, f),
                 None => Err(StoreError::NotRun),
@@ -105,25 +135,22 @@ impl Store {
     }
 }
 
-fn in_savepoint<T>(
-    conn: &Connection,
-    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
+fn in_savepoint<T>(conn: &Conn, f: impl FnOnce(&Conn) -> Result<T, StoreError>) -> Result<T, StoreError> {
     conn.prepare_cached("SAVEPOINT job")?.execute([])?;
-    match f(conn) {
-        Ok(v) => {
-            conn.prepare_cached("RELEASE job")?.execute([])?;
-            Ok(v)
-        }
-        Err(e) => {
-            conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
-            Err(e)
-        }
+    let mark = conn.memory.borrow().mark();
+    let result = f(conn).and_then(|v| {
+        conn.prepare_cached("RELEASE job")?.execute([])?;
+        Ok(v)
+    });
+    if result.is_err() {
+        conn.memory.borrow_mut().undo_to(mark);
+        conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
     }
+    result
 }
 
 /// Group commit: take every job that is waiting, run them in one transaction, commit once, then answer all.
-fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
+fn writer(conn: Conn, rx: mpsc::Receiver<Job>) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < 512 {
@@ -132,6 +159,7 @@ fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        conn.memory.borrow_mut().settle();
         let began = conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| e.to_string());
         if let Err(e) = began {
             tracing::error!("audit database: cannot begin a transaction: {e}");
@@ -159,6 +187,7 @@ fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
         };
         if committed.is_err() {
             let _ = conn.execute_batch("ROLLBACK");
+            conn.memory.borrow_mut().undo_to(0);
         }
         for c in completers {
             c(committed.clone());
@@ -177,7 +206,7 @@ pub fn ping(c: &Conn) -> Result<(), StoreError> {
 pub(crate) fn memory() -> Conn {
     let mut c = Connection::open_in_memory().expect("in-memory database");
     migrate(&mut c).expect("migrate");
-    c
+    Conn::open(c, 0).expect("replay memory")
 }
 
 /// A read-only connection for the CLI's read commands.

@@ -67,6 +67,14 @@ pub(super) const SCHEMA: &[&str] = &[
         seen_at INTEGER NOT NULL,
         PRIMARY KEY (app, digest)
      ) WITHOUT ROWID;",
+    // v9: the replay memory lives in the writer, rebuilt at open from the audit rows of the last 8 days: a
+    // row keeps its body digest, and the two tables keyed by random values (two more B-tree pages written
+    // per webhook) go. Their last 8 days are in the rows already (delivery ids) or moved there (digests).
+    "ALTER TABLE deploys ADD COLUMN body_digest BLOB;
+     UPDATE deploys SET body_digest = (SELECT unhex(b.digest) FROM bodies b WHERE b.deploy_id = deploys.id)
+      WHERE id IN (SELECT deploy_id FROM bodies);
+     DROP TABLE bodies;
+     DROP TABLE deliveries;",
 ];
 
 pub(super) fn configure(conn: &Connection) -> rusqlite::Result<()> {
