@@ -559,6 +559,24 @@ mod tests {
         assert_eq!(prune_deliveries(&c, 10, 5).expect("prune"), 1);
     }
 
+    /// Another writer (a daemon restarted within the second) took the id this one mints next: the insert
+    /// mints another instead of failing the request.
+    #[test]
+    fn a_taken_id_is_minted_again() {
+        let c = mem();
+        let now = 1_800_000_000_000;
+        let taken = c.memory.borrow_mut().mint(now);
+        c.execute(
+            "INSERT INTO deploys (id, app, trigger, actor, state, requested_at) VALUES (?1, 'blog', 'webhook', 'x', 'ignored', ?2)",
+            params![taken.as_str(), now],
+        )
+        .expect("the other writer's row");
+        c.memory.borrow_mut().step_back();
+        let got = id_of(record_ignored(&c, &req("blog", Some("d-1")), "x", now).expect("recorded"));
+        assert_ne!(got, taken);
+        assert_eq!(history(&c, None, 10).expect("history").len(), 2);
+    }
+
     #[test]
     fn running_becomes_interrupted() {
         let c = mem();

@@ -259,6 +259,12 @@ impl Memory {
         id
     }
 
+    /// Mints the last id again (for the test of a taken id).
+    #[cfg(test)]
+    pub(super) fn step_back(&mut self) {
+        self.next -= 1;
+    }
+
     /// After an id was found taken: continue from another random place.
     pub(super) fn reseed(&mut self, second: i64) {
         self.second = second;

@@ -228,3 +228,132 @@ pub fn open_read(path: &Path) -> Result<Connection, StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     Ok(conn)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DeployRequest, Trigger};
+
+    fn push(delivery: &str, body: u8) -> DeployRequest {
+        DeployRequest::new("blog", Trigger::Webhook, "octocat")
+            .sent_by("github", Some(delivery.into()))
+            .at_ref(Some("refs/heads/main".into()))
+            .with_sha(Some("a".repeat(40)))
+            .with_body_digest(Some([body; 32]))
+    }
+
+    async fn enqueue(store: &Store, req: DeployRequest, now: i64) -> Enqueued {
+        store
+            .call(move |c| enqueue_at(c, &req, now))
+            .await
+            .expect("enqueue")
+    }
+
+    fn enqueue_at(c: &Conn, req: &DeployRequest, now: i64) -> Result<Enqueued, StoreError> {
+        deploys::enqueue(c, req, now)
+    }
+
+    /// The replay memory is rebuilt from the audit when the store opens: a body or a delivery id seen before
+    /// a restart is still a replay after it, for 8 days and not longer.
+    #[tokio::test]
+    async fn the_replay_memory_survives_a_restart_and_forgets_after_8_days() {
+        let dir = crate::infra::scratch::TestDir::new("store-memory");
+        let path = dir.path("haul.db");
+        let now = model_now();
+        let store = Store::open(&path).expect("open");
+        let first = enqueue(&store, push("d-1", 1), now).await;
+        drop(store);
+
+        let store = Store::open(&path).expect("reopen");
+        let Enqueued::Recorded { id, .. } = first else {
+            panic!("{first:?}")
+        };
+        assert_eq!(
+            enqueue(&store, push("d-2", 1), now + 1).await,
+            Enqueued::Replay { first: id.clone() },
+            "the same body under a fresh id"
+        );
+        assert_eq!(
+            enqueue(&store, push("d-1", 1), now + 1).await,
+            Enqueued::Duplicate { first: id.clone() },
+            "the same delivery again"
+        );
+        let later = now + REPLAY_MEMORY_MS + 1;
+        let forgot = store
+            .call(move |c| prune_deliveries(c, later, REPLAY_MEMORY_MS))
+            .await
+            .expect("prune");
+        assert_eq!(forgot, 1);
+        assert!(matches!(
+            enqueue(&store, push("d-3", 1), later).await,
+            Enqueued::Recorded { .. }
+        ));
+    }
+
+    fn model_now() -> i64 {
+        crate::model::now_ms()
+    }
+
+    /// A job that fails after it recorded a request takes its memory back with its savepoint.
+    #[tokio::test]
+    async fn a_failed_job_leaves_no_memory_behind() {
+        let dir = crate::infra::scratch::TestDir::new("store-undo");
+        let store = Store::open(&dir.path("haul.db")).expect("open");
+        let req = push("d-1", 7);
+        let failed = store
+            .call(move |c| {
+                deploys::enqueue(c, &req, 1)?;
+                Err::<(), _>(StoreError::NotRun)
+            })
+            .await;
+        assert!(failed.is_err());
+        assert!(
+            matches!(
+                enqueue(&store, push("d-1", 7), 2).await,
+                Enqueued::Recorded { .. }
+            ),
+            "nothing of the failed job is remembered"
+        );
+    }
+
+    /// A database of schema v8 keeps its replay memory across the upgrade: the body digests move into the
+    /// rows, the two tables go.
+    #[test]
+    fn v9_moves_the_body_digests_into_the_rows() {
+        let mut c = Connection::open_in_memory().expect("db");
+        let tx = c.transaction().expect("tx");
+        for sql in &schema::SCHEMA[..8] {
+            tx.execute_batch(sql).expect("v8");
+        }
+        tx.pragma_update(None, "user_version", 8).expect("version");
+        tx.commit().expect("commit");
+        let now = model_now();
+        c.execute_batch(&format!(
+            "INSERT INTO deploys (id, app, trigger, provider, delivery_id, actor, state, requested_at)
+               VALUES ('20261201T000000-aaaaaa', 'blog', 'webhook', 'github', 'd-1', 'x', 'ignored', {now});
+             INSERT INTO deliveries VALUES ('blog', 'd-1', '20261201T000000-aaaaaa', {now});
+             INSERT INTO bodies VALUES ('blog', '{}', '20261201T000000-aaaaaa', {now});",
+            hex::encode([9u8; 32])
+        ))
+        .expect("v8 rows");
+        migrate(&mut c).expect("migrate");
+        let digest: Vec<u8> = c
+            .query_row("SELECT body_digest FROM deploys", [], |r| r.get(0))
+            .expect("digest");
+        assert_eq!(digest, vec![9u8; 32]);
+        let tables: i64 = c
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name IN ('deliveries', 'bodies')",
+                [],
+                |r| r.get(0),
+            )
+            .expect("tables");
+        assert_eq!(tables, 0);
+        let c = Conn::open(c, now).expect("memory");
+        let first = crate::model::DeployId::parse("20261201T000000-aaaaaa").expect("id");
+        assert_eq!(
+            deploys::enqueue(&c, &push("d-2", 9), now).expect("enqueue"),
+            Enqueued::Replay { first }
+        );
+    }
+}

@@ -148,8 +148,9 @@ fn bad_webhooks_are_refused_and_change_nothing() {
     let rows_before = h.rows().len();
 
     let good = github_push("refs/heads/main", &sha1);
+    let good_again = github_push("refs/heads/main", &sha1);
     let replayed = delivery();
-    let (st, _) = h.push("refs/heads/main", &sha1, &replayed);
+    let (st, _) = h.deliver(&good, &replayed);
     assert_eq!(st, 202);
     let _ = h.wait_final(h.rows()[0].id.as_str());
     let fetches_before = git.fetches();
@@ -322,6 +323,18 @@ fn bad_webhooks_are_refused_and_change_nothing() {
             status: 200,
             reply: "duplicate",
             recorded: false,
+        },
+        // GitHub signs the body, not the delivery id: a delivery is known by what is signed. The same id with
+        // another validly signed body (only the secret's holder can make one) is a new delivery, and here it
+        // is for the live sha.
+        Case {
+            name: "the same delivery id with another signed body",
+            path: "/hooks/blog",
+            headers: signed_headers("push", &replayed, &good_again),
+            body: &good_again,
+            status: 202,
+            reply: "already live",
+            recorded: true,
         },
     ];
     let mut recorded = 0;
