@@ -239,7 +239,7 @@ impl Queue {
         let now = model::now_ms();
         self.env
             .store
-            .call(move |c| store::record_ignored(c, &req, &reason, now))
+            .call_one_write(move |c| store::record_ignored(c, &req, &reason, now))
             .await
     }
 

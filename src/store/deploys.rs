@@ -237,7 +237,8 @@ pub(crate) fn enqueue(conn: &Conn, req: &DeployRequest, now: i64) -> Result<Enqu
     Ok(Enqueued::Recorded { id, superseded })
 }
 
-/// Records a request that will never run (another branch, a tag, a deletion), with why.
+/// Records a request that will never run (another branch, a tag, a deletion), with why. Its one write is
+/// the insert, so it may run without a savepoint (`Store::call_one_write`).
 pub(crate) fn record_ignored(
     conn: &Conn,
     req: &DeployRequest,

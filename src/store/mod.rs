@@ -110,8 +110,28 @@ impl Store {
         &self.path
     }
 
-    /// Runs `f` inside the next group transaction; resolves once that transaction is committed.
+    /// Runs `f` inside the next group transaction, in a savepoint of its own (an error takes back everything
+    /// `f` wrote, and nothing of the other jobs in the group); resolves once that transaction is committed.
     pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Conn) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.submit(f, in_savepoint).await
+    }
+
+    /// [`Store::call`] for a job that writes at most one statement, which changes nothing when it fails: it
+    /// needs no savepoint of its own, and skips the copies of every page it touches that a savepoint makes
+    /// (the ignored-at-intake path of a webhook flood). The replay memory is still taken back on an error.
+    pub async fn call_one_write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Conn) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.submit(f, without_savepoint).await
+    }
+
+    async fn submit<T, F>(&self, f: F, run: fn(&Conn, F) -> Result<T, StoreError>) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Conn) -> Result<T, StoreError> + Send + 'static,
@@ -119,7 +139,7 @@ impl Store {
         let (otx, orx) = tokio::sync::oneshot::channel::<Result<T, StoreError>>();
         let job: Job = Box::new(move |conn: Option<&Conn>| {
             let result = match conn {
-                Some(conn) => in_savepoint(conn, f),
+                Some(conn) => run(conn, f),
                 None => Err(StoreError::NotRun),
             };
             Box::new(move |committed: Result<(), String>| {
@@ -133,6 +153,18 @@ impl Store {
         self.tx.send(job).map_err(|_| StoreError::Closed)?;
         orx.await.map_err(|_| StoreError::Closed)?
     }
+}
+
+fn without_savepoint<T>(
+    conn: &Conn,
+    f: impl FnOnce(&Conn) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let mark = conn.memory.borrow().mark();
+    let result = f(conn);
+    if result.is_err() {
+        conn.memory.borrow_mut().undo_to(mark);
+    }
+    result
 }
 
 fn in_savepoint<T>(conn: &Conn, f: impl FnOnce(&Conn) -> Result<T, StoreError>) -> Result<T, StoreError> {
