@@ -368,6 +368,25 @@ mod tests {
             hex::encode([9u8; 32])
         ))
         .expect("v8 rows");
+        // The upgrade walks `bodies` once and finds each row by its id (8 days of a flood can be a million
+        // bodies: a correlated subquery per row would be quadratic).
+        let plan: Vec<String> = {
+            let tx = c.transaction().expect("tx");
+            let mut parts = schema::SCHEMA[8].split(';');
+            tx.execute_batch(parts.next().expect("the v9 column"))
+                .expect("column");
+            let sql = parts.next().expect("the v9 update");
+            let mut stmt = tx.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).expect("plan");
+            let rows = stmt.query_map([], |r| r.get::<_, String>(3)).expect("rows");
+            let plan = rows.map(|r| r.expect("row")).collect();
+            drop(stmt);
+            tx.rollback().expect("rollback");
+            plan
+        };
+        assert!(
+            plan.iter().any(|p| p.contains("sqlite_autoindex_deploys")),
+            "{plan:?}"
+        );
         migrate(&mut c).expect("migrate");
         let digest: Vec<u8> = c
             .query_row("SELECT body_digest FROM deploys", [], |r| r.get(0))

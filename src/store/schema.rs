@@ -69,10 +69,10 @@ pub(super) const SCHEMA: &[&str] = &[
      ) WITHOUT ROWID;",
     // v9: the replay memory lives in the writer, rebuilt at open from the audit rows of the last 8 days: a
     // row keeps its body digest, and the two tables keyed by random values (two more B-tree pages written
-    // per webhook) go. Their last 8 days are in the rows already (delivery ids) or moved there (digests).
+    // per webhook) go. Their last 8 days are in the rows already (delivery ids) or moved there (digests): a
+    // join that walks `bodies` once and finds each row by its unique id.
     "ALTER TABLE deploys ADD COLUMN body_digest BLOB;
-     UPDATE deploys SET body_digest = (SELECT unhex(b.digest) FROM bodies b WHERE b.deploy_id = deploys.id)
-      WHERE id IN (SELECT deploy_id FROM bodies);
+     UPDATE deploys SET body_digest = unhex(b.digest) FROM bodies AS b WHERE deploys.id = b.deploy_id;
      DROP TABLE bodies;
      DROP TABLE deliveries;",
 ];
