@@ -85,8 +85,8 @@ pub(super) fn evaluate(
     body: &[u8],
 ) -> Result<Accepted, Rejected> {
     let sig = header(headers, "x-hub-signature").ok_or(Rejected::MissingSignature("X-Hub-Signature"))?;
-    let mac = check_sha256_prefixed(secrets, body, sig)?;
-    events(app, headers, body).map(|a| a.remembering(mac))
+    check_sha256_prefixed(secrets, body, sig)?;
+    events(app, headers, body)
 }
 
 /// A verified delivery: a push (Cloud or Data Center), a ping, or another event (answered, not recorded).

@@ -60,8 +60,8 @@ pub(super) fn evaluate(
 ) -> Result<Accepted, Rejected> {
     let sig = first_header(headers, dialect.signature)
         .ok_or(Rejected::MissingSignature(dialect.signature_shown))?;
-    let mac = check_hex(secrets, body, sig)?;
-    push(app, headers, body, dialect).map(|a| a.remembering(mac))
+    check_hex(secrets, body, sig)?;
+    push(app, headers, body, dialect)
 }
 
 /// A verified delivery: a push, or another event (answered, not recorded).

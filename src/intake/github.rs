@@ -20,8 +20,8 @@ pub(super) fn evaluate(
 ) -> Result<Accepted, Rejected> {
     let sig =
         header(headers, "x-hub-signature-256").ok_or(Rejected::MissingSignature("X-Hub-Signature-256"))?;
-    let mac = check_sha256_prefixed(secrets, body, sig)?;
-    events(app, headers, body).map(|a| a.remembering(mac))
+    check_sha256_prefixed(secrets, body, sig)?;
+    events(app, headers, body)
 }
 
 /// A verified delivery: what its event asks for.

@@ -90,21 +90,26 @@ pub fn evaluate(
         Provider::Standard => standard::evaluate(app, secrets, headers, body, now_secs),
         Provider::Distribution => distribution::evaluate(app, secrets, headers, body),
     }?;
-    // Standard Webhooks sign the id and the timestamp with the body, so a fresh id cannot be forged and the
-    // same body twice is two deliveries; every other forge signs the body alone. Those that sign it with an
-    // HMAC remembered it by that (just verified) HMAC; GitLab's token and a registry's token cover nothing of
-    // the body, so it is remembered by its sha256.
-    Ok(match provider {
-        Provider::Gitlab | Provider::Distribution => {
-            accepted.remembering(<sha2::Sha256 as sha2::Digest>::digest(body).into())
-        }
-        _ => accepted,
+    // Standard Webhooks (and GitLab when it signs that way) sign the id and the timestamp with the body, so a
+    // fresh id cannot be forged and the same body twice is two deliveries; every other forge signs the body
+    // alone (or, GitLab's token, nothing of it), so a delivery is remembered by its body. By the body's own
+    // sha256, not by its HMAC: a forge that redelivers after a secret rotation signs the same body anew, and
+    // the digests kept before an upgrade are sha256 too.
+    let signs_id = match provider {
+        Provider::Standard => true,
+        Provider::Gitlab => headers.contains_key("webhook-signature"),
+        _ => false,
+    };
+    Ok(if signs_id {
+        accepted
+    } else {
+        accepted.remembering(<sha2::Sha256 as sha2::Digest>::digest(body).into())
     })
 }
 
 impl Accepted {
     /// The request, carrying the digest of the body it came in.
-    pub(super) fn remembering(self, digest: [u8; 32]) -> Accepted {
+    fn remembering(self, digest: [u8; 32]) -> Accepted {
         match self {
             Accepted::Deploy(r) => Accepted::Deploy(r.with_body_digest(Some(digest))),
             Accepted::Ignore(r, why) => Accepted::Ignore(r.with_body_digest(Some(digest)), why),
@@ -267,6 +272,59 @@ mod tests {
             now,
         );
         assert_eq!(got, Ok(Accepted::Ping));
+    }
+
+    /// A delivery is remembered by its body's sha256, whoever signed it: a forge that redelivers after a
+    /// secret rotation signs the same body with the new secret, and must still meet the first delivery's
+    /// digest (as must the digests kept before the upgrade, which were sha256). Standard Webhooks, and GitLab
+    /// when it signs that way, sign the id: nothing is remembered by the body there.
+    #[test]
+    fn the_body_digest_is_the_bodys_sha256_whichever_secret_signed_it() {
+        let app = app_with("");
+        let body = push_body("refs/heads/main", &"e".repeat(40));
+        let want: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(body.as_bytes()).into();
+        let old = b"the old secret, still accepted".to_vec();
+        let new = b"the new secret, now preferred".to_vec();
+        for signer in [&old, &new] {
+            let h = headers(&[
+                ("x-hub-signature-256", &sign_github(signer, body.as_bytes())),
+                ("x-github-event", "push"),
+                ("x-github-delivery", "d-2"),
+            ]);
+            let secrets = [new.clone(), old.clone()];
+            match evaluate(&app, Provider::Github, &secrets, &h, body.as_bytes(), 0) {
+                Ok(Accepted::Deploy(r)) => assert_eq!(r.body_digest, Some(want)),
+                other => panic!("{other:?}"),
+            }
+        }
+        let now = 1_800_000_000;
+        for (provider, remembered) in [
+            (Provider::Gitlab, true),
+            (Provider::Standard, false),
+            (Provider::Gitea, true),
+            (Provider::Bitbucket, true),
+        ] {
+            let (b, event) = payload(provider, "refs/heads/main", &"e".repeat(40));
+            let h = signed(provider, event, &b, now);
+            match evaluate(&app, provider, &[SECRET.to_vec()], &h, b.as_bytes(), now) {
+                Ok(Accepted::Deploy(r)) => assert_eq!(r.body_digest.is_some(), remembered, "{provider:?}"),
+                other => panic!("{provider:?}: {other:?}"),
+            }
+        }
+        // GitLab's token covers nothing of the body (remembered by it, above); signed the Standard way, the id
+        // is signed and nothing is remembered by the body.
+        let (b, event) = payload(Provider::Gitlab, "refs/heads/main", &"e".repeat(40));
+        let sig = sign_standard(SECRET, "d-1", now, b.as_bytes());
+        let h = headers(&[
+            ("x-gitlab-event", event),
+            ("webhook-id", "d-1"),
+            ("webhook-timestamp", &now.to_string()),
+            ("webhook-signature", &sig),
+        ]);
+        match evaluate(&app, Provider::Gitlab, &[SECRET.to_vec()], &h, b.as_bytes(), now) {
+            Ok(Accepted::Deploy(r)) => assert_eq!(r.body_digest, None),
+            other => panic!("gitlab, signed: {other:?}"),
+        }
     }
 
     #[test]

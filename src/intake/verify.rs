@@ -52,7 +52,7 @@ pub(super) fn required_delivery(headers: &HeaderMap, names: &[&str]) -> Result<S
 }
 
 /// `sha256=<hex>`, GitHub's and Bitbucket's form: any other algorithm is refused, not downgraded to. Returns
-/// the verified HMAC (the body's digest for the replay memory: only the secret's holder can make it).
+/// the verified HMAC.
 pub(super) fn check_sha256_prefixed(
     secrets: &[Vec<u8>],
     body: &[u8],

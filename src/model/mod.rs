@@ -169,9 +169,8 @@ pub struct DeployRequest {
     /// For a push: the full sha the branch pointed at before it (the payload's `before`), when the forge says.
     /// It orders requests without a fetch: a push whose parent is a pending request's sha is newer than it.
     pub parent: Option<String>,
-    /// A digest of the verified body, for forges that sign the body but not the delivery id: the same body
-    /// again under a fresh delivery id is a replay. (The body's HMAC where the forge signs it, which haul has
-    /// just verified; its sha256 otherwise.)
+    /// The sha256 of the verified body, for forges that sign the body but not the delivery id: the same body
+    /// again under a fresh delivery id is a replay.
     pub body_digest: Option<[u8; 32]>,
 }
 

@@ -100,39 +100,39 @@ fn row_to_deploy(r: &Row<'_>) -> rusqlite::Result<DeployRow> {
 
 /// A delivery id or a body seen before: the answer is that, and nothing is recorded. The replay memory says
 /// which rows may hold it; a row confirms it (so a hash collision is never taken for a replay). A body seen
-/// before under the same delivery id is a forge's redelivery (`Duplicate`), under another one a replay.
+/// before under the same delivery id is a forge's redelivery (`Duplicate`), under another one a replay; a
+/// delivery id seen before on a row remembered by its id (one without a body digest) is a `Duplicate`.
 fn seen_before(conn: &Conn, req: &DeployRequest) -> Result<Option<Enqueued>, StoreError> {
     let body = req.body_digest.as_ref().map(|b| b.as_slice());
-    let (kind, seqs) = conn
-        .memory
-        .borrow()
-        .candidates(&req.app, req.delivery_id.as_deref(), body);
-    for seq in seqs {
-        let row: Option<(String, Option<String>)> = match kind {
-            Kind::Body => conn
+    let memory = conn.memory.borrow();
+    if let Some(b) = body {
+        for seq in memory.candidates(Kind::Body, &req.app, b) {
+            let row: Option<(String, Option<String>)> = conn
                 .prepare_cached(
                     "SELECT id, delivery_id FROM deploys WHERE seq = ?1 AND app = ?2 AND body_digest = ?3",
                 )?
-                .query_row(params![seq, req.app, body], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?,
-            Kind::Delivery => conn
-                .prepare_cached(
-                    "SELECT id, delivery_id FROM deploys WHERE seq = ?1 AND app = ?2 AND delivery_id = ?3",
-                )?
-                .query_row(params![seq, req.app, req.delivery_id], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .optional()?,
-        };
-        let Some((id, delivery)) = row else { continue };
-        let Some(first) = DeployId::parse(&id) else {
-            continue;
-        };
-        return Ok(Some(if delivery.is_some() && delivery == req.delivery_id {
-            Enqueued::Duplicate { first }
-        } else {
-            Enqueued::Replay { first }
-        }));
+                .query_row(params![seq, req.app, b], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            if let Some(first) = row.as_ref().and_then(|(id, _)| DeployId::parse(id)) {
+                let same_id = row.is_some_and(|(_, d)| d.is_some() && d == req.delivery_id);
+                return Ok(Some(if same_id {
+                    Enqueued::Duplicate { first }
+                } else {
+                    Enqueued::Replay { first }
+                }));
+            }
+        }
+    }
+    if let Some(d) = &req.delivery_id {
+        for seq in memory.candidates(Kind::Delivery, &req.app, d.as_bytes()) {
+            let id: Option<String> = conn
+                .prepare_cached("SELECT id FROM deploys WHERE seq = ?1 AND app = ?2 AND delivery_id = ?3")?
+                .query_row(params![seq, req.app, d], |r| r.get(0))
+                .optional()?;
+            if let Some(first) = id.as_deref().and_then(DeployId::parse) {
+                return Ok(Some(Enqueued::Duplicate { first }));
+            }
+        }
     }
     Ok(None)
 }

@@ -6,9 +6,10 @@
 //! of a signed flood after the fsync itself. Now the audit row is the durable record (its `delivery_id` and
 //! `body_digest` columns) and this index is rebuilt from the rows of the last 8 days when the store opens.
 //!
-//! One key per request: its verified body digest where the forge signs the body (a replay is the same signed
+//! One key per request: its body digest where the forge signs the body alone (a replay is the same signed
 //! bytes; the row then says whether the delivery id was the same too: `Duplicate`, or a replay under a fresh
-//! id), else its delivery id (Standard Webhooks sign the id). A key is 31 bits of a keyed hash of (kind, app,
+//! id), else its delivery id (Standard Webhooks sign the id). A request with a body digest is also looked up
+//! by its delivery id, which finds the rows remembered that way (from before body digests were kept). A key is 31 bits of a keyed hash of (kind, app,
 //! value) packed with the row's `seq` into one `u64` slot of an open-addressing table (8 bytes a request, so
 //! a flood's memory stays small); every slot whose hash matches is checked against its row before anything
 //! is answered `duplicate`, so a collision can never refuse a new delivery.
@@ -170,20 +171,10 @@ impl Memory {
         }
     }
 
-    /// The rows that may have been remembered by the same key as this request (each to be confirmed by the
-    /// caller against its row), and which kind of key that is.
-    pub(super) fn candidates(
-        &self,
-        app: &str,
-        delivery: Option<&str>,
-        body: Option<&[u8]>,
-    ) -> (Kind, Vec<i64>) {
-        let Some((kind, value)) = Memory::key(delivery, body) else {
-            return (Kind::Delivery, vec![]);
-        };
+    /// The rows that may have been remembered by this key (each to be confirmed against its row).
+    pub(super) fn candidates(&self, kind: Kind, app: &str, value: &[u8]) -> Vec<i64> {
         let top = self.top;
-        let seqs = self
-            .table
+        self.table
             .find(self.hash(kind, app, value))
             .map(|low| {
                 let seq = (top & !0xffff_ffff) | i64::from(low);
@@ -193,8 +184,7 @@ impl Memory {
                     seq
                 }
             })
-            .collect();
-        (kind, seqs)
+            .collect()
     }
 
     /// Remembers the request recorded in row `seq`.
@@ -273,8 +263,9 @@ impl Memory {
 }
 
 /// The first row requested at or after `since` (or the next row to come). `seq` and `requested_at` both
-/// follow arrival, so this is a binary search over `seq`; after the clock was set back, it may keep some rows
-/// a little longer, never fewer than asked.
+/// follow arrival, so this is a binary search over `seq`. After the clock was set back it may keep some rows
+/// longer; after it ran fast and was corrected, it may forget rows stamped in the fast hour early (the
+/// lineage and sticky-rollback rules still stand behind them).
 fn first_seq_since(conn: &Connection, since: i64) -> rusqlite::Result<i64> {
     let (lo, hi): (Option<i64>, Option<i64>) =
         conn.query_row("SELECT min(seq), max(seq) FROM deploys", [], |r| {
@@ -319,7 +310,11 @@ mod tests {
     #[test]
     fn a_rolled_back_job_is_forgotten() {
         let mut m = Memory::new();
-        let seqs = |m: &Memory, app, d, b| m.candidates(app, d, b).1;
+        let seqs = |m: &Memory, app, d: Option<&str>, b: Option<&[u8]>| match (b, d) {
+            (Some(b), _) => m.candidates(Kind::Body, app, b),
+            (None, Some(d)) => m.candidates(Kind::Delivery, app, d.as_bytes()),
+            (None, None) => vec![],
+        };
         m.remember("blog", Some("d-1"), Some(b"one"), 1);
         m.settle();
         let mark = m.mark();
@@ -349,7 +344,7 @@ mod tests {
             m.remember("blog", Some(&format!("d-{i}")), None, top - 10_000 + i);
         }
         for i in 0..10_000i64 {
-            let (_, seqs) = m.candidates("blog", Some(&format!("d-{i}")), None);
+            let seqs = m.candidates(Kind::Delivery, "blog", format!("d-{i}").as_bytes());
             assert!(
                 seqs.contains(&(top - 10_000 + i)),
                 "{i}: {seqs:?} (seq past 2^32)"
@@ -366,7 +361,7 @@ mod tests {
         // Rows requested before 4,000 go.
         assert_eq!(m.forget(&c, 5_000, 1_000).expect("forget"), 4_000);
         assert_eq!(m.len(), 6_000);
-        assert!(m.candidates("blog", Some("d-3999"), None).1.is_empty());
-        assert_eq!(m.candidates("blog", Some("d-4000"), None).1, vec![top - 6_000]);
+        assert!(m.candidates(Kind::Delivery, "blog", b"d-3999").is_empty());
+        assert_eq!(m.candidates(Kind::Delivery, "blog", b"d-4000"), vec![top - 6_000]);
     }
 }

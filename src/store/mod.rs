@@ -35,6 +35,8 @@ pub const REPLAY_MEMORY_MS: i64 = 8 * 24 * 3600 * 1000;
 pub struct Conn {
     db: Connection,
     memory: RefCell<memory::Memory>,
+    /// A job's savepoint could not be rolled back: its group must not commit.
+    poisoned: std::cell::Cell<bool>,
 }
 
 impl Deref for Conn {
@@ -50,6 +52,7 @@ impl Conn {
         Ok(Conn {
             db,
             memory: RefCell::new(memory),
+            poisoned: std::cell::Cell::new(false),
         })
     }
 }
@@ -176,7 +179,11 @@ fn in_savepoint<T>(conn: &Conn, f: impl FnOnce(&Conn) -> Result<T, StoreError>) 
     });
     if result.is_err() {
         conn.memory.borrow_mut().undo_to(mark);
-        conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
+        // If the savepoint cannot be taken back, the job's writes would commit with the group while the
+        // memory has forgotten them: the whole group is rolled back instead.
+        if conn.execute_batch("ROLLBACK TO job; RELEASE job").is_err() && !conn.is_autocommit() {
+            conn.poisoned.set(true);
+        }
     }
     result
 }
@@ -214,6 +221,8 @@ fn writer(conn: Conn, rx: mpsc::Receiver<Job>) {
             .collect();
         let committed = if conn.is_autocommit() {
             Err("the transaction was rolled back by SQLite (a full disk or an I/O error)".to_string())
+        } else if conn.poisoned.replace(false) {
+            Err("a failed write could not be taken back, so its whole group was rolled back".to_string())
         } else {
             conn.execute_batch("COMMIT").map_err(|e| e.to_string())
         };
@@ -324,6 +333,24 @@ mod tests {
 
     fn model_now() -> i64 {
         crate::model::now_ms()
+    }
+
+    /// A row from before body digests were kept has only its delivery id: a redelivery under that id, now
+    /// with a body digest, is still a duplicate.
+    #[test]
+    fn a_row_without_a_body_digest_is_found_by_its_delivery_id() {
+        let c = memory();
+        c.execute_batch(
+            "INSERT INTO deploys (id, app, trigger, provider, delivery_id, actor, state, requested_at)
+               VALUES ('20261201T000000-aaaaaa', 'blog', 'webhook', 'github', 'd-1', 'x', 'ignored', 0)",
+        )
+        .expect("an old row");
+        let c = Conn::open(c.db, 0).expect("reopen");
+        let first = crate::model::DeployId::parse("20261201T000000-aaaaaa").expect("id");
+        assert_eq!(
+            deploys::enqueue(&c, &push("d-1", 3), 1).expect("enqueue"),
+            Enqueued::Duplicate { first }
+        );
     }
 
     /// A job that fails after it recorded a request takes its memory back with its savepoint.
