@@ -375,6 +375,75 @@ mod tests {
         );
     }
 
+    /// v10 rebuilds the audit table without AUTOINCREMENT: every row and its `seq` stay, the indexes are made
+    /// again, and the next row takes the largest `seq` plus one, as before.
+    #[test]
+    fn v10_keeps_every_row_and_its_seq() {
+        let mut c = Connection::open_in_memory().expect("db");
+        let tx = c.transaction().expect("tx");
+        for sql in &schema::SCHEMA[..9] {
+            tx.execute_batch(sql).expect("v9");
+        }
+        tx.pragma_update(None, "user_version", 9).expect("version");
+        tx.commit().expect("commit");
+        c.execute_batch(
+            "INSERT INTO deploys (seq, id, app, trigger, provider, delivery_id, actor, state, requested_at, release_id, body_digest, parent)
+               VALUES (3, '20261201T000000-aaaaaa', 'blog', 'webhook', 'github', 'd-1', 'x', 'succeeded', 5, 'r1', x'0909', 'p');
+             INSERT INTO deploys (seq, id, app, trigger, actor, state, requested_at)
+               VALUES (40, '20261201T000000-aaaaab', 'blog', 'manual', 'y', 'ignored', 6);",
+        )
+        .expect("v9 rows");
+        let before: Vec<Row> = rows(&c);
+        migrate(&mut c).expect("migrate");
+        assert_eq!(rows(&c), before);
+        let sql: String = c
+            .query_row("SELECT sql FROM sqlite_master WHERE name = 'deploys'", [], |r| {
+                r.get(0)
+            })
+            .expect("table");
+        assert!(!sql.contains("AUTOINCREMENT"), "{sql}");
+        let indexes: Vec<String> = {
+            let mut stmt = c
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'deploys' ORDER BY name")
+                .expect("indexes");
+            let names = stmt.query_map([], |r| r.get(0)).expect("rows");
+            names.map(|n| n.expect("name")).collect()
+        };
+        assert_eq!(
+            indexes,
+            [
+                "deploys_app_release",
+                "deploys_app_seq",
+                "deploys_app_state_seq",
+                "sqlite_autoindex_deploys_1"
+            ]
+        );
+        c.execute_batch(
+            "INSERT INTO deploys (id, app, trigger, actor, state, requested_at)
+               VALUES ('20261201T000001-aaaaaa', 'blog', 'manual', 'z', 'ignored', 7)",
+        )
+        .expect("a new row");
+        let seq: i64 = c
+            .query_row("SELECT max(seq) FROM deploys", [], |r| r.get(0))
+            .expect("seq");
+        assert_eq!(seq, 41);
+        let mut dup = c.prepare("INSERT INTO deploys (id, app, trigger, actor, state, requested_at) VALUES ('20261201T000001-aaaaaa', 'blog', 'manual', 'z', 'ignored', 8)").expect("dup");
+        assert!(dup.execute([]).is_err(), "ids stay unique");
+
+        type Row = (i64, String, Option<Vec<u8>>, Option<String>, Option<String>);
+        fn rows(c: &Connection) -> Vec<Row> {
+            let mut stmt = c
+                .prepare("SELECT seq, id, body_digest, release_id, parent FROM deploys ORDER BY seq")
+                .expect("select");
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })
+                .expect("rows");
+            rows.map(|r| r.expect("row")).collect()
+        }
+    }
+
     /// A database of schema v8 keeps its replay memory across the upgrade: the body digests move into the
     /// rows, the two tables go.
     #[test]

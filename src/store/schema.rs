@@ -75,6 +75,45 @@ pub(super) const SCHEMA: &[&str] = &[
      UPDATE deploys SET body_digest = unhex(b.digest) FROM bodies AS b WHERE deploys.id = b.deploy_id;
      DROP TABLE bodies;
      DROP TABLE deliveries;",
+    // v10: `seq` without AUTOINCREMENT. No audit row is ever deleted, so the largest `seq` plus one (what a
+    // plain INTEGER PRIMARY KEY takes) is what AUTOINCREMENT gave, and every insert no longer reads and
+    // rewrites `sqlite_sequence` (one more page in the WAL per commit: the flood's profile). SQLite cannot
+    // drop the keyword in place: the table is rebuilt, rows and `seq` values kept, and its indexes made again.
+    "CREATE TABLE deploys_v10 (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        app TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        provider TEXT,
+        delivery_id TEXT,
+        git_ref TEXT,
+        sha TEXT,
+        actor TEXT NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT,
+        release_id TEXT,
+        previous_sha TEXT,
+        superseded_by TEXT,
+        requested_at INTEGER NOT NULL,
+        started_at INTEGER,
+        finished_at INTEGER,
+        target TEXT,
+        digest TEXT,
+        parent TEXT,
+        body_digest BLOB
+     );
+     INSERT INTO deploys_v10 (seq, id, app, trigger, provider, delivery_id, git_ref, sha, actor, state, reason,
+            release_id, previous_sha, superseded_by, requested_at, started_at, finished_at, target, digest,
+            parent, body_digest)
+        SELECT seq, id, app, trigger, provider, delivery_id, git_ref, sha, actor, state, reason, release_id,
+            previous_sha, superseded_by, requested_at, started_at, finished_at, target, digest, parent,
+            body_digest
+        FROM deploys ORDER BY seq;
+     DROP TABLE deploys;
+     ALTER TABLE deploys_v10 RENAME TO deploys;
+     CREATE INDEX deploys_app_seq ON deploys(app, seq);
+     CREATE INDEX deploys_app_state_seq ON deploys(app, state, seq);
+     CREATE INDEX deploys_app_release ON deploys(app, release_id) WHERE release_id IS NOT NULL;",
 ];
 
 pub(super) fn configure(conn: &Connection) -> rusqlite::Result<()> {

@@ -72,7 +72,7 @@ async fn hook_inner(
         let (resp, result) = limits::unauthenticated(st, ip, reply, "too_large");
         return (resp, provider, result);
     }
-    let body = match limits::read_body(body, st.max_body_bytes, st.body_timeout).await {
+    let body = match limits::read_body(body, st.max_body_bytes, st.body_timeout, declared).await {
         Ok(b) => b,
         Err(reply) => {
             let (resp, result) = limits::unauthenticated(st, ip, reply, "bad_body");
