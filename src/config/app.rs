@@ -10,8 +10,8 @@ use std::time::Duration;
 use super::files::ConfigDir;
 use super::raw::RawApp;
 use super::units::{duration_or, optional_duration, parse_duration, parse_size};
-use super::{health, source, track, verify, webhook};
-use super::{Health, Source, Track, Verifier, WebhookConfig};
+use super::{fleet, health, source, track, verify, webhook};
+use super::{Health, Rollout, Source, Track, Verifier, WebhookConfig};
 use crate::model;
 
 #[derive(Debug, Clone)]
@@ -49,6 +49,8 @@ pub struct AppConfig {
     pub verify: Option<Verifier>,
     /// The most an artifact may unpack to.
     pub max_artifact_bytes: u64,
+    /// `fleet = true`: deployed across the fleet's hosts, this way (`None`: this host alone).
+    pub fleet: Option<Rollout>,
 }
 
 impl AppConfig {
@@ -207,6 +209,7 @@ fn parse_app(name: &str, a: RawApp, dir: &ConfigDir) -> Result<AppConfig, String
         .webhook
         .map(|w| webhook::parse(w, &origin.source, dir))
         .transpose()?;
+    let fleet = fleet::parse_app(name, a.fleet, a.rollout)?;
     Ok(AppConfig {
         repo: shown_repo(&origin.source, a.repo, dir),
         branch: a.branch,
@@ -234,6 +237,7 @@ fn parse_app(name: &str, a: RawApp, dir: &ConfigDir) -> Result<AppConfig, String
         source: origin.source,
         verify: origin.verify,
         max_artifact_bytes: origin.max_artifact_bytes,
+        fleet,
     })
 }
 

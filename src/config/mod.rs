@@ -14,6 +14,7 @@
 //! - `app`: `[apps.NAME]` into an [`AppConfig`], and the rules between its parts, which have their own files:
 //!   `source` (git, image, object, url), `track` (branch, tags, image tag), `verify`, `health`, `webhook`.
 //! - `notify`: the `[[notify]]` targets.
+//! - `fleet`: `[fleet]` (the NATS engine, this host's name) and each app's `fleet = true` and `[rollout]`.
 //! - `units`: durations and sizes. `files`: paths beside the config, private files, secrets.
 
 use std::collections::BTreeMap;
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 mod app;
 mod files;
+mod fleet;
 mod health;
 mod notify;
 mod preflight;
@@ -37,6 +39,8 @@ pub(crate) use app::is_valid_app_name;
 pub use app::{AppConfig, MirrorMode, OnRestart};
 pub(crate) use files::check_private_file;
 use files::ConfigDir;
+pub(crate) use fleet::is_valid_fleet_name;
+pub use fleet::{FleetConfig, Rollout};
 pub use health::{Health, HealthCheck};
 pub use notify::{NotifyKind, NotifyTarget};
 pub(crate) use preflight::preflight;
@@ -84,6 +88,8 @@ pub struct Config {
     /// Serve the status page at `/`.
     pub status_page: bool,
     pub apps: BTreeMap<String, AppConfig>,
+    /// `[fleet]`: this host is one of many, through NATS JetStream (`None`: haul never touches NATS).
+    pub fleet: Option<FleetConfig>,
 }
 
 impl Config {
@@ -109,6 +115,15 @@ impl Config {
         let server = server::parse(&raw, &dir).map_err(invalid)?;
         let apps = app::parse_all(raw.apps, &dir).map_err(invalid)?;
         let notify = notify::parse(raw.notify, &dir, &apps).map_err(invalid)?;
+        let fleet = raw.fleet.map(|f| fleet::parse(f, &dir)).transpose().map_err(invalid)?;
+        if fleet.is_none() {
+            if let Some(app) = apps.values().find(|a| a.fleet.is_some()) {
+                return Err(invalid(format!(
+                    "[apps.{}] fleet = true needs a [fleet] section (the engine's nats servers and this host's name)",
+                    app.name
+                )));
+            }
+        }
         Ok(Config {
             path: path.to_path_buf(),
             listen: server.listen,
@@ -124,6 +139,7 @@ impl Config {
             notify,
             status_page: server.status_page,
             apps,
+            fleet,
         })
     }
 

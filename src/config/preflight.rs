@@ -19,6 +19,24 @@ pub(crate) fn preflight(cfg: &Config) -> Result<Secrets, Vec<String>> {
     for app in cfg.apps.values() {
         check_app(app, &mut problems, &mut secrets);
     }
+    if let Some(f) = &cfg.fleet {
+        if let Some(c) = &f.credentials_file {
+            if let Err(e) = check_private_file(c) {
+                problems.push(format!("[fleet] credentials_file: {e}"));
+            }
+        }
+        if let Some((_, key)) = &f.tls_client {
+            if let Err(e) = check_private_file(key) {
+                problems.push(format!("[fleet] tls_key_file: {e}"));
+            }
+        }
+        let cert = f.tls_client.as_ref().map(|(c, _)| ("tls_cert_file", c));
+        for (key, file) in f.tls_ca_file.as_ref().map(|c| ("tls_ca_file", c)).into_iter().chain(cert) {
+            if let Err(e) = std::fs::metadata(file) {
+                problems.push(format!("[fleet] {key} {}: {e}", file.display()));
+            }
+        }
+    }
     if problems.is_empty() {
         Ok(secrets)
     } else {

@@ -28,8 +28,32 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) notify: Vec<RawNotify>,
     pub(crate) status_page: Option<bool>,
+    pub(crate) fleet: Option<RawFleet>,
     #[serde(default)]
     pub(crate) apps: BTreeMap<String, RawApp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFleet {
+    #[serde(default)]
+    pub(crate) nats: Vec<String>,
+    pub(crate) host: Option<String>,
+    pub(crate) credentials_file: Option<PathBuf>,
+    pub(crate) tls_ca_file: Option<PathBuf>,
+    pub(crate) tls_cert_file: Option<PathBuf>,
+    pub(crate) tls_key_file: Option<PathBuf>,
+    pub(crate) replicas: Option<usize>,
+    pub(crate) lease_ttl: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRollout {
+    pub(crate) canary: Option<usize>,
+    pub(crate) max_parallel: Option<usize>,
+    pub(crate) soak: Option<String>,
+    pub(crate) max_failures: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -95,6 +119,9 @@ pub(crate) struct RawApp {
     pub(crate) mirror_mode: Option<String>,
     pub(crate) alert_if_no_success_within: Option<String>,
     pub(crate) realert_every: Option<String>,
+    #[serde(default)]
+    pub(crate) fleet: bool,
+    pub(crate) rollout: Option<RawRollout>,
 }
 
 #[derive(Deserialize)]

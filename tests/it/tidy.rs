@@ -374,6 +374,21 @@ fn the_house_keeps_its_walls() {
     assert!(v.is_empty(), "tidy: {} problem(s):\n{}", v.len(), v.join("\n"));
 }
 
+/// The store's durability rests on the bundled SQLite syncing its WAL on every group commit; the repository's
+/// cargo config makes that sync an `fdatasync` (BENCHMARKS.md). A build that lost the setting still syncs
+/// (with `fsync`), so nothing would fail but the flood's figures: this keeps the setting in place.
+#[test]
+fn the_bundled_sqlite_syncs_with_fdatasync() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cargo/config.toml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let set = text
+        .lines()
+        .map(strip_comment)
+        .any(|l| l.trim() == r#"LIBSQLITE3_FLAGS = "-DHAVE_FDATASYNC=1""#);
+    assert!(set, "{} must set LIBSQLITE3_FLAGS = \"-DHAVE_FDATASYNC=1\" under [env]", path.display());
+    assert_eq!(option_env!("LIBSQLITE3_FLAGS"), Some("-DHAVE_FDATASYNC=1"), "cargo did not pass the [env] setting");
+}
+
 #[test]
 fn the_layer_table_itself_has_no_cycle() {
     let edges: BTreeMap<String, BTreeSet<String>> = LAYERS
