@@ -11,6 +11,7 @@
 //! - [`intake`]: webhook bytes + headers -> a verified, typed decision (pure; the trust boundary).
 //! - [`sources`]: git mirrors and artifacts, their verification, the per-upstream budget and circuit.
 //! - [`deploy`]: the per-app queue, the pipeline (fetch -> build -> switch -> activate -> roll back), releases.
+//! - [`fleet`]: many hosts through NATS JetStream: the engine connection, conductor leases, heartbeats.
 //! - [`ops`]: notifications and the dead-man's switch, the status page, systemd.
 //! - [`server`]: the daemon: the webhook door, the control socket, poll timers, liveness.
 //! - [`cli`]: the command line, `haul init`, `haul demo`, completions and the man page.
@@ -18,6 +19,7 @@
 pub mod cli;
 pub mod config;
 pub mod deploy;
+pub mod fleet;
 pub(crate) mod infra;
 pub mod intake;
 pub mod model;

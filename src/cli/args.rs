@@ -110,6 +110,11 @@ pub enum Command {
               value_parser = ["github", "gitlab", "gitea", "forgejo", "bitbucket", "standard"])]
         provider: String,
     },
+    /// The fleet (with `[fleet]`): each fleet app's conductor and rollout, and every host's live release.
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -125,5 +130,16 @@ pub enum Command {
         /// Exit after the first deploy instead of serving until Ctrl-C.
         #[arg(long)]
         once: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FleetCommand {
+    /// Every fleet app (or APP): its rollout and conductor, and each host's live release, phase, last
+    /// outcome and heartbeat age, read from the engine.
+    Status {
+        app: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
 }

@@ -163,6 +163,11 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
             json,
         } => logs(&cfg, &deploy_id, follow, json).await,
         Command::Check => check(&cfg),
+        Command::Fleet { command } => match command {
+            crate::cli::args::FleetCommand::Status { app, json } => {
+                fleet_status(&cfg, app.as_deref(), json).await
+            }
+        },
         Command::SystemdUnit { user, exe } => {
             let exe = exe
                 .or_else(|| std::env::current_exe().ok())
@@ -172,6 +177,44 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
         }
         Command::Demo { .. } | Command::Init { .. } | Command::Completions { .. } | Command::Man => Ok(()),
     }
+}
+
+/// `haul fleet status`: read straight from the engine (the daemon need not run on this host).
+async fn fleet_status(cfg: &Config, app: Option<&str>, json: bool) -> Result<(), Exit> {
+    let Some(fc) = &cfg.fleet else {
+        return Err(Exit::usage(format!(
+            "{} has no [fleet] section: this host deploys on its own (see the README, Fleet)",
+            cfg.path.display()
+        )));
+    };
+    if let Some(a) = app {
+        let known = cfg.app(a).map_err(Exit::usage)?;
+        if known.fleet.is_none() {
+            return Err(Exit::usage(format!(
+                "app {a:?} is not a fleet app (set fleet = true in [apps.{a}])"
+            )));
+        }
+    }
+    let engine = crate::fleet::Engine::connect(fc).await.map_err(|e| {
+        Exit::failed(format!(
+            "{e}; check [fleet] nats in {} and that the engine runs",
+            cfg.path.display()
+        ))
+    })?;
+    let status = engine
+        .status(app)
+        .await
+        .map_err(|e| Exit::failed(format!("cannot read the fleet's status: {e}")))?;
+    engine.close().await;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).map_err(|e| Exit::failed(e.to_string()))?
+        );
+    } else {
+        print!("{}", status.render());
+    }
+    Ok(())
 }
 
 async fn logs(cfg: &Config, deploy_id: &str, follow_it: bool, json: bool) -> Result<(), Exit> {

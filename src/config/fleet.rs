@@ -65,7 +65,9 @@ pub(crate) fn is_valid_fleet_name(name: &str) -> bool {
 
 pub(crate) fn parse(raw: RawFleet, dir: &ConfigDir) -> Result<FleetConfig, String> {
     if raw.nats.is_empty() {
-        return Err("[fleet] nats must list the engine's servers, e.g. nats = [\"nats://10.0.0.5:4222\"]".into());
+        return Err(
+            "[fleet] nats must list the engine's servers, e.g. nats = [\"nats://10.0.0.5:4222\"]".into(),
+        );
     }
     for url in &raw.nats {
         check_server(url)?;
@@ -82,13 +84,22 @@ pub(crate) fn parse(raw: RawFleet, dir: &ConfigDir) -> Result<FleetConfig, Strin
     let tls_client = match (raw.tls_cert_file, raw.tls_key_file) {
         (Some(c), Some(k)) => Some((dir.resolve(&c), dir.resolve(&k))),
         (None, None) => None,
-        _ => return Err("[fleet] tls_cert_file and tls_key_file go together (a client certificate and its key)".into()),
+        _ => {
+            return Err(
+                "[fleet] tls_cert_file and tls_key_file go together (a client certificate and its key)"
+                    .into(),
+            )
+        }
     };
     let replicas = raw.replicas.unwrap_or(3);
     if !(1..=5).contains(&replicas) {
         return Err("[fleet] replicas must be between 1 and 5 (3 for a 3-node cluster)".into());
     }
-    let lease_ttl = duration_or("[fleet] lease_ttl", raw.lease_ttl.as_deref(), Duration::from_secs(15))?;
+    let lease_ttl = duration_or(
+        "[fleet] lease_ttl",
+        raw.lease_ttl.as_deref(),
+        Duration::from_secs(15),
+    )?;
     if lease_ttl < Duration::from_secs(10) || lease_ttl.subsec_nanos() != 0 {
         return Err("[fleet] lease_ttl must be whole seconds and at least 10s (the engine takes 4-7 s to replace a lost leader)".into());
     }
@@ -140,11 +151,7 @@ fn default_host() -> Result<String, String> {
 }
 
 /// `fleet = true` and `[apps.NAME.rollout]`: `None` for an app that deploys on this host alone.
-pub(crate) fn parse_app(
-    name: &str,
-    fleet: bool,
-    raw: Option<RawRollout>,
-) -> Result<Option<Rollout>, String> {
+pub(crate) fn parse_app(name: &str, fleet: bool, raw: Option<RawRollout>) -> Result<Option<Rollout>, String> {
     if !fleet {
         return match raw {
             Some(_) => Err("a rollout section needs fleet = true".into()),
@@ -152,7 +159,9 @@ pub(crate) fn parse_app(
         };
     }
     if !is_valid_fleet_name(name) {
-        return Err("a fleet app's name is letters, digits, '-' and '_' (no '.': it is a NATS subject token)".into());
+        return Err(
+            "a fleet app's name is letters, digits, '-' and '_' (no '.': it is a NATS subject token)".into(),
+        );
     }
     let r = raw.unwrap_or(RawRollout {
         canary: None,
@@ -199,8 +208,11 @@ mod tests {
 
     #[test]
     fn a_fleet_with_defaults() {
-        let f = parse(raw(&["nats://10.0.0.5:4222", "tls://n2.example:4222"], Some("web-3")), &dir())
-            .expect("valid");
+        let f = parse(
+            raw(&["nats://10.0.0.5:4222", "tls://n2.example:4222"], Some("web-3")),
+            &dir(),
+        )
+        .expect("valid");
         assert_eq!(f.host, "web-3");
         assert_eq!(f.replicas, 3);
         assert_eq!(f.lease_ttl, Duration::from_secs(15));
@@ -252,24 +264,35 @@ mod tests {
             max_failures: Some(1),
         };
         let got = parse_app("blog", true, Some(r)).expect("valid").expect("fleet");
-        assert_eq!((got.canary, got.max_parallel, got.soak, got.max_failures), (2, 5, Duration::from_secs(30), 1));
+        assert_eq!(
+            (got.canary, got.max_parallel, got.soak, got.max_failures),
+            (2, 5, Duration::from_secs(30), 1)
+        );
         let empty = || RawRollout {
             canary: None,
             max_parallel: None,
             soak: None,
             max_failures: None,
         };
-        assert!(parse_app("blog", false, Some(empty())).expect_err("x").contains("fleet = true"));
-        assert!(parse_app("my.blog", true, None).expect_err("x").contains("no '.'"));
+        assert!(parse_app("blog", false, Some(empty()))
+            .expect_err("x")
+            .contains("fleet = true"));
+        assert!(parse_app("my.blog", true, None)
+            .expect_err("x")
+            .contains("no '.'"));
         let zero = RawRollout {
             max_parallel: Some(0),
             ..empty()
         };
-        assert!(parse_app("blog", true, Some(zero)).expect_err("x").contains("max_parallel"));
+        assert!(parse_app("blog", true, Some(zero))
+            .expect_err("x")
+            .contains("max_parallel"));
         let soak = RawRollout {
             soak: Some("soon".into()),
             ..empty()
         };
-        assert!(parse_app("blog", true, Some(soak)).expect_err("x").contains("rollout.soak"));
+        assert!(parse_app("blog", true, Some(soak))
+            .expect_err("x")
+            .contains("rollout.soak"));
     }
 }

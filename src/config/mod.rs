@@ -39,7 +39,6 @@ pub(crate) use app::is_valid_app_name;
 pub use app::{AppConfig, MirrorMode, OnRestart};
 pub(crate) use files::check_private_file;
 use files::ConfigDir;
-pub(crate) use fleet::is_valid_fleet_name;
 pub use fleet::{FleetConfig, Rollout};
 pub use health::{Health, HealthCheck};
 pub use notify::{NotifyKind, NotifyTarget};
@@ -115,7 +114,11 @@ impl Config {
         let server = server::parse(&raw, &dir).map_err(invalid)?;
         let apps = app::parse_all(raw.apps, &dir).map_err(invalid)?;
         let notify = notify::parse(raw.notify, &dir, &apps).map_err(invalid)?;
-        let fleet = raw.fleet.map(|f| fleet::parse(f, &dir)).transpose().map_err(invalid)?;
+        let fleet = raw
+            .fleet
+            .map(|f| fleet::parse(f, &dir))
+            .transpose()
+            .map_err(invalid)?;
         if fleet.is_none() {
             if let Some(app) = apps.values().find(|a| a.fleet.is_some()) {
                 return Err(invalid(format!(

@@ -31,7 +31,13 @@ pub(crate) fn preflight(cfg: &Config) -> Result<Secrets, Vec<String>> {
             }
         }
         let cert = f.tls_client.as_ref().map(|(c, _)| ("tls_cert_file", c));
-        for (key, file) in f.tls_ca_file.as_ref().map(|c| ("tls_ca_file", c)).into_iter().chain(cert) {
+        for (key, file) in f
+            .tls_ca_file
+            .as_ref()
+            .map(|c| ("tls_ca_file", c))
+            .into_iter()
+            .chain(cert)
+        {
             if let Err(e) = std::fs::metadata(file) {
                 problems.push(format!("[fleet] {key} {}: {e}", file.display()));
             }

@@ -44,6 +44,11 @@ pub struct UpstreamResult {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostLabel {
+    pub host: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabel {
     pub upstream: String,
 }
@@ -59,6 +64,9 @@ pub struct Metrics {
     pub webhooks: Family<ProviderResult, Counter>,
     pub fetches: Family<UpstreamResult, Counter>,
     pub circuit_open: Family<UpstreamLabel, Gauge>,
+    /// Fleet hosts only (empty, so absent, without `[fleet]`).
+    pub fleet_engine_up: Family<HostLabel, Gauge>,
+    pub fleet_conductor: Family<AppLabel, Gauge>,
     registry: Registry,
 }
 
@@ -77,6 +85,8 @@ impl Metrics {
             webhooks: Family::default(),
             fetches: Family::default(),
             circuit_open: Family::default(),
+            fleet_engine_up: Family::default(),
+            fleet_conductor: Family::default(),
             registry: Registry::with_prefix("haul"),
         };
         let mut r = Registry::with_prefix("haul");
@@ -115,6 +125,16 @@ impl Metrics {
             "circuit_open",
             "1 while an upstream's rate-limit circuit is open",
             m.circuit_open.clone(),
+        );
+        r.register(
+            "fleet_engine_up",
+            "1 while this fleet host reaches the NATS JetStream engine (absent without [fleet])",
+            m.fleet_engine_up.clone(),
+        );
+        r.register(
+            "fleet_conductor",
+            "1 while this host holds the app's conductor lease",
+            m.fleet_conductor.clone(),
         );
         Metrics { registry: r, ..m }
     }

@@ -27,6 +27,8 @@ pub struct Daemon {
     control: tokio::net::UnixListener,
     queue: Arc<Queue>,
     http: Arc<HttpState>,
+    /// With `[fleet]`: the agent (heartbeats, conductor leases).
+    fleet: Option<crate::fleet::AgentHandle>,
     /// How long a running deploy may go on after a stop is asked for, before its process group is killed (it
     /// is then recorded as interrupted at the next start).
     stop_grace: Duration,
@@ -68,14 +70,18 @@ pub async fn start(cfg: Config) -> anyhow::Result<Daemon> {
     let addr = listener.local_addr()?;
     let control = control::bind(&dirs.socket())
         .with_context(|| format!("cannot create the control socket {}", dirs.socket().display()))?;
+    let fleet = crate::server::fleet::start(&cfg, &env);
     let queue = Queue::new(env);
-    let http = Arc::new(HttpState::new(&cfg, queue.clone(), secrets));
+    let mut http = HttpState::new(&cfg, queue.clone(), secrets);
+    http.fleet = fleet.clone();
+    let http = Arc::new(http);
     Ok(Daemon {
         addr,
         listener,
         control,
         queue,
         http,
+        fleet,
         stop_grace: cfg.stop_grace,
         notify_rx,
         cfg,
@@ -147,6 +153,10 @@ impl Daemon {
             }
         }
         let _ = workers_done_tx.send(true);
+        // Give up this host's conductor leases, so another host takes over within a second.
+        if let Some(f) = &self.fleet {
+            f.stop().await;
+        }
         // Let notifications already on their way go out (bounded: a target that hangs is not waited for).
         for t in notify_tasks {
             let _ = tokio::time::timeout(Duration::from_secs(6), t).await;

@@ -4,8 +4,10 @@
 mod artifact_servers;
 mod artifacts;
 mod faults;
+mod fleet;
 mod forges;
 mod fuzz;
+mod nats;
 mod ops;
 mod replays;
 mod spine;

@@ -21,16 +21,17 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("sources", &["model", "infra", "config"]),
     ("deploy", &["model", "infra", "config", "sources", "store"]),
     ("ops", &["model", "infra", "config", "store", "intake"]),
+    ("fleet", &["model", "infra", "config"]),
     (
         "server",
         &[
-            "model", "infra", "config", "store", "intake", "sources", "deploy", "ops",
+            "model", "infra", "config", "store", "intake", "sources", "deploy", "ops", "fleet",
         ],
     ),
     (
         "cli",
         &[
-            "model", "infra", "config", "store", "intake", "sources", "deploy", "ops", "server",
+            "model", "infra", "config", "store", "intake", "sources", "deploy", "ops", "fleet", "server",
         ],
     ),
 ];
@@ -385,8 +386,16 @@ fn the_bundled_sqlite_syncs_with_fdatasync() {
         .lines()
         .map(strip_comment)
         .any(|l| l.trim() == r#"LIBSQLITE3_FLAGS = "-DHAVE_FDATASYNC=1""#);
-    assert!(set, "{} must set LIBSQLITE3_FLAGS = \"-DHAVE_FDATASYNC=1\" under [env]", path.display());
-    assert_eq!(option_env!("LIBSQLITE3_FLAGS"), Some("-DHAVE_FDATASYNC=1"), "cargo did not pass the [env] setting");
+    assert!(
+        set,
+        "{} must set LIBSQLITE3_FLAGS = \"-DHAVE_FDATASYNC=1\" under [env]",
+        path.display()
+    );
+    assert_eq!(
+        option_env!("LIBSQLITE3_FLAGS"),
+        Some("-DHAVE_FDATASYNC=1"),
+        "cargo did not pass the [env] setting"
+    );
 }
 
 #[test]

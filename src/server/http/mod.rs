@@ -53,6 +53,8 @@ pub struct HttpState {
     pub status_page: bool,
     /// Every app's source locations, which the status page replaces with `[source]`.
     pub sources: crate::ops::page::Sources,
+    /// With `[fleet]`: the agent, whose view of the engine `/healthz` reports.
+    pub fleet: Option<crate::fleet::AgentHandle>,
 }
 
 impl HttpState {
@@ -70,6 +72,7 @@ impl HttpState {
             liveness: Arc::default(),
             status_page: cfg.status_page,
             sources: crate::ops::page::Sources::of(cfg.apps.values()),
+            fleet: None,
         }
     }
 

@@ -186,8 +186,15 @@ pub(super) async fn metrics(State(st): State<Arc<HttpState>>) -> Response {
 
 /// For the reverse proxy and uptime checks: 200 while the daemon, its database and its workers are alive.
 pub(super) async fn healthz(State(st): State<Arc<HttpState>>) -> Response {
+    // A fleet host that lost the engine still serves its releases: 200, and the body says so (a load
+    // balancer must not drop a serving fleet because its control plane is away).
+    let fleet = st
+        .fleet
+        .as_ref()
+        .map(|f| format!("{}\n", f.health_line()))
+        .unwrap_or_default();
     match st.liveness.check().await {
-        Ok(()) => (StatusCode::OK, "ok\n").into_response(),
+        Ok(()) => (StatusCode::OK, format!("ok\n{fleet}")).into_response(),
         Err(problem) => (StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {problem}\n")).into_response(),
     }
 }

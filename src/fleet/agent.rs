@@ -1,0 +1,252 @@
+//! The daemon's side of the fleet: one task that keeps this host's heartbeat in the engine, campaigns for
+//! each fleet app's conductor lease, and knows whether the engine is reachable.
+//!
+//! Losing the engine changes nothing that is live: the host keeps serving its releases, `/healthz` stays
+//! 200 and says the engine is unreachable, and `haul_fleet_engine_up` drops to 0. Connecting again is
+//! bounded and jittered (the client's own reconnects after a first connection; this loop's before one).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use tokio::sync::watch;
+
+use super::engine::{Engine, FleetError};
+pub use super::hosts::AppReport;
+use super::hosts::{HostRecord, HEARTBEAT};
+use super::lease::Lease;
+use crate::config::FleetConfig;
+use crate::infra::metrics::{self, AppLabel, HostLabel};
+
+/// What this host has live, per fleet app: asked for before every heartbeat.
+pub type Reporter = Arc<dyn Fn() -> BoxFuture<'static, BTreeMap<String, AppReport>> + Send + Sync>;
+
+/// The running agent: its view of the engine, and how to stop it.
+#[derive(Clone)]
+pub struct AgentHandle {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    done: watch::Receiver<bool>,
+}
+
+struct Shared {
+    host: String,
+    up: AtomicBool,
+    /// Since when the engine has been up or down (ms).
+    since_ms: AtomicI64,
+    last_error: Mutex<String>,
+    /// The apps this host conducts, with their epochs.
+    conducting: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Shared {
+    fn set(&self, up: bool, error: Option<&FleetError>) {
+        if self.up.swap(up, Ordering::SeqCst) != up {
+            self.since_ms.store(crate::model::now_ms(), Ordering::SeqCst);
+            match error {
+                Some(e) => {
+                    tracing::warn!(host = %self.host, "fleet: {e}; serving the live releases, trying again")
+                }
+                None => tracing::info!(host = %self.host, "fleet: the engine is reachable"),
+            }
+        }
+        if let Some(e) = error {
+            if let Ok(mut l) = self.last_error.lock() {
+                *l = e.to_string();
+            }
+        }
+        metrics::get()
+            .fleet_engine_up
+            .get_or_create(&HostLabel {
+                host: self.host.clone(),
+            })
+            .set(i64::from(up));
+    }
+
+    fn conduct(&self, app: &str, epoch: Option<u64>) {
+        let Ok(mut c) = self.conducting.lock() else {
+            return;
+        };
+        let before = c.get(app).copied();
+        match epoch {
+            Some(e) => {
+                c.insert(app.to_string(), e);
+            }
+            None => {
+                c.remove(app);
+            }
+        }
+        if before != epoch {
+            match epoch {
+                Some(e) => {
+                    tracing::info!(app = %app, host = %self.host, "fleet: this host is the conductor (epoch {e})")
+                }
+                None if before.is_some() => {
+                    tracing::info!(app = %app, host = %self.host, "fleet: this host is no longer the conductor")
+                }
+                None => {}
+            }
+        }
+        metrics::get()
+            .fleet_conductor
+            .get_or_create(&AppLabel { app: app.to_string() })
+            .set(i64::from(epoch.is_some()));
+    }
+}
+
+impl AgentHandle {
+    pub fn host(&self) -> &str {
+        &self.shared.host
+    }
+
+    pub fn engine_up(&self) -> bool {
+        self.shared.up.load(Ordering::SeqCst)
+    }
+
+    /// The epoch under which this host conducts `app`, if it does.
+    pub fn conducting(&self, app: &str) -> Option<u64> {
+        self.shared.conducting.lock().ok()?.get(app).copied()
+    }
+
+    /// One line for `/healthz`: the engine's state as this host sees it.
+    pub fn health_line(&self) -> String {
+        let for_s = (crate::model::now_ms() - self.shared.since_ms.load(Ordering::SeqCst)).max(0) / 1000;
+        if self.engine_up() {
+            format!("fleet: host {}, engine up", self.shared.host)
+        } else {
+            let why = self
+                .shared
+                .last_error
+                .lock()
+                .map(|e| e.clone())
+                .unwrap_or_default();
+            format!(
+                "fleet: host {}, engine unreachable for {for_s}s ({why}); serving the live releases",
+                self.shared.host
+            )
+        }
+    }
+
+    /// Stops the loop: gives up the leases this host holds (so another host takes over at once) and
+    /// closes the connection. Bounded: an engine that does not answer is not waited for.
+    pub async fn stop(&self) {
+        let _ = self.stop.send(true);
+        let mut done = self.done.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(5), done.wait_for(|d| *d)).await;
+    }
+}
+
+/// Starts the agent for `apps` (this host's fleet apps).
+pub fn spawn(cfg: FleetConfig, apps: Vec<String>, reporter: Reporter) -> AgentHandle {
+    let shared = Arc::new(Shared {
+        host: cfg.host.clone(),
+        up: AtomicBool::new(false),
+        since_ms: AtomicI64::new(crate::model::now_ms()),
+        last_error: Mutex::new("not connected yet".into()),
+        conducting: Mutex::new(BTreeMap::new()),
+    });
+    shared.set(false, None);
+    let (stop, stop_rx) = watch::channel(false);
+    let (done_tx, done) = watch::channel(false);
+    let s = shared.clone();
+    tokio::spawn(async move {
+        run(cfg, apps, reporter, s, stop_rx).await;
+        let _ = done_tx.send(true);
+    });
+    AgentHandle { shared, stop, done }
+}
+
+async fn run(
+    cfg: FleetConfig,
+    apps: Vec<String>,
+    reporter: Reporter,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let instance = format!("{:016x}", fastrand::u64(..));
+    let mut attempt: u32 = 0;
+    let engine = loop {
+        match Engine::connect(&cfg).await {
+            Ok(e) => break e,
+            Err(e) => {
+                shared.set(false, Some(&e));
+                attempt = attempt.saturating_add(1);
+                if sleep_or_stop(connect_delay(attempt), &mut stop).await {
+                    return;
+                }
+            }
+        }
+    };
+    let mut leases: Vec<Lease> = apps
+        .iter()
+        .map(|a| Lease::new(a, &cfg.host, &instance, cfg.lease_ttl))
+        .collect();
+    let every = HEARTBEAT.min(cfg.lease_ttl / 3);
+    loop {
+        let apps = reporter().await;
+        let record = HostRecord {
+            host: cfg.host.clone(),
+            instance: instance.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            at_ms: crate::model::now_ms(),
+            apps,
+        };
+        match engine.heartbeat(&record).await {
+            Ok(()) => shared.set(true, None),
+            Err(e) => shared.set(false, Some(&e)),
+        }
+        for lease in &mut leases {
+            if let Err(e) = lease.campaign(&engine).await {
+                tracing::debug!(app = %lease.app(), "fleet: conductor lease: {e}");
+            }
+            shared.conduct(lease.app(), lease.epoch());
+        }
+        if sleep_or_stop(every, &mut stop).await {
+            break;
+        }
+    }
+    for lease in &mut leases {
+        if let Err(e) = lease.release(&engine).await {
+            tracing::debug!("fleet: giving up a lease: {e}");
+        }
+    }
+    engine.close().await;
+}
+
+/// Before a first connection: 1 s doubling to 30 s, jittered to between half and all of it.
+fn connect_delay(attempt: u32) -> Duration {
+    let base = Duration::from_secs(1)
+        .saturating_mul(1 << attempt.saturating_sub(1).min(5))
+        .min(Duration::from_secs(30));
+    base.mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+/// Sleeps, or returns true at once when a stop is asked for.
+async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    if *stop.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_connections_back_off_to_30s_with_jitter() {
+        for attempt in 1..50 {
+            let d = connect_delay(attempt);
+            assert!(
+                d >= Duration::from_millis(500) && d <= Duration::from_secs(30),
+                "{attempt}: {d:?}"
+            );
+        }
+        assert!(connect_delay(20) >= Duration::from_secs(15));
+    }
+}

@@ -1,0 +1,177 @@
+//! Each host's heartbeat (`<host>` in the hosts bucket: what it has live, per fleet app) and the fleet's
+//! status assembled from the heartbeats and the leases, as `haul fleet status` prints it.
+//!
+//! Only a host writes its own record, so a plain put is enough; the age of a record is measured against
+//! the engine's own timestamp of the write, so one host's clock cannot make another look alive or lost.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::engine::{chain, Engine, FleetError};
+use super::lease::{Lease, LeaseState};
+
+/// How often a host rewrites its record.
+pub(super) const HEARTBEAT: Duration = Duration::from_secs(5);
+/// A host whose record is older than this is *lost*: skipped by rollouts, shown as such.
+pub(super) const LOST_AFTER: Duration = Duration::from_secs(20);
+
+/// What one host says about one fleet app.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AppReport {
+    pub live_release: Option<String>,
+    pub live_sha: Option<String>,
+    /// `idle` or `deploying`.
+    pub phase: String,
+    /// How its last deploy ended (`succeeded`, `failed`, ...), if it had one.
+    pub outcome: Option<String>,
+}
+
+/// A host's heartbeat record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(super) struct HostRecord {
+    pub(super) host: String,
+    pub(super) instance: String,
+    pub(super) version: String,
+    pub(super) at_ms: i64,
+    pub(super) apps: BTreeMap<String, AppReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FleetStatus {
+    pub apps: Vec<AppStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AppStatus {
+    pub app: String,
+    pub rollout: RolloutStatus,
+    pub hosts: Vec<HostStatus>,
+}
+
+/// The app's rollout. Until a release has been rolled out, only the conductor and its epoch are known.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RolloutStatus {
+    pub id: Option<String>,
+    pub release: Option<String>,
+    pub sha: Option<String>,
+    pub digest: Option<String>,
+    /// `canary`, `waves`, `halted`, `reverting` or `done`; none before the first rollout.
+    pub phase: Option<String>,
+    pub epoch: Option<u64>,
+    pub conductor: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostStatus {
+    pub host: String,
+    pub live_release: Option<String>,
+    pub live_sha: Option<String>,
+    /// The host's own phase (`idle`, `deploying`), or `lost` when its heartbeat is older than 20 s.
+    pub phase: String,
+    pub outcome: Option<String>,
+    pub heartbeat_age_s: u64,
+}
+
+impl Engine {
+    /// Writes this host's heartbeat record.
+    pub(super) async fn heartbeat(&self, record: &HostRecord) -> Result<(), FleetError> {
+        let value = serde_json::to_vec(record).map_err(|e| FleetError::Refused(e.to_string()))?;
+        self.hosts
+            .put(&record.host, value.into())
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                let msg = chain(&e);
+                match e.kind() {
+                    async_nats::jetstream::kv::PutErrorKind::InvalidKey => FleetError::Refused(msg),
+                    _ => FleetError::Unreachable(msg),
+                }
+            })
+    }
+
+    /// The fleet as the engine knows it: every app any host reports (or `only` that one), its conductor,
+    /// and its hosts with the age of their heartbeats.
+    pub async fn status(&self, only: Option<&str>) -> Result<FleetStatus, FleetError> {
+        let unreachable = |e: &(dyn std::error::Error + 'static)| FleetError::Unreachable(chain(e));
+        let mut keys = self.hosts.keys().await.map_err(|e| unreachable(&e))?;
+        let mut names = Vec::new();
+        while let Some(k) = keys.next().await {
+            names.push(k.map_err(|e| unreachable(&e))?);
+        }
+        let now_ms = crate::model::now_ms();
+        let mut by_app: BTreeMap<String, Vec<HostStatus>> = BTreeMap::new();
+        for name in names {
+            let Some(entry) = self.hosts.entry(name).await.map_err(|e| unreachable(&e))? else {
+                continue;
+            };
+            let Ok(rec) = serde_json::from_slice::<HostRecord>(&entry.value) else {
+                continue;
+            };
+            let written_ms = (entry.created.unix_timestamp_nanos() / 1_000_000) as i64;
+            let age = Duration::from_millis(now_ms.saturating_sub(written_ms).max(0) as u64);
+            for (app, r) in rec.apps {
+                if only.is_some_and(|o| o != app) {
+                    continue;
+                }
+                by_app.entry(app).or_default().push(HostStatus {
+                    host: rec.host.clone(),
+                    live_release: r.live_release,
+                    live_sha: r.live_sha,
+                    phase: if age > LOST_AFTER { "lost".into() } else { r.phase },
+                    outcome: r.outcome,
+                    heartbeat_age_s: age.as_secs(),
+                });
+            }
+        }
+        if let Some(o) = only {
+            by_app.entry(o.to_string()).or_default();
+        }
+        let mut apps = Vec::new();
+        for (app, mut hosts) in by_app {
+            hosts.sort_by(|a, b| a.host.cmp(&b.host));
+            let mut rollout = RolloutStatus::default();
+            if let LeaseState::Held { holder, epoch, .. } = Lease::read(self, &app).await? {
+                rollout.conductor = Some(holder);
+                rollout.epoch = Some(epoch);
+            }
+            apps.push(AppStatus { app, rollout, hosts });
+        }
+        Ok(FleetStatus { apps })
+    }
+}
+
+impl FleetStatus {
+    /// The table `haul fleet status` prints.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if self.apps.is_empty() {
+            out.push_str(
+                "no fleet app has reported yet (a host reports within 5 s of starting `haul serve`)\n",
+            );
+        }
+        for a in &self.apps {
+            let conductor = match (&a.rollout.conductor, a.rollout.epoch) {
+                (Some(c), Some(e)) => format!("conductor {c} (epoch {e})"),
+                _ => "no conductor".to_string(),
+            };
+            let phase = a.rollout.phase.as_deref().unwrap_or("no rollout yet");
+            out.push_str(&format!("{}: {phase}, {conductor}\n", a.app));
+            for h in &a.hosts {
+                let sha = h.live_sha.as_deref().map_or("-", |s| &s[..s.len().min(12)]);
+                out.push_str(&format!(
+                    "  {:<20} {:<10} live {:<12} {:<28} last {:<12} heartbeat {}s ago\n",
+                    h.host,
+                    h.phase,
+                    sha,
+                    h.live_release.as_deref().unwrap_or("-"),
+                    h.outcome.as_deref().unwrap_or("-"),
+                    h.heartbeat_age_s
+                ));
+            }
+        }
+        out
+    }
+}

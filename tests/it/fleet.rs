@@ -1,0 +1,369 @@
+//! The fleet's spine against a real 3-node NATS JetStream cluster on loopback: conductor leases (one holder,
+//! a growing epoch, takeover only after expiry, a TTL that survives takeover), real haul daemons that report
+//! their live releases and elect one conductor, a SIGKILLed conductor replaced, and a host that loses the
+//! whole engine and keeps serving.
+
+use std::time::{Duration, Instant};
+
+use haul::config::FleetConfig;
+use haul::fleet::{Engine, Lease, LeaseState};
+
+use super::nats::NatsCluster;
+use super::support::*;
+
+fn fleet_config(cluster: &NatsCluster, host: &str) -> FleetConfig {
+    FleetConfig {
+        servers: cluster.urls(),
+        host: host.to_string(),
+        credentials_file: None,
+        tls_ca_file: None,
+        tls_client: None,
+        replicas: 3,
+        lease_ttl: Duration::from_secs(10),
+    }
+}
+
+async fn connect(cluster: &NatsCluster, host: &str) -> Engine {
+    let cfg = fleet_config(cluster, host);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match Engine::connect(&cfg).await {
+            Ok(e) => return e,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "cannot connect to the test cluster: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// Campaigns every 250 ms until `lease` is held; panics after `within`.
+async fn campaign_until_held(engine: &Engine, lease: &mut Lease, within: Duration) -> u64 {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(true) = lease.campaign(engine).await {
+            return lease.epoch().expect("held");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lease was not taken within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_has_one_holder_and_a_growing_epoch() {
+    let dir = TempDir::new("fleet-lease");
+    let cluster = NatsCluster::start(dir.path());
+    let mut engines = Vec::new();
+    for i in 0..8 {
+        engines.push(connect(&cluster, &format!("h{i}")).await);
+    }
+
+    // Eight contenders at once: exactly one wins, the rest are told someone else holds it.
+    let tasks: Vec<_> = engines
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let e = e.clone();
+            tokio::spawn(async move {
+                let mut l = Lease::new(
+                    "blog",
+                    &format!("h{i}"),
+                    &format!("inst{i}"),
+                    Duration::from_secs(10),
+                );
+                let won = l.campaign(&e).await.expect("an answer");
+                (i, won, l)
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.expect("task"));
+    }
+    let winners: Vec<usize> = results.iter().filter(|r| r.1).map(|r| r.0).collect();
+    assert_eq!(winners.len(), 1, "one holder: {winners:?}");
+    let w = winners[0];
+    let mut holder = results
+        .swap_remove(results.iter().position(|r| r.0 == w).expect("winner"))
+        .2;
+    let first_epoch = holder.epoch().expect("held");
+    match Lease::read(&engines[w], "blog").await.expect("read") {
+        LeaseState::Held { holder: h, epoch, .. } => {
+            assert_eq!(h, format!("h{w}"));
+            assert_eq!(epoch, first_epoch);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Renewing keeps the epoch; a contender still loses.
+    assert!(holder.campaign(&engines[w]).await.expect("renew"));
+    assert_eq!(holder.epoch(), Some(first_epoch));
+    let (ci, _, mut contender) = results.pop().expect("a loser");
+    assert!(!contender.campaign(&engines[ci]).await.expect("answer"));
+
+    // The holder stops renewing (a dead conductor): nobody takes the lease before the engine expires it,
+    // and by the time someone does, the old holder has stopped counting itself the holder.
+    let stopped = Instant::now();
+    let epoch2 = campaign_until_held(&engines[ci], &mut contender, Duration::from_secs(40)).await;
+    assert!(epoch2 > first_epoch, "epochs grow: {first_epoch} then {epoch2}");
+    assert!(
+        stopped.elapsed() >= Duration::from_secs(8),
+        "taken over {:?} after the last renewal",
+        stopped.elapsed()
+    );
+    assert_eq!(holder.epoch(), None, "the old holder fenced itself");
+    // Its next campaign sees the new holder and does not write.
+    assert!(!holder.campaign(&engines[w]).await.expect("answer"));
+    assert_eq!(
+        Lease::read(&engines[w], "blog").await.expect("read"),
+        match Lease::read(&engines[ci], "blog").await.expect("read") {
+            s @ LeaseState::Held { .. } => s,
+            other => panic!("{other:?}"),
+        }
+    );
+
+    // The takeover's write carries the TTL too (async-nats' create_with_ttl would have dropped it over the
+    // expiry marker): left alone, the new holder's lease expires as well.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !matches!(
+        Lease::read(&engines[ci], "blog").await.expect("read"),
+        LeaseState::Free { .. }
+    ) {
+        assert!(Instant::now() < deadline, "the taken-over lease never expired");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // A released lease is taken at the next campaign, under a higher epoch.
+    let mut a = Lease::new("blog", "h1", "a", Duration::from_secs(10));
+    let ea = campaign_until_held(&engines[1], &mut a, Duration::from_secs(5)).await;
+    assert!(ea > epoch2);
+    a.release(&engines[1]).await.expect("release");
+    assert_eq!(a.epoch(), None);
+    let mut b = Lease::new("blog", "h2", "b", Duration::from_secs(10));
+    let eb = campaign_until_held(&engines[2], &mut b, Duration::from_secs(5)).await;
+    assert!(eb > ea, "{ea} then {eb}");
+
+    // Leases are per app.
+    let mut other = Lease::new("shop", "h3", "c", Duration::from_secs(10));
+    assert!(other.campaign(&engines[3]).await.expect("answer"));
+}
+
+/// `[fleet]` and a fleet app `blog` for host `host`.
+fn fleet_host(dir: &std::path::Path, server: &GitServer, cluster: &NatsCluster, host: &str) -> Haul {
+    let top = format!(
+        "[fleet]\nnats = {}\nhost = \"{host}\"\nlease_ttl = \"10s\"\n",
+        cluster.toml_list()
+    );
+    Haul::configure_apps(
+        &dir.join(host),
+        server,
+        &top,
+        &[("blog", "github", "fleet = true\n")],
+    )
+}
+
+fn fleet_status(h: &Haul) -> serde_json::Value {
+    let out = h.cli(&["fleet", "status", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+fn conductor(status: &serde_json::Value) -> Option<(String, u64)> {
+    let r = &status["apps"][0]["rollout"];
+    Some((r["conductor"].as_str()?.to_string(), r["epoch"].as_u64()?))
+}
+
+#[test]
+fn fleet_hosts_report_their_releases_and_one_conducts() {
+    let dir = TempDir::new("fleet-hosts");
+    let cluster = NatsCluster::start(&dir.path().join("nats"));
+    let server = GitServer::start(dir.path());
+    let sha = server.commit(&[("index.html", "v1")], "v1");
+    let mut hosts: Vec<Haul> = ["h1", "h2", "h3"]
+        .iter()
+        .map(|h| fleet_host(dir.path(), &server, &cluster, h))
+        .collect();
+    for h in &mut hosts {
+        h.start();
+    }
+    // Each host deploys on its own for now (rollouts come next); each reports what it has live.
+    for h in &hosts {
+        assert_eq!(push_and_wait(h, &sha).state, haul::model::State::Succeeded);
+    }
+    let mut status = serde_json::Value::Null;
+    wait_until("every host reporting the sha, and a conductor", || {
+        status = fleet_status(&hosts[0]);
+        let hs = status["apps"][0]["hosts"].as_array().cloned().unwrap_or_default();
+        hs.len() == 3 && hs.iter().all(|h| h["live_sha"] == sha.as_str()) && conductor(&status).is_some()
+    });
+    assert_eq!(status["apps"][0]["app"], "blog");
+    for (h, name) in status["apps"][0]["hosts"]
+        .as_array()
+        .expect("hosts")
+        .iter()
+        .zip(["h1", "h2", "h3"])
+    {
+        assert_eq!(h["host"], name);
+        assert_eq!(h["phase"], "idle");
+        assert_eq!(h["outcome"], "succeeded");
+        assert!(
+            h["live_release"].as_str().is_some_and(|r| r.contains(&sha[..7])),
+            "{h}"
+        );
+        assert!(h["heartbeat_age_s"].as_u64().is_some_and(|a| a < 20), "{h}");
+    }
+    let rollout = &status["apps"][0]["rollout"];
+    for key in ["id", "release", "sha", "digest", "phase", "epoch", "conductor"] {
+        assert!(
+            rollout.get(key).is_some(),
+            "rollout.{key} is in the contract: {rollout}"
+        );
+    }
+    let (first, epoch) = conductor(&status).expect("conductor");
+
+    // Every host says the engine is up; exactly one says it conducts.
+    let mut conducting = Vec::new();
+    for (h, name) in hosts.iter().zip(["h1", "h2", "h3"]) {
+        let (code, body) = http_get(&h.addr(), "/healthz");
+        assert_eq!(code, 200);
+        assert!(body.contains(&format!("fleet: host {name}, engine up")), "{body}");
+        let (_, metrics) = http_get(&h.addr(), "/metrics");
+        assert!(
+            metrics.contains(&format!("haul_fleet_engine_up{{host=\"{name}\"}} 1")),
+            "{metrics}"
+        );
+        if metrics.contains("haul_fleet_conductor{app=\"blog\"} 1") {
+            conducting.push(name.to_string());
+        }
+    }
+    assert_eq!(conducting, vec![first.clone()]);
+    let text = hosts[0].cli(&["fleet", "status"]);
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    assert!(
+        text.contains(&format!("conductor {first} (epoch {epoch})")),
+        "{text}"
+    );
+
+    // The conductor is SIGKILLed: another host takes the lease under a higher epoch; the dead one goes lost.
+    let i = ["h1", "h2", "h3"]
+        .iter()
+        .position(|h| *h == first)
+        .expect("a host");
+    hosts[i].kill();
+    let reader = (i + 1) % 3;
+    let mut second = (String::new(), 0);
+    wait_until("a new conductor after the SIGKILL", || {
+        match conductor(&fleet_status(&hosts[reader])) {
+            Some(c) if c.0 != first => {
+                second = c;
+                true
+            }
+            _ => false,
+        }
+    });
+    assert!(second.1 > epoch, "epoch {epoch} then {}", second.1);
+    wait_until("the killed host shown lost", || {
+        let s = fleet_status(&hosts[reader]);
+        s["apps"][0]["hosts"].as_array().is_some_and(|hs| {
+            hs.iter()
+                .any(|h| h["host"] == first.as_str() && h["phase"] == "lost")
+        })
+    });
+
+    // A conductor stopped cleanly gives its lease up: the last host takes over without waiting for a TTL.
+    let j = ["h1", "h2", "h3"]
+        .iter()
+        .position(|h| *h == second.0)
+        .expect("a host");
+    let last = 3 - i - j;
+    assert!(hosts[j].stop().success());
+    // Released before the process exited: the stopped host is no longer named, at once.
+    let after = fleet_status(&hosts[last]);
+    assert!(conductor(&after).is_none_or(|c| c.0 != second.0), "{after}");
+    wait_until("the last host conducting", || {
+        conductor(&fleet_status(&hosts[last]))
+            .is_some_and(|c| c.0 == ["h1", "h2", "h3"][last] && c.1 > second.1)
+    });
+}
+
+#[test]
+fn a_host_that_loses_the_engine_keeps_serving_and_says_so() {
+    let dir = TempDir::new("fleet-down");
+    let mut cluster = NatsCluster::start(&dir.path().join("nats"));
+    let server = GitServer::start(dir.path());
+    let mut h = fleet_host(dir.path(), &server, &cluster, "solo");
+    h.start();
+    wait_until("the engine up", || {
+        http_get(&h.addr(), "/healthz").1.contains("engine up")
+    });
+    for n in 0..3 {
+        cluster.kill_node(n);
+    }
+    wait_until("the engine reported unreachable", || {
+        let (code, body) = http_get(&h.addr(), "/healthz");
+        assert_eq!(
+            code, 200,
+            "a serving host stays healthy without its engine: {body}"
+        );
+        body.contains("fleet: host solo, engine unreachable") && body.contains("serving the live releases")
+    });
+    let (_, metrics) = http_get(&h.addr(), "/metrics");
+    assert!(
+        metrics.contains("haul_fleet_engine_up{host=\"solo\"} 0"),
+        "{metrics}"
+    );
+    // It still deploys what it is told directly.
+    let sha = server.commit(&[("index.html", "v1")], "v1");
+    assert_eq!(push_and_wait(&h, &sha).state, haul::model::State::Succeeded);
+    // `haul fleet status` says what failed and what to check.
+    let out = h.cli(&["fleet", "status"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot be reached") && err.contains("[fleet] nats"),
+        "{err}"
+    );
+
+    // The engine comes back: so does the host.
+    for n in 0..3 {
+        cluster.start_node(n);
+    }
+    cluster.wait_healthy(&[0, 1, 2]);
+    wait_until("the engine up again", || {
+        http_get(&h.addr(), "/healthz").1.contains("engine up")
+    });
+    wait_until("the host reporting again", || {
+        let s = fleet_status(&h);
+        s["apps"][0]["hosts"][0]["live_sha"] == sha.as_str()
+    });
+}
+
+#[test]
+fn fleet_settings_that_cannot_work_are_refused_before_anything_starts() {
+    let dir = TempDir::new("fleet-config");
+    let server = GitServer::start(dir.path());
+    // A fleet app without [fleet]: `haul check` and `haul serve` refuse it, naming the key.
+    let h = Haul::configure_apps(dir.path(), &server, "", &[("blog", "github", "fleet = true\n")]);
+    for args in [&["check"][..], &["serve"][..], &["fleet", "status"][..]] {
+        let out = h.cli(args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("fleet = true needs a [fleet] section"),
+            "{args:?}: {err}"
+        );
+    }
+    // Without [fleet], `haul fleet status` says this host is on its own.
+    let h = Haul::configure_apps(&dir.path().join("plain"), &server, "", &[("blog", "github", "")]);
+    let out = h.cli(&["fleet", "status"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no [fleet] section"));
+    // Nothing was started: no state was written.
+    assert!(!h.state_dir.join("haul.db").exists());
+}
