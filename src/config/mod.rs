@@ -192,19 +192,33 @@ mod tests {
         let f = fleet.fleet.as_ref().expect("[fleet]");
         assert_eq!((f.host.as_str(), f.servers.len(), f.replicas), ("web-3", 3, 3));
         let r = fleet.apps["blog"].fleet.as_ref().expect("a fleet app");
-        assert_eq!((r.canary, r.max_parallel, r.soak, r.max_failures), (1, 5, Duration::from_secs(30), 0));
-        assert!(cfg.fleet.is_none() && blog.fleet.is_none(), "no fleet unless asked");
+        assert_eq!(
+            (r.canary, r.max_parallel, r.soak, r.max_failures),
+            (1, 5, Duration::from_secs(30), 0)
+        );
+        assert!(
+            cfg.fleet.is_none() && blog.fleet.is_none(),
+            "no fleet unless asked"
+        );
     }
 
     #[test]
     fn a_fleet_app_needs_a_fleet() {
         let text = "state_dir = \"/s\"\n[apps.a]\nrepo = \"/r\"\npath = \"/p\"\nfleet = true\n";
         let err = parse(text).expect_err("no [fleet]").to_string();
-        assert!(err.contains("[apps.a] fleet = true needs a [fleet] section"), "{err}");
-        let text = "state_dir = \"/s\"\n[apps.a]\nrepo = \"/r\"\npath = \"/p\"\n[apps.a.rollout]\ncanary = 2\n";
+        assert!(
+            err.contains("[apps.a] fleet = true needs a [fleet] section"),
+            "{err}"
+        );
+        let text =
+            "state_dir = \"/s\"\n[apps.a]\nrepo = \"/r\"\npath = \"/p\"\n[apps.a.rollout]\ncanary = 2\n";
         let err = parse(text).expect_err("rollout without fleet").to_string();
-        assert!(err.contains("[apps.a] a rollout section needs fleet = true"), "{err}");
-        let text = "state_dir = \"/s\"\n[fleet]\nnats = [\"nats://127.0.0.1:4222\"]\nhost = \"h\"\nnope = 1\n";
+        assert!(
+            err.contains("[apps.a] a rollout section needs fleet = true"),
+            "{err}"
+        );
+        let text =
+            "state_dir = \"/s\"\n[fleet]\nnats = [\"nats://127.0.0.1:4222\"]\nhost = \"h\"\nnope = 1\n";
         let err = parse(text).expect_err("typo").to_string();
         assert!(err.contains("nope"), "{err}");
     }
