@@ -210,6 +210,9 @@ fn parse_app(name: &str, a: RawApp, dir: &ConfigDir) -> Result<AppConfig, String
         .map(|w| webhook::parse(w, &origin.source, dir))
         .transpose()?;
     let fleet = fleet::parse_app(name, a.fleet, a.rollout)?;
+    if fleet.is_some() && origin.source.is_artifact() {
+        return Err("fleet = true is for git apps for now (artifact rollouts are not built yet)".into());
+    }
     Ok(AppConfig {
         repo: shown_repo(&origin.source, a.repo, dir),
         branch: a.branch,

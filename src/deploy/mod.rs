@@ -2,6 +2,7 @@
 //! recovery), the pipeline (fetch, build, switch, activate, health, roll back) and the on-disk release
 //! contract. Knows nothing of HTTP or of how notifications are delivered.
 
+pub mod fleet;
 pub(crate) mod pipeline;
 pub(crate) mod queue;
 pub mod release;

@@ -36,6 +36,8 @@ pub struct Env {
     pub started_ms: i64,
     /// How long deploy logs are kept (`log_retention`).
     pub log_retention: Option<Duration>,
+    /// With `[fleet]`: where a fleet app's triggers are handed over (its worker deploys only assignments).
+    pub fleet: Option<Arc<dyn super::fleet::FleetLink>>,
 }
 
 impl Env {
@@ -54,6 +56,7 @@ impl Env {
             notifier: None,
             started_ms: model::now_ms(),
             log_retention: cfg.log_retention,
+            fleet: None,
         }
     }
 }
@@ -120,6 +123,10 @@ impl Queue {
 
     pub fn env(&self) -> &Env {
         &self.env
+    }
+
+    pub(super) fn wake_of(&self, app: &str) -> Option<Arc<Notify>> {
+        self.wake.get(app).cloned()
     }
 
     /// Is `req` an automatic trigger for exactly what is live? Then it needs nothing but a record; the reason
@@ -261,6 +268,10 @@ impl Queue {
     }
 
     async fn worker(self: Arc<Self>, app: String, mut shutdown: watch::Receiver<bool>) {
+        let fleet_app = self.env.apps.get(&app).is_some_and(|a| a.fleet.is_some());
+        if let (true, Some(link)) = (fleet_app, self.env.fleet.clone()) {
+            return super::fleet::worker(self, link, app, shutdown).await;
+        }
         let Some(wake) = self.wake.get(&app).cloned() else {
             return;
         };
@@ -365,6 +376,11 @@ pub async fn recover(env: &Env, app: &str) -> Result<(), String> {
 
 /// Takes the app's lock and runs its pending deploy, if there is one.
 pub async fn run_next(env: &Env, app: &str) -> Result<Option<(DeployRow, Outcome)>, String> {
+    run_next_in(env, app, false).await
+}
+
+/// [`run_next`]; for a fleet app's worker (`fleet`), only a rollout's assignment or a rollback is taken.
+pub(super) async fn run_next_in(env: &Env, app: &str, fleet: bool) -> Result<Option<(DeployRow, Outcome)>, String> {
     let _lock = lock::lock(&env.dirs.app_lock(app))
         .await
         .map_err(|e| format!("cannot lock {app}: {e}"))?;
@@ -372,7 +388,13 @@ pub async fn run_next(env: &Env, app: &str) -> Result<Option<(DeployRow, Outcome
     let a = app.to_string();
     let Some(row) = env
         .store
-        .call(move |c| store::claim_next(c, &a, now))
+        .call(move |c| {
+            if fleet {
+                store::claim_next_fleet(c, &a, now)
+            } else {
+                store::claim_next(c, &a, now)
+            }
+        })
         .await
         .map_err(|e| e.to_string())?
     else {
@@ -478,7 +500,7 @@ async fn execute(env: &Env, row: &DeployRow) -> Outcome {
 /// already live, or (an artifact named by version, which has no history to ask, where git has ancestry) a
 /// version that went live before and was replaced, which is an old delivery, replayed or out of order.
 async fn nothing_to_do(env: &Env, app: &AppConfig, row: &DeployRow, previous: &Previous) -> Option<String> {
-    if !matches!(row.trigger, Trigger::Webhook | Trigger::Poll) {
+    if !matches!(row.trigger, Trigger::Webhook | Trigger::Poll | Trigger::Fleet) {
         return None;
     }
     if row.sha.is_some() && row.sha == previous.sha && (row.digest.is_none() || row.digest == previous.digest)
@@ -488,6 +510,9 @@ async fn nothing_to_do(env: &Env, app: &AppConfig, row: &DeployRow, previous: &P
             model::short_sha(row.sha.as_deref().unwrap_or("")),
             previous.release_id.as_deref().unwrap_or("")
         ));
+    }
+    if row.trigger == Trigger::Fleet {
+        return None;
     }
     let sha = row.sha.clone().filter(|s| Some(s) != previous.sha.as_ref())?;
     // A rollback is sticky: what it took away (or anything that went live before) comes back only on purpose.
@@ -713,7 +738,38 @@ max_fetches_per_minute = 10000
             Trigger::Poll => DeployRequest::new(app, Trigger::Poll, "poll").with_sha(Some(sha('b'))),
             Trigger::Manual => DeployRequest::new(app, Trigger::Manual, "alice"),
             Trigger::Rollback => DeployRequest::new(app, Trigger::Rollback, "alice"),
+            Trigger::Fleet => DeployRequest::new(app, Trigger::Fleet, "fleet").with_sha(Some(sha('f'))),
         }
+    }
+
+    /// A fleet app's triggers (handed to the fleet) and its rollout assignments (deployed here) are two
+    /// lanes: neither ever supersedes the other, and the fleet worker claims only assignments.
+    #[tokio::test]
+    async fn fleet_assignments_and_triggers_never_supersede_each_other() {
+        for (pending, newer) in [(Trigger::Webhook, Trigger::Fleet), (Trigger::Fleet, Trigger::Webhook), (Trigger::Manual, Trigger::Fleet)] {
+            let fx = Fixture::new(APPS);
+            let q = fx.queue();
+            let (old, _) = recorded(q.submit(request("blog", pending)).await.expect("submit"));
+            let (new, superseded) = recorded(q.submit(request("blog", newer)).await.expect("submit"));
+            assert!(superseded.is_empty(), "{pending:?} then {newer:?}: {superseded:?}");
+            assert_eq!(fx.row(&old).await.state, State::Queued);
+            let fleet_row = if pending == Trigger::Fleet { old.clone() } else { new.clone() };
+            let claimed = fx
+                .store
+                .call(|c| store::claim_next_fleet(c, "blog", model::now_ms()))
+                .await
+                .expect("claim")
+                .expect("an assignment");
+            assert_eq!(claimed.id, fleet_row, "only the assignment is claimed");
+            let left = fx.store.call(|c| store::to_forward(c, "blog")).await.expect("read");
+            assert_eq!(left.len(), 1, "the trigger waits to be handed over");
+            assert!(fx.store.call(|c| store::claim_next_fleet(c, "blog", 0)).await.expect("claim").is_none());
+        }
+        let fx = Fixture::new(APPS);
+        let q = fx.queue();
+        let (a, _) = recorded(q.submit(request("blog", Trigger::Fleet)).await.expect("submit"));
+        let (_, superseded) = recorded(q.submit(request("blog", Trigger::Fleet)).await.expect("submit"));
+        assert_eq!(superseded, vec![a], "a newer assignment replaces a pending one");
     }
 
     #[tokio::test]

@@ -17,7 +17,9 @@ use super::engine::{Engine, FleetError};
 pub use super::hosts::AppReport;
 use super::hosts::{HostRecord, HEARTBEAT};
 use super::lease::Lease;
-use crate::config::FleetConfig;
+use super::rollout::{self, Conductor, Proposal, Submitter};
+use crate::config::{AppConfig, FleetConfig};
+use crate::infra::state_dir::StateDir;
 use crate::infra::metrics::{self, AppLabel, HostLabel};
 
 /// What this host has live, per fleet app: asked for before every heartbeat.
@@ -39,6 +41,8 @@ struct Shared {
     last_error: Mutex<String>,
     /// The apps this host conducts, with their epochs.
     conducting: Mutex<BTreeMap<String, u64>>,
+    /// The engine, once connected (the client reconnects on its own after that).
+    engine: Mutex<Option<Engine>>,
 }
 
 impl Shared {
@@ -129,6 +133,15 @@ impl AgentHandle {
         }
     }
 
+    /// Hands a trigger to the fleet (durably, or an error: then it stays queued on this host).
+    pub async fn propose(&self, p: Proposal) -> Result<(), FleetError> {
+        let engine = self.shared.engine.lock().ok().and_then(|e| e.clone());
+        match engine {
+            Some(e) => e.propose(&p).await,
+            None => Err(FleetError::Unreachable("not connected yet".into())),
+        }
+    }
+
     /// Stops the loop: gives up the leases this host holds (so another host takes over at once) and
     /// closes the connection. Bounded: an engine that does not answer is not waited for.
     pub async fn stop(&self) {
@@ -138,33 +151,37 @@ impl AgentHandle {
     }
 }
 
-/// Starts the agent for `apps` (this host's fleet apps).
-pub fn spawn(cfg: FleetConfig, apps: Vec<String>, reporter: Reporter) -> AgentHandle {
+/// What the agent works with besides the engine.
+pub struct AgentParts {
+    /// This host's fleet apps.
+    pub apps: Vec<Arc<AppConfig>>,
+    pub dirs: StateDir,
+    pub reporter: Reporter,
+    pub submitter: Submitter,
+}
+
+/// Starts the agent.
+pub fn spawn(cfg: FleetConfig, parts: AgentParts) -> AgentHandle {
     let shared = Arc::new(Shared {
         host: cfg.host.clone(),
         up: AtomicBool::new(false),
         since_ms: AtomicI64::new(crate::model::now_ms()),
         last_error: Mutex::new("not connected yet".into()),
         conducting: Mutex::new(BTreeMap::new()),
+        engine: Mutex::new(None),
     });
     shared.set(false, None);
     let (stop, stop_rx) = watch::channel(false);
     let (done_tx, done) = watch::channel(false);
     let s = shared.clone();
     tokio::spawn(async move {
-        run(cfg, apps, reporter, s, stop_rx).await;
+        run(cfg, parts, s, stop_rx).await;
         let _ = done_tx.send(true);
     });
     AgentHandle { shared, stop, done }
 }
 
-async fn run(
-    cfg: FleetConfig,
-    apps: Vec<String>,
-    reporter: Reporter,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn run(cfg: FleetConfig, parts: AgentParts, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let instance = format!("{:016x}", fastrand::u64(..));
     let mut attempt: u32 = 0;
     let engine = loop {
@@ -179,31 +196,66 @@ async fn run(
             }
         }
     };
-    let mut leases: Vec<Lease> = apps
+    if let Ok(mut e) = shared.engine.lock() {
+        *e = Some(engine.clone());
+    }
+    let mut leases: Vec<Lease> = parts
+        .apps
         .iter()
-        .map(|a| Lease::new(a, &cfg.host, &instance, cfg.lease_ttl))
+        .map(|a| Lease::new(&a.name, &cfg.host, &instance, cfg.lease_ttl))
         .collect();
-    let every = HEARTBEAT.min(cfg.lease_ttl / 3);
+    let mut conductors: Vec<Conductor> = parts
+        .apps
+        .iter()
+        .map(|a| Conductor::new(a.clone(), a.fleet.clone().unwrap_or_default(), &cfg.host, parts.dirs.clone()))
+        .collect();
+    let campaign_every = HEARTBEAT.min(cfg.lease_ttl / 3);
+    let (mut last_beat, mut last_campaign) = (None::<std::time::Instant>, None::<std::time::Instant>);
+    let mut last_report = BTreeMap::new();
     loop {
-        let apps = reporter().await;
-        let record = HostRecord {
-            host: cfg.host.clone(),
-            instance: instance.clone(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            at_ms: crate::model::now_ms(),
-            apps,
-        };
-        match engine.heartbeat(&record).await {
-            Ok(()) => shared.set(true, None),
-            Err(e) => shared.set(false, Some(&e)),
-        }
-        for lease in &mut leases {
-            if let Err(e) = lease.campaign(&engine).await {
-                tracing::debug!(app = %lease.app(), "fleet: conductor lease: {e}");
+        // The heartbeat: every 5 s, and at once when what this host reports changed (a deploy ended), so a
+        // conductor waiting on a wave hears of it within a tick.
+        let apps = (parts.reporter)().await;
+        if last_beat.is_none_or(|t| t.elapsed() >= HEARTBEAT) || apps != last_report {
+            let record = HostRecord {
+                host: cfg.host.clone(),
+                instance: instance.clone(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                at_ms: crate::model::now_ms(),
+                apps: apps.clone(),
+            };
+            match engine.heartbeat(&record).await {
+                Ok(()) => {
+                    shared.set(true, None);
+                    last_beat = Some(std::time::Instant::now());
+                    last_report = apps;
+                }
+                Err(e) => shared.set(false, Some(&e)),
             }
-            shared.conduct(lease.app(), lease.epoch());
         }
-        if sleep_or_stop(every, &mut stop).await {
+        if last_campaign.is_none_or(|t| t.elapsed() >= campaign_every) {
+            last_campaign = Some(std::time::Instant::now());
+            for lease in &mut leases {
+                if let Err(e) = lease.campaign(&engine).await {
+                    tracing::debug!(app = %lease.app(), "fleet: conductor lease: {e}");
+                }
+                shared.conduct(lease.app(), lease.epoch());
+            }
+        }
+        for (lease, conductor) in leases.iter().zip(conductors.iter_mut()) {
+            // Only while the lease still counts: a conductor past its deadline does nothing.
+            if let Some(epoch) = lease.epoch() {
+                if let Err(e) = conductor.tick(&engine, epoch).await {
+                    tracing::warn!(app = %lease.app(), "fleet: conducting: {e}");
+                }
+            }
+        }
+        for app in &parts.apps {
+            if let Err(e) = rollout::apply(&engine, &app.name, &cfg.host, &parts.dirs, &parts.submitter).await {
+                tracing::warn!(app = %app.name, "fleet: applying the rollout: {e}");
+            }
+        }
+        if sleep_or_stop(Duration::from_secs(1), &mut stop).await {
             break;
         }
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, context::PublishErrorKind, kv};
 use bytes::Bytes;
 
-use super::{HOSTS_BUCKET, LEASES_BUCKET};
+use super::{FLEET_BUCKET, HOSTS_BUCKET, LEASES_BUCKET, RELEASES_STORE};
 use crate::config::FleetConfig;
 
 /// How long a JetStream request or a publish acknowledgement may take: past the engine's normal answers
@@ -43,6 +43,10 @@ pub struct Engine {
     js: jetstream::Context,
     pub(super) leases: kv::Store,
     pub(super) hosts: kv::Store,
+    /// Proposals, desired releases, rollouts and assignments.
+    pub(super) fleet: kv::Store,
+    /// The release bundles, one per (app, sha).
+    pub(super) releases: jetstream::object_store::ObjectStore,
     servers: String,
 }
 
@@ -80,11 +84,15 @@ impl Engine {
         js.set_timeout(REQUEST_TIMEOUT);
         let leases = bucket(&js, LEASES_BUCKET, cfg.replicas, Some(MARKER_TTL)).await?;
         let hosts = bucket(&js, HOSTS_BUCKET, cfg.replicas, None).await?;
+        let fleet = bucket(&js, FLEET_BUCKET, cfg.replicas, None).await?;
+        let releases = object_store(&js, cfg.replicas).await?;
         Ok(Engine {
             client,
             js,
             leases,
             hosts,
+            fleet,
+            releases,
             servers,
         })
     }
@@ -163,6 +171,31 @@ async fn bucket(
                 _ if js_code(&create) == Some(10008) => FleetError::Unreachable(msg),
                 _ => FleetError::Refused(msg),
             }
+        }),
+    }
+}
+
+/// Opens the release bundles' object store, creating it on first use.
+async fn object_store(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<jetstream::object_store::ObjectStore, FleetError> {
+    if let Ok(store) = js.get_object_store(RELEASES_STORE).await {
+        return Ok(store);
+    }
+    let config = jetstream::object_store::Config {
+        bucket: RELEASES_STORE.to_string(),
+        description: Some("haul's release bundles (see haul's README, Fleet)".into()),
+        num_replicas: replicas,
+        ..Default::default()
+    };
+    match js.create_object_store(config).await {
+        Ok(store) => Ok(store),
+        Err(create) => js.get_object_store(RELEASES_STORE).await.map_err(|_| {
+            FleetError::Unreachable(format!(
+                "cannot open or create the object store {RELEASES_STORE}: {}",
+                chain(&create)
+            ))
         }),
     }
 }

@@ -27,6 +27,11 @@ pub struct AppReport {
     pub phase: String,
     /// How its last deploy ended (`succeeded`, `failed`, ...), if it had one.
     pub outcome: Option<String>,
+    /// The newest rollout this host was assigned, and the state of its deploy of it.
+    #[serde(default)]
+    pub rollout: Option<String>,
+    #[serde(default)]
+    pub rollout_state: Option<String>,
 }
 
 /// A host's heartbeat record.
@@ -62,6 +67,14 @@ pub struct RolloutStatus {
     pub phase: Option<String>,
     pub epoch: Option<u64>,
     pub conductor: Option<String>,
+    /// How many waves the rollout has, and the one it is on.
+    #[serde(default)]
+    pub waves: usize,
+    #[serde(default)]
+    pub wave: usize,
+    /// `host: why` for each host whose deploy of the rollout failed.
+    #[serde(default)]
+    pub failures: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -73,6 +86,11 @@ pub struct HostStatus {
     pub phase: String,
     pub outcome: Option<String>,
     pub heartbeat_age_s: u64,
+    /// The newest rollout assigned to this host, and how its deploy of it stands.
+    #[serde(default)]
+    pub rollout: Option<String>,
+    #[serde(default)]
+    pub rollout_state: Option<String>,
 }
 
 impl Engine {
@@ -123,6 +141,8 @@ impl Engine {
                     phase: if age > LOST_AFTER { "lost".into() } else { r.phase },
                     outcome: r.outcome,
                     heartbeat_age_s: age.as_secs(),
+                    rollout: r.rollout,
+                    rollout_state: r.rollout_state,
                 });
             }
         }
@@ -133,6 +153,15 @@ impl Engine {
         for (app, mut hosts) in by_app {
             hosts.sort_by(|a, b| a.host.cmp(&b.host));
             let mut rollout = RolloutStatus::default();
+            if let Some(r) = self.rollout(&app).await? {
+                rollout.id = Some(r.id).filter(|_| !r.sha.is_empty());
+                rollout.release = Some(r.bundle).filter(|_| !r.sha.is_empty());
+                rollout.sha = Some(r.sha).filter(|s| !s.is_empty());
+                rollout.phase = Some(r.phase);
+                rollout.failures = r.failures.into_iter().map(|(h, why)| format!("{h}: {why}")).collect();
+                rollout.waves = r.waves.len();
+                rollout.wave = r.wave;
+            }
             if let LeaseState::Held { holder, epoch, .. } = Lease::read(self, &app).await? {
                 rollout.conductor = Some(holder);
                 rollout.epoch = Some(epoch);
@@ -158,7 +187,14 @@ impl FleetStatus {
                 _ => "no conductor".to_string(),
             };
             let phase = a.rollout.phase.as_deref().unwrap_or("no rollout yet");
-            out.push_str(&format!("{}: {phase}, {conductor}\n", a.app));
+            let what = match (&a.rollout.id, &a.rollout.sha) {
+                (Some(id), Some(sha)) => format!(" rollout {id} of {} (wave {}/{}),", &sha[..sha.len().min(12)], (a.rollout.wave + 1).min(a.rollout.waves), a.rollout.waves),
+                _ => String::new(),
+            };
+            out.push_str(&format!("{}: {phase},{what} {conductor}\n", a.app));
+            for f in &a.rollout.failures {
+                out.push_str(&format!("  failed: {f}\n"));
+            }
             for h in &a.hosts {
                 let sha = h.live_sha.as_deref().map_or("-", |s| &s[..s.len().min(12)]);
                 out.push_str(&format!(

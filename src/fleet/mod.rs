@@ -8,6 +8,8 @@
 //!   write that took the lease is its fencing epoch.
 //! - `hosts`: each host's heartbeat record (what it has live, per fleet app) and the fleet's status as
 //!   `haul fleet status` shows it.
+//! - `rollout`: proposals (triggers handed over), the conductor's decision (one forge fetch, a release
+//!   bundle in the object store), the waves, and each host's side (download, deploy, report).
 //! - `agent`: the daemon's loop that keeps the heartbeat and the campaigns going, and says whether the
 //!   engine is reachable (`/healthz`, `haul_fleet_engine_up`).
 //!
@@ -18,13 +20,21 @@ mod agent;
 mod engine;
 mod hosts;
 mod lease;
+mod rollout;
 
-pub use agent::{spawn, AgentHandle, AppReport, Reporter};
+pub use agent::{spawn, AgentHandle, AgentParts, AppReport, Reporter};
 pub use engine::{Engine, FleetError};
 pub use hosts::{AppStatus, FleetStatus, HostStatus, RolloutStatus};
 pub use lease::{Lease, LeaseState};
+pub use rollout::{Assignment, Proposal, Submitter};
 
 /// The KV bucket of the conductors' leases (`conductor.<app>`): one value per key, TTL'd messages.
 pub const LEASES_BUCKET: &str = "haul_leases";
 /// The KV bucket of the hosts' heartbeats (`<host>`): one value per key.
 pub const HOSTS_BUCKET: &str = "haul_hosts";
+/// The KV bucket of the rollouts: `proposal.<app>.<deploy-id>` (a trigger a host handed over),
+/// `desired.<app>` (the release the conductor decided on), `rollout.<app>` (its progress) and
+/// `assign.<app>.<host>` (what a host is to deploy).
+pub const FLEET_BUCKET: &str = "haul_fleet";
+/// The object store of the release bundles (`<app>/<sha>.bundle`).
+pub const RELEASES_STORE: &str = "haul_releases";

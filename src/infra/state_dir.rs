@@ -58,6 +58,21 @@ impl StateDir {
         self.root.join("downloads").join(app)
     }
 
+    /// A fleet app's conductor mirror (fetched from the forge once per release, apart from the host's own).
+    pub fn conductor_mirror_of(&self, app: &str) -> PathBuf {
+        self.root.join("fleet").join(app).join("conductor.git")
+    }
+
+    /// The bundle of `sha` a fleet host downloaded from the engine, fetched into its mirror by the deploy.
+    pub fn fleet_bundle(&self, app: &str, sha: &str) -> PathBuf {
+        self.root.join("fleet").join(app).join(format!("{sha}.bundle"))
+    }
+
+    /// What this host last applied of a fleet app's rollouts (the highest epoch seen, the rollout id).
+    pub fn fleet_applied(&self, app: &str) -> PathBuf {
+        self.root.join("fleet").join(app).join("applied.json")
+    }
+
     /// The lock every deploy of `app` runs under, across processes.
     pub fn app_lock(&self, app: &str) -> PathBuf {
         self.root.join("locks").join(format!("{app}.lock"))

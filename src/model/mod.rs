@@ -76,6 +76,8 @@ pub enum Trigger {
     Poll,
     /// `haul rollback`: switch back to a release already on disk.
     Rollback,
+    /// A fleet rollout's assignment to this host: the release comes as a bundle through the engine.
+    Fleet,
 }
 
 impl Trigger {
@@ -85,6 +87,7 @@ impl Trigger {
             Trigger::Manual => "manual",
             Trigger::Poll => "poll",
             Trigger::Rollback => "rollback",
+            Trigger::Fleet => "fleet",
         }
     }
     pub fn parse(s: &str) -> Option<Trigger> {
@@ -93,6 +96,7 @@ impl Trigger {
             "manual" => Trigger::Manual,
             "poll" => Trigger::Poll,
             "rollback" => Trigger::Rollback,
+            "fleet" => Trigger::Fleet,
             _ => return None,
         })
     }
@@ -109,10 +113,12 @@ pub enum State {
     Superseded,
     Ignored,
     Interrupted,
+    /// A fleet app's trigger handed to the fleet's engine: its rollout deploys it, on every host.
+    Forwarded,
 }
 
 impl State {
-    pub const ALL: [State; 8] = [
+    pub const ALL: [State; 9] = [
         State::Queued,
         State::Running,
         State::Succeeded,
@@ -121,6 +127,7 @@ impl State {
         State::Superseded,
         State::Ignored,
         State::Interrupted,
+        State::Forwarded,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -132,6 +139,7 @@ impl State {
             State::Superseded => "superseded",
             State::Ignored => "ignored",
             State::Interrupted => "interrupted",
+            State::Forwarded => "forwarded",
         }
     }
     pub fn parse(s: &str) -> Option<State> {

@@ -135,7 +135,7 @@ fn class(s: State) -> &'static str {
         State::Succeeded => "ok",
         State::Failed | State::RolledBack | State::Interrupted => "bad",
         State::Running | State::Queued => "busy",
-        State::Ignored | State::Superseded => "quiet",
+        State::Ignored | State::Superseded | State::Forwarded => "quiet",
     }
 }
 

@@ -59,7 +59,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Daemon> {
             problems.join("\n  ")
         )
     })?;
-    let Runtime { env, notify_rx } = Runtime::open(&cfg)?;
+    let Runtime { mut env, notify_rx } = Runtime::open(&cfg)?;
     let now = model::now_ms();
     env.store
         .call(move |c| store::prune_deliveries(c, now, store::REPLAY_MEMORY_MS))
@@ -70,8 +70,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Daemon> {
     let addr = listener.local_addr()?;
     let control = control::bind(&dirs.socket())
         .with_context(|| format!("cannot create the control socket {}", dirs.socket().display()))?;
-    let fleet = crate::server::fleet::start(&cfg, &env);
+    let fleet = crate::server::fleet::start(&cfg, &mut env);
     let queue = Queue::new(env);
+    let fleet = fleet.map(|(agent, cell)| {
+        let _ = cell.set(queue.clone());
+        agent
+    });
     let mut http = HttpState::new(&cfg, queue.clone(), secrets);
     http.fleet = fleet.clone();
     let http = Arc::new(http);

@@ -1,25 +1,93 @@
-//! The daemon's fleet wiring: with `[fleet]`, starts the agent (heartbeats, conductor leases) with a
-//! reporter that reads what each fleet app has live from the release links and the audit.
+//! The daemon's fleet wiring: with `[fleet]`, starts the agent, gives it a reporter (what each fleet app has
+//! live, from the release links and the audit) and a submitter (an assignment becomes a `fleet` request in
+//! this host's queue), and gives the queue the link its fleet apps' triggers are handed over through.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use futures_util::future::BoxFuture;
 
 use crate::config::Config;
-use crate::deploy::queue::Env;
-use crate::fleet::{self, AgentHandle, AppReport};
+use crate::deploy::fleet::FleetLink;
+use crate::deploy::queue::{Env, Queue};
+use crate::fleet::{self, AgentHandle, AgentParts, AppReport, Assignment, Proposal};
+use crate::model::{DeployRequest, Trigger};
+use crate::store::{DeployRow, Enqueued, StoreError};
 
-/// The agent, when this host is part of a fleet; `None` (and no NATS connection) otherwise.
-pub(crate) fn start(cfg: &Config, env: &Env) -> Option<AgentHandle> {
+/// The agent, when this host is part of a fleet (`None`, and no NATS connection, otherwise), and the
+/// cell the queue goes into once it exists (assignments are submitted to it).
+pub(crate) fn start(cfg: &Config, env: &mut Env) -> Option<(AgentHandle, Arc<OnceLock<Arc<Queue>>>)> {
     let fc = cfg.fleet.clone()?;
-    let apps: Vec<(String, std::path::PathBuf)> = cfg
+    let apps: Vec<Arc<crate::config::AppConfig>> = env
         .apps
         .values()
         .filter(|a| a.fleet.is_some())
-        .map(|a| (a.name.clone(), a.path.clone()))
+        .cloned()
         .collect();
-    let names = apps.iter().map(|(n, _)| n.clone()).collect();
+    let queue: Arc<OnceLock<Arc<Queue>>> = Arc::new(OnceLock::new());
+    let parts = AgentParts {
+        reporter: reporter(env, &apps),
+        submitter: submitter(queue.clone()),
+        dirs: env.dirs.clone(),
+        apps,
+    };
+    let agent = fleet::spawn(fc, parts);
+    env.fleet = Some(Arc::new(Link {
+        agent: agent.clone(),
+        host: agent.host().to_string(),
+    }));
+    Some((agent, queue))
+}
+
+struct Link {
+    agent: AgentHandle,
+    host: String,
+}
+
+impl FleetLink for Link {
+    fn forward(&self, row: DeployRow) -> BoxFuture<'static, Result<String, String>> {
+        let agent = self.agent.clone();
+        let p = Proposal {
+            app: row.app.clone(),
+            origin: self.host.clone(),
+            deploy_id: row.id.to_string(),
+            trigger: row.trigger.as_str().into(),
+            git_ref: row.git_ref.clone(),
+            sha: row.sha.clone(),
+            actor: row.actor.clone(),
+            provider: row.provider.clone(),
+            delivery_id: row.delivery_id.clone(),
+            requested_ms: row.requested_at,
+        };
+        Box::pin(async move {
+            agent.propose(p).await.map_err(|e| e.to_string())?;
+            Ok("handed to the fleet: its conductor rolls the newest commit out to every host".into())
+        })
+    }
+}
+
+fn submitter(queue: Arc<OnceLock<Arc<Queue>>>) -> fleet::Submitter {
+    Arc::new(move |app: String, a: Assignment| {
+        let queue = queue.get().cloned();
+        Box::pin(async move {
+            let q = queue.ok_or("the queue is not up yet")?;
+            let mut req = DeployRequest::new(app, Trigger::Fleet, a.actor);
+            req.sha = Some(a.sha);
+            req.git_ref = Some(a.git_ref);
+            // The rollout's id is the delivery: the same assignment twice is a duplicate, never two deploys.
+            req.delivery_id = Some(a.rollout);
+            match q.submit(req).await.map_err(|e| e.to_string())? {
+                Enqueued::Recorded { id, .. } | Enqueued::Passed { id, .. } => Ok(id.to_string()),
+                Enqueued::Duplicate { first } | Enqueued::Replay { first } => Ok(first.to_string()),
+            }
+        })
+    })
+}
+
+fn reporter(env: &Env, apps: &[Arc<crate::config::AppConfig>]) -> fleet::Reporter {
     let store = env.store.clone();
-    let reporter: fleet::Reporter = Arc::new(move || {
+    let apps: Vec<(String, std::path::PathBuf)> = apps.iter().map(|a| (a.name.clone(), a.path.clone())).collect();
+    Arc::new(move || {
         let store = store.clone();
         let live: Vec<(String, Option<String>)> = apps
             .iter()
@@ -35,29 +103,26 @@ pub(crate) fn start(cfg: &Config, env: &Env) -> Option<AgentHandle> {
                             Some(r) => crate::store::live_deploy(c, &name, r)?,
                             None => None,
                         };
+                        let fleet = crate::store::last_of_trigger(c, &name, Trigger::Fleet)?;
                         out.insert(
                             name,
                             AppReport {
                                 live_sha: live.as_ref().and_then(|d| d.sha.clone()),
                                 live_release: release,
-                                phase: if summary.running.is_some() {
-                                    "deploying"
-                                } else {
-                                    "idle"
-                                }
-                                .into(),
+                                phase: if summary.running.is_some() { "deploying" } else { "idle" }.into(),
                                 outcome: summary.last.map(|d| d.state.as_str().to_string()),
+                                rollout: fleet.as_ref().and_then(|d| d.delivery_id.clone()),
+                                rollout_state: fleet.map(|d| d.state.as_str().to_string()),
                             },
                         );
                     }
                     Ok(out)
                 })
                 .await;
-            read.unwrap_or_else(|e: crate::store::StoreError| {
+            read.unwrap_or_else(|e: StoreError| {
                 tracing::warn!("fleet: cannot read the audit for the heartbeat: {e}");
                 BTreeMap::new()
             })
         })
-    });
-    Some(fleet::spawn(fc, names, reporter))
+    })
 }

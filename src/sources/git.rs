@@ -370,6 +370,48 @@ impl Git {
         })
     }
 
+    /// Writes a bundle of `sha` and its history into `out` (a fleet's release, for hosts that never talk to
+    /// the forge), under the ref `refs/haul/release`.
+    pub async fn bundle(&self, sha: &str, out: &Path) -> Result<(), Failure> {
+        let update = self
+            .git("git update-ref")
+            .args(["update-ref", "--no-deref", "refs/haul/release", sha]);
+        runner::run(&update, self.log.as_ref())
+            .await
+            .map_err(|e| self.local_failure(e))?;
+        let create = self
+            .git("git bundle create")
+            .args(["bundle", "create", "--quiet"])
+            .arg(out.as_os_str())
+            .arg("refs/haul/release");
+        runner::run(&create, self.log.as_ref())
+            .await
+            .map(|_| ())
+            .map_err(|e| self.local_failure(e))
+    }
+
+    /// Fetches a release bundle into the mirror and checks that it holds exactly `sha` (git checks every
+    /// object it receives against its id, so the tree deployed is the one the sha names).
+    pub async fn fetch_bundle(&self, bundle: &Path, sha: &str) -> Result<(), Failure> {
+        let dest = format!("refs/haul/fleet/{sha}");
+        let fetch = self
+            .git("git fetch (bundle)")
+            .args(["fetch", "--no-tags", "--no-write-fetch-head", "--"])
+            .arg(bundle.as_os_str())
+            .arg(format!("+refs/haul/release:{dest}"));
+        runner::run(&fetch, self.log.as_ref())
+            .await
+            .map_err(|e| Failure::permanent(format!("the release bundle {} does not fetch: {e}", bundle.display())))?;
+        match self.resolve_commit(&dest).await? {
+            Some(got) if got == sha => Ok(()),
+            got => Err(Failure::permanent(format!(
+                "the release bundle {} holds {}, not {sha}",
+                bundle.display(),
+                got.as_deref().unwrap_or("no commit")
+            ))),
+        }
+    }
+
     /// The full sha of `rev` if it names a commit in the mirror.
     pub async fn resolve_commit(&self, rev: &str) -> Result<Option<String>, Failure> {
         let cmd = self

@@ -226,7 +226,8 @@ pub(crate) fn enqueue(conn: &Conn, req: &DeployRequest, now: i64) -> Result<Enqu
         "UPDATE deploys SET state = 'superseded', superseded_by = ?1, finished_at = ?2,
                 reason = 'superseded by ' || ?1 || ' before it started'
          WHERE app = ?3 AND state = 'queued' AND id != ?1
-           AND NOT (trigger = 'rollback' AND ?4 IN ('webhook', 'poll')) RETURNING id",
+           AND NOT (trigger = 'rollback' AND ?4 IN ('webhook', 'poll'))
+           AND (trigger = 'fleet') = (?4 = 'fleet') RETURNING id",
     )?;
     let superseded = stmt
         .query_map(params![id.as_str(), now, req.app, req.trigger.as_str()], |r| {
@@ -266,6 +267,40 @@ pub(crate) fn claim_next(conn: &Connection, app: &str, now: i64) -> Result<Optio
     Ok(conn
         .query_row(&sql, params![app, now], row_to_deploy)
         .optional()?)
+}
+
+/// A fleet app's worker: takes the pending rollout assignment (or a `haul rollback`), never a trigger that
+/// is still to be handed to the fleet.
+pub(crate) fn claim_next_fleet(conn: &Connection, app: &str, now: i64) -> Result<Option<DeployRow>, StoreError> {
+    let sql = format!(
+        "UPDATE deploys SET state = 'running', started_at = ?2
+         WHERE seq = (SELECT seq FROM deploys WHERE app = ?1 AND state = 'queued' AND trigger IN ('fleet', 'rollback')
+                      ORDER BY trigger = 'rollback' DESC, seq DESC LIMIT 1)
+         RETURNING {COLUMNS}"
+    );
+    Ok(conn
+        .query_row(&sql, params![app, now], row_to_deploy)
+        .optional()?)
+}
+
+/// A fleet app's triggers still to be handed to the fleet (webhooks, polls, `haul deploy`), oldest first.
+pub(crate) fn to_forward(conn: &Connection, app: &str) -> Result<Vec<DeployRow>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM deploys WHERE app = ?1 AND state = 'queued' AND trigger IN ('webhook', 'poll', 'manual')
+         ORDER BY seq"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(params![app], row_to_deploy)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// A trigger the fleet's engine acknowledged: final here, deployed by the rollout it starts.
+pub(crate) fn forwarded(conn: &Connection, id: &DeployId, reason: &str, now: i64) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE deploys SET state = 'forwarded', reason = ?2, finished_at = ?3 WHERE id = ?1 AND state = 'queued'",
+        params![id.as_str(), reason, now],
+    )?;
+    Ok(())
 }
 
 pub fn finish(conn: &Connection, id: &DeployId, o: &Outcome, now: i64) -> Result<(), StoreError> {
@@ -381,6 +416,14 @@ pub(crate) fn summary(conn: &Connection, app: &str) -> Result<AppSummary, StoreE
             |r| r.get::<_, i64>(0),
         )? as usize,
     })
+}
+
+/// The newest request of `trigger` for an app (a fleet host's newest rollout assignment).
+pub fn last_of_trigger(conn: &Connection, app: &str, trigger: Trigger) -> Result<Option<DeployRow>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM deploys WHERE app = ?1 AND trigger = ?2 ORDER BY seq DESC LIMIT 1");
+    Ok(conn
+        .query_row(&sql, params![app, trigger.as_str()], row_to_deploy)
+        .optional()?)
 }
 
 /// The deploy that put `release_id` live most recently (a deploy or a rollback).

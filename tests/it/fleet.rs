@@ -154,18 +154,25 @@ async fn a_lease_has_one_holder_and_a_growing_epoch() {
     assert!(other.campaign(&engines[3]).await.expect("answer"));
 }
 
-/// `[fleet]` and a fleet app `blog` for host `host`.
-fn fleet_host(dir: &std::path::Path, server: &GitServer, cluster: &NatsCluster, host: &str) -> Haul {
+/// `[fleet]` and a fleet app `blog` for host `host`; `extra` goes into `[apps.blog]`.
+fn fleet_host_with(dir: &std::path::Path, server: &GitServer, cluster: &NatsCluster, host: &str, extra: &str) -> Haul {
     let top = format!(
         "[fleet]\nnats = {}\nhost = \"{host}\"\nlease_ttl = \"10s\"\n",
         cluster.toml_list()
     );
-    Haul::configure_apps(
-        &dir.join(host),
-        server,
-        &top,
-        &[("blog", "github", "fleet = true\n")],
-    )
+    let app = format!("fleet = true\n{extra}");
+    Haul::configure_apps(&dir.join(host), server, &top, &[("blog", "github", app.as_str())])
+}
+
+fn fleet_host(dir: &std::path::Path, server: &GitServer, cluster: &NatsCluster, host: &str) -> Haul {
+    fleet_host_with(dir, server, cluster, host, "")
+}
+
+/// Every host of the status live on `sha`, and the rollout in `phase`.
+fn all_live(status: &serde_json::Value, n: usize, sha: &str, phase: &str) -> bool {
+    let app = &status["apps"][0];
+    let hs = app["hosts"].as_array().cloned().unwrap_or_default();
+    hs.len() == n && hs.iter().all(|h| h["live_sha"] == sha) && app["rollout"]["phase"] == phase
 }
 
 fn fleet_status(h: &Haul) -> serde_json::Value {
@@ -192,16 +199,26 @@ fn fleet_hosts_report_their_releases_and_one_conducts() {
     for h in &mut hosts {
         h.start();
     }
-    // Each host deploys on its own for now (rollouts come next); each reports what it has live.
-    for h in &hosts {
-        assert_eq!(push_and_wait(h, &sha).state, haul::model::State::Succeeded);
-    }
+    // One signed push to one host rolls out to all three.
+    let fetches = server.fetches();
+    let (code, reply) = hosts[1].push("refs/heads/main", &sha, &delivery());
+    assert_eq!(code, 202, "{reply}");
+    let received = hosts[1].wait_final(reply["deploy_id"].as_str().expect("id"));
+    assert_eq!(received.state, haul::model::State::Forwarded, "{:?}", received.reason);
     let mut status = serde_json::Value::Null;
-    wait_until("every host reporting the sha, and a conductor", || {
+    wait_until("every host live on the sha, and the rollout done", || {
         status = fleet_status(&hosts[0]);
-        let hs = status["apps"][0]["hosts"].as_array().cloned().unwrap_or_default();
-        hs.len() == 3 && hs.iter().all(|h| h["live_sha"] == sha.as_str()) && conductor(&status).is_some()
+        all_live(&status, 3, &sha, "done") && conductor(&status).is_some()
     });
+    assert_eq!(server.fetches() - fetches, 1, "one forge fetch for the fleet");
+    assert_eq!(status["apps"][0]["rollout"]["sha"], sha.as_str());
+    for h in &hosts {
+        let rows = h.rows();
+        let fleet_rows: Vec<_> = rows.iter().filter(|r| r.trigger == haul::model::Trigger::Fleet).collect();
+        assert_eq!(fleet_rows.len(), 1, "one fleet deploy per host");
+        assert_eq!(fleet_rows[0].state, haul::model::State::Succeeded);
+        assert_eq!(fleet_rows[0].delivery_id.as_deref(), status["apps"][0]["rollout"]["id"].as_str());
+    }
     assert_eq!(status["apps"][0]["app"], "blog");
     for (h, name) in status["apps"][0]["hosts"]
         .as_array()
@@ -212,6 +229,7 @@ fn fleet_hosts_report_their_releases_and_one_conducts() {
         assert_eq!(h["host"], name);
         assert_eq!(h["phase"], "idle");
         assert_eq!(h["outcome"], "succeeded");
+        assert_eq!(h["rollout_state"], "succeeded");
         assert!(
             h["live_release"].as_str().is_some_and(|r| r.contains(&sha[..7])),
             "{h}"
@@ -292,6 +310,70 @@ fn fleet_hosts_report_their_releases_and_one_conducts() {
     });
 }
 
+/// Done-when of issue 13: one signed webhook to one of 20 hosts; exactly one forge fetch; the canary first,
+/// alone; never more than `max_parallel` hosts building at once (from the timestamps the build steps
+/// write); every host live on the sha.
+#[test]
+fn one_webhook_rolls_a_release_across_twenty_hosts() {
+    const HOSTS: usize = 20;
+    let dir = TempDir::new("fleet-20");
+    let cluster = NatsCluster::start(&dir.path().join("nats"));
+    let server = GitServer::start(dir.path());
+    let marks = dir.path().join("builds.log");
+    let mut hosts: Vec<Haul> = (1..=HOSTS)
+        .map(|i| {
+            let name = format!("h{i:02}");
+            let step = format!(
+                "echo \"start {name} $(date +%s%N)\" >> {m}; sleep 1; echo \"end {name} $(date +%s%N)\" >> {m}",
+                m = marks.display()
+            );
+            let extra = format!("build = [{step:?}]\n\n[apps.blog.rollout]\ncanary = 1\nmax_parallel = 5\n");
+            fleet_host_with(dir.path(), &server, &cluster, &name, &extra)
+        })
+        .collect();
+    for h in &mut hosts {
+        h.start();
+    }
+    wait_until("all hosts reporting", || {
+        fleet_status(&hosts[0])["apps"][0]["hosts"].as_array().is_some_and(|h| h.len() == HOSTS)
+    });
+    let sha = server.commit(&[("index.html", "v2")], "v2");
+    let fetches = server.fetches();
+    let (code, reply) = hosts[7].push("refs/heads/main", &sha, &delivery());
+    assert_eq!(code, 202, "{reply}");
+    wait_until("all 20 hosts live on the sha", || all_live(&fleet_status(&hosts[0]), HOSTS, &sha, "done"));
+    assert_eq!(server.fetches() - fetches, 1, "one forge fetch for 20 hosts");
+
+    // The build marks: the canary built alone and first; then at most 5 at a time.
+    let text = std::fs::read_to_string(&marks).expect("marks");
+    let mut spans: std::collections::BTreeMap<String, (u128, u128)> = Default::default();
+    for line in text.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(kind), Some(host), Some(t)) = (it.next(), it.next(), it.next().and_then(|t| t.parse::<u128>().ok())) else {
+            continue;
+        };
+        let e = spans.entry(host.to_string()).or_insert((0, 0));
+        if kind == "start" { e.0 = t } else { e.1 = t }
+    }
+    assert_eq!(spans.len(), HOSTS, "every host built once: {text}");
+    let canary = spans["h01"];
+    assert!(spans.iter().filter(|(h, _)| *h != "h01").all(|(_, s)| s.0 > canary.1), "the canary first: {text}");
+    let most = spans
+        .values()
+        .map(|a| spans.values().filter(|b| b.0 <= a.0 && a.0 < b.1).count())
+        .max()
+        .unwrap_or(0);
+    assert!(most <= 5, "{most} hosts built at once: {text}");
+    assert!(most >= 2, "the waves ran in parallel: {text}");
+    // A replay of the same push (a fresh delivery id) changes nothing fleet-wide.
+    let rollout = fleet_status(&hosts[0])["apps"][0]["rollout"]["id"].clone();
+    let (code, reply) = hosts[3].deliver(&github_push("refs/heads/main", &sha), &delivery());
+    assert!(code == 200 || code == 202, "{code} {reply}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(fleet_status(&hosts[0])["apps"][0]["rollout"]["id"], rollout);
+    assert_eq!(server.fetches() - fetches, 1, "a replay costs no fetch");
+}
+
 #[test]
 fn a_host_that_loses_the_engine_keeps_serving_and_says_so() {
     let dir = TempDir::new("fleet-down");
@@ -318,9 +400,13 @@ fn a_host_that_loses_the_engine_keeps_serving_and_says_so() {
         metrics.contains("haul_fleet_engine_up{host=\"solo\"} 0"),
         "{metrics}"
     );
-    // It still deploys what it is told directly.
+    // A push while the engine is away is acknowledged and kept: queued here until it can be handed over.
     let sha = server.commit(&[("index.html", "v1")], "v1");
-    assert_eq!(push_and_wait(&h, &sha).state, haul::model::State::Succeeded);
+    let (code, reply) = h.push("refs/heads/main", &sha, &delivery());
+    assert_eq!(code, 202, "{reply}");
+    let id = reply["deploy_id"].as_str().expect("id").to_string();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(h.row(&id).state, haul::model::State::Queued, "kept until the engine answers");
     // `haul fleet status` says what failed and what to check.
     let out = h.cli(&["fleet", "status"]);
     assert!(!out.status.success());
@@ -338,10 +424,11 @@ fn a_host_that_loses_the_engine_keeps_serving_and_says_so() {
     wait_until("the engine up again", || {
         http_get(&h.addr(), "/healthz").1.contains("engine up")
     });
-    wait_until("the host reporting again", || {
-        let s = fleet_status(&h);
-        s["apps"][0]["hosts"][0]["live_sha"] == sha.as_str()
+    // ...and then the push is handed over and rolled out.
+    wait_until("the push rolled out once the engine is back", || {
+        all_live(&fleet_status(&h), 1, &sha, "done")
     });
+    assert_eq!(h.row(&id).state, haul::model::State::Forwarded);
 }
 
 #[test]

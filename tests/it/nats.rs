@@ -46,8 +46,24 @@ fn server_bin() -> PathBuf {
 }
 
 impl NatsCluster {
-    /// Starts three nodes and waits until every one reports healthy (a JetStream meta leader elected).
+    /// Starts three nodes and waits until every one reports healthy (a JetStream meta leader elected). A
+    /// node that exits at once (a port another test took between our pick and its bind) makes it start
+    /// again on fresh ports, at most three times.
     pub fn start(dir: &Path) -> NatsCluster {
+        for attempt in 1..=3 {
+            let d = dir.join(format!("try{attempt}"));
+            let mut c = NatsCluster::start_once(&d);
+            if c.wait_healthy_or_exit(&[0, 1, 2]) {
+                return c;
+            }
+            for i in 0..3 {
+                c.kill_node(i);
+            }
+        }
+        panic!("the nats cluster did not start in three attempts (logs in {})", dir.display());
+    }
+
+    fn start_once(dir: &Path) -> NatsCluster {
         let ports: Vec<(u16, u16, u16)> = (0..3).map(|_| (free_port(), free_port(), free_port())).collect();
         let routes: Vec<String> = ports
             .iter()
@@ -81,8 +97,28 @@ impl NatsCluster {
         for i in 0..3 {
             c.start_node(i);
         }
-        c.wait_healthy(&[0, 1, 2]);
         c
+    }
+
+    /// Waits for health; false at once if a node's process has exited.
+    fn wait_healthy_or_exit(&mut self, which: &[usize]) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for &i in which {
+            let addr = format!("127.0.0.1:{}", self.nodes[i].monitor);
+            loop {
+                if self.nodes[i].child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_)))) {
+                    return false;
+                }
+                if std::net::TcpStream::connect(&addr).is_ok() && http_get(&addr, "/healthz").0 == 200 {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        true
     }
 
     /// The client URLs, as a `[fleet] nats` list.

@@ -21,7 +21,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("sources", &["model", "infra", "config"]),
     ("deploy", &["model", "infra", "config", "sources", "store"]),
     ("ops", &["model", "infra", "config", "store", "intake"]),
-    ("fleet", &["model", "infra", "config"]),
+    ("fleet", &["model", "infra", "config", "sources"]),
     (
         "server",
         &[

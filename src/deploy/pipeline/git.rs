@@ -6,6 +6,9 @@ use super::*;
 impl Pipeline {
     /// The git half of [`Pipeline::prepare`].
     pub(super) async fn prepare_git(&self, job: &Job, previous: &Previous) -> Result<Target, Outcome> {
+        if job.trigger == Trigger::Fleet {
+            return self.prepare_fleet(job).await;
+        }
         let started = Instant::now();
         let git = self.git();
         self.log.stage(&format!(
@@ -47,6 +50,40 @@ impl Pipeline {
             sha,
             release_id,
             fetch_note,
+            artifact: None,
+        })
+    }
+
+    /// A fleet rollout's assignment: the commit comes in the release bundle the host downloaded from the
+    /// engine (never from the forge); git checks every object against the sha. The conductor already
+    /// decided that it is on the branch and newer than what the fleet had.
+    async fn prepare_fleet(&self, job: &Job) -> Result<Target, Outcome> {
+        let started = Instant::now();
+        let failed = |m: String| Outcome::new(State::Failed, m);
+        let sha = job
+            .sha
+            .clone()
+            .filter(|s| model::is_full_sha(s))
+            .ok_or_else(|| failed("a fleet assignment without a full sha".into()))?;
+        let bundle = self.dirs.fleet_bundle(&self.app.name, &sha);
+        self.log.stage(&format!("fetch {sha} from the fleet's release bundle"));
+        let git = self.git();
+        git.ensure_mirror().await.map_err(|f| fail("fetch failed", &f))?;
+        git.fetch_bundle(&bundle, &sha)
+            .await
+            .map_err(|f| fail("fetch from the release bundle failed", &f))?;
+        let _ = std::fs::remove_file(&bundle);
+        self.timed("fetch", started);
+        let git_ref = job
+            .git_ref
+            .clone()
+            .unwrap_or_else(|| format!("refs/heads/{}", self.app.branch));
+        self.log.line(&format!("    deploying {sha} ({git_ref})"));
+        Ok(Target {
+            release_id: release::new_release_id(&self.app.path, model::now_ms(), &sha),
+            git_ref,
+            sha,
+            fetch_note: None,
             artifact: None,
         })
     }

@@ -1,0 +1,575 @@
+//! Rollouts: a trigger any host handed over becomes, through the app's conductor, one release that moves
+//! across the hosts in waves.
+//!
+//! 1. A host hands a trigger over as `proposal.<app>.<deploy-id>` (a create: handing the same one over twice
+//!    changes nothing).
+//! 2. The conductor fetches the forge **once**, into its own mirror, and picks the newest proposal on the
+//!    branch: older than the fleet's desired release (and not the branch tip, which a real rewind makes it)
+//!    changes nothing. It writes the release's bundle into the object store, then `desired.<app>` and
+//!    `rollout.<app>` (the waves: the canary, then groups of at most `max_parallel`), and only then deletes
+//!    the proposals it has decided on, so a conductor that dies half-way leaves them to the next one.
+//! 3. The conductor assigns each wave's hosts (`assign.<app>.<host>`), waits until each has reported the
+//!    assignment's outcome in its heartbeat, lets the wave soak, and moves on; more failures than
+//!    `max_failures` halt the rollout. A host found lost is skipped, not counted as a failure.
+//! 4. Each host downloads the bundle and deploys it through its own queue and pipeline (trigger `fleet`,
+//!    the rollout id as the delivery id), refusing any assignment older than the highest epoch it has seen.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::engine::{chain, Engine, FleetError};
+use super::hosts::{AppReport, HostRecord, LOST_AFTER};
+use crate::config::{AppConfig, Rollout as RolloutConfig};
+use crate::infra::state_dir::StateDir;
+use crate::model;
+use crate::sources::git::Git;
+
+/// A trigger a host handed to the fleet.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Proposal {
+    pub app: String,
+    /// The host that received it.
+    pub origin: String,
+    pub deploy_id: String,
+    pub trigger: String,
+    pub git_ref: Option<String>,
+    /// A full sha, a prefix (`haul deploy --sha`), or none for the branch tip.
+    pub sha: Option<String>,
+    pub actor: String,
+    pub provider: Option<String>,
+    pub delivery_id: Option<String>,
+    pub requested_ms: i64,
+}
+
+/// One release moving across the fleet.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(super) struct RolloutState {
+    pub(super) id: String,
+    pub(super) sha: String,
+    pub(super) git_ref: String,
+    /// The release bundle's object name.
+    pub(super) bundle: String,
+    pub(super) epoch: u64,
+    pub(super) conductor: String,
+    /// `canary`, `waves`, `halted` or `done`.
+    pub(super) phase: String,
+    pub(super) waves: Vec<Vec<String>>,
+    pub(super) wave: usize,
+    pub(super) soaking_since_ms: Option<i64>,
+    /// (host, why) for each host whose deploy failed.
+    pub(super) failures: Vec<(String, String)>,
+    /// What asked for it.
+    pub(super) from: Proposal,
+    pub(super) started_ms: i64,
+    pub(super) finished_ms: Option<i64>,
+}
+
+/// What one host is to deploy.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Assignment {
+    pub rollout: String,
+    pub sha: String,
+    pub git_ref: String,
+    pub bundle: String,
+    pub epoch: u64,
+    pub actor: String,
+}
+
+/// Deploys an assignment on this host (the server queues it): the local deploy id.
+pub type Submitter = Arc<dyn Fn(String, Assignment) -> BoxFuture<'static, Result<String, String>> + Send + Sync>;
+
+pub(super) fn proposal_key(app: &str, deploy_id: &str) -> String {
+    format!("proposal.{app}.{deploy_id}")
+}
+fn rollout_key(app: &str) -> String {
+    format!("rollout.{app}")
+}
+fn assign_key(app: &str, host: &str) -> String {
+    format!("assign.{app}.{host}")
+}
+
+fn refused(e: impl std::fmt::Display) -> FleetError {
+    FleetError::Refused(e.to_string())
+}
+fn away(e: &(dyn std::error::Error + 'static)) -> FleetError {
+    FleetError::Unreachable(chain(e))
+}
+
+impl Engine {
+    /// Hands a trigger over. Idempotent: one already there is left as it is.
+    pub async fn propose(&self, p: &Proposal) -> Result<(), FleetError> {
+        let value = serde_json::to_vec(p).map_err(refused)?;
+        match self.fleet.create(proposal_key(&p.app, &p.deploy_id), value.into()).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(away(&e)),
+        }
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, FleetError> {
+        match self.fleet.get(key).await {
+            Ok(Some(v)) => Ok(serde_json::from_slice(&v).ok()),
+            Ok(None) => Ok(None),
+            Err(e) => Err(away(&e)),
+        }
+    }
+
+    async fn put_json<T: Serialize>(&self, key: &str, value: &T) -> Result<(), FleetError> {
+        let bytes = serde_json::to_vec(value).map_err(refused)?;
+        self.fleet.put(key, bytes.into()).await.map(|_| ()).map_err(|e| away(&e))
+    }
+
+    pub(super) async fn rollout(&self, app: &str) -> Result<Option<RolloutState>, FleetError> {
+        self.get_json(&rollout_key(app)).await
+    }
+
+    async fn proposals(&self, app: &str) -> Result<Vec<Proposal>, FleetError> {
+        let prefix = format!("proposal.{app}.");
+        let mut keys = self.fleet.keys().await.map_err(|e| away(&e))?;
+        let mut out = Vec::new();
+        while let Some(k) = keys.next().await {
+            let k = k.map_err(|e| away(&e))?;
+            if k.starts_with(&prefix) {
+                if let Some(p) = self.get_json::<Proposal>(&k).await? {
+                    out.push(p);
+                }
+            }
+        }
+        out.sort_by_key(|p| p.requested_ms);
+        Ok(out)
+    }
+
+    pub(super) async fn heartbeats(&self) -> Result<BTreeMap<String, (Duration, HostRecord)>, FleetError> {
+        let mut keys = self.hosts.keys().await.map_err(|e| away(&e))?;
+        let mut names = Vec::new();
+        while let Some(k) = keys.next().await {
+            names.push(k.map_err(|e| away(&e))?);
+        }
+        let now_ms = model::now_ms();
+        let mut out = BTreeMap::new();
+        for name in names {
+            let Some(entry) = self.hosts.entry(name).await.map_err(|e| away(&e))? else {
+                continue;
+            };
+            if let Ok(rec) = serde_json::from_slice::<HostRecord>(&entry.value) {
+                let written_ms = (entry.created.unix_timestamp_nanos() / 1_000_000) as i64;
+                let age = Duration::from_millis(now_ms.saturating_sub(written_ms).max(0) as u64);
+                out.insert(rec.host.clone(), (age, rec));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What the conductor of one app remembers between ticks.
+pub(super) struct Conductor {
+    pub(super) app: Arc<AppConfig>,
+    pub(super) rollout: RolloutConfig,
+    pub(super) host: String,
+    pub(super) dirs: StateDir,
+    /// After a fetch that failed transiently: not before then.
+    retry_at: Option<Instant>,
+    failures: u32,
+}
+
+impl Conductor {
+    pub(super) fn new(app: Arc<AppConfig>, rollout: RolloutConfig, host: &str, dirs: StateDir) -> Conductor {
+        Conductor {
+            app,
+            rollout,
+            host: host.to_string(),
+            dirs,
+            retry_at: None,
+            failures: 0,
+        }
+    }
+
+    /// One tick as the conductor under `epoch`: decide on the proposals, then move the rollout along.
+    pub(super) async fn tick(&mut self, engine: &Engine, epoch: u64) -> Result<(), FleetError> {
+        self.decide(engine, epoch).await?;
+        self.drive(engine, epoch).await
+    }
+
+    async fn decide(&mut self, engine: &Engine, epoch: u64) -> Result<(), FleetError> {
+        let name = self.app.name.clone();
+        let proposals = engine.proposals(&name).await?;
+        if proposals.is_empty() || self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return Ok(());
+        }
+        let current = engine.rollout(&name).await?;
+        let git = Git::new(self.app.clone(), self.dirs.conductor_mirror_of(&name), None);
+        // A replay of the fleet's release, or an older commit this mirror already has, costs no forge
+        // request: it is closed here.
+        let live = current.as_ref().map(|r| r.sha.clone()).filter(|s| !s.is_empty());
+        let mut fresh = Vec::new();
+        for p in &proposals {
+            let known_old = match (&live, &p.sha) {
+                (Some(l), Some(s)) if s == l => true,
+                (Some(l), Some(s)) if model::is_full_sha(s) => matches!(git.is_ancestor(s, l).await, Ok(true)),
+                _ => false,
+            };
+            if known_old {
+                tracing::info!(app = %name, deploy_id = %p.deploy_id, "fleet: {} is not newer than the fleet's release; nothing fetched or rolled out", model::short_sha(p.sha.as_deref().unwrap_or("")));
+            } else {
+                fresh.push(p.clone());
+            }
+        }
+        if fresh.is_empty() {
+            self.close_proposals(engine, &proposals).await;
+            return Ok(());
+        }
+        let fetched = match git.ensure_mirror().await {
+            Ok(()) => git.fetch().await.map(|_| ()),
+            Err(f) => Err(f),
+        };
+        if let Err(f) = fetched {
+            if f.kind == model::failure::Kind::Permanent {
+                // Never retried: the proposals are closed with the reason, which the status shows.
+                tracing::warn!(app = %name, "fleet: the conductor's fetch failed for good: {f}");
+                self.close_proposals(engine, &proposals).await;
+                let mut halted = self.fresh_state(epoch, proposals.last().cloned(), "", "");
+                halted.phase = "halted".into();
+                halted.failures.push((self.host.clone(), format!("the conductor's fetch failed: {f}")));
+                return engine.put_json(&rollout_key(&name), &halted).await;
+            }
+            self.failures += 1;
+            let wait = model::failure::backoff(self.failures, Duration::from_secs(5), Duration::from_secs(300))
+                .max(Duration::from_secs(5));
+            tracing::warn!(app = %name, "fleet: the conductor's fetch failed ({f}); trying again in {:.0}s", wait.as_secs_f64());
+            self.retry_at = Some(Instant::now() + wait);
+            return Ok(());
+        }
+        self.failures = 0;
+        self.retry_at = None;
+        let chosen = self.choose(&git, &proposals, current.as_ref().map(|r| r.sha.as_str())).await;
+        if let Some((p, sha, git_ref)) = chosen {
+            let bundle = format!("{name}/{sha}.bundle");
+            let file = self.dirs.root().join("fleet").join(&name).join(format!("out-{sha}.bundle"));
+            if let Some(parent) = file.parent() {
+                std::fs::create_dir_all(parent).map_err(refused)?;
+            }
+            git.bundle(&sha, &file).await.map_err(|f| refused(format!("cannot bundle {sha}: {f}")))?;
+            let put = upload(engine, &bundle, &file).await;
+            let _ = std::fs::remove_file(&file);
+            put?;
+            let state = self.fresh_state(epoch, Some(p), &sha, &git_ref);
+            tracing::info!(app = %name, rollout = %state.id, "fleet: rolling out {} to {} host(s) in {} wave(s)", model::short_sha(&sha), state.waves.iter().map(Vec::len).sum::<usize>(), state.waves.len());
+            engine.put_json(&rollout_key(&name), &state).await?;
+        }
+        self.close_proposals(engine, &proposals).await;
+        Ok(())
+    }
+
+    /// The newest proposal on the branch, if it is newer than `live` (the fleet's current release): its
+    /// proposal, sha and ref.
+    async fn choose(&self, git: &Git, proposals: &[Proposal], live: Option<&str>) -> Option<(Proposal, String, String)> {
+        let branch_ref = format!("refs/heads/{}", self.app.branch);
+        let tip = git.resolve_commit(&branch_ref).await.ok().flatten()?;
+        let mut newer: Vec<(Proposal, String)> = Vec::new();
+        for p in proposals {
+            let wanted = p.sha.clone().unwrap_or_else(|| tip.clone());
+            let Ok(Some(sha)) = git.resolve_commit(&wanted).await else {
+                tracing::info!(app = %p.app, deploy_id = %p.deploy_id, "fleet: {wanted} is not in the repository; not rolled out");
+                continue;
+            };
+            if !matches!(git.is_on_branch(&sha).await, Ok(true)) {
+                tracing::info!(app = %p.app, deploy_id = %p.deploy_id, "fleet: {sha} is not on {branch_ref}; not rolled out");
+                continue;
+            }
+            let older = match live {
+                Some(l) if l == sha => true,
+                Some(l) => matches!(git.is_ancestor(&sha, l).await, Ok(true)) && sha != tip,
+                None => false,
+            };
+            if older {
+                tracing::info!(app = %p.app, deploy_id = %p.deploy_id, "fleet: {} is not newer than the fleet's release; nothing rolled out", model::short_sha(&sha));
+                continue;
+            }
+            newer.push((p.clone(), sha));
+        }
+        // The one every other is an ancestor of; where history cannot say (a force-push), the branch tip,
+        // else the last to arrive.
+        let mut best: Option<(Proposal, String)> = None;
+        for (p, sha) in &newer {
+            let mut all = true;
+            for (_, other) in &newer {
+                if other != sha && !matches!(git.is_ancestor(other, sha).await, Ok(true)) {
+                    all = false;
+                    break;
+                }
+            }
+            if all {
+                best = Some((p.clone(), sha.clone()));
+            }
+        }
+        let best = best
+            .or_else(|| newer.iter().find(|(_, s)| *s == tip).cloned())
+            .or_else(|| newer.last().cloned())?;
+        let git_ref = best.0.git_ref.clone().unwrap_or(branch_ref);
+        Some((best.0, best.1, git_ref))
+    }
+
+    fn fresh_state(&self, epoch: u64, from: Option<Proposal>, sha: &str, git_ref: &str) -> RolloutState {
+        let now = model::now_ms();
+        let from = from.unwrap_or(Proposal {
+            app: self.app.name.clone(),
+            origin: self.host.clone(),
+            deploy_id: String::new(),
+            trigger: String::new(),
+            git_ref: None,
+            sha: None,
+            actor: String::new(),
+            provider: None,
+            delivery_id: None,
+            requested_ms: now,
+        });
+        RolloutState {
+            id: format!("{}-{}", model::compact_utc(now), model::short_sha(sha)),
+            sha: sha.to_string(),
+            git_ref: git_ref.to_string(),
+            bundle: format!("{}/{sha}.bundle", self.app.name),
+            epoch,
+            conductor: self.host.clone(),
+            phase: if self.rollout.canary > 0 { "canary" } else { "waves" }.into(),
+            waves: Vec::new(),
+            wave: 0,
+            soaking_since_ms: None,
+            failures: Vec::new(),
+            from,
+            started_ms: now,
+            finished_ms: None,
+        }
+    }
+
+    async fn close_proposals(&self, engine: &Engine, proposals: &[Proposal]) {
+        for p in proposals {
+            if let Err(e) = engine.fleet.purge(proposal_key(&p.app, &p.deploy_id)).await {
+                tracing::debug!("fleet: cannot remove proposal {}: {e}", p.deploy_id);
+            }
+        }
+    }
+
+    /// Moves the rollout along: plans its waves from the hosts alive when it starts, assigns the current
+    /// wave, and waits for its outcomes and its soak.
+    async fn drive(&mut self, engine: &Engine, epoch: u64) -> Result<(), FleetError> {
+        let name = self.app.name.clone();
+        let Some(mut r) = engine.rollout(&name).await? else {
+            return Ok(());
+        };
+        if r.sha.is_empty() || matches!(r.phase.as_str(), "halted") {
+            return Ok(());
+        }
+        let beats = engine.heartbeats().await?;
+        let report = |h: &str| -> Option<(Duration, AppReport)> {
+            beats.get(h).and_then(|(age, rec)| rec.apps.get(&name).map(|a| (*age, a.clone())))
+        };
+        let alive: Vec<String> = beats
+            .iter()
+            .filter(|(_, (age, rec))| *age <= LOST_AFTER && rec.apps.contains_key(&name))
+            .map(|(h, _)| h.clone())
+            .collect();
+        let before = r.clone();
+        if r.waves.is_empty() && r.phase != "done" {
+            r.waves = plan(&alive, &self.rollout);
+        }
+        if r.phase == "done" {
+            // A host that joined (or came back) after the rollout gets its release too.
+            for h in &alive {
+                self.assign(engine, &r, h).await?;
+            }
+        } else if let Some(wave) = r.waves.get(r.wave).cloned() {
+            let mut pending = false;
+            for h in &wave {
+                let Some((age, rep)) = report(h) else { continue };
+                if age > LOST_AFTER {
+                    continue;
+                }
+                self.assign(engine, &r, h).await?;
+                if rep.rollout.as_deref() != Some(r.id.as_str()) {
+                    pending = true;
+                    continue;
+                }
+                match rep.rollout_state.as_deref() {
+                    Some("succeeded") | Some("ignored") => {}
+                    Some("failed") | Some("rolled_back") | Some("interrupted") => {
+                        if !r.failures.iter().any(|(fh, _)| fh == h) {
+                            let why = format!("{} on {h}", rep.rollout_state.as_deref().unwrap_or("failed"));
+                            r.failures.push((h.clone(), why));
+                        }
+                    }
+                    _ => pending = true,
+                }
+            }
+            if r.failures.len() > self.rollout.max_failures {
+                r.phase = "halted".into();
+                r.finished_ms = Some(model::now_ms());
+                tracing::warn!(app = %name, rollout = %r.id, "fleet: rollout halted: {}", r.failures.iter().map(|f| f.1.clone()).collect::<Vec<_>>().join(", "));
+            } else if !pending {
+                let now = model::now_ms();
+                let since = *r.soaking_since_ms.get_or_insert(now);
+                if now - since >= self.rollout.soak.as_millis() as i64 {
+                    r.wave += 1;
+                    r.soaking_since_ms = None;
+                    if r.wave >= r.waves.len() {
+                        r.phase = "done".into();
+                        r.finished_ms = Some(now);
+                        tracing::info!(app = %name, rollout = %r.id, "fleet: rollout done");
+                    } else {
+                        r.phase = "waves".into();
+                    }
+                }
+            }
+        } else {
+            r.phase = "done".into();
+            r.finished_ms = Some(model::now_ms());
+        }
+        r.epoch = epoch;
+        if r != before {
+            engine.put_json(&rollout_key(&name), &r).await?;
+        }
+        Ok(())
+    }
+
+    async fn assign(&self, engine: &Engine, r: &RolloutState, host: &str) -> Result<(), FleetError> {
+        let key = assign_key(&self.app.name, host);
+        if let Some(a) = engine.get_json::<Assignment>(&key).await? {
+            if a.rollout == r.id {
+                return Ok(());
+            }
+        }
+        let a = Assignment {
+            rollout: r.id.clone(),
+            sha: r.sha.clone(),
+            git_ref: r.git_ref.clone(),
+            bundle: r.bundle.clone(),
+            epoch: r.epoch,
+            actor: format!("fleet rollout {} ({} via {})", r.id, model::clean_actor(&r.from.actor), r.from.origin),
+        };
+        engine.put_json(&key, &a).await
+    }
+}
+
+/// The waves: the canary alone, then groups of at most `max_parallel`, in host-name order.
+pub(super) fn plan(hosts: &[String], cfg: &RolloutConfig) -> Vec<Vec<String>> {
+    let mut hosts = hosts.to_vec();
+    hosts.sort();
+    let canary = cfg.canary.min(hosts.len());
+    let mut waves = Vec::new();
+    if canary > 0 {
+        waves.push(hosts[..canary].to_vec());
+    }
+    for chunk in hosts[canary..].chunks(cfg.max_parallel.max(1)) {
+        waves.push(chunk.to_vec());
+    }
+    waves
+}
+
+async fn upload(engine: &Engine, name: &str, file: &Path) -> Result<(), FleetError> {
+    let mut f = tokio::fs::File::open(file).await.map_err(refused)?;
+    engine
+        .releases
+        .put(name, &mut f)
+        .await
+        .map(|_| ())
+        .map_err(|e| FleetError::Unreachable(format!("cannot store the release bundle {name}: {}", chain(&e))))
+}
+
+/// What this host last applied of an app's rollouts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Applied {
+    rollout: String,
+    max_epoch: u64,
+}
+
+/// The host's side: deploys a new assignment (once), unless a newer conductor has been seen.
+pub(super) async fn apply(
+    engine: &Engine,
+    app: &str,
+    host: &str,
+    dirs: &StateDir,
+    submit: &Submitter,
+) -> Result<(), FleetError> {
+    let Some(a) = engine.get_json::<Assignment>(&assign_key(app, host)).await? else {
+        return Ok(());
+    };
+    let path = dirs.fleet_applied(app);
+    let applied: Applied = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    if a.rollout == applied.rollout {
+        return Ok(());
+    }
+    if a.epoch < applied.max_epoch {
+        tracing::warn!(app = %app, "fleet: refusing rollout {} from epoch {} (a conductor of epoch {} has been seen)", a.rollout, a.epoch, applied.max_epoch);
+        return Ok(());
+    }
+    if !model::is_full_sha(&a.sha) {
+        return Err(refused(format!("assignment {} names no full sha", a.rollout)));
+    }
+    let bundle = dirs.fleet_bundle(app, &a.sha);
+    download(engine, &a.bundle, &bundle).await?;
+    let id = submit(app.to_string(), a.clone()).await.map_err(refused)?;
+    tracing::info!(app = %app, deploy_id = %id, "fleet: deploying rollout {} ({})", a.rollout, model::short_sha(&a.sha));
+    let next = Applied {
+        rollout: a.rollout.clone(),
+        max_epoch: a.epoch.max(applied.max_epoch),
+    };
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&next).map_err(refused)?)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| refused(format!("cannot record rollout {} in {}: {e}", a.rollout, path.display())))
+}
+
+async fn download(engine: &Engine, name: &str, to: &Path) -> Result<(), FleetError> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).map_err(refused)?;
+    }
+    let mut obj = engine
+        .releases
+        .get(name)
+        .await
+        .map_err(|e| FleetError::Unreachable(format!("cannot get the release bundle {name}: {}", chain(&e))))?;
+    let tmp = to.with_extension("part");
+    let mut f = tokio::fs::File::create(&tmp).await.map_err(refused)?;
+    // The object store checks the bundle's digest as it reads the last chunk.
+    tokio::io::copy(&mut obj, &mut f)
+        .await
+        .map_err(|e| FleetError::Unreachable(format!("cannot read the release bundle {name}: {e}")))?;
+    f.sync_all().await.map_err(refused)?;
+    std::fs::rename(&tmp, to).map_err(refused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts(n: usize) -> Vec<String> {
+        (1..=n).map(|i| format!("h{i:02}")).collect()
+    }
+
+    #[test]
+    fn waves_start_with_the_canary_and_never_exceed_max_parallel() {
+        let cfg = |canary, max_parallel| RolloutConfig {
+            canary,
+            max_parallel,
+            soak: Duration::ZERO,
+            max_failures: 0,
+        };
+        let w = plan(&hosts(20), &cfg(1, 5));
+        assert_eq!(w[0], vec!["h01"]);
+        assert_eq!(w.len(), 1 + 4);
+        assert!(w.iter().all(|x| x.len() <= 5));
+        assert_eq!(w.iter().map(Vec::len).sum::<usize>(), 20);
+        assert_eq!(plan(&hosts(20), &cfg(1, 20)).len(), 2);
+        assert_eq!(plan(&hosts(3), &cfg(0, 1)), vec![vec!["h01"], vec!["h02"], vec!["h03"]]);
+        assert_eq!(plan(&hosts(2), &cfg(5, 1)), vec![vec!["h01", "h02"]]);
+        assert!(plan(&[], &cfg(1, 5)).is_empty());
+    }
+}
