@@ -23,7 +23,12 @@ pub trait FleetLink: Send + Sync {
     fn forward(&self, row: DeployRow) -> BoxFuture<'static, Result<String, String>>;
 }
 
-pub(super) async fn worker(q: Arc<Queue>, link: Arc<dyn FleetLink>, app: String, mut shutdown: watch::Receiver<bool>) {
+pub(super) async fn worker(
+    q: Arc<Queue>,
+    link: Arc<dyn FleetLink>,
+    app: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let Some(wake) = q.wake_of(&app) else {
         return;
     };
@@ -45,7 +50,12 @@ pub(super) async fn worker(q: Arc<Queue>, link: Arc<dyn FleetLink>, app: String,
         }
         // Nothing to do: wait for a trigger or an assignment; after a failed hand-over, not longer than the
         // backoff before trying again.
-        let wait = if failures == 0 { Duration::from_secs(3600) } else { model::failure::backoff(failures, Duration::from_secs(1), Duration::from_secs(60)).max(Duration::from_secs(1)) };
+        let wait = if failures == 0 {
+            Duration::from_secs(3600)
+        } else {
+            model::failure::backoff(failures, Duration::from_secs(1), Duration::from_secs(60))
+                .max(Duration::from_secs(1))
+        };
         tokio::select! {
             _ = wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}

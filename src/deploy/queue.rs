@@ -380,7 +380,11 @@ pub async fn run_next(env: &Env, app: &str) -> Result<Option<(DeployRow, Outcome
 }
 
 /// [`run_next`]; for a fleet app's worker (`fleet`), only a rollout's assignment or a rollback is taken.
-pub(super) async fn run_next_in(env: &Env, app: &str, fleet: bool) -> Result<Option<(DeployRow, Outcome)>, String> {
+pub(super) async fn run_next_in(
+    env: &Env,
+    app: &str,
+    fleet: bool,
+) -> Result<Option<(DeployRow, Outcome)>, String> {
     let _lock = lock::lock(&env.dirs.app_lock(app))
         .await
         .map_err(|e| format!("cannot lock {app}: {e}"))?;
@@ -746,14 +750,25 @@ max_fetches_per_minute = 10000
     /// lanes: neither ever supersedes the other, and the fleet worker claims only assignments.
     #[tokio::test]
     async fn fleet_assignments_and_triggers_never_supersede_each_other() {
-        for (pending, newer) in [(Trigger::Webhook, Trigger::Fleet), (Trigger::Fleet, Trigger::Webhook), (Trigger::Manual, Trigger::Fleet)] {
+        for (pending, newer) in [
+            (Trigger::Webhook, Trigger::Fleet),
+            (Trigger::Fleet, Trigger::Webhook),
+            (Trigger::Manual, Trigger::Fleet),
+        ] {
             let fx = Fixture::new(APPS);
             let q = fx.queue();
             let (old, _) = recorded(q.submit(request("blog", pending)).await.expect("submit"));
             let (new, superseded) = recorded(q.submit(request("blog", newer)).await.expect("submit"));
-            assert!(superseded.is_empty(), "{pending:?} then {newer:?}: {superseded:?}");
+            assert!(
+                superseded.is_empty(),
+                "{pending:?} then {newer:?}: {superseded:?}"
+            );
             assert_eq!(fx.row(&old).await.state, State::Queued);
-            let fleet_row = if pending == Trigger::Fleet { old.clone() } else { new.clone() };
+            let fleet_row = if pending == Trigger::Fleet {
+                old.clone()
+            } else {
+                new.clone()
+            };
             let claimed = fx
                 .store
                 .call(|c| store::claim_next_fleet(c, "blog", model::now_ms()))
@@ -761,9 +776,18 @@ max_fetches_per_minute = 10000
                 .expect("claim")
                 .expect("an assignment");
             assert_eq!(claimed.id, fleet_row, "only the assignment is claimed");
-            let left = fx.store.call(|c| store::to_forward(c, "blog")).await.expect("read");
+            let left = fx
+                .store
+                .call(|c| store::to_forward(c, "blog"))
+                .await
+                .expect("read");
             assert_eq!(left.len(), 1, "the trigger waits to be handed over");
-            assert!(fx.store.call(|c| store::claim_next_fleet(c, "blog", 0)).await.expect("claim").is_none());
+            assert!(fx
+                .store
+                .call(|c| store::claim_next_fleet(c, "blog", 0))
+                .await
+                .expect("claim")
+                .is_none());
         }
         let fx = Fixture::new(APPS);
         let q = fx.queue();

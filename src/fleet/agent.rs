@@ -19,8 +19,8 @@ use super::hosts::{HostRecord, HEARTBEAT};
 use super::lease::Lease;
 use super::rollout::{self, Conductor, Proposal, Submitter};
 use crate::config::{AppConfig, FleetConfig};
-use crate::infra::state_dir::StateDir;
 use crate::infra::metrics::{self, AppLabel, HostLabel};
+use crate::infra::state_dir::StateDir;
 
 /// What this host has live, per fleet app: asked for before every heartbeat.
 pub type Reporter = Arc<dyn Fn() -> BoxFuture<'static, BTreeMap<String, AppReport>> + Send + Sync>;
@@ -207,7 +207,14 @@ async fn run(cfg: FleetConfig, parts: AgentParts, shared: Arc<Shared>, mut stop:
     let mut conductors: Vec<Conductor> = parts
         .apps
         .iter()
-        .map(|a| Conductor::new(a.clone(), a.fleet.clone().unwrap_or_default(), &cfg.host, parts.dirs.clone()))
+        .map(|a| {
+            Conductor::new(
+                a.clone(),
+                a.fleet.clone().unwrap_or_default(),
+                &cfg.host,
+                parts.dirs.clone(),
+            )
+        })
         .collect();
     let campaign_every = HEARTBEAT.min(cfg.lease_ttl / 3);
     let (mut last_beat, mut last_campaign) = (None::<std::time::Instant>, None::<std::time::Instant>);
@@ -251,7 +258,8 @@ async fn run(cfg: FleetConfig, parts: AgentParts, shared: Arc<Shared>, mut stop:
             }
         }
         for app in &parts.apps {
-            if let Err(e) = rollout::apply(&engine, &app.name, &cfg.host, &parts.dirs, &parts.submitter).await {
+            if let Err(e) = rollout::apply(&engine, &app.name, &cfg.host, &parts.dirs, &parts.submitter).await
+            {
                 tracing::warn!(app = %app.name, "fleet: applying the rollout: {e}");
             }
         }

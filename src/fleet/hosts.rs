@@ -158,7 +158,11 @@ impl Engine {
                 rollout.release = Some(r.bundle).filter(|_| !r.sha.is_empty());
                 rollout.sha = Some(r.sha).filter(|s| !s.is_empty());
                 rollout.phase = Some(r.phase);
-                rollout.failures = r.failures.into_iter().map(|(h, why)| format!("{h}: {why}")).collect();
+                rollout.failures = r
+                    .failures
+                    .into_iter()
+                    .map(|(h, why)| format!("{h}: {why}"))
+                    .collect();
                 rollout.waves = r.waves.len();
                 rollout.wave = r.wave;
             }
@@ -188,7 +192,12 @@ impl FleetStatus {
             };
             let phase = a.rollout.phase.as_deref().unwrap_or("no rollout yet");
             let what = match (&a.rollout.id, &a.rollout.sha) {
-                (Some(id), Some(sha)) => format!(" rollout {id} of {} (wave {}/{}),", &sha[..sha.len().min(12)], (a.rollout.wave + 1).min(a.rollout.waves), a.rollout.waves),
+                (Some(id), Some(sha)) => format!(
+                    " rollout {id} of {} (wave {}/{}),",
+                    &sha[..sha.len().min(12)],
+                    (a.rollout.wave + 1).min(a.rollout.waves),
+                    a.rollout.waves
+                ),
                 _ => String::new(),
             };
             out.push_str(&format!("{}: {phase},{what} {conductor}\n", a.app));

@@ -82,7 +82,8 @@ pub struct Assignment {
 }
 
 /// Deploys an assignment on this host (the server queues it): the local deploy id.
-pub type Submitter = Arc<dyn Fn(String, Assignment) -> BoxFuture<'static, Result<String, String>> + Send + Sync>;
+pub type Submitter =
+    Arc<dyn Fn(String, Assignment) -> BoxFuture<'static, Result<String, String>> + Send + Sync>;
 
 pub(super) fn proposal_key(app: &str, deploy_id: &str) -> String {
     format!("proposal.{app}.{deploy_id}")
@@ -105,7 +106,11 @@ impl Engine {
     /// Hands a trigger over. Idempotent: one already there is left as it is.
     pub async fn propose(&self, p: &Proposal) -> Result<(), FleetError> {
         let value = serde_json::to_vec(p).map_err(refused)?;
-        match self.fleet.create(proposal_key(&p.app, &p.deploy_id), value.into()).await {
+        match self
+            .fleet
+            .create(proposal_key(&p.app, &p.deploy_id), value.into())
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => Ok(()),
             Err(e) => Err(away(&e)),
@@ -122,7 +127,11 @@ impl Engine {
 
     async fn put_json<T: Serialize>(&self, key: &str, value: &T) -> Result<(), FleetError> {
         let bytes = serde_json::to_vec(value).map_err(refused)?;
-        self.fleet.put(key, bytes.into()).await.map(|_| ()).map_err(|e| away(&e))
+        self.fleet
+            .put(key, bytes.into())
+            .await
+            .map(|_| ())
+            .map_err(|e| away(&e))
     }
 
     pub(super) async fn rollout(&self, app: &str) -> Result<Option<RolloutState>, FleetError> {
@@ -211,7 +220,9 @@ impl Conductor {
         for p in &proposals {
             let known_old = match (&live, &p.sha) {
                 (Some(l), Some(s)) if s == l => true,
-                (Some(l), Some(s)) if model::is_full_sha(s) => matches!(git.is_ancestor(s, l).await, Ok(true)),
+                (Some(l), Some(s)) if model::is_full_sha(s) => {
+                    matches!(git.is_ancestor(s, l).await, Ok(true))
+                }
                 _ => false,
             };
             if known_old {
@@ -235,26 +246,38 @@ impl Conductor {
                 self.close_proposals(engine, &proposals).await;
                 let mut halted = self.fresh_state(epoch, proposals.last().cloned(), "", "");
                 halted.phase = "halted".into();
-                halted.failures.push((self.host.clone(), format!("the conductor's fetch failed: {f}")));
+                halted
+                    .failures
+                    .push((self.host.clone(), format!("the conductor's fetch failed: {f}")));
                 return engine.put_json(&rollout_key(&name), &halted).await;
             }
             self.failures += 1;
-            let wait = model::failure::backoff(self.failures, Duration::from_secs(5), Duration::from_secs(300))
-                .max(Duration::from_secs(5));
+            let wait =
+                model::failure::backoff(self.failures, Duration::from_secs(5), Duration::from_secs(300))
+                    .max(Duration::from_secs(5));
             tracing::warn!(app = %name, "fleet: the conductor's fetch failed ({f}); trying again in {:.0}s", wait.as_secs_f64());
             self.retry_at = Some(Instant::now() + wait);
             return Ok(());
         }
         self.failures = 0;
         self.retry_at = None;
-        let chosen = self.choose(&git, &proposals, current.as_ref().map(|r| r.sha.as_str())).await;
+        let chosen = self
+            .choose(&git, &proposals, current.as_ref().map(|r| r.sha.as_str()))
+            .await;
         if let Some((p, sha, git_ref)) = chosen {
             let bundle = format!("{name}/{sha}.bundle");
-            let file = self.dirs.root().join("fleet").join(&name).join(format!("out-{sha}.bundle"));
+            let file = self
+                .dirs
+                .root()
+                .join("fleet")
+                .join(&name)
+                .join(format!("out-{sha}.bundle"));
             if let Some(parent) = file.parent() {
                 std::fs::create_dir_all(parent).map_err(refused)?;
             }
-            git.bundle(&sha, &file).await.map_err(|f| refused(format!("cannot bundle {sha}: {f}")))?;
+            git.bundle(&sha, &file)
+                .await
+                .map_err(|f| refused(format!("cannot bundle {sha}: {f}")))?;
             let put = upload(engine, &bundle, &file).await;
             let _ = std::fs::remove_file(&file);
             put?;
@@ -268,7 +291,12 @@ impl Conductor {
 
     /// The newest proposal on the branch, if it is newer than `live` (the fleet's current release): its
     /// proposal, sha and ref.
-    async fn choose(&self, git: &Git, proposals: &[Proposal], live: Option<&str>) -> Option<(Proposal, String, String)> {
+    async fn choose(
+        &self,
+        git: &Git,
+        proposals: &[Proposal],
+        live: Option<&str>,
+    ) -> Option<(Proposal, String, String)> {
         let branch_ref = format!("refs/heads/{}", self.app.branch);
         let tip = git.resolve_commit(&branch_ref).await.ok().flatten()?;
         let mut newer: Vec<(Proposal, String)> = Vec::new();
@@ -336,7 +364,12 @@ impl Conductor {
             bundle: format!("{}/{sha}.bundle", self.app.name),
             epoch,
             conductor: self.host.clone(),
-            phase: if self.rollout.canary > 0 { "canary" } else { "waves" }.into(),
+            phase: if self.rollout.canary > 0 {
+                "canary"
+            } else {
+                "waves"
+            }
+            .into(),
             waves: Vec::new(),
             wave: 0,
             soaking_since_ms: None,
@@ -367,7 +400,9 @@ impl Conductor {
         }
         let beats = engine.heartbeats().await?;
         let report = |h: &str| -> Option<(Duration, AppReport)> {
-            beats.get(h).and_then(|(age, rec)| rec.apps.get(&name).map(|a| (*age, a.clone())))
+            beats
+                .get(h)
+                .and_then(|(age, rec)| rec.apps.get(&name).map(|a| (*age, a.clone())))
         };
         let alive: Vec<String> = beats
             .iter()
@@ -449,7 +484,12 @@ impl Conductor {
             git_ref: r.git_ref.clone(),
             bundle: r.bundle.clone(),
             epoch: r.epoch,
-            actor: format!("fleet rollout {} ({} via {})", r.id, model::clean_actor(&r.from.actor), r.from.origin),
+            actor: format!(
+                "fleet rollout {} ({} via {})",
+                r.id,
+                model::clean_actor(&r.from.actor),
+                r.from.origin
+            ),
         };
         engine.put_json(&key, &a).await
     }
@@ -472,12 +512,9 @@ pub(super) fn plan(hosts: &[String], cfg: &RolloutConfig) -> Vec<Vec<String>> {
 
 async fn upload(engine: &Engine, name: &str, file: &Path) -> Result<(), FleetError> {
     let mut f = tokio::fs::File::open(file).await.map_err(refused)?;
-    engine
-        .releases
-        .put(name, &mut f)
-        .await
-        .map(|_| ())
-        .map_err(|e| FleetError::Unreachable(format!("cannot store the release bundle {name}: {}", chain(&e))))
+    engine.releases.put(name, &mut f).await.map(|_| ()).map_err(|e| {
+        FleetError::Unreachable(format!("cannot store the release bundle {name}: {}", chain(&e)))
+    })
 }
 
 /// What this host last applied of an app's rollouts.
@@ -524,18 +561,22 @@ pub(super) async fn apply(
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec(&next).map_err(refused)?)
         .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| refused(format!("cannot record rollout {} in {}: {e}", a.rollout, path.display())))
+        .map_err(|e| {
+            refused(format!(
+                "cannot record rollout {} in {}: {e}",
+                a.rollout,
+                path.display()
+            ))
+        })
 }
 
 async fn download(engine: &Engine, name: &str, to: &Path) -> Result<(), FleetError> {
     if let Some(parent) = to.parent() {
         std::fs::create_dir_all(parent).map_err(refused)?;
     }
-    let mut obj = engine
-        .releases
-        .get(name)
-        .await
-        .map_err(|e| FleetError::Unreachable(format!("cannot get the release bundle {name}: {}", chain(&e))))?;
+    let mut obj = engine.releases.get(name).await.map_err(|e| {
+        FleetError::Unreachable(format!("cannot get the release bundle {name}: {}", chain(&e)))
+    })?;
     let tmp = to.with_extension("part");
     let mut f = tokio::fs::File::create(&tmp).await.map_err(refused)?;
     // The object store checks the bundle's digest as it reads the last chunk.
@@ -568,7 +609,10 @@ mod tests {
         assert!(w.iter().all(|x| x.len() <= 5));
         assert_eq!(w.iter().map(Vec::len).sum::<usize>(), 20);
         assert_eq!(plan(&hosts(20), &cfg(1, 20)).len(), 2);
-        assert_eq!(plan(&hosts(3), &cfg(0, 1)), vec![vec!["h01"], vec!["h02"], vec!["h03"]]);
+        assert_eq!(
+            plan(&hosts(3), &cfg(0, 1)),
+            vec![vec!["h01"], vec!["h02"], vec!["h03"]]
+        );
         assert_eq!(plan(&hosts(2), &cfg(5, 1)), vec![vec!["h01", "h02"]]);
         assert!(plan(&[], &cfg(1, 5)).is_empty());
     }

@@ -18,12 +18,8 @@ use crate::store::{DeployRow, Enqueued, StoreError};
 /// cell the queue goes into once it exists (assignments are submitted to it).
 pub(crate) fn start(cfg: &Config, env: &mut Env) -> Option<(AgentHandle, Arc<OnceLock<Arc<Queue>>>)> {
     let fc = cfg.fleet.clone()?;
-    let apps: Vec<Arc<crate::config::AppConfig>> = env
-        .apps
-        .values()
-        .filter(|a| a.fleet.is_some())
-        .cloned()
-        .collect();
+    let apps: Vec<Arc<crate::config::AppConfig>> =
+        env.apps.values().filter(|a| a.fleet.is_some()).cloned().collect();
     let queue: Arc<OnceLock<Arc<Queue>>> = Arc::new(OnceLock::new());
     let parts = AgentParts {
         reporter: reporter(env, &apps),
@@ -86,7 +82,8 @@ fn submitter(queue: Arc<OnceLock<Arc<Queue>>>) -> fleet::Submitter {
 
 fn reporter(env: &Env, apps: &[Arc<crate::config::AppConfig>]) -> fleet::Reporter {
     let store = env.store.clone();
-    let apps: Vec<(String, std::path::PathBuf)> = apps.iter().map(|a| (a.name.clone(), a.path.clone())).collect();
+    let apps: Vec<(String, std::path::PathBuf)> =
+        apps.iter().map(|a| (a.name.clone(), a.path.clone())).collect();
     Arc::new(move || {
         let store = store.clone();
         let live: Vec<(String, Option<String>)> = apps
@@ -109,7 +106,12 @@ fn reporter(env: &Env, apps: &[Arc<crate::config::AppConfig>]) -> fleet::Reporte
                             AppReport {
                                 live_sha: live.as_ref().and_then(|d| d.sha.clone()),
                                 live_release: release,
-                                phase: if summary.running.is_some() { "deploying" } else { "idle" }.into(),
+                                phase: if summary.running.is_some() {
+                                    "deploying"
+                                } else {
+                                    "idle"
+                                }
+                                .into(),
                                 outcome: summary.last.map(|d| d.state.as_str().to_string()),
                                 rollout: fleet.as_ref().and_then(|d| d.delivery_id.clone()),
                                 rollout_state: fleet.map(|d| d.state.as_str().to_string()),

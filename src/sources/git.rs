@@ -399,9 +399,12 @@ impl Git {
             .args(["fetch", "--no-tags", "--no-write-fetch-head", "--"])
             .arg(bundle.as_os_str())
             .arg(format!("+refs/haul/release:{dest}"));
-        runner::run(&fetch, self.log.as_ref())
-            .await
-            .map_err(|e| Failure::permanent(format!("the release bundle {} does not fetch: {e}", bundle.display())))?;
+        runner::run(&fetch, self.log.as_ref()).await.map_err(|e| {
+            Failure::permanent(format!(
+                "the release bundle {} does not fetch: {e}",
+                bundle.display()
+            ))
+        })?;
         match self.resolve_commit(&dest).await? {
             Some(got) if got == sha => Ok(()),
             got => Err(Failure::permanent(format!(

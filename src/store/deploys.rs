@@ -271,7 +271,11 @@ pub(crate) fn claim_next(conn: &Connection, app: &str, now: i64) -> Result<Optio
 
 /// A fleet app's worker: takes the pending rollout assignment (or a `haul rollback`), never a trigger that
 /// is still to be handed to the fleet.
-pub(crate) fn claim_next_fleet(conn: &Connection, app: &str, now: i64) -> Result<Option<DeployRow>, StoreError> {
+pub(crate) fn claim_next_fleet(
+    conn: &Connection,
+    app: &str,
+    now: i64,
+) -> Result<Option<DeployRow>, StoreError> {
     let sql = format!(
         "UPDATE deploys SET state = 'running', started_at = ?2
          WHERE seq = (SELECT seq FROM deploys WHERE app = ?1 AND state = 'queued' AND trigger IN ('fleet', 'rollback')
@@ -419,8 +423,13 @@ pub(crate) fn summary(conn: &Connection, app: &str) -> Result<AppSummary, StoreE
 }
 
 /// The newest request of `trigger` for an app (a fleet host's newest rollout assignment).
-pub fn last_of_trigger(conn: &Connection, app: &str, trigger: Trigger) -> Result<Option<DeployRow>, StoreError> {
-    let sql = format!("SELECT {COLUMNS} FROM deploys WHERE app = ?1 AND trigger = ?2 ORDER BY seq DESC LIMIT 1");
+pub fn last_of_trigger(
+    conn: &Connection,
+    app: &str,
+    trigger: Trigger,
+) -> Result<Option<DeployRow>, StoreError> {
+    let sql =
+        format!("SELECT {COLUMNS} FROM deploys WHERE app = ?1 AND trigger = ?2 ORDER BY seq DESC LIMIT 1");
     Ok(conn
         .query_row(&sql, params![app, trigger.as_str()], row_to_deploy)
         .optional()?)

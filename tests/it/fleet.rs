@@ -155,7 +155,13 @@ async fn a_lease_has_one_holder_and_a_growing_epoch() {
 }
 
 /// `[fleet]` and a fleet app `blog` for host `host`; `extra` goes into `[apps.blog]`.
-fn fleet_host_with(dir: &std::path::Path, server: &GitServer, cluster: &NatsCluster, host: &str, extra: &str) -> Haul {
+fn fleet_host_with(
+    dir: &std::path::Path,
+    server: &GitServer,
+    cluster: &NatsCluster,
+    host: &str,
+    extra: &str,
+) -> Haul {
     let top = format!(
         "[fleet]\nnats = {}\nhost = \"{host}\"\nlease_ttl = \"10s\"\n",
         cluster.toml_list()
@@ -204,7 +210,12 @@ fn fleet_hosts_report_their_releases_and_one_conducts() {
     let (code, reply) = hosts[1].push("refs/heads/main", &sha, &delivery());
     assert_eq!(code, 202, "{reply}");
     let received = hosts[1].wait_final(reply["deploy_id"].as_str().expect("id"));
-    assert_eq!(received.state, haul::model::State::Forwarded, "{:?}", received.reason);
+    assert_eq!(
+        received.state,
+        haul::model::State::Forwarded,
+        "{:?}",
+        received.reason
+    );
     let mut status = serde_json::Value::Null;
     wait_until("every host live on the sha, and the rollout done", || {
         status = fleet_status(&hosts[0]);
@@ -214,10 +225,16 @@ fn fleet_hosts_report_their_releases_and_one_conducts() {
     assert_eq!(status["apps"][0]["rollout"]["sha"], sha.as_str());
     for h in &hosts {
         let rows = h.rows();
-        let fleet_rows: Vec<_> = rows.iter().filter(|r| r.trigger == haul::model::Trigger::Fleet).collect();
+        let fleet_rows: Vec<_> = rows
+            .iter()
+            .filter(|r| r.trigger == haul::model::Trigger::Fleet)
+            .collect();
         assert_eq!(fleet_rows.len(), 1, "one fleet deploy per host");
         assert_eq!(fleet_rows[0].state, haul::model::State::Succeeded);
-        assert_eq!(fleet_rows[0].delivery_id.as_deref(), status["apps"][0]["rollout"]["id"].as_str());
+        assert_eq!(
+            fleet_rows[0].delivery_id.as_deref(),
+            status["apps"][0]["rollout"]["id"].as_str()
+        );
     }
     assert_eq!(status["apps"][0]["app"], "blog");
     for (h, name) in status["apps"][0]["hosts"]
@@ -335,13 +352,17 @@ fn one_webhook_rolls_a_release_across_twenty_hosts() {
         h.start();
     }
     wait_until("all hosts reporting", || {
-        fleet_status(&hosts[0])["apps"][0]["hosts"].as_array().is_some_and(|h| h.len() == HOSTS)
+        fleet_status(&hosts[0])["apps"][0]["hosts"]
+            .as_array()
+            .is_some_and(|h| h.len() == HOSTS)
     });
     let sha = server.commit(&[("index.html", "v2")], "v2");
     let fetches = server.fetches();
     let (code, reply) = hosts[7].push("refs/heads/main", &sha, &delivery());
     assert_eq!(code, 202, "{reply}");
-    wait_until("all 20 hosts live on the sha", || all_live(&fleet_status(&hosts[0]), HOSTS, &sha, "done"));
+    wait_until("all 20 hosts live on the sha", || {
+        all_live(&fleet_status(&hosts[0]), HOSTS, &sha, "done")
+    });
     assert_eq!(server.fetches() - fetches, 1, "one forge fetch for 20 hosts");
 
     // The build marks: the canary built alone and first; then at most 5 at a time.
@@ -349,15 +370,29 @@ fn one_webhook_rolls_a_release_across_twenty_hosts() {
     let mut spans: std::collections::BTreeMap<String, (u128, u128)> = Default::default();
     for line in text.lines() {
         let mut it = line.split_whitespace();
-        let (Some(kind), Some(host), Some(t)) = (it.next(), it.next(), it.next().and_then(|t| t.parse::<u128>().ok())) else {
+        let (Some(kind), Some(host), Some(t)) = (
+            it.next(),
+            it.next(),
+            it.next().and_then(|t| t.parse::<u128>().ok()),
+        ) else {
             continue;
         };
         let e = spans.entry(host.to_string()).or_insert((0, 0));
-        if kind == "start" { e.0 = t } else { e.1 = t }
+        if kind == "start" {
+            e.0 = t
+        } else {
+            e.1 = t
+        }
     }
     assert_eq!(spans.len(), HOSTS, "every host built once: {text}");
     let canary = spans["h01"];
-    assert!(spans.iter().filter(|(h, _)| *h != "h01").all(|(_, s)| s.0 > canary.1), "the canary first: {text}");
+    assert!(
+        spans
+            .iter()
+            .filter(|(h, _)| *h != "h01")
+            .all(|(_, s)| s.0 > canary.1),
+        "the canary first: {text}"
+    );
     let most = spans
         .values()
         .map(|a| spans.values().filter(|b| b.0 <= a.0 && a.0 < b.1).count())
@@ -406,7 +441,11 @@ fn a_host_that_loses_the_engine_keeps_serving_and_says_so() {
     assert_eq!(code, 202, "{reply}");
     let id = reply["deploy_id"].as_str().expect("id").to_string();
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(h.row(&id).state, haul::model::State::Queued, "kept until the engine answers");
+    assert_eq!(
+        h.row(&id).state,
+        haul::model::State::Queued,
+        "kept until the engine answers"
+    );
     // `haul fleet status` says what failed and what to check.
     let out = h.cli(&["fleet", "status"]);
     assert!(!out.status.success());

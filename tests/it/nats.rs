@@ -60,7 +60,10 @@ impl NatsCluster {
                 c.kill_node(i);
             }
         }
-        panic!("the nats cluster did not start in three attempts (logs in {})", dir.display());
+        panic!(
+            "the nats cluster did not start in three attempts (logs in {})",
+            dir.display()
+        );
     }
 
     fn start_once(dir: &Path) -> NatsCluster {
@@ -106,7 +109,11 @@ impl NatsCluster {
         for &i in which {
             let addr = format!("127.0.0.1:{}", self.nodes[i].monitor);
             loop {
-                if self.nodes[i].child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(Some(_)))) {
+                if self.nodes[i]
+                    .child
+                    .as_mut()
+                    .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+                {
                     return false;
                 }
                 if std::net::TcpStream::connect(&addr).is_ok() && http_get(&addr, "/healthz").0 == 200 {

@@ -66,7 +66,8 @@ impl Pipeline {
             .filter(|s| model::is_full_sha(s))
             .ok_or_else(|| failed("a fleet assignment without a full sha".into()))?;
         let bundle = self.dirs.fleet_bundle(&self.app.name, &sha);
-        self.log.stage(&format!("fetch {sha} from the fleet's release bundle"));
+        self.log
+            .stage(&format!("fetch {sha} from the fleet's release bundle"));
         let git = self.git();
         git.ensure_mirror().await.map_err(|f| fail("fetch failed", &f))?;
         git.fetch_bundle(&bundle, &sha)
