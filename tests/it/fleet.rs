@@ -409,6 +409,122 @@ fn one_webhook_rolls_a_release_across_twenty_hosts() {
     assert_eq!(server.fetches() - fetches, 1, "a replay costs no fetch");
 }
 
+/// Hosts `h1..=n` with a build step of `step(host)`, a canary and waves of `max_parallel`.
+fn fleet_of(
+    dir: &std::path::Path,
+    server: &GitServer,
+    cluster: &NatsCluster,
+    n: usize,
+    max_parallel: usize,
+    step: impl Fn(&str) -> String,
+) -> Vec<Haul> {
+    (1..=n)
+        .map(|i| {
+            let name = format!("h{i}");
+            let extra = format!(
+                "build = [{:?}]\n\n[apps.blog.rollout]\ncanary = 1\nmax_parallel = {max_parallel}\n",
+                step(&name)
+            );
+            let mut h = fleet_host_with(dir, server, cluster, &name, &extra);
+            h.start();
+            h
+        })
+        .collect()
+}
+
+/// A canary whose deploy fails halts the rollout: no other host is touched, and the status names the host.
+#[test]
+fn a_failing_canary_halts_the_rollout_and_no_other_host_moves() {
+    let dir = TempDir::new("fleet-halt");
+    let cluster = NatsCluster::start(&dir.path().join("nats"));
+    let server = GitServer::start(dir.path());
+    let hosts = fleet_of(dir.path(), &server, &cluster, 4, 2, |h| {
+        if h == "h1" {
+            "echo the canary breaks >&2; exit 3".into()
+        } else {
+            "true".into()
+        }
+    });
+    wait_until("all hosts reporting", || {
+        fleet_status(&hosts[0])["apps"][0]["hosts"]
+            .as_array()
+            .is_some_and(|h| h.len() == 4)
+    });
+    let sha = server.commit(&[("index.html", "v2")], "v2");
+    let (code, reply) = hosts[2].push("refs/heads/main", &sha, &delivery());
+    assert_eq!(code, 202, "{reply}");
+    let mut status = serde_json::Value::Null;
+    wait_until("the rollout halted", || {
+        status = fleet_status(&hosts[3]);
+        status["apps"][0]["rollout"]["phase"] == "halted"
+    });
+    let failures = status["apps"][0]["rollout"]["failures"].to_string();
+    assert!(
+        failures.contains("h1") && failures.contains("failed"),
+        "{failures}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    for h in &hosts[1..] {
+        assert!(
+            h.rows().iter().all(|r| r.trigger != haul::model::Trigger::Fleet),
+            "no other host was assigned"
+        );
+    }
+    let text = String::from_utf8_lossy(&hosts[0].cli(&["fleet", "status"]).stdout).to_string();
+    assert!(text.contains("halted") && text.contains("failed: h1"), "{text}");
+}
+
+/// The conductor SIGKILLed in the middle of a rollout: another host takes the lease after it expires and
+/// finishes the rollout, with no second forge fetch.
+#[test]
+fn a_killed_conductor_is_replaced_and_the_rollout_finishes_with_one_fetch() {
+    let dir = TempDir::new("fleet-takeover");
+    let cluster = NatsCluster::start(&dir.path().join("nats"));
+    let server = GitServer::start(dir.path());
+    let mut hosts = fleet_of(dir.path(), &server, &cluster, 5, 1, |_| "sleep 2".into());
+    let mut first = String::new();
+    wait_until("a conductor and all hosts reporting", || {
+        let s = fleet_status(&hosts[0]);
+        match conductor(&s) {
+            Some((c, _)) if s["apps"][0]["hosts"].as_array().is_some_and(|h| h.len() == 5) => {
+                first = c;
+                true
+            }
+            _ => false,
+        }
+    });
+    let sha = server.commit(&[("index.html", "v2")], "v2");
+    let fetches = server.fetches();
+    let k = first[1..].parse::<usize>().expect("h<n>") - 1;
+    let other = (k + 1) % 5;
+    let (code, reply) = hosts[other].push("refs/heads/main", &sha, &delivery());
+    assert_eq!(code, 202, "{reply}");
+    // Into the waves (one host at a time after the canary), then the conductor dies.
+    wait_until("the second wave", || {
+        fleet_status(&hosts[other])["apps"][0]["rollout"]["wave"].as_u64() >= Some(1)
+    });
+    hosts[k].kill();
+    let live_without = |s: &serde_json::Value| {
+        s["apps"][0]["hosts"].as_array().is_some_and(|hs| {
+            hs.iter()
+                .filter(|h| h["host"] != first.as_str())
+                .all(|h| h["live_sha"] == sha.as_str())
+        }) && s["apps"][0]["rollout"]["phase"] == "done"
+    };
+    let mut status = serde_json::Value::Null;
+    wait_until("the rollout finished by another conductor", || {
+        status = fleet_status(&hosts[other]);
+        live_without(&status)
+    });
+    let (c, _) = conductor(&status).expect("a conductor");
+    assert_ne!(c, first);
+    assert_eq!(
+        server.fetches() - fetches,
+        1,
+        "the new conductor fetched nothing again"
+    );
+}
+
 #[test]
 fn a_host_that_loses_the_engine_keeps_serving_and_says_so() {
     let dir = TempDir::new("fleet-down");
