@@ -138,6 +138,41 @@ impl Engine {
         self.get_json(&rollout_key(app)).await
     }
 
+    /// Writes an app's rollout as the conductor of `epoch`: by compare-and-set on the revision last read,
+    /// and never over a rollout written by a newer conductor (a conductor that was paused past its lease
+    /// and woke up is refused here, whatever it believed).
+    async fn write_rollout(&self, app: &str, state: &RolloutState) -> Result<(), FleetError> {
+        let key = rollout_key(app);
+        let entry = self.fleet.entry(key.clone()).await.map_err(|e| away(&e))?;
+        let revision = match &entry {
+            Some(e) if e.operation == async_nats::jetstream::kv::Operation::Put => {
+                if let Ok(current) = serde_json::from_slice::<RolloutState>(&e.value) {
+                    if current.epoch > state.epoch {
+                        return Err(FleetError::Refused(format!(
+                            "a newer conductor (epoch {}) owns rollout {}; this one (epoch {}) stands down",
+                            current.epoch, current.id, state.epoch
+                        )));
+                    }
+                }
+                e.revision
+            }
+            Some(e) => e.revision,
+            None => 0,
+        };
+        let value = serde_json::to_vec(state).map_err(refused)?;
+        match self.fleet.update(&key, value.into(), revision).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision => {
+                Err(FleetError::Conflict)
+            }
+            Err(e) if super::engine::js_code(&e) == Some(10164) => Err(FleetError::Conflict),
+            Err(e) if e.kind() == async_nats::jetstream::kv::UpdateErrorKind::TimedOut => {
+                Err(FleetError::Unknown(chain(&e)))
+            }
+            Err(e) => Err(away(&e)),
+        }
+    }
+
     async fn proposals(&self, app: &str) -> Result<Vec<Proposal>, FleetError> {
         let prefix = format!("proposal.{app}.");
         let mut keys = self.fleet.keys().await.map_err(|e| away(&e))?;
@@ -249,7 +284,7 @@ impl Conductor {
                 halted
                     .failures
                     .push((self.host.clone(), format!("the conductor's fetch failed: {f}")));
-                return engine.put_json(&rollout_key(&name), &halted).await;
+                return engine.write_rollout(&name, &halted).await;
             }
             self.failures += 1;
             let wait =
@@ -283,7 +318,7 @@ impl Conductor {
             put?;
             let state = self.fresh_state(epoch, Some(p), &sha, &git_ref);
             tracing::info!(app = %name, rollout = %state.id, "fleet: rolling out {} to {} host(s) in {} wave(s)", model::short_sha(&sha), state.waves.iter().map(Vec::len).sum::<usize>(), state.waves.len());
-            engine.put_json(&rollout_key(&name), &state).await?;
+            engine.write_rollout(&name, &state).await?;
         }
         self.close_proposals(engine, &proposals).await;
         Ok(())
@@ -395,7 +430,7 @@ impl Conductor {
         let Some(mut r) = engine.rollout(&name).await? else {
             return Ok(());
         };
-        if r.sha.is_empty() || matches!(r.phase.as_str(), "halted") {
+        if r.sha.is_empty() || matches!(r.phase.as_str(), "halted") || r.epoch > epoch {
             return Ok(());
         }
         let beats = engine.heartbeats().await?;
@@ -466,7 +501,7 @@ impl Conductor {
         }
         r.epoch = epoch;
         if r != before {
-            engine.put_json(&rollout_key(&name), &r).await?;
+            engine.write_rollout(&name, &r).await?;
         }
         Ok(())
     }

@@ -523,6 +523,83 @@ fn a_killed_conductor_is_replaced_and_the_rollout_finishes_with_one_fetch() {
         1,
         "the new conductor fetched nothing again"
     );
+
+    // A host that joins after the rollout gets the release too.
+    let mut late = fleet_host_with(dir.path(), &server, &cluster, "h9", "build = [\"true\"]\n");
+    late.start();
+    wait_until("the late host live on the sha", || {
+        fleet_status(&late)["apps"][0]["hosts"]
+            .as_array()
+            .is_some_and(|hs| {
+                hs.iter()
+                    .any(|h| h["host"] == "h9" && h["live_sha"] == sha.as_str())
+            })
+    });
+    assert_eq!(
+        server.fetches() - fetches,
+        1,
+        "the late host fetched nothing from the forge"
+    );
+}
+
+/// A conductor frozen (SIGSTOP) mid-rollout loses its lease; another host finishes the rollout; the frozen
+/// one, thawed, does not take it back or write over it.
+#[test]
+fn a_frozen_conductor_is_fenced_when_it_wakes() {
+    let dir = TempDir::new("fleet-sigstop");
+    let cluster = NatsCluster::start(&dir.path().join("nats"));
+    let server = GitServer::start(dir.path());
+    let hosts = fleet_of(dir.path(), &server, &cluster, 4, 1, |_| "sleep 2".into());
+    let mut first = (String::new(), 0);
+    wait_until("a conductor and all hosts reporting", || {
+        let s = fleet_status(&hosts[0]);
+        match conductor(&s) {
+            Some(c) if s["apps"][0]["hosts"].as_array().is_some_and(|h| h.len() == 4) => {
+                first = c;
+                true
+            }
+            _ => false,
+        }
+    });
+    let sha = server.commit(&[("index.html", "v2")], "v2");
+    let fetches = server.fetches();
+    let k = first.0[1..].parse::<usize>().expect("h<n>") - 1;
+    let other = (k + 1) % 4;
+    let (code, reply) = hosts[other].push("refs/heads/main", &sha, &delivery());
+    assert_eq!(code, 202, "{reply}");
+    wait_until("the second wave", || {
+        fleet_status(&hosts[other])["apps"][0]["rollout"]["wave"].as_u64() >= Some(1)
+    });
+    hosts[k].signal(libc::SIGSTOP);
+    let mut second = (String::new(), 0);
+    wait_until("another conductor", || {
+        match conductor(&fleet_status(&hosts[other])) {
+            Some(c) if c.0 != first.0 => {
+                second = c;
+                true
+            }
+            _ => false,
+        }
+    });
+    assert!(second.1 > first.1);
+    hosts[k].signal(libc::SIGCONT);
+    let mut status = serde_json::Value::Null;
+    wait_until("the rollout done, every host live", || {
+        status = fleet_status(&hosts[other]);
+        all_live(&status, 4, &sha, "done")
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    let status = fleet_status(&hosts[other]);
+    assert_eq!(
+        conductor(&status),
+        Some(second.clone()),
+        "the thawed conductor did not take the lease back"
+    );
+    assert!(
+        status["apps"][0]["rollout"]["epoch"].as_u64() >= Some(second.1),
+        "{status}"
+    );
+    assert_eq!(server.fetches() - fetches, 1);
 }
 
 #[test]

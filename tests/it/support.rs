@@ -592,6 +592,15 @@ impl Haul {
         }
     }
 
+    /// Sends `sig` (SIGSTOP, SIGCONT, ...) to the running daemon.
+    pub fn signal(&self, sig: i32) {
+        let c = self.child.as_ref().expect("running");
+        // SAFETY: signalling our own child process.
+        unsafe {
+            libc::kill(c.id() as i32, sig);
+        }
+    }
+
     /// SIGTERM, then wait for a clean exit.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("running");
