@@ -686,3 +686,101 @@ fn fleet_settings_that_cannot_work_are_refused_before_anything_starts() {
     // Nothing was started: no state was written.
     assert!(!h.state_dir.join("haul.db").exists());
 }
+
+/// A newer push in the middle of a rollout starts a fresh rollout from the canary, and the fleet ends on
+/// the newest commit; an older signed push afterwards changes nothing and fetches nothing.
+#[test]
+fn a_newer_push_restarts_from_the_canary_and_an_older_one_changes_nothing() {
+    let dir = TempDir::new("fleet-newer");
+    let cluster = NatsCluster::start(&dir.path().join("nats"));
+    let server = GitServer::start(dir.path());
+    let hosts = fleet_of(dir.path(), &server, &cluster, 4, 1, |_| "sleep 2".into());
+    wait_until("all hosts reporting", || {
+        fleet_status(&hosts[0])["apps"][0]["hosts"]
+            .as_array()
+            .is_some_and(|h| h.len() == 4)
+    });
+    let c2 = server.commit(&[("index.html", "v2")], "v2");
+    let fetches = server.fetches();
+    let (code, reply) = hosts[1].push("refs/heads/main", &c2, &delivery());
+    assert_eq!(code, 202, "{reply}");
+    let mut first = serde_json::Value::Null;
+    wait_until("the first rollout in its waves", || {
+        first = fleet_status(&hosts[0])["apps"][0]["rollout"].clone();
+        first["sha"] == c2.as_str() && first["wave"].as_u64() >= Some(1)
+    });
+    let c3 = server.commit(&[("index.html", "v3")], "v3");
+    let (code, reply) = hosts[2].push("refs/heads/main", &c3, &delivery());
+    assert_eq!(code, 202, "{reply}");
+    let mut second = serde_json::Value::Null;
+    wait_until("a fresh rollout of the newer commit", || {
+        second = fleet_status(&hosts[0])["apps"][0]["rollout"].clone();
+        second["sha"] == c3.as_str()
+    });
+    assert_ne!(second["id"], first["id"]);
+    assert!(second["wave"].as_u64() <= Some(1), "it starts over: {second}");
+    wait_until("every host on the newest commit", || {
+        all_live(&fleet_status(&hosts[0]), 4, &c3, "done")
+    });
+    assert_eq!(server.fetches() - fetches, 2, "one fetch per release");
+
+    // The older push again, as a late delivery with a fresh id, to another host: nothing moves.
+    let body = github_push_from("refs/heads/main", "0000000000000000000000000000000000000000", &c2);
+    let (code, reply) = hosts[3].deliver(&body, &delivery());
+    assert!(code == 200 || code == 202, "{code} {reply}");
+    std::thread::sleep(Duration::from_secs(4));
+    let status = fleet_status(&hosts[0]);
+    assert!(all_live(&status, 4, &c3, "done"), "{status}");
+    assert_eq!(status["apps"][0]["rollout"]["sha"], c3.as_str());
+    assert_eq!(server.fetches() - fetches, 2, "an older commit costs no fetch");
+}
+
+/// The engine's own faults: with one of three nodes SIGKILLed a rollout carries on; with two down nothing
+/// moves (every host keeps serving its release, the trigger stays acknowledged and queued), and when the
+/// quorum is back the rollout happens.
+#[test]
+fn the_fleet_rides_out_engine_nodes_dying() {
+    let dir = TempDir::new("fleet-quorum");
+    let mut cluster = NatsCluster::start(&dir.path().join("nats"));
+    let server = GitServer::start(dir.path());
+    let hosts = fleet_of(dir.path(), &server, &cluster, 3, 2, |_| "true".into());
+    wait_until("all hosts reporting", || {
+        fleet_status(&hosts[0])["apps"][0]["hosts"]
+            .as_array()
+            .is_some_and(|h| h.len() == 3)
+    });
+    cluster.kill_node(0);
+    let c2 = server.commit(&[("index.html", "v2")], "v2");
+    let (code, reply) = hosts[0].push("refs/heads/main", &c2, &delivery());
+    assert_eq!(code, 202, "{reply}");
+    wait_until("rolled out with one node down", || {
+        all_live(&fleet_status(&hosts[1]), 3, &c2, "done")
+    });
+
+    cluster.start_node(0);
+    cluster.wait_healthy(&[0, 1, 2]);
+    cluster.kill_node(0);
+    cluster.kill_node(1);
+    let c3 = server.commit(&[("index.html", "v3")], "v3");
+    let (code, reply) = hosts[2].push("refs/heads/main", &c3, &delivery());
+    assert_eq!(code, 202, "acknowledged without a quorum: {reply}");
+    let id = reply["deploy_id"].as_str().expect("id").to_string();
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(
+        hosts[2].row(&id).state,
+        haul::model::State::Queued,
+        "kept until the engine can take it"
+    );
+    for h in &hosts {
+        let (code, _) = http_get(&h.addr(), "/healthz");
+        assert_eq!(code, 200, "every host keeps serving");
+        assert!(h.current().is_some_and(|r| r.contains(&c2[..7])), "still on c2");
+    }
+    cluster.start_node(0);
+    cluster.start_node(1);
+    cluster.wait_healthy(&[0, 1, 2]);
+    wait_until("rolled out once the quorum is back", || {
+        all_live(&fleet_status(&hosts[0]), 3, &c3, "done")
+    });
+    assert_eq!(hosts[2].row(&id).state, haul::model::State::Forwarded);
+}
