@@ -158,6 +158,8 @@ pub struct AgentParts {
     pub dirs: StateDir,
     pub reporter: Reporter,
     pub submitter: Submitter,
+    /// Where the conductor's `halted` goes (the daemon's notifier).
+    pub notifier: Option<crate::model::event::Notifier>,
 }
 
 /// Starts the agent.
@@ -213,6 +215,7 @@ async fn run(cfg: FleetConfig, parts: AgentParts, shared: Arc<Shared>, mut stop:
                 a.fleet.clone().unwrap_or_default(),
                 &cfg.host,
                 parts.dirs.clone(),
+                parts.notifier.clone(),
             )
         })
         .collect();

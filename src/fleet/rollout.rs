@@ -79,6 +79,9 @@ pub struct Assignment {
     pub bundle: String,
     pub epoch: u64,
     pub actor: String,
+    /// Put the release from before this rollout back (the hosts of a halted rollout's failing wave).
+    #[serde(default)]
+    pub revert: bool,
 }
 
 /// Deploys an assignment on this host (the server queues it): the local deploy id.
@@ -220,11 +223,19 @@ pub(super) struct Conductor {
     /// After a fetch that failed transiently: not before then.
     retry_at: Option<Instant>,
     failures: u32,
+    notifier: Option<model::event::Notifier>,
 }
 
 impl Conductor {
-    pub(super) fn new(app: Arc<AppConfig>, rollout: RolloutConfig, host: &str, dirs: StateDir) -> Conductor {
+    pub(super) fn new(
+        app: Arc<AppConfig>,
+        rollout: RolloutConfig,
+        host: &str,
+        dirs: StateDir,
+        notifier: Option<model::event::Notifier>,
+    ) -> Conductor {
         Conductor {
+            notifier,
             app,
             rollout,
             host: host.to_string(),
@@ -448,7 +459,9 @@ impl Conductor {
         if r.waves.is_empty() && r.phase != "done" {
             r.waves = plan(&alive, &self.rollout);
         }
-        if r.phase == "done" {
+        if r.phase == "reverting" {
+            self.revert_wave(engine, &mut r, &report).await?;
+        } else if r.phase == "done" {
             // A host that joined (or came back) after the rollout gets its release too.
             for h in &alive {
                 self.assign(engine, &r, h).await?;
@@ -477,9 +490,10 @@ impl Conductor {
                 }
             }
             if r.failures.len() > self.rollout.max_failures {
-                r.phase = "halted".into();
-                r.finished_ms = Some(model::now_ms());
-                tracing::warn!(app = %name, rollout = %r.id, "fleet: rollout halted: {}", r.failures.iter().map(|f| f.1.clone()).collect::<Vec<_>>().join(", "));
+                // The failing wave's other hosts go back to what they had; later waves are never touched.
+                r.phase = "reverting".into();
+                tracing::warn!(app = %name, rollout = %r.id, "fleet: halting the rollout: {}", r.failures.iter().map(|f| f.1.clone()).collect::<Vec<_>>().join(", "));
+                self.revert_wave(engine, &mut r, &report).await?;
             } else if !pending {
                 let now = model::now_ms();
                 let since = *r.soaking_since_ms.get_or_insert(now);
@@ -506,15 +520,92 @@ impl Conductor {
         Ok(())
     }
 
+    /// A halted rollout's failing wave: each host whose deploy of it succeeded is told to put its previous
+    /// release back; once every such host has, the rollout is `halted` and the people are told.
+    async fn revert_wave(
+        &self,
+        engine: &Engine,
+        r: &mut RolloutState,
+        report: &impl Fn(&str) -> Option<(Duration, AppReport)>,
+    ) -> Result<(), FleetError> {
+        let revert_id = format!("{}-revert", r.id);
+        let finished = |s: &str| {
+            matches!(
+                s,
+                "succeeded" | "failed" | "rolled_back" | "interrupted" | "ignored" | "superseded"
+            )
+        };
+        let wave = r.waves.get(r.wave).cloned().unwrap_or_default();
+        let mut waiting = false;
+        for h in &wave {
+            if r.failures.iter().any(|(fh, _)| fh == h) {
+                continue;
+            }
+            let Some((age, rep)) = report(h) else { continue };
+            if age > LOST_AFTER {
+                continue;
+            }
+            match (rep.rollout.as_deref(), rep.rollout_state.as_deref()) {
+                (Some(x), Some(st)) if x == revert_id => waiting |= !finished(st),
+                (Some(x), Some("succeeded")) if x == r.id => {
+                    self.assign_as(engine, r, h, &revert_id, true).await?;
+                    waiting = true;
+                }
+                (Some(x), Some(st)) if x == r.id && finished(st) => {}
+                _ => waiting = true,
+            }
+        }
+        if !waiting {
+            r.phase = "halted".into();
+            r.finished_ms = Some(model::now_ms());
+            let why = r
+                .failures
+                .iter()
+                .map(|f| f.1.clone())
+                .collect::<Vec<_>>()
+                .join(", ");
+            tracing::warn!(app = %self.app.name, rollout = %r.id, "fleet: rollout halted: {why}");
+            if let Some(n) = &self.notifier {
+                let mut e = model::event::Event::new(
+                    model::event::EventKind::Halted,
+                    &self.app.name,
+                    format!(
+                        "the fleet rollout {} of {} halted: {why}; the failing wave is back on its previous release and later waves were not touched (`haul fleet status {}`)",
+                        r.id,
+                        model::short_sha(&r.sha),
+                        self.app.name
+                    ),
+                );
+                e.sha = Some(r.sha.clone());
+                e.actor = Some(r.from.actor.clone());
+                e.deploy_id = Some(r.id.clone());
+                n.send(e);
+            }
+        }
+        Ok(())
+    }
+
     async fn assign(&self, engine: &Engine, r: &RolloutState, host: &str) -> Result<(), FleetError> {
+        self.assign_as(engine, r, host, &r.id, false).await
+    }
+
+    async fn assign_as(
+        &self,
+        engine: &Engine,
+        r: &RolloutState,
+        host: &str,
+        id: &str,
+        revert: bool,
+    ) -> Result<(), FleetError> {
         let key = assign_key(&self.app.name, host);
         if let Some(a) = engine.get_json::<Assignment>(&key).await? {
-            if a.rollout == r.id {
+            if a.rollout == id {
                 return Ok(());
             }
         }
         let a = Assignment {
-            rollout: r.id.clone(),
+            revert,
+            rollout: id.to_string(),
             sha: r.sha.clone(),
             git_ref: r.git_ref.clone(),
             bundle: r.bundle.clone(),

@@ -19,6 +19,8 @@ pub enum EventKind {
     Stale,
     /// A successful deploy after a `Stale` alert.
     Recovered,
+    /// A fleet rollout stopped: more hosts failed than `max_failures` allows (sent by the conductor).
+    Halted,
 }
 
 impl EventKind {
@@ -30,11 +32,13 @@ impl EventKind {
             EventKind::Interrupted => "interrupted",
             EventKind::Stale => "stale",
             EventKind::Recovered => "recovered",
+            EventKind::Halted => "halted",
         }
     }
     /// Every event, in the order the configuration reference lists them.
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 7] = [
         EventKind::Failed,
+        EventKind::Halted,
         EventKind::RolledBack,
         EventKind::Interrupted,
         EventKind::Stale,
@@ -42,8 +46,9 @@ impl EventKind {
         EventKind::Succeeded,
     ];
     /// What a `[[notify]]` target without `events` is told: every problem and the recovery, not successes.
-    pub const DEFAULT: [EventKind; 5] = [
+    pub const DEFAULT: [EventKind; 6] = [
         EventKind::Failed,
+        EventKind::Halted,
         EventKind::RolledBack,
         EventKind::Interrupted,
         EventKind::Stale,
@@ -114,6 +119,7 @@ impl Event {
             EventKind::Interrupted => "deploy INTERRUPTED",
             EventKind::Stale => "no successful deploy",
             EventKind::Recovered => "recovered",
+            EventKind::Halted => "fleet rollout HALTED",
         };
         let mut t = format!("haul: {} {what}: {}", self.app, self.reason);
         let mut extra = Vec::new();

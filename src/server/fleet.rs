@@ -25,6 +25,7 @@ pub(crate) fn start(cfg: &Config, env: &mut Env) -> Option<(AgentHandle, Arc<Onc
         reporter: reporter(env, &apps),
         submitter: submitter(queue.clone()),
         dirs: env.dirs.clone(),
+        notifier: env.notifier.clone(),
         apps,
     };
     let agent = fleet::spawn(fc, parts);
@@ -67,9 +68,15 @@ fn submitter(queue: Arc<OnceLock<Arc<Queue>>>) -> fleet::Submitter {
         let queue = queue.get().cloned();
         Box::pin(async move {
             let q = queue.ok_or("the queue is not up yet")?;
-            let mut req = DeployRequest::new(app, Trigger::Fleet, a.actor);
-            req.sha = Some(a.sha);
-            req.git_ref = Some(a.git_ref);
+            // A revert is a rollback to the release before the live one, with the same lock and audit.
+            let mut req = if a.revert {
+                DeployRequest::new(app, Trigger::Rollback, a.actor)
+            } else {
+                let mut r = DeployRequest::new(app, Trigger::Fleet, a.actor);
+                r.sha = Some(a.sha);
+                r.git_ref = Some(a.git_ref);
+                r
+            };
             // The rollout's id is the delivery: the same assignment twice is a duplicate, never two deploys.
             req.delivery_id = Some(a.rollout);
             match q.submit(req).await.map_err(|e| e.to_string())? {
@@ -100,7 +107,7 @@ fn reporter(env: &Env, apps: &[Arc<crate::config::AppConfig>]) -> fleet::Reporte
                             Some(r) => crate::store::live_deploy(c, &name, r)?,
                             None => None,
                         };
-                        let fleet = crate::store::last_of_trigger(c, &name, Trigger::Fleet)?;
+                        let fleet = crate::store::last_fleet_row(c, &name)?;
                         out.insert(
                             name,
                             AppReport {

@@ -422,17 +422,15 @@ pub(crate) fn summary(conn: &Connection, app: &str) -> Result<AppSummary, StoreE
     })
 }
 
-/// The newest request of `trigger` for an app (a fleet host's newest rollout assignment).
-pub fn last_of_trigger(
-    conn: &Connection,
-    app: &str,
-    trigger: Trigger,
-) -> Result<Option<DeployRow>, StoreError> {
-    let sql =
-        format!("SELECT {COLUMNS} FROM deploys WHERE app = ?1 AND trigger = ?2 ORDER BY seq DESC LIMIT 1");
-    Ok(conn
-        .query_row(&sql, params![app, trigger.as_str()], row_to_deploy)
-        .optional()?)
+/// A fleet host's newest rollout assignment for an app: a `fleet` deploy, or a revert (a rollback that
+/// names the rollout as its delivery).
+pub fn last_fleet_row(conn: &Connection, app: &str) -> Result<Option<DeployRow>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM deploys WHERE app = ?1
+           AND (trigger = 'fleet' OR (trigger = 'rollback' AND delivery_id IS NOT NULL))
+         ORDER BY seq DESC LIMIT 1"
+    );
+    Ok(conn.query_row(&sql, params![app], row_to_deploy).optional()?)
 }
 
 /// The deploy that put `release_id` live most recently (a deploy or a rollback).

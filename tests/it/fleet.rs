@@ -784,3 +784,84 @@ fn the_fleet_rides_out_engine_nodes_dying() {
     });
     assert_eq!(hosts[2].row(&id).state, haul::model::State::Forwarded);
 }
+
+/// A failure in wave k halts the rollout: the wave's other hosts go back to their previous release, the
+/// waves after k are never touched, and the conductor sends `halted`.
+#[test]
+fn a_failing_wave_is_reverted_and_later_waves_are_untouched() {
+    let dir = TempDir::new("fleet-revert");
+    let cluster = NatsCluster::start(&dir.path().join("nats"));
+    let server = GitServer::start(dir.path());
+    let receiver = Receiver::start();
+    let v1 = server.commit(&[("index.html", "v1")], "v1");
+    let hosts: Vec<Haul> = (1..=5)
+        .map(|i| {
+            let name = format!("h{i}");
+            // Only h3 fails, and only for the second release.
+            let step = if name == "h3" { "test ! -f broken".to_string() } else { "true".to_string() };
+            let top = format!(
+                "[fleet]\nnats = {}\nhost = \"{name}\"\nlease_ttl = \"10s\"\n\n[[notify]]\nkind = \"webhook\"\nurl = \"http://{}/hook\"\nevents = [\"halted\"]\n",
+                cluster.toml_list(),
+                receiver.addr
+            );
+            let extra = format!("fleet = true\nbuild = [{step:?}]\n\n[apps.blog.rollout]\ncanary = 1\nmax_parallel = 2\n");
+            let mut h = Haul::configure_apps(&dir.path().join(&name), &server, &top, &[("blog", "github", extra.as_str())]);
+            h.start();
+            h
+        })
+        .collect();
+    wait_until("all hosts reporting", || {
+        fleet_status(&hosts[0])["apps"][0]["hosts"]
+            .as_array()
+            .is_some_and(|h| h.len() == 5)
+    });
+    let (code, reply) = hosts[0].push("refs/heads/main", &v1, &delivery());
+    assert_eq!(code, 202, "{reply}");
+    wait_until("v1 everywhere", || {
+        all_live(&fleet_status(&hosts[0]), 5, &v1, "done")
+    });
+    let before: Vec<Option<String>> = hosts.iter().map(|h| h.current()).collect();
+
+    // Waves: [h1], [h2, h3], [h4, h5]. h3 fails in the second wave.
+    let v2 = server.commit(&[("index.html", "v2"), ("broken", "1")], "v2");
+    let (code, reply) = hosts[4].push("refs/heads/main", &v2, &delivery());
+    assert_eq!(code, 202, "{reply}");
+    let mut status = serde_json::Value::Null;
+    wait_until("the rollout halted", || {
+        status = fleet_status(&hosts[0]);
+        status["apps"][0]["rollout"]["phase"] == "halted"
+    });
+    let failures = status["apps"][0]["rollout"]["failures"].to_string();
+    assert!(failures.contains("h3"), "{failures}");
+    let live = |i: usize| hosts[i].current();
+    assert!(
+        live(0).is_some_and(|r| r.contains(&v2[..7])),
+        "the canary passed and keeps v2"
+    );
+    assert_eq!(
+        live(1),
+        before[1],
+        "h2, of the failing wave, is back on its previous release"
+    );
+    assert_eq!(live(2), before[2], "h3 failed and kept its release");
+    assert_eq!(live(3), before[3], "the next wave was never touched");
+    assert_eq!(live(4), before[4]);
+    for h in &hosts[3..] {
+        let fleet_rows = h
+            .rows()
+            .into_iter()
+            .filter(|r| r.trigger == haul::model::Trigger::Fleet)
+            .count();
+        assert_eq!(fleet_rows, 1, "only the first release reached the last wave");
+    }
+    wait_until("the halted notification", || {
+        receiver
+            .requests
+            .lock()
+            .map(|r| {
+                r.iter()
+                    .any(|(_, b)| String::from_utf8_lossy(b).contains("halted"))
+            })
+            .unwrap_or(false)
+    });
+}
