@@ -237,7 +237,7 @@ async fn deliver(t: &NotifyTarget, e: &Event) -> Result<(), String> {
             curl(url, &[("content-type".into(), "application/json".into())], body)
         }
         NotifyKind::Ntfy { url } => {
-            let problem = e.kind.is_problem() || e.kind == EventKind::Stale;
+            let problem = e.kind.is_problem() || matches!(e.kind, EventKind::Stale | EventKind::Halted);
             let headers = vec![
                 ("Title".to_string(), format!("haul: {} {}", e.app, e.kind)),
                 (
