@@ -222,6 +222,8 @@ async fn run(cfg: FleetConfig, parts: AgentParts, shared: Arc<Shared>, mut stop:
     let campaign_every = HEARTBEAT.min(cfg.lease_ttl / 3);
     let (mut last_beat, mut last_campaign) = (None::<std::time::Instant>, None::<std::time::Instant>);
     let mut last_report = BTreeMap::new();
+    let mut apply_retry: std::collections::HashMap<String, (u32, Option<std::time::Instant>)> =
+        Default::default();
     loop {
         // The heartbeat: every 5 s, and at once when what this host reports changed (a deploy ended), so a
         // conductor waiting on a wave hears of it within a tick.
@@ -261,9 +263,26 @@ async fn run(cfg: FleetConfig, parts: AgentParts, shared: Arc<Shared>, mut stop:
             }
         }
         for app in &parts.apps {
-            if let Err(e) = rollout::apply(&engine, &app.name, &cfg.host, &parts.dirs, &parts.submitter).await
-            {
-                tracing::warn!(app = %app.name, "fleet: applying the rollout: {e}");
+            // A failed download or hand-over is tried again after a backoff (1 s doubling to a minute).
+            let (tries, not_before) = apply_retry.get(&app.name).copied().unwrap_or((0, None));
+            if not_before.is_some_and(|t: std::time::Instant| std::time::Instant::now() < t) {
+                continue;
+            }
+            match rollout::apply(&engine, &app.name, &cfg.host, &parts.dirs, &parts.submitter).await {
+                Ok(()) => {
+                    apply_retry.remove(&app.name);
+                }
+                Err(e) => {
+                    let tries = tries + 1;
+                    let wait = crate::model::failure::backoff(
+                        tries,
+                        Duration::from_secs(1),
+                        Duration::from_secs(60),
+                    )
+                    .max(Duration::from_secs(1));
+                    tracing::warn!(app = %app.name, "fleet: applying the rollout: {e}; trying again in {:.0}s", wait.as_secs_f64());
+                    apply_retry.insert(app.name.clone(), (tries, Some(std::time::Instant::now() + wait)));
+                }
             }
         }
         if sleep_or_stop(Duration::from_secs(1), &mut stop).await {

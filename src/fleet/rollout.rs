@@ -281,58 +281,105 @@ impl Conductor {
             self.close_proposals(engine, &proposals).await;
             return Ok(());
         }
-        let fetched = match git.ensure_mirror().await {
-            Ok(()) => git.fetch().await.map(|_| ()),
-            Err(f) => Err(f),
-        };
-        if let Err(f) = fetched {
-            if f.kind == model::failure::Kind::Permanent {
-                // Never retried: the proposals are closed with the reason, which the status shows.
-                tracing::warn!(app = %name, "fleet: the conductor's fetch failed for good: {f}");
+        // Fetch only what the mirror does not have yet (a retry after a failed upload fetches nothing).
+        let mut need_fetch = false;
+        for p in &fresh {
+            let known = match &p.sha {
+                Some(s) if model::is_full_sha(s) => matches!(git.resolve_commit(s).await, Ok(Some(_))),
+                _ => false,
+            };
+            need_fetch |= !known;
+        }
+        if need_fetch {
+            let fetched = match git.ensure_mirror().await {
+                Ok(()) => git.fetch().await.map(|_| ()),
+                Err(f) => Err(f),
+            };
+            if let Err(f) = fetched {
+                if f.kind == model::failure::Kind::Permanent {
+                    // Never retried: the proposals are closed, and the people told; what is live stays.
+                    tracing::warn!(app = %name, "fleet: the conductor's fetch failed for good: {f}; the handed-over triggers are closed");
+                    self.close_proposals(engine, &proposals).await;
+                    self.tell_halted(
+                        &format!(
+                            "the conductor ({}) cannot fetch {}: {f}; nothing was rolled out",
+                            self.host,
+                            crate::model::url::shown(&self.app.repo)
+                        ),
+                        None,
+                        None,
+                    );
+                    return Ok(());
+                }
+                self.back_off(&format!("the conductor's fetch failed ({f})"));
+                return Ok(());
+            }
+        }
+        match self.roll_out(engine, epoch, &git, &fresh, live.as_deref()).await {
+            Ok(()) => {
+                self.failures = 0;
+                self.retry_at = None;
                 self.close_proposals(engine, &proposals).await;
-                let mut halted = self.fresh_state(epoch, proposals.last().cloned(), "", "");
-                halted.phase = "halted".into();
-                halted
-                    .failures
-                    .push((self.host.clone(), format!("the conductor's fetch failed: {f}")));
-                return engine.write_rollout(&name, &halted).await;
+                Ok(())
             }
-            self.failures += 1;
-            let wait =
-                model::failure::backoff(self.failures, Duration::from_secs(5), Duration::from_secs(300))
-                    .max(Duration::from_secs(5));
-            tracing::warn!(app = %name, "fleet: the conductor's fetch failed ({f}); trying again in {:.0}s", wait.as_secs_f64());
-            self.retry_at = Some(Instant::now() + wait);
+            Err(e) => {
+                self.back_off(&format!("cannot start the rollout ({e})"));
+                Err(e)
+            }
+        }
+    }
+
+    /// After a failure: not again before a backoff (5 s doubling to 5 min, jittered).
+    fn back_off(&mut self, what: &str) {
+        self.failures += 1;
+        let wait = model::failure::backoff(self.failures, Duration::from_secs(5), Duration::from_secs(300))
+            .max(Duration::from_secs(5));
+        tracing::warn!(app = %self.app.name, "fleet: {what}; trying again in {:.0}s", wait.as_secs_f64());
+        self.retry_at = Some(Instant::now() + wait);
+    }
+
+    /// Picks the newest proposal and, if there is one, puts its bundle in the object store and writes the
+    /// rollout.
+    async fn roll_out(
+        &self,
+        engine: &Engine,
+        epoch: u64,
+        git: &Git,
+        fresh: &[Proposal],
+        live: Option<&str>,
+    ) -> Result<(), FleetError> {
+        let name = self.app.name.clone();
+        let Some((p, sha, git_ref)) = self.choose(git, fresh, live).await else {
             return Ok(());
+        };
+        let bundle = format!("{name}/{sha}.bundle");
+        let file = self
+            .dirs
+            .root()
+            .join("fleet")
+            .join(&name)
+            .join(format!("out-{sha}.bundle"));
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent).map_err(refused)?;
         }
-        self.failures = 0;
-        self.retry_at = None;
-        let chosen = self
-            .choose(&git, &proposals, current.as_ref().map(|r| r.sha.as_str()))
-            .await;
-        if let Some((p, sha, git_ref)) = chosen {
-            let bundle = format!("{name}/{sha}.bundle");
-            let file = self
-                .dirs
-                .root()
-                .join("fleet")
-                .join(&name)
-                .join(format!("out-{sha}.bundle"));
-            if let Some(parent) = file.parent() {
-                std::fs::create_dir_all(parent).map_err(refused)?;
-            }
-            git.bundle(&sha, &file)
-                .await
-                .map_err(|f| refused(format!("cannot bundle {sha}: {f}")))?;
-            let put = upload(engine, &bundle, &file).await;
-            let _ = std::fs::remove_file(&file);
-            put?;
-            let state = self.fresh_state(epoch, Some(p), &sha, &git_ref);
-            tracing::info!(app = %name, rollout = %state.id, "fleet: rolling out {} to {} host(s) in {} wave(s)", model::short_sha(&sha), state.waves.iter().map(Vec::len).sum::<usize>(), state.waves.len());
-            engine.write_rollout(&name, &state).await?;
+        git.bundle(&sha, &file)
+            .await
+            .map_err(|f| refused(format!("cannot bundle {sha}: {f}")))?;
+        let put = upload(engine, &bundle, &file).await;
+        let _ = std::fs::remove_file(&file);
+        put?;
+        let state = self.fresh_state(epoch, Some(p), &sha, &git_ref);
+        tracing::info!(app = %name, rollout = %state.id, "fleet: rolling out {}", model::short_sha(&sha));
+        engine.write_rollout(&name, &state).await
+    }
+
+    fn tell_halted(&self, reason: &str, sha: Option<&str>, rollout: Option<&str>) {
+        if let Some(n) = &self.notifier {
+            let mut e = model::event::Event::new(model::event::EventKind::Halted, &self.app.name, reason);
+            e.sha = sha.map(str::to_string);
+            e.deploy_id = rollout.map(str::to_string);
+            n.send(e);
         }
-        self.close_proposals(engine, &proposals).await;
-        Ok(())
     }
 
     /// The newest proposal on the branch, if it is newer than `live` (the fleet's current release): its
@@ -479,7 +526,20 @@ impl Conductor {
                     continue;
                 }
                 match rep.rollout_state.as_deref() {
-                    Some("succeeded") | Some("ignored") => {}
+                    Some("succeeded") => {}
+                    // Nothing to do is a success only if the host does have the release live.
+                    Some("ignored") if rep.live_sha.as_deref() == Some(r.sha.as_str()) => {}
+                    Some("ignored") => {
+                        if !r.failures.iter().any(|(fh, _)| fh == h) {
+                            r.failures.push((
+                                h.clone(),
+                                format!(
+                                    "the deploy on {h} did nothing and {} is not live there",
+                                    model::short_sha(&r.sha)
+                                ),
+                            ));
+                        }
+                    }
                     Some("failed") | Some("rolled_back") | Some("interrupted") => {
                         if !r.failures.iter().any(|(fh, _)| fh == h) {
                             let why = format!("{} on {h}", rep.rollout_state.as_deref().unwrap_or("failed"));
@@ -565,22 +625,16 @@ impl Conductor {
                 .collect::<Vec<_>>()
                 .join(", ");
             tracing::warn!(app = %self.app.name, rollout = %r.id, "fleet: rollout halted: {why}");
-            if let Some(n) = &self.notifier {
-                let mut e = model::event::Event::new(
-                    model::event::EventKind::Halted,
-                    &self.app.name,
-                    format!(
-                        "the fleet rollout {} of {} halted: {why}; the failing wave is back on its previous release and later waves were not touched (`haul fleet status {}`)",
-                        r.id,
-                        model::short_sha(&r.sha),
-                        self.app.name
-                    ),
-                );
-                e.sha = Some(r.sha.clone());
-                e.actor = Some(r.from.actor.clone());
-                e.deploy_id = Some(r.id.clone());
-                n.send(e);
-            }
+            self.tell_halted(
+                &format!(
+                    "the fleet rollout {} of {} halted: {why}; the failing wave is back on its previous release and later waves were not touched (`haul fleet status {}`)",
+                    r.id,
+                    model::short_sha(&r.sha),
+                    self.app.name
+                ),
+                Some(&r.sha),
+                Some(&r.id),
+            );
         }
         Ok(())
     }
