@@ -22,6 +22,11 @@ use crate::config::{AppConfig, FleetConfig};
 use crate::infra::metrics::{self, AppLabel, HostLabel};
 use crate::infra::state_dir::StateDir;
 
+/// How often the loop looks at the engine (assignments, and for a conductor its proposals and wave): each
+/// step of a rollout waits for at most one tick on each side. (Watches instead of polling are the lever to
+/// cut that wait further; see BENCHMARKS.md, fleet.)
+const TICK: Duration = Duration::from_millis(500);
+
 /// What this host has live, per fleet app: asked for before every heartbeat.
 pub type Reporter = Arc<dyn Fn() -> BoxFuture<'static, BTreeMap<String, AppReport>> + Send + Sync>;
 
@@ -285,7 +290,7 @@ async fn run(cfg: FleetConfig, parts: AgentParts, shared: Arc<Shared>, mut stop:
                 }
             }
         }
-        if sleep_or_stop(Duration::from_secs(1), &mut stop).await {
+        if sleep_or_stop(TICK, &mut stop).await {
             break;
         }
     }
