@@ -138,6 +138,18 @@ impl AgentHandle {
         }
     }
 
+    /// The fleet as the engine knows it (for the status page), within 2 s.
+    pub async fn status(&self) -> Result<super::FleetStatus, FleetError> {
+        let engine = self.shared.engine.lock().ok().and_then(|e| e.clone());
+        let Some(e) = engine else {
+            return Err(FleetError::Unreachable("not connected yet".into()));
+        };
+        match tokio::time::timeout(Duration::from_secs(2), e.status(None)).await {
+            Ok(r) => r,
+            Err(_) => Err(FleetError::Unreachable("no answer within 2 s".into())),
+        }
+    }
+
     /// Hands a trigger to the fleet (durably, or an error: then it stays queued on this host).
     pub async fn propose(&self, p: Proposal) -> Result<(), FleetError> {
         let engine = self.shared.engine.lock().ok().and_then(|e| e.clone());

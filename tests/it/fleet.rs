@@ -262,6 +262,15 @@ fn fleet_hosts_report_their_releases_and_one_conducts() {
     }
     let (first, epoch) = conductor(&status).expect("conductor");
 
+    // Each host's status page shows the whole fleet.
+    let (code, page) = http_get(&hosts[2].addr(), "/");
+    assert_eq!(code, 200);
+    assert!(page.contains("<h2>Fleet</h2>") && page.contains("done"), "{page}");
+    for name in ["h1", "h2", "h3"] {
+        assert!(page.contains(&format!("<td>{name}</td>")), "{name} on the page");
+    }
+    assert!(page.contains(&sha[..7]));
+
     // Every host says the engine is up; exactly one says it conducts.
     let mut conducting = Vec::new();
     for (h, name) in hosts.iter().zip(["h1", "h2", "h3"]) {

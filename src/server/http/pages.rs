@@ -61,14 +61,15 @@ pub(super) async fn status_index(State(st): State<Arc<HttpState>>) -> Response {
             Ok((views, crate::store::history(c, None, 50)?))
         })
         .await;
+    let fleet = match &st.fleet {
+        Some(f) => fleet_section(f).await,
+        None => String::new(),
+    };
     match data {
-        Ok((views, recent)) => html(crate::ops::page::index(
-            &hostname(),
-            &views,
-            &recent,
-            &st.sources,
-            crate::model::now_ms(),
-        )),
+        Ok((views, recent)) => html(
+            crate::ops::page::index(&hostname(), &views, &recent, &st.sources, crate::model::now_ms())
+                .replace("</body></html>", &format!("{fleet}</body></html>")),
+        ),
         Err(e) => {
             tracing::error!("status page: {e}");
             error(
@@ -185,6 +186,52 @@ pub(super) async fn metrics(State(st): State<Arc<HttpState>>) -> Response {
 }
 
 /// For the reverse proxy and uptime checks: 200 while the daemon, its database and its workers are alive.
+/// The whole fleet, as this host's engine connection sees it: every fleet app's rollout and its hosts.
+async fn fleet_section(agent: &crate::fleet::AgentHandle) -> String {
+    use crate::ops::page::esc;
+    let status = match agent.status().await {
+        Ok(s) => s,
+        Err(e) => {
+            return format!(
+                "<h2>Fleet</h2><p class=\"reason\">{}</p>",
+                esc(&format!("{}: {e}", agent.health_line()))
+            )
+        }
+    };
+    let mut h = String::from("<h2>Fleet</h2>");
+    for a in &status.apps {
+        let r = &a.rollout;
+        h.push_str(&format!(
+            "<h3>{} <span class=\"pill\">{}</span></h3><p class=\"sub\">rollout <code>{}</code> of <code>{}</code> · wave {}/{} · conductor {} (epoch {})</p>",
+            esc(&a.app),
+            esc(r.phase.as_deref().unwrap_or("no rollout yet")),
+            esc(r.id.as_deref().unwrap_or("-")),
+            esc(r.sha.as_deref().map_or("-", crate::model::short_sha)),
+            (r.wave + 1).min(r.waves),
+            r.waves,
+            esc(r.conductor.as_deref().unwrap_or("none")),
+            r.epoch.map_or("-".to_string(), |e| e.to_string()),
+        ));
+        for f in &r.failures {
+            h.push_str(&format!("<p class=\"reason\">failed: {}</p>", esc(f)));
+        }
+        h.push_str("<table><tr><th>host</th><th>phase</th><th>live sha</th><th>release</th><th>last</th><th>heartbeat</th></tr>");
+        for host in &a.hosts {
+            h.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}s ago</td></tr>",
+                esc(&host.host),
+                esc(&host.phase),
+                esc(host.live_sha.as_deref().map_or("-", crate::model::short_sha)),
+                esc(host.live_release.as_deref().unwrap_or("-")),
+                esc(host.outcome.as_deref().unwrap_or("-")),
+                host.heartbeat_age_s
+            ));
+        }
+        h.push_str("</table>");
+    }
+    h
+}
+
 pub(super) async fn healthz(State(st): State<Arc<HttpState>>) -> Response {
     // A fleet host that lost the engine still serves its releases: 200, and the body says so (a load
     // balancer must not drop a serving fleet because its control plane is away).
