@@ -202,18 +202,8 @@ pub fn spawn(cfg: FleetConfig, parts: AgentParts) -> AgentHandle {
 
 async fn run(cfg: FleetConfig, parts: AgentParts, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let instance = format!("{:016x}", fastrand::u64(..));
-    let mut attempt: u32 = 0;
-    let engine = loop {
-        match Engine::connect(&cfg).await {
-            Ok(e) => break e,
-            Err(e) => {
-                shared.set(false, Some(&e));
-                attempt = attempt.saturating_add(1);
-                if sleep_or_stop(connect_delay(attempt), &mut stop).await {
-                    return;
-                }
-            }
-        }
+    let Some(engine) = connect_until_up(&cfg, &shared, &mut stop).await else {
+        return;
     };
     if let Ok(mut e) = shared.engine.lock() {
         *e = Some(engine.clone());
@@ -238,9 +228,23 @@ async fn run(cfg: FleetConfig, parts: AgentParts, shared: Arc<Shared>, mut stop:
         .collect();
     let campaign_every = HEARTBEAT.min(cfg.lease_ttl / 3);
     let (mut last_beat, mut last_campaign) = (None::<std::time::Instant>, None::<std::time::Instant>);
+    // Changes in the engine wake the loop at once: any write to the rollouts' bucket (a hand-over, a
+    // rollout, an assignment) wakes every host; a heartbeat wakes only a conductor. The conductor's reads
+    // (proposals, heartbeats) otherwise happen every 5 s, so an idle fleet costs the engine little.
+    let events = Arc::new(tokio::sync::Notify::new());
+    let hosts_events = Arc::new(tokio::sync::Notify::new());
+    let watchers = [
+        tokio::spawn(watch_bucket(engine.fleet.clone(), events.clone(), stop.clone())),
+        tokio::spawn(watch_bucket(
+            engine.hosts.clone(),
+            hosts_events.clone(),
+            stop.clone(),
+        )),
+    ];
+    let mut last_conduct = None::<std::time::Instant>;
+    let mut woke_by: Option<Wake> = None;
     let mut last_report = BTreeMap::new();
-    let mut apply_retry: std::collections::HashMap<String, (u32, Option<std::time::Instant>)> =
-        Default::default();
+    let mut apply_retry = Retries::default();
     loop {
         // The heartbeat: every 5 s, and at once when what this host reports changed (a deploy ended), so a
         // conductor waiting on a wave hears of it within a tick.
@@ -271,40 +275,32 @@ async fn run(cfg: FleetConfig, parts: AgentParts, shared: Arc<Shared>, mut stop:
                 shared.conduct(lease.app(), lease.epoch());
             }
         }
+        let conduct_now = woke_by.is_some() || last_conduct.is_none_or(|t| t.elapsed() >= HEARTBEAT);
+        if conduct_now {
+            last_conduct = Some(std::time::Instant::now());
+        }
         for (lease, conductor) in leases.iter().zip(conductors.iter_mut()) {
             // Only while the lease still counts: a conductor past its deadline does nothing.
-            if let Some(epoch) = lease.epoch() {
+            if let (Some(epoch), true) = (lease.epoch(), conduct_now) {
                 if let Err(e) = conductor.tick(&engine, epoch).await {
                     tracing::warn!(app = %lease.app(), "fleet: conducting: {e}");
                 }
             }
         }
-        for app in &parts.apps {
-            // A failed download or hand-over is tried again after a backoff (1 s doubling to a minute).
-            let (tries, not_before) = apply_retry.get(&app.name).copied().unwrap_or((0, None));
-            if not_before.is_some_and(|t: std::time::Instant| std::time::Instant::now() < t) {
-                continue;
-            }
-            match rollout::apply(&engine, &app.name, &cfg.host, &parts.dirs, &parts.submitter).await {
-                Ok(()) => {
-                    apply_retry.remove(&app.name);
-                }
-                Err(e) => {
-                    let tries = tries + 1;
-                    let wait = crate::model::failure::backoff(
-                        tries,
-                        Duration::from_secs(1),
-                        Duration::from_secs(60),
-                    )
-                    .max(Duration::from_secs(1));
-                    tracing::warn!(app = %app.name, "fleet: applying the rollout: {e}; trying again in {:.0}s", wait.as_secs_f64());
-                    apply_retry.insert(app.name.clone(), (tries, Some(std::time::Instant::now() + wait)));
-                }
-            }
-        }
-        if sleep_or_stop(TICK, &mut stop).await {
+        apply_all(&engine, &cfg.host, &parts, &mut apply_retry).await;
+        let conducting = leases.iter().any(|l| l.epoch().is_some());
+        woke_by = tokio::select! {
+            _ = tokio::time::sleep(TICK) => None,
+            _ = events.notified() => Some(Wake::Fleet),
+            _ = hosts_events.notified(), if conducting => Some(Wake::Hosts),
+            _ = stop.changed() => break,
+        };
+        if *stop.borrow() {
             break;
         }
+    }
+    for w in watchers {
+        w.abort();
     }
     for lease in &mut leases {
         if let Err(e) = lease.release(&engine).await {
@@ -312,6 +308,87 @@ async fn run(cfg: FleetConfig, parts: AgentParts, shared: Arc<Shared>, mut stop:
         }
     }
     engine.close().await;
+}
+
+/// Connects, retrying with a backoff until the engine answers; `None` if a stop came first.
+async fn connect_until_up(
+    cfg: &FleetConfig,
+    shared: &Shared,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Engine> {
+    let mut attempt: u32 = 0;
+    loop {
+        match Engine::connect(cfg).await {
+            Ok(e) => return Some(e),
+            Err(e) => {
+                shared.set(false, Some(&e));
+                attempt = attempt.saturating_add(1);
+                if sleep_or_stop(connect_delay(attempt), stop).await {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+type Retries = std::collections::HashMap<String, (u32, Option<std::time::Instant>)>;
+
+/// This host's side of every fleet app's rollout; a failed download or hand-over is tried again after a
+/// backoff (1 s doubling to a minute).
+async fn apply_all(engine: &Engine, host: &str, parts: &AgentParts, retry: &mut Retries) {
+    for app in &parts.apps {
+        let (tries, not_before) = retry.get(&app.name).copied().unwrap_or((0, None));
+        if not_before.is_some_and(|t: std::time::Instant| std::time::Instant::now() < t) {
+            continue;
+        }
+        match rollout::apply(engine, &app.name, host, &parts.dirs, &parts.submitter).await {
+            Ok(()) => {
+                retry.remove(&app.name);
+            }
+            Err(e) => {
+                let tries = tries + 1;
+                let wait =
+                    crate::model::failure::backoff(tries, Duration::from_secs(1), Duration::from_secs(60))
+                        .max(Duration::from_secs(1));
+                tracing::warn!(app = %app.name, "fleet: applying the rollout: {e}; trying again in {:.0}s", wait.as_secs_f64());
+                retry.insert(app.name.clone(), (tries, Some(std::time::Instant::now() + wait)));
+            }
+        }
+    }
+}
+
+/// What woke the loop before its tick.
+#[derive(Debug, Clone, Copy)]
+enum Wake {
+    Fleet,
+    Hosts,
+}
+
+/// Wakes `notify` on every change in `bucket` until a stop; a watch that fails or ends is made again
+/// after a second (the engine's own consumer recovery takes up to ~20 s after a node dies).
+async fn watch_bucket(
+    bucket: async_nats::jetstream::kv::Store,
+    notify: Arc<tokio::sync::Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    use futures_util::StreamExt;
+    loop {
+        if let Ok(mut w) = bucket.watch_all().await {
+            loop {
+                tokio::select! {
+                    item = w.next() => match item {
+                        Some(Ok(_)) => notify.notify_one(),
+                        Some(Err(_)) => {}
+                        None => break,
+                    },
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+        if sleep_or_stop(Duration::from_secs(1), &mut stop).await {
+            return;
+        }
+    }
 }
 
 /// Before a first connection: 1 s doubling to 30 s, jittered to between half and all of it.
