@@ -132,13 +132,20 @@ scenario_fleet() {
     local first
     first=$(seq -w 1 "$n" | head -n1)
     for i in $(seq -w 1 "$n"); do
-      port=$(free_port)
+      # A port free when picked can be taken before the daemon binds it (the hosts' own outgoing
+      # connections): then the host starts again on another.
+      local try
+      for try in 1 2 3; do
+        port=$(free_port)
+        fleet_host_config "$fd/h$i" "h$i" "$port" "$mp" fleet
+        start_bg "$fd/h$i/daemon.log" env HAUL_LOG=info "$HAUL_BIN" --config "$fd/h$i/haul.toml" serve
+        wait_http "http://127.0.0.1:$port/healthz" 60 && break
+        stop_pid "$BG_PID"
+        [ "$try" -lt 3 ] || die "fleet host h$i did not start: $(tail -n 3 "$fd/h$i/daemon.log")"
+      done
       ports+=("$port")
-      fleet_host_config "$fd/h$i" "h$i" "$port" "$mp" fleet
-      start_bg "$fd/h$i/daemon.log" env HAUL_LOG=info "$HAUL_BIN" --config "$fd/h$i/haul.toml" serve
       pids+=("$BG_PID")
     done
-    for port in "${ports[@]}"; do wait_http "http://127.0.0.1:$port/healthz" 60 || die "a fleet host did not start"; done
     for _ in $(seq 1 600); do
       [ "$("$HAUL_BIN" --config "$fd/h$first/haul.toml" fleet status --json 2>/dev/null | jq '.apps[0].hosts | length' 2>/dev/null)" = "$n" ] && break
       sleep 0.2
