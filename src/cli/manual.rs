@@ -123,6 +123,16 @@ pub(super) fn finish_line(row: &DeployRow) -> Result<(), Exit> {
             s.to_string()
         }
     };
+    if row.state == State::Forwarded {
+        eprintln!(
+            "{} {}: {reason} (deploy {}; `haul fleet status {}` shows the rollout)",
+            paint("1;36", "handed to the fleet"),
+            row.app,
+            row.id,
+            row.app
+        );
+        return Ok(());
+    }
     if row.state == State::Succeeded {
         eprintln!(
             "{} {}: {reason}{took} (deploy {})",
