@@ -343,6 +343,15 @@ fn fleet_hosts_report_their_releases_and_one_conducts() {
         conductor(&fleet_status(&hosts[last]))
             .is_some_and(|c| c.0 == ["h1", "h2", "h3"][last] && c.1 > second.1)
     });
+
+    // `haul deploy` of a fleet app is handed to the fleet too, and says so.
+    let out = hosts[last].cli(&["deploy", "blog"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("handed to the fleet") && err.contains("haul fleet status blog"),
+        "{err}"
+    );
 }
 
 /// Done-when of issue 13: one signed webhook to one of 20 hosts; exactly one forge fetch; the canary first,
