@@ -44,6 +44,18 @@ pub struct UpstreamResult {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppPhase {
+    pub app: String,
+    pub phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppState {
+    pub app: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HostLabel {
     pub host: String,
 }
@@ -67,6 +79,10 @@ pub struct Metrics {
     /// Fleet hosts only (empty, so absent, without `[fleet]`).
     pub fleet_engine_up: Family<HostLabel, Gauge>,
     pub fleet_conductor: Family<AppLabel, Gauge>,
+    /// On the conductor: 1 for the rollout's phase, 0 for the others.
+    pub fleet_rollout_phase: Family<AppPhase, Gauge>,
+    /// On the conductor: the app's hosts by state (`live`: on the rollout's release, `deploying`, `lost`, `other`).
+    pub fleet_hosts: Family<AppState, Gauge>,
     registry: Registry,
 }
 
@@ -87,6 +103,8 @@ impl Metrics {
             circuit_open: Family::default(),
             fleet_engine_up: Family::default(),
             fleet_conductor: Family::default(),
+            fleet_rollout_phase: Family::default(),
+            fleet_hosts: Family::default(),
             registry: Registry::with_prefix("haul"),
         };
         let mut r = Registry::with_prefix("haul");
@@ -136,6 +154,16 @@ impl Metrics {
             "1 while this host holds the app's conductor lease",
             m.fleet_conductor.clone(),
         );
+        r.register(
+            "fleet_rollout_phase",
+            "On the app's conductor: 1 for the phase its rollout is in (canary, waves, reverting, halted, done)",
+            m.fleet_rollout_phase.clone(),
+        );
+        r.register(
+            "fleet_hosts",
+            "On the app's conductor: its hosts by state (live on the rollout's release, deploying, lost, other)",
+            m.fleet_hosts.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -150,6 +178,27 @@ impl Metrics {
 pub fn get() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();
     M.get_or_init(Metrics::new)
+}
+
+/// The conductor's view of one app's rollout: its phase, and its hosts counted by state.
+pub fn fleet_rollout(app: &str, phase: &str, hosts: &[(&str, i64)]) {
+    let m = get();
+    for p in ["canary", "waves", "reverting", "halted", "done"] {
+        let label = AppPhase {
+            app: app.to_string(),
+            phase: p.to_string(),
+        };
+        m.fleet_rollout_phase
+            .get_or_create(&label)
+            .set(i64::from(p == phase));
+    }
+    for (state, n) in hosts {
+        let label = AppState {
+            app: app.to_string(),
+            state: state.to_string(),
+        };
+        m.fleet_hosts.get_or_create(&label).set(*n);
+    }
 }
 
 pub fn webhook(provider: &'static str, result: &'static str) {

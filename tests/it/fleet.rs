@@ -296,6 +296,19 @@ fn fleet_hosts_report_their_releases_and_one_conducts() {
         }
     }
     assert_eq!(conducting, vec![first.clone()]);
+    let i = ["h1", "h2", "h3"]
+        .iter()
+        .position(|h| *h == first)
+        .expect("a host");
+    let (_, metrics) = http_get(&hosts[i].addr(), "/metrics");
+    assert!(
+        metrics.contains("haul_fleet_rollout_phase{app=\"blog\",phase=\"done\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("haul_fleet_hosts{app=\"blog\",state=\"live\"} 3"),
+        "{metrics}"
+    );
     let text = hosts[0].cli(&["fleet", "status"]);
     let text = String::from_utf8_lossy(&text.stdout).to_string();
     assert!(
