@@ -48,6 +48,8 @@ struct Shared {
     conducting: Mutex<BTreeMap<String, u64>>,
     /// The engine, once connected (the client reconnects on its own after that).
     engine: Mutex<Option<Engine>>,
+    /// Wakes the loop before its tick (a deploy of this host's ended: report it now).
+    poke: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -138,6 +140,11 @@ impl AgentHandle {
         }
     }
 
+    /// Wakes the loop now: what this host reports has changed (one of its deploys ended).
+    pub fn poke(&self) {
+        self.shared.poke.notify_one();
+    }
+
     /// The fleet as the engine knows it (for the status page), within 2 s.
     pub async fn status(&self) -> Result<super::FleetStatus, FleetError> {
         let engine = self.shared.engine.lock().ok().and_then(|e| e.clone());
@@ -188,6 +195,7 @@ pub fn spawn(cfg: FleetConfig, parts: AgentParts) -> AgentHandle {
         last_error: Mutex::new("not connected yet".into()),
         conducting: Mutex::new(BTreeMap::new()),
         engine: Mutex::new(None),
+        poke: tokio::sync::Notify::new(),
     });
     shared.set(false, None);
     let (stop, stop_rx) = watch::channel(false);
@@ -292,6 +300,7 @@ async fn run(cfg: FleetConfig, parts: AgentParts, shared: Arc<Shared>, mut stop:
         woke_by = tokio::select! {
             _ = tokio::time::sleep(TICK) => None,
             _ = events.notified() => Some(Wake::Fleet),
+            _ = shared.poke.notified() => Some(Wake::Local),
             _ = hosts_events.notified(), if conducting => Some(Wake::Hosts),
             _ = stop.changed() => break,
         };
@@ -362,6 +371,7 @@ async fn apply_all(engine: &Engine, host: &str, parts: &AgentParts, retry: &mut 
 enum Wake {
     Fleet,
     Hosts,
+    Local,
 }
 
 /// Wakes `notify` on every change in `bucket` until a stop; a watch that fails or ends is made again

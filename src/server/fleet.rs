@@ -21,14 +21,16 @@ pub(crate) fn start(cfg: &Config, env: &mut Env) -> Option<(AgentHandle, Arc<Onc
     let apps: Vec<Arc<crate::config::AppConfig>> =
         env.apps.values().filter(|a| a.fleet.is_some()).cloned().collect();
     let queue: Arc<OnceLock<Arc<Queue>>> = Arc::new(OnceLock::new());
+    let me: Arc<OnceLock<AgentHandle>> = Arc::new(OnceLock::new());
     let parts = AgentParts {
         reporter: reporter(env, &apps),
-        submitter: submitter(queue.clone()),
+        submitter: submitter(queue.clone(), me.clone()),
         dirs: env.dirs.clone(),
         notifier: env.notifier.clone(),
         apps,
     };
     let agent = fleet::spawn(fc, parts);
+    let _ = me.set(agent.clone());
     env.fleet = Some(Arc::new(Link {
         agent: agent.clone(),
         host: agent.host().to_string(),
@@ -63,9 +65,10 @@ impl FleetLink for Link {
     }
 }
 
-fn submitter(queue: Arc<OnceLock<Arc<Queue>>>) -> fleet::Submitter {
+fn submitter(queue: Arc<OnceLock<Arc<Queue>>>, me: Arc<OnceLock<AgentHandle>>) -> fleet::Submitter {
     Arc::new(move |app: String, a: Assignment| {
         let queue = queue.get().cloned();
+        let me = me.get().cloned();
         Box::pin(async move {
             let q = queue.ok_or("the queue is not up yet")?;
             // A revert is a rollback to the release before the live one, with the same lock and audit.
@@ -79,10 +82,27 @@ fn submitter(queue: Arc<OnceLock<Arc<Queue>>>) -> fleet::Submitter {
             };
             // The rollout's id is the delivery: the same assignment twice is a duplicate, never two deploys.
             req.delivery_id = Some(a.rollout);
-            match q.submit(req).await.map_err(|e| e.to_string())? {
-                Enqueued::Recorded { id, .. } | Enqueued::Passed { id, .. } => Ok(id.to_string()),
-                Enqueued::Duplicate { first } | Enqueued::Replay { first } => Ok(first.to_string()),
+            let id = match q.submit(req).await.map_err(|e| e.to_string())? {
+                Enqueued::Recorded { id, .. } | Enqueued::Passed { id, .. } => id,
+                Enqueued::Duplicate { first } | Enqueued::Replay { first } => first,
+            };
+            // The conductor waits on this host's report of the deploy: wake the agent the moment it ends
+            // (its row checked every 100 ms while it runs), instead of at the next tick.
+            if let Some(agent) = me {
+                let (store, watched) = (q.env().store.clone(), id.clone());
+                tokio::spawn(async move {
+                    for _ in 0..36_000 {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        let w = watched.clone();
+                        match store.call(move |c| crate::store::get(c, &w)).await {
+                            Ok(Some(row)) if !row.state.is_final() => continue,
+                            _ => break,
+                        }
+                    }
+                    agent.poke();
+                });
             }
+            Ok(id.to_string())
         })
     })
 }
