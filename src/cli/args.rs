@@ -139,7 +139,10 @@ pub enum FleetCommand {
     /// outcome and heartbeat age, read from the engine.
     Status {
         app: Option<String>,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Redraw every second (the waves as they move) until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
     },
 }

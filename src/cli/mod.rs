@@ -164,8 +164,8 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
         } => logs(&cfg, &deploy_id, follow, json).await,
         Command::Check => check(&cfg),
         Command::Fleet { command } => match command {
-            crate::cli::args::FleetCommand::Status { app, json } => {
-                fleet_status(&cfg, app.as_deref(), json).await
+            crate::cli::args::FleetCommand::Status { app, json, watch } => {
+                fleet_status(&cfg, app.as_deref(), json, watch).await
             }
         },
         Command::SystemdUnit { user, exe } => {
@@ -180,7 +180,7 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
 }
 
 /// `haul fleet status`: read straight from the engine (the daemon need not run on this host).
-async fn fleet_status(cfg: &Config, app: Option<&str>, json: bool) -> Result<(), Exit> {
+async fn fleet_status(cfg: &Config, app: Option<&str>, json: bool, watch: bool) -> Result<(), Exit> {
     let Some(fc) = &cfg.fleet else {
         return Err(Exit::usage(format!(
             "{} has no [fleet] section: this host deploys on its own (see the README, Fleet)",
@@ -201,6 +201,24 @@ async fn fleet_status(cfg: &Config, app: Option<&str>, json: bool) -> Result<(),
             cfg.path.display()
         ))
     })?;
+    if watch {
+        // Redrawn in place on a terminal; one frame after another when piped. A read that fails is shown,
+        // and the next second tries again (the engine may be electing a leader).
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        loop {
+            let frame = match engine.status(app).await {
+                Ok(s) => s.render(),
+                Err(e) => format!("cannot read the fleet's status: {e}\n"),
+            };
+            let stamp = crate::model::compact_utc(crate::model::now_ms());
+            if tty {
+                print!("\x1b[H\x1b[2J");
+            }
+            print!("haul fleet status ({stamp}, every 1s; Ctrl-C to stop)\n{frame}\n");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
     let status = engine
         .status(app)
         .await

@@ -357,6 +357,21 @@ fn fleet_hosts_report_their_releases_and_one_conducts() {
             .is_some_and(|c| c.0 == ["h1", "h2", "h3"][last] && c.1 > second.1)
     });
 
+    // `--watch` redraws until stopped.
+    let mut watch = std::process::Command::new(env!("CARGO_BIN_EXE_haul"))
+        .arg("--config")
+        .arg(&hosts[last].config)
+        .args(["fleet", "status", "--watch"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("watch");
+    std::thread::sleep(Duration::from_millis(2500));
+    let _ = watch.kill();
+    let out = watch.wait_with_output().expect("output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.matches("haul fleet status (").count() >= 2, "{text}");
+    assert!(text.contains("blog: done"), "{text}");
+
     // `haul deploy` of a fleet app is handed to the fleet too, and says so.
     let out = hosts[last].cli(&["deploy", "blog"]);
     let err = String::from_utf8_lossy(&out.stderr);
