@@ -145,4 +145,6 @@ pub enum FleetCommand {
         #[arg(long)]
         watch: bool,
     },
+    /// Stop APP's rollout where it is: no further wave starts; what is live stays.
+    Abort { app: String },
 }

@@ -167,6 +167,7 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
             crate::cli::args::FleetCommand::Status { app, json, watch } => {
                 fleet_status(&cfg, app.as_deref(), json, watch).await
             }
+            crate::cli::args::FleetCommand::Abort { app } => fleet_abort(&cfg, &app).await,
         },
         Command::SystemdUnit { user, exe } => {
             let exe = exe
@@ -180,7 +181,8 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
 }
 
 /// `haul fleet status`: read straight from the engine (the daemon need not run on this host).
-async fn fleet_status(cfg: &Config, app: Option<&str>, json: bool, watch: bool) -> Result<(), Exit> {
+/// `[fleet]`, and (if named) a fleet app of it.
+fn fleet_config<'c>(cfg: &'c Config, app: Option<&str>) -> Result<&'c crate::config::FleetConfig, Exit> {
     let Some(fc) = &cfg.fleet else {
         return Err(Exit::usage(format!(
             "{} has no [fleet] section: this host deploys on its own (see the README, Fleet)",
@@ -195,12 +197,37 @@ async fn fleet_status(cfg: &Config, app: Option<&str>, json: bool, watch: bool) 
             )));
         }
     }
-    let engine = crate::fleet::Engine::connect(fc).await.map_err(|e| {
+    Ok(fc)
+}
+
+async fn connect_engine(cfg: &Config, fc: &crate::config::FleetConfig) -> Result<crate::fleet::Engine, Exit> {
+    crate::fleet::Engine::connect(fc).await.map_err(|e| {
         Exit::failed(format!(
             "{e}; check [fleet] nats in {} and that the engine runs",
             cfg.path.display()
         ))
-    })?;
+    })
+}
+
+/// `haul fleet abort APP`: halts the app's rollout in the engine, naming who asked and from which host.
+async fn fleet_abort(cfg: &Config, app: &str) -> Result<(), Exit> {
+    let fc = fleet_config(cfg, Some(app))?;
+    let engine = connect_engine(cfg, fc).await?;
+    let who = format!(
+        "{} on {}",
+        std::env::var("USER").unwrap_or_else(|_| "someone".into()),
+        fc.host
+    );
+    let result = engine.abort(app, &who).await;
+    engine.close().await;
+    let id = result.map_err(|e| Exit::failed(format!("cannot abort the rollout of {app}: {e}")))?;
+    eprintln!("rollout {id} of {app} halted: no further wave starts (`haul fleet status {app}`)");
+    Ok(())
+}
+
+async fn fleet_status(cfg: &Config, app: Option<&str>, json: bool, watch: bool) -> Result<(), Exit> {
+    let fc = fleet_config(cfg, app)?;
+    let engine = connect_engine(cfg, fc).await?;
     if watch {
         // Redrawn in place on a terminal; one frame after another when piped. A read that fails is shown,
         // and the next second tries again (the engine may be electing a leader).

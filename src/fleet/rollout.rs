@@ -192,6 +192,26 @@ impl Engine {
         Ok(out)
     }
 
+    /// Stops an app's rollout where it is (`haul fleet abort`): no further wave is assigned; a host already
+    /// deploying finishes; what is live stays. The rollout's id.
+    pub async fn abort(&self, app: &str, who: &str) -> Result<String, FleetError> {
+        let Some(mut r) = self.rollout(app).await? else {
+            return Err(FleetError::Refused(format!("app {app} has no rollout to abort")));
+        };
+        if !matches!(r.phase.as_str(), "canary" | "waves" | "reverting") {
+            return Err(FleetError::Refused(format!(
+                "rollout {} of {app} is {}, not in progress; nothing to abort",
+                r.id, r.phase
+            )));
+        }
+        r.phase = "halted".into();
+        r.finished_ms = Some(model::now_ms());
+        r.failures
+            .push(("-".into(), format!("aborted by {}", model::clean_actor(who))));
+        self.write_rollout(app, &r).await?;
+        Ok(r.id)
+    }
+
     pub(super) async fn heartbeats(&self) -> Result<BTreeMap<String, (Duration, HostRecord)>, FleetError> {
         let mut keys = self.hosts.keys().await.map_err(|e| away(&e))?;
         let mut names = Vec::new();

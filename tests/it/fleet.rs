@@ -920,3 +920,55 @@ fn a_failing_wave_is_reverted_and_later_waves_are_untouched() {
             .unwrap_or(false)
     });
 }
+
+/// `haul fleet abort` stops a rollout where it is: no further wave starts, what is live stays; a new push
+/// afterwards starts a fresh rollout from the canary.
+#[test]
+fn an_aborted_rollout_starts_no_further_wave_and_a_new_push_starts_afresh() {
+    let dir = TempDir::new("fleet-abort");
+    let cluster = NatsCluster::start(&dir.path().join("nats"));
+    let server = GitServer::start(dir.path());
+    let hosts = fleet_of(dir.path(), &server, &cluster, 4, 1, |_| "sleep 2".into());
+    wait_until("all hosts reporting", || {
+        fleet_status(&hosts[0])["apps"][0]["hosts"]
+            .as_array()
+            .is_some_and(|h| h.len() == 4)
+    });
+    let c2 = server.commit(&[("index.html", "v2")], "v2");
+    let (code, reply) = hosts[1].push("refs/heads/main", &c2, &delivery());
+    assert_eq!(code, 202, "{reply}");
+    wait_until("the canary done, the waves begun", || {
+        fleet_status(&hosts[0])["apps"][0]["rollout"]["wave"].as_u64() >= Some(1)
+    });
+    let out = hosts[3].cli(&["fleet", "abort", "blog"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("halted"), "{err}");
+    let status = fleet_status(&hosts[0]);
+    assert_eq!(status["apps"][0]["rollout"]["phase"], "halted");
+    assert!(
+        status["apps"][0]["rollout"]["failures"]
+            .to_string()
+            .contains("aborted by"),
+        "{status}"
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        hosts[3]
+            .rows()
+            .iter()
+            .all(|r| r.trigger != haul::model::Trigger::Fleet),
+        "the last wave never started"
+    );
+    // Aborting again says there is nothing in progress.
+    let out = hosts[0].cli(&["fleet", "abort", "blog"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not in progress"));
+    // A new push starts afresh and goes everywhere.
+    let c3 = server.commit(&[("index.html", "v3")], "v3");
+    let (code, reply) = hosts[2].push("refs/heads/main", &c3, &delivery());
+    assert_eq!(code, 202, "{reply}");
+    wait_until("the new release everywhere", || {
+        all_live(&fleet_status(&hosts[0]), 4, &c3, "done")
+    });
+}
