@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::engine::{chain, Engine, FleetError};
@@ -113,23 +112,8 @@ impl Engine {
     /// The fleet as the engine knows it: every app any host reports (or `only` that one), its conductor,
     /// and its hosts with the age of their heartbeats.
     pub async fn status(&self, only: Option<&str>) -> Result<FleetStatus, FleetError> {
-        let unreachable = |e: &(dyn std::error::Error + 'static)| FleetError::Unreachable(chain(e));
-        let mut keys = self.hosts.keys().await.map_err(|e| unreachable(&e))?;
-        let mut names = Vec::new();
-        while let Some(k) = keys.next().await {
-            names.push(k.map_err(|e| unreachable(&e))?);
-        }
-        let now_ms = crate::model::now_ms();
         let mut by_app: BTreeMap<String, Vec<HostStatus>> = BTreeMap::new();
-        for name in names {
-            let Some(entry) = self.hosts.entry(name).await.map_err(|e| unreachable(&e))? else {
-                continue;
-            };
-            let Ok(rec) = serde_json::from_slice::<HostRecord>(&entry.value) else {
-                continue;
-            };
-            let written_ms = (entry.created.unix_timestamp_nanos() / 1_000_000) as i64;
-            let age = Duration::from_millis(now_ms.saturating_sub(written_ms).max(0) as u64);
+        for (age, rec) in self.heartbeats().await?.into_values() {
             for (app, r) in rec.apps {
                 if only.is_some_and(|o| o != app) {
                     continue;

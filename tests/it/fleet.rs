@@ -196,6 +196,15 @@ fn fleet_status_or_null(h: &Haul) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
 }
 
+/// Waits until `n` hosts report in the fleet's status.
+fn wait_reporting(h: &Haul, n: usize) {
+    wait_until("all hosts reporting", || {
+        fleet_status(h)["apps"][0]["hosts"]
+            .as_array()
+            .is_some_and(|hs| hs.len() == n)
+    });
+}
+
 fn conductor(status: &serde_json::Value) -> Option<(String, u64)> {
     let r = &status["apps"][0]["rollout"];
     Some((r["conductor"].as_str()?.to_string(), r["epoch"].as_u64()?))
@@ -406,11 +415,7 @@ fn one_webhook_rolls_a_release_across_twenty_hosts() {
     for h in &mut hosts {
         h.start();
     }
-    wait_until("all hosts reporting", || {
-        fleet_status(&hosts[0])["apps"][0]["hosts"]
-            .as_array()
-            .is_some_and(|h| h.len() == HOSTS)
-    });
+    wait_reporting(&hosts[0], HOSTS);
     let sha = server.commit(&[("index.html", "v2")], "v2");
     let fetches = server.fetches();
     let (code, reply) = hosts[7].push("refs/heads/main", &sha, &delivery());
@@ -500,11 +505,7 @@ fn a_failing_canary_halts_the_rollout_and_no_other_host_moves() {
             "true".into()
         }
     });
-    wait_until("all hosts reporting", || {
-        fleet_status(&hosts[0])["apps"][0]["hosts"]
-            .as_array()
-            .is_some_and(|h| h.len() == 4)
-    });
+    wait_reporting(&hosts[0], 4);
     let sha = server.commit(&[("index.html", "v2")], "v2");
     let (code, reply) = hosts[2].push("refs/heads/main", &sha, &delivery());
     assert_eq!(code, 202, "{reply}");
@@ -750,11 +751,7 @@ fn a_newer_push_restarts_from_the_canary_and_an_older_one_changes_nothing() {
     let cluster = NatsCluster::start(&dir.path().join("nats"));
     let server = GitServer::start(dir.path());
     let hosts = fleet_of(dir.path(), &server, &cluster, 4, 1, |_| "sleep 2".into());
-    wait_until("all hosts reporting", || {
-        fleet_status(&hosts[0])["apps"][0]["hosts"]
-            .as_array()
-            .is_some_and(|h| h.len() == 4)
-    });
+    wait_reporting(&hosts[0], 4);
     let c2 = server.commit(&[("index.html", "v2")], "v2");
     let fetches = server.fetches();
     let (code, reply) = hosts[1].push("refs/heads/main", &c2, &delivery());
@@ -865,11 +862,7 @@ fn a_failing_wave_is_reverted_and_later_waves_are_untouched() {
             h
         })
         .collect();
-    wait_until("all hosts reporting", || {
-        fleet_status(&hosts[0])["apps"][0]["hosts"]
-            .as_array()
-            .is_some_and(|h| h.len() == 5)
-    });
+    wait_reporting(&hosts[0], 5);
     let (code, reply) = hosts[0].push("refs/heads/main", &v1, &delivery());
     assert_eq!(code, 202, "{reply}");
     wait_until("v1 everywhere", || {
@@ -929,11 +922,7 @@ fn an_aborted_rollout_starts_no_further_wave_and_a_new_push_starts_afresh() {
     let cluster = NatsCluster::start(&dir.path().join("nats"));
     let server = GitServer::start(dir.path());
     let hosts = fleet_of(dir.path(), &server, &cluster, 4, 1, |_| "sleep 2".into());
-    wait_until("all hosts reporting", || {
-        fleet_status(&hosts[0])["apps"][0]["hosts"]
-            .as_array()
-            .is_some_and(|h| h.len() == 4)
-    });
+    wait_reporting(&hosts[0], 4);
     let c2 = server.commit(&[("index.html", "v2")], "v2");
     let (code, reply) = hosts[1].push("refs/heads/main", &c2, &delivery());
     assert_eq!(code, 202, "{reply}");
