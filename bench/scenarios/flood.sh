@@ -119,6 +119,8 @@ flood_one() {
   local hwm rss_end pid1
   hwm=$(proc_kb "$pid" VmHWM)
   rss_end=$(proc_kb "$pid" VmRSS)
+  # Where the memory is (per mapping), to explain a change in the peak.
+  cat "/proc/$pid/smaps" >"$dir/smaps.txt" 2>/dev/null || true
   pid1=$(last_pid)
   kill "$sampler" 2>/dev/null || true
 
