@@ -19,8 +19,13 @@ use crate::store::{self, DeployRow};
 
 /// The way to the fleet's engine.
 pub trait FleetLink: Send + Sync {
-    /// Hands a trigger to the fleet (durably, or not at all); what to record as the reason.
-    fn forward(&self, row: DeployRow) -> BoxFuture<'static, Result<String, String>>;
+    /// Hands a trigger to the fleet (durably, or not at all), with the signed delivery it came in if it kept
+    /// one; what to record as the reason.
+    fn forward(
+        &self,
+        row: DeployRow,
+        signed: Option<model::SignedDelivery>,
+    ) -> BoxFuture<'static, Result<String, String>>;
 }
 
 pub(super) async fn worker(
@@ -74,9 +79,9 @@ async fn forward_all(env: &super::queue::Env, link: &dyn FleetLink, app: &str) -
             return false;
         }
     };
-    for row in rows {
+    for (row, signed) in rows {
         let id = row.id.clone();
-        match link.forward(row).await {
+        match link.forward(row, signed).await {
             Ok(reason) => {
                 tracing::info!(deploy_id = %id, app = %app, "{reason}");
                 let now = model::now_ms();

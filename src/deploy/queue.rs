@@ -250,6 +250,15 @@ impl Queue {
             .await
     }
 
+    /// Records a request refused before it could run (failed, with why), without queueing it.
+    pub async fn refuse(&self, req: DeployRequest, reason: String) -> Result<Enqueued, StoreError> {
+        let now = model::now_ms();
+        self.env
+            .store
+            .call_one_write(move |c| store::record_refused(c, &req, &reason, now))
+            .await
+    }
+
     /// One worker per app, until `shutdown` turns true.
     pub fn spawn_workers(
         self: &Arc<Self>,

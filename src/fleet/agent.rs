@@ -17,7 +17,7 @@ use super::engine::{Engine, FleetError};
 pub use super::hosts::AppReport;
 use super::hosts::{HostRecord, HEARTBEAT};
 use super::lease::Lease;
-use super::rollout::{self, Conductor, Proposal, Submitter};
+use super::rollout::{Conductor, Proposal, Submitter, Verifier};
 use crate::config::{AppConfig, FleetConfig};
 use crate::infra::metrics::{self, AppLabel, HostLabel};
 use crate::infra::state_dir::StateDir;
@@ -182,6 +182,9 @@ pub struct AgentParts {
     pub dirs: StateDir,
     pub reporter: Reporter,
     pub submitter: Submitter,
+    /// Checks each trigger's claim (a forge's signature, with this host's own secret) before anything is
+    /// fetched or deployed for it.
+    pub verifier: Verifier,
     /// Where the conductor's `halted` goes (the daemon's notifier).
     pub notifier: Option<crate::model::event::Notifier>,
 }
@@ -231,6 +234,7 @@ async fn run(cfg: FleetConfig, parts: AgentParts, shared: Arc<Shared>, mut stop:
                 &cfg.host,
                 parts.dirs.clone(),
                 parts.notifier.clone(),
+                parts.verifier.clone(),
             )
         })
         .collect();
@@ -350,7 +354,16 @@ async fn apply_all(engine: &Engine, host: &str, parts: &AgentParts, retry: &mut 
         if not_before.is_some_and(|t: std::time::Instant| std::time::Instant::now() < t) {
             continue;
         }
-        match rollout::apply(engine, &app.name, host, &parts.dirs, &parts.submitter).await {
+        match super::assigned::apply(
+            engine,
+            &app.name,
+            host,
+            &parts.dirs,
+            &parts.submitter,
+            &parts.verifier,
+        )
+        .await
+        {
             Ok(()) => {
                 retry.remove(&app.name);
             }

@@ -31,6 +31,9 @@ pub struct AppReport {
     pub rollout: Option<String>,
     #[serde(default)]
     pub rollout_state: Option<String>,
+    /// Why that deploy ended as it did, when it did not succeed (a refusal names what did not verify).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_reason: Option<String>,
 }
 
 /// A host's heartbeat record.
@@ -74,6 +77,9 @@ pub struct RolloutStatus {
     /// `host: why` for each host whose deploy of the rollout failed.
     #[serde(default)]
     pub failures: Vec<String>,
+    /// The last trigger the conductor refused (its claim did not verify): which, from where, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -90,6 +96,8 @@ pub struct HostStatus {
     pub rollout: Option<String>,
     #[serde(default)]
     pub rollout_state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_reason: Option<String>,
 }
 
 impl Engine {
@@ -127,6 +135,7 @@ impl Engine {
                     heartbeat_age_s: age.as_secs(),
                     rollout: r.rollout,
                     rollout_state: r.rollout_state,
+                    rollout_reason: r.rollout_reason,
                 });
             }
         }
@@ -149,6 +158,20 @@ impl Engine {
                     .collect();
                 rollout.waves = r.waves.len();
                 rollout.wave = r.wave;
+            }
+            if let Some(n) = self
+                .get_json::<super::rollout::Refusal>(&super::rollout::refused_key(&app))
+                .await?
+            {
+                rollout.refused = Some(format!(
+                    "trigger {} handed over by {} ({}): {}",
+                    n.deploy_id,
+                    n.origin,
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + Duration::from_millis(n.at_ms.max(0) as u64)
+                    ),
+                    n.why
+                ));
             }
             if let LeaseState::Held { holder, epoch, .. } = Lease::read(self, &app).await? {
                 rollout.conductor = Some(holder);
@@ -188,6 +211,9 @@ impl FleetStatus {
             for f in &a.rollout.failures {
                 out.push_str(&format!("  failed: {f}\n"));
             }
+            if let Some(r) = &a.rollout.refused {
+                out.push_str(&format!("  refused: {r}\n"));
+            }
             for h in &a.hosts {
                 let sha = h.live_sha.as_deref().map_or("-", |s| &s[..s.len().min(12)]);
                 out.push_str(&format!(
@@ -199,6 +225,9 @@ impl FleetStatus {
                     h.outcome.as_deref().unwrap_or("-"),
                     h.heartbeat_age_s
                 ));
+                if let (Some("failed"), Some(why)) = (h.rollout_state.as_deref(), &h.rollout_reason) {
+                    out.push_str(&format!("  {:<20} {why}\n", ""));
+                }
             }
         }
         out

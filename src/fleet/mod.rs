@@ -9,7 +9,9 @@
 //! - `hosts`: each host's heartbeat record (what it has live, per fleet app) and the fleet's status as
 //!   `haul fleet status` shows it.
 //! - `rollout`: proposals (triggers handed over), the conductor's decision (one forge fetch, a release
-//!   bundle in the object store), the waves, and each host's side (download, deploy, report).
+//!   bundle in the object store), the waves.
+//! - `assigned`: each host's side: the assignment's claim verified again here, its bundle downloaded, its
+//!   deploy submitted (or its refusal recorded).
 //! - `agent`: the daemon's loop that keeps the heartbeat and the campaigns going, and says whether the
 //!   engine is reachable (`/healthz`, `haul_fleet_engine_up`).
 //!
@@ -17,6 +19,7 @@
 //! A write that timed out may have landed, so it is read back before anything is concluded.
 
 mod agent;
+mod assigned;
 mod engine;
 mod hosts;
 mod lease;
@@ -26,7 +29,7 @@ pub use agent::{spawn, AgentHandle, AgentParts, AppReport, Reporter};
 pub use engine::{Engine, FleetError};
 pub use hosts::{AppStatus, FleetStatus, HostStatus, RolloutStatus};
 pub use lease::{Lease, LeaseState};
-pub use rollout::{Assignment, Proposal, Submitter};
+pub use rollout::{Assignment, Proposal, Submitter, Verifier};
 
 /// The KV bucket of the conductors' leases (`conductor.<app>`): one value per key, TTL'd messages.
 pub const LEASES_BUCKET: &str = "haul_leases";

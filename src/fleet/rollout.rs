@@ -45,6 +45,9 @@ pub struct Proposal {
     pub provider: Option<String>,
     pub delivery_id: Option<String>,
     pub requested_ms: i64,
+    /// A forge's webhook: the signed delivery, which every host verifies again with its own secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<model::SignedDelivery>,
 }
 
 /// One release moving across the fleet.
@@ -82,11 +85,22 @@ pub struct Assignment {
     /// Put the release from before this rollout back (the hosts of a halted rollout's failing wave).
     #[serde(default)]
     pub revert: bool,
+    /// The trigger the rollout came from, as the host it reached handed it over: what this host checks
+    /// (a forge's signature, again, with its own secret) before it deploys the sha.
+    #[serde(default)]
+    pub from: Option<Proposal>,
 }
 
-/// Deploys an assignment on this host (the server queues it): the local deploy id.
-pub type Submitter =
-    Arc<dyn Fn(String, Assignment) -> BoxFuture<'static, Result<String, String>> + Send + Sync>;
+/// Deploys an assignment on this host (the server queues it), or, given why, records it in this host's
+/// audit as refused (failed, never run): the local deploy id.
+pub type Submitter = Arc<
+    dyn Fn(String, Assignment, Option<String>) -> BoxFuture<'static, Result<String, String>> + Send + Sync,
+>;
+
+/// Checks a trigger handed to the fleet before anything is fetched or deployed for it: one that claims a
+/// forge's webhook must carry a signed delivery that verifies with this host's own secret and asks for the
+/// sha given. Why not, if it is refused.
+pub type Verifier = Arc<dyn Fn(&Proposal, &str) -> Result<(), String> + Send + Sync>;
 
 pub(super) fn proposal_key(app: &str, deploy_id: &str) -> String {
     format!("proposal.{app}.{deploy_id}")
@@ -94,11 +108,23 @@ pub(super) fn proposal_key(app: &str, deploy_id: &str) -> String {
 fn rollout_key(app: &str) -> String {
     format!("rollout.{app}")
 }
-fn assign_key(app: &str, host: &str) -> String {
+pub(super) fn assign_key(app: &str, host: &str) -> String {
     format!("assign.{app}.{host}")
 }
+pub(super) fn refused_key(app: &str) -> String {
+    format!("refused.{app}")
+}
 
-fn refused(e: impl std::fmt::Display) -> FleetError {
+/// The last trigger the conductor refused for an app, as `haul fleet status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(super) struct Refusal {
+    pub(super) deploy_id: String,
+    pub(super) origin: String,
+    pub(super) why: String,
+    pub(super) at_ms: i64,
+}
+
+pub(super) fn refused(e: impl std::fmt::Display) -> FleetError {
     FleetError::Refused(e.to_string())
 }
 fn away(e: &(dyn std::error::Error + 'static)) -> FleetError {
@@ -120,7 +146,10 @@ impl Engine {
         }
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, FleetError> {
+    pub(super) async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, FleetError> {
         match self.fleet.get(key).await {
             Ok(Some(v)) => Ok(serde_json::from_slice(&v).ok()),
             Ok(None) => Ok(None),
@@ -128,7 +157,7 @@ impl Engine {
         }
     }
 
-    async fn put_json<T: Serialize>(&self, key: &str, value: &T) -> Result<(), FleetError> {
+    pub(super) async fn put_json<T: Serialize>(&self, key: &str, value: &T) -> Result<(), FleetError> {
         let bytes = serde_json::to_vec(value).map_err(refused)?;
         self.fleet
             .put(key, bytes.into())
@@ -244,6 +273,7 @@ pub(super) struct Conductor {
     retry_at: Option<Instant>,
     failures: u32,
     notifier: Option<model::event::Notifier>,
+    verify: Verifier,
 }
 
 impl Conductor {
@@ -253,8 +283,10 @@ impl Conductor {
         host: &str,
         dirs: StateDir,
         notifier: Option<model::event::Notifier>,
+        verify: Verifier,
     ) -> Conductor {
         Conductor {
+            verify,
             notifier,
             app,
             rollout,
@@ -275,6 +307,30 @@ impl Conductor {
         let name = self.app.name.clone();
         let proposals = engine.proposals(&name).await?;
         if proposals.is_empty() || self.retry_at.is_some_and(|t| Instant::now() < t) {
+            return Ok(());
+        }
+        // A trigger whose claim does not hold (a forge's webhook that does not verify here, or asks for
+        // another sha) costs no fetch and moves nothing: closed, and shown in `haul fleet status`.
+        let (proposals, forged): (Vec<Proposal>, Vec<Proposal>) = proposals
+            .into_iter()
+            .partition(|p| (self.verify)(p, p.sha.as_deref().unwrap_or("")).is_ok());
+        for p in &forged {
+            let why = (self.verify)(p, p.sha.as_deref().unwrap_or(""))
+                .err()
+                .unwrap_or_default();
+            tracing::warn!(app = %name, deploy_id = %p.deploy_id, "fleet: refusing the trigger handed over by {}: {why}; nothing fetched or rolled out", p.origin);
+            let note = Refusal {
+                deploy_id: p.deploy_id.clone(),
+                origin: p.origin.clone(),
+                why,
+                at_ms: model::now_ms(),
+            };
+            if let Err(e) = engine.put_json(&refused_key(&name), &note).await {
+                tracing::debug!("fleet: cannot note the refusal of {}: {e}", p.deploy_id);
+            }
+        }
+        self.close_proposals(engine, &forged).await;
+        if proposals.is_empty() {
             return Ok(());
         }
         let current = engine.rollout(&name).await?;
@@ -469,6 +525,7 @@ impl Conductor {
             provider: None,
             delivery_id: None,
             requested_ms: now,
+            signed: None,
         });
         RolloutState {
             id: format!("{}-{}", model::compact_utc(now), model::short_sha(sha)),
@@ -529,9 +586,13 @@ impl Conductor {
         if r.phase == "reverting" {
             self.revert_wave(engine, &mut r, &report).await?;
         } else if r.phase == "done" {
-            // A host that joined (or came back) after the rollout gets its release too.
+            // A host that joined (or came back) after the rollout gets its release too; one that reports it
+            // needs no write (nor a read: fifty hosts cost nothing per tick).
             for h in &alive {
-                self.assign(engine, &r, h).await?;
+                let has_it = report(h).is_some_and(|(_, rep)| rep.rollout.as_deref() == Some(r.id.as_str()));
+                if !has_it {
+                    self.assign(engine, &r, h).await?;
+                }
             }
         } else if let Some(wave) = r.waves.get(r.wave).cloned() {
             let mut pending = false;
@@ -597,29 +658,7 @@ impl Conductor {
         if r != before {
             engine.write_rollout(&name, &r).await?;
         }
-        let (mut live, mut deploying, mut lost, mut other) = (0, 0, 0, 0);
-        for (age, rec) in beats.values() {
-            let Some(a) = rec.apps.get(&name) else { continue };
-            if *age > LOST_AFTER {
-                lost += 1;
-            } else if a.live_sha.as_deref() == Some(r.sha.as_str()) {
-                live += 1;
-            } else if a.phase == "deploying" {
-                deploying += 1;
-            } else {
-                other += 1;
-            }
-        }
-        crate::infra::metrics::fleet_rollout(
-            &name,
-            &r.phase,
-            &[
-                ("live", live),
-                ("deploying", deploying),
-                ("lost", lost),
-                ("other", other),
-            ],
-        );
+        rollout_metrics(&name, &r, &beats);
         Ok(())
     }
 
@@ -707,6 +746,7 @@ impl Conductor {
             git_ref: r.git_ref.clone(),
             bundle: r.bundle.clone(),
             epoch: r.epoch,
+            from: Some(r.from.clone()),
             actor: format!(
                 "fleet rollout {} ({} via {})",
                 r.id,
@@ -716,6 +756,33 @@ impl Conductor {
         };
         engine.put_json(&key, &a).await
     }
+}
+
+/// The rollout's phase and how many of the app's hosts are live on it, deploying, lost or elsewhere.
+fn rollout_metrics(name: &str, r: &RolloutState, beats: &BTreeMap<String, (Duration, HostRecord)>) {
+    let (mut live, mut deploying, mut lost, mut other) = (0, 0, 0, 0);
+    for (age, rec) in beats.values() {
+        let Some(a) = rec.apps.get(name) else { continue };
+        if *age > LOST_AFTER {
+            lost += 1;
+        } else if a.live_sha.as_deref() == Some(r.sha.as_str()) {
+            live += 1;
+        } else if a.phase == "deploying" {
+            deploying += 1;
+        } else {
+            other += 1;
+        }
+    }
+    crate::infra::metrics::fleet_rollout(
+        name,
+        &r.phase,
+        &[
+            ("live", live),
+            ("deploying", deploying),
+            ("lost", lost),
+            ("other", other),
+        ],
+    );
 }
 
 /// The waves: the canary alone, then groups of at most `max_parallel`, in host-name order.
@@ -738,76 +805,6 @@ async fn upload(engine: &Engine, name: &str, file: &Path) -> Result<(), FleetErr
     engine.releases.put(name, &mut f).await.map(|_| ()).map_err(|e| {
         FleetError::Unreachable(format!("cannot store the release bundle {name}: {}", chain(&e)))
     })
-}
-
-/// What this host last applied of an app's rollouts.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Applied {
-    rollout: String,
-    max_epoch: u64,
-}
-
-/// The host's side: deploys a new assignment (once), unless a newer conductor has been seen.
-pub(super) async fn apply(
-    engine: &Engine,
-    app: &str,
-    host: &str,
-    dirs: &StateDir,
-    submit: &Submitter,
-) -> Result<(), FleetError> {
-    let Some(a) = engine.get_json::<Assignment>(&assign_key(app, host)).await? else {
-        return Ok(());
-    };
-    let path = dirs.fleet_applied(app);
-    let applied: Applied = std::fs::read(&path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
-    if a.rollout == applied.rollout {
-        return Ok(());
-    }
-    if a.epoch < applied.max_epoch {
-        tracing::warn!(app = %app, "fleet: refusing rollout {} from epoch {} (a conductor of epoch {} has been seen)", a.rollout, a.epoch, applied.max_epoch);
-        return Ok(());
-    }
-    if !model::is_full_sha(&a.sha) {
-        return Err(refused(format!("assignment {} names no full sha", a.rollout)));
-    }
-    let bundle = dirs.fleet_bundle(app, &a.sha);
-    download(engine, &a.bundle, &bundle).await?;
-    let id = submit(app.to_string(), a.clone()).await.map_err(refused)?;
-    tracing::info!(app = %app, deploy_id = %id, "fleet: deploying rollout {} ({})", a.rollout, model::short_sha(&a.sha));
-    let next = Applied {
-        rollout: a.rollout.clone(),
-        max_epoch: a.epoch.max(applied.max_epoch),
-    };
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec(&next).map_err(refused)?)
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| {
-            refused(format!(
-                "cannot record rollout {} in {}: {e}",
-                a.rollout,
-                path.display()
-            ))
-        })
-}
-
-async fn download(engine: &Engine, name: &str, to: &Path) -> Result<(), FleetError> {
-    if let Some(parent) = to.parent() {
-        std::fs::create_dir_all(parent).map_err(refused)?;
-    }
-    let mut obj = engine.releases.get(name).await.map_err(|e| {
-        FleetError::Unreachable(format!("cannot get the release bundle {name}: {}", chain(&e)))
-    })?;
-    let tmp = to.with_extension("part");
-    let mut f = tokio::fs::File::create(&tmp).await.map_err(refused)?;
-    // The object store checks the bundle's digest as it reads the last chunk.
-    tokio::io::copy(&mut obj, &mut f)
-        .await
-        .map_err(|e| FleetError::Unreachable(format!("cannot read the release bundle {name}: {e}")))?;
-    f.sync_all().await.map_err(refused)?;
-    std::fs::rename(&tmp, to).map_err(refused)
 }
 
 #[cfg(test)]

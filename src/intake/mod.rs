@@ -118,6 +118,99 @@ impl Accepted {
     }
 }
 
+/// The headers a fleet host keeps with a signed delivery, for the other hosts to verify it again: the
+/// signatures, events, delivery ids and timestamps every provider's check reads. Not `X-Gitlab-Token` (the
+/// shared secret in clear) nor anything else: a header not on this list never leaves the host it came to.
+pub const CARRIED_HEADERS: &[&str] = &[
+    "x-github-event",
+    "x-github-delivery",
+    "x-hub-signature-256",
+    "x-gitea-event",
+    "x-gitea-delivery",
+    "x-gitea-signature",
+    "x-forgejo-event",
+    "x-forgejo-delivery",
+    "x-forgejo-signature",
+    "x-event-key",
+    "x-request-uuid",
+    "x-request-id",
+    "x-hub-signature",
+    "x-gitlab-event",
+    "x-gitlab-webhook-uuid",
+    "x-gitlab-event-uuid",
+    "idempotency-key",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+];
+
+/// The delivery as the other hosts of a fleet can verify it again, or `None` where they cannot: GitLab's
+/// plain token signs nothing of the body (and is the secret itself, which is never carried).
+pub fn carried(provider: Provider, headers: &HeaderMap, body: &[u8]) -> Option<crate::model::SignedDelivery> {
+    if provider == Provider::Gitlab && !headers.contains_key("webhook-signature") {
+        return None;
+    }
+    let kept = CARRIED_HEADERS
+        .iter()
+        .filter_map(|name| {
+            let v = headers.get(*name)?.to_str().ok()?;
+            Some((name.to_string(), v.to_string()))
+        })
+        .collect();
+    Some(crate::model::SignedDelivery::new(kept, body))
+}
+
+/// Verifies again, on another host and with its own secrets, a delivery a fleet host received at
+/// `received_secs` (the Standard Webhooks timestamp window is judged as of then), and checks that it asks
+/// for `sha` of this app: what a host does before it deploys a release that claims a forge's webhook.
+pub fn reverify(
+    app: &AppConfig,
+    secrets: &[Vec<u8>],
+    signed: &crate::model::SignedDelivery,
+    received_secs: i64,
+    sha: &str,
+) -> Result<(), String> {
+    let Some(webhook) = &app.webhook else {
+        return Err(format!(
+            "app {} has no webhook on this host, so a forge's signature cannot be checked here",
+            app.name
+        ));
+    };
+    let body = signed
+        .body_bytes()
+        .ok_or_else(|| "the signed delivery's body is not base64".to_string())?;
+    let mut headers = HeaderMap::new();
+    for (name, value) in &signed.headers {
+        // Only the carried headers count: a record that adds its own (a token, say) gains nothing by it.
+        if !CARRIED_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
+        let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(value),
+        ) else {
+            return Err(format!("the signed delivery has an invalid header {name:?}"));
+        };
+        headers.append(n, v);
+    }
+    let what = webhook.provider.as_str();
+    match evaluate(app, webhook.provider, secrets, &headers, &body, received_secs) {
+        Ok(Accepted::Deploy(r)) if r.sha.as_deref() == Some(sha) => Ok(()),
+        Ok(Accepted::Deploy(r)) => Err(format!(
+            "the signed {what} delivery asks for {}, not {}",
+            r.sha.as_deref().map_or("the branch tip", crate::model::short_sha),
+            crate::model::short_sha(sha)
+        )),
+        Ok(Accepted::Ignore(_, why)) => {
+            Err(format!("the signed {what} delivery deploys nothing here ({why})"))
+        }
+        Ok(_) => Err(format!("the signed {what} delivery is not a push")),
+        Err(e) => Err(format!(
+            "the {what} delivery does not verify with this host's webhook secret: {e}"
+        )),
+    }
+}
+
 /// What every provider must do alike; each provider's own quirks are tested in its file.
 #[cfg(test)]
 mod tests {
@@ -361,6 +454,70 @@ mod tests {
                 signer == &new,
                 "once the old secret is removed it stops working"
             );
+        }
+    }
+
+    /// What a fleet host hands over and another host verifies again: every signing provider's delivery
+    /// verifies on the other host for its own sha and no other; a tampered body, another secret, or headers
+    /// the record added (GitLab's token) do not; GitLab's plain token is never carried.
+    #[test]
+    fn a_carried_delivery_verifies_again_only_as_it_came() {
+        let sha = "c".repeat(40);
+        let other = "d".repeat(40);
+        let now = 1_800_000_000;
+        for provider in Provider::ALL.into_iter().filter(|p| *p != Provider::Distribution) {
+            let name = provider.as_str();
+            let app = app_with(&format!(
+                "[apps.blog.webhook]\nprovider = \"{name}\"\nsecret_file = \"/s\"\n"
+            ));
+            let (body, event) = payload(provider, "refs/heads/main", &sha);
+            let mut h = signed(provider, event, &body, now);
+            h.insert("x-forwarded-for", http::HeaderValue::from_static("10.0.0.1"));
+            let secrets = [SECRET.to_vec()];
+            let Some(d) = carried(provider, &h, body.as_bytes()) else {
+                assert_eq!(
+                    provider,
+                    Provider::Gitlab,
+                    "{name}: only GitLab's token mode is not carried"
+                );
+                assert!(h.contains_key("x-gitlab-token"));
+                // A record that puts the token in itself gains nothing: only carried headers count.
+                let forged = crate::model::SignedDelivery::new(
+                    vec![
+                        ("x-gitlab-token".into(), String::from_utf8_lossy(SECRET).into()),
+                        ("x-gitlab-event".into(), event.into()),
+                    ],
+                    body.as_bytes(),
+                );
+                let e = reverify(&app, &secrets, &forged, now, &sha).expect_err("token dropped");
+                assert!(e.contains("does not verify"), "{name}: {e}");
+                continue;
+            };
+            assert!(
+                d.headers
+                    .iter()
+                    .all(|(k, _)| CARRIED_HEADERS.contains(&k.as_str())),
+                "{name}: {:?}",
+                d.headers
+            );
+            assert_eq!(reverify(&app, &secrets, &d, now, &sha), Ok(()), "{name}");
+            let e = reverify(&app, &secrets, &d, now, &other).expect_err("other sha");
+            assert!(e.contains("asks for"), "{name}: {e}");
+            let e =
+                reverify(&app, &[b"another secret entirely!".to_vec()], &d, now, &sha).expect_err("secret");
+            assert!(e.contains("does not verify"), "{name}: {e}");
+            let tampered =
+                crate::model::SignedDelivery::new(d.headers.clone(), body.replace(&sha, &other).as_bytes());
+            let e = reverify(&app, &secrets, &tampered, now, &other).expect_err("tampered");
+            assert!(e.contains("does not verify"), "{name}: {e}");
+            let garbled = crate::model::SignedDelivery {
+                headers: d.headers.clone(),
+                body: "not base64!".into(),
+            };
+            assert!(reverify(&app, &secrets, &garbled, now, &sha).is_err(), "{name}");
+            // An app without a webhook on this host cannot check a forge's signature: refused.
+            let bare = app_with("");
+            assert!(reverify(&bare, &secrets, &d, now, &sha).is_err(), "{name}");
         }
     }
 }

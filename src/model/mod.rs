@@ -180,6 +180,34 @@ pub struct DeployRequest {
     /// The sha256 of the verified body, for forges that sign the body but not the delivery id: the same body
     /// again under a fresh delivery id is a replay.
     pub body_digest: Option<[u8; 32]>,
+    /// For a fleet app's webhook: the signed delivery as it came (the body and the headers that carry its
+    /// signature, never a shared token), so every host can check the forge's signature with its own secret.
+    pub signed: Option<SignedDelivery>,
+}
+
+/// A forge's signed delivery, kept so that another host can verify it again: the raw body and the headers
+/// the signature check reads (`intake::CARRIED_HEADERS`). A shared token sent in clear (GitLab's
+/// `X-Gitlab-Token`) is never among them: it is the secret itself, and it never leaves the host it came to.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SignedDelivery {
+    pub headers: Vec<(String, String)>,
+    /// The body, base64 (standard alphabet).
+    pub body: String,
+}
+
+impl SignedDelivery {
+    pub fn new(headers: Vec<(String, String)>, body: &[u8]) -> SignedDelivery {
+        use base64::Engine;
+        SignedDelivery {
+            headers,
+            body: base64::engine::general_purpose::STANDARD.encode(body),
+        }
+    }
+    /// The raw body; `None` if what is stored is not base64 (a tampered record).
+    pub fn body_bytes(&self) -> Option<Vec<u8>> {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.decode(&self.body).ok()
+    }
 }
 
 impl DeployRequest {
@@ -198,6 +226,7 @@ impl DeployRequest {
             digest: None,
             parent: None,
             body_digest: None,
+            signed: None,
         }
     }
     /// The webhook provider that sent it and its delivery id.
@@ -233,6 +262,10 @@ impl DeployRequest {
     }
     pub(crate) fn with_body_digest(mut self, digest: Option<[u8; 32]>) -> DeployRequest {
         self.body_digest = digest;
+        self
+    }
+    pub(crate) fn with_signed(mut self, signed: Option<SignedDelivery>) -> DeployRequest {
+        self.signed = signed;
         self
     }
 }

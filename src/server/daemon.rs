@@ -70,7 +70,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Daemon> {
     let addr = listener.local_addr()?;
     let control = control::bind(&dirs.socket())
         .with_context(|| format!("cannot create the control socket {}", dirs.socket().display()))?;
-    let fleet = crate::server::fleet::start(&cfg, &mut env);
+    let fleet = crate::server::fleet::start(&cfg, &mut env, &secrets);
     let queue = Queue::new(env);
     let fleet = fleet.map(|(agent, cell)| {
         let _ = cell.set(queue.clone());

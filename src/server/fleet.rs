@@ -2,12 +2,12 @@
 //! live, from the release links and the audit) and a submitter (an assignment becomes a `fleet` request in
 //! this host's queue), and gives the queue the link its fleet apps' triggers are handed over through.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
 
 use futures_util::future::BoxFuture;
 
-use crate::config::Config;
+use crate::config::{AppConfig, Config, Provider};
 use crate::deploy::fleet::FleetLink;
 use crate::deploy::queue::{Env, Queue};
 use crate::fleet::{self, AgentHandle, AgentParts, AppReport, Assignment, Proposal};
@@ -16,7 +16,11 @@ use crate::store::{DeployRow, Enqueued, StoreError};
 
 /// The agent, when this host is part of a fleet (`None`, and no NATS connection, otherwise), and the
 /// cell the queue goes into once it exists (assignments are submitted to it).
-pub(crate) fn start(cfg: &Config, env: &mut Env) -> Option<(AgentHandle, Arc<OnceLock<Arc<Queue>>>)> {
+pub(crate) fn start(
+    cfg: &Config,
+    env: &mut Env,
+    secrets: &HashMap<String, Vec<Vec<u8>>>,
+) -> Option<(AgentHandle, Arc<OnceLock<Arc<Queue>>>)> {
     let fc = cfg.fleet.clone()?;
     let apps: Vec<Arc<crate::config::AppConfig>> =
         env.apps.values().filter(|a| a.fleet.is_some()).cloned().collect();
@@ -25,6 +29,7 @@ pub(crate) fn start(cfg: &Config, env: &mut Env) -> Option<(AgentHandle, Arc<Onc
     let parts = AgentParts {
         reporter: reporter(env, &apps),
         submitter: submitter(queue.clone(), me.clone()),
+        verifier: verifier(&apps, secrets),
         dirs: env.dirs.clone(),
         notifier: env.notifier.clone(),
         apps,
@@ -44,7 +49,11 @@ struct Link {
 }
 
 impl FleetLink for Link {
-    fn forward(&self, row: DeployRow) -> BoxFuture<'static, Result<String, String>> {
+    fn forward(
+        &self,
+        row: DeployRow,
+        signed: Option<crate::model::SignedDelivery>,
+    ) -> BoxFuture<'static, Result<String, String>> {
         let agent = self.agent.clone();
         let p = Proposal {
             app: row.app.clone(),
@@ -57,6 +66,7 @@ impl FleetLink for Link {
             provider: row.provider.clone(),
             delivery_id: row.delivery_id.clone(),
             requested_ms: row.requested_at,
+            signed,
         };
         Box::pin(async move {
             agent.propose(p).await.map_err(|e| e.to_string())?;
@@ -65,8 +75,38 @@ impl FleetLink for Link {
     }
 }
 
+/// A trigger's claim, checked with this host's own config and secrets: one that says it is a forge's webhook
+/// must carry the signed delivery, which must verify here and ask for the sha. GitLab's plain token signs
+/// nothing of the body (and is never carried), so a GitLab app's webhook is taken, like `haul fleet deploy`
+/// or a poll, on the word of the host named, inside the fleet's NATS trust boundary.
+fn verifier(apps: &[Arc<AppConfig>], secrets: &HashMap<String, Vec<Vec<u8>>>) -> fleet::Verifier {
+    let apps: HashMap<String, Arc<AppConfig>> = apps.iter().map(|a| (a.name.clone(), a.clone())).collect();
+    let secrets = secrets.clone();
+    Arc::new(move |p: &Proposal, sha: &str| {
+        let app = apps
+            .get(&p.app)
+            .ok_or_else(|| format!("app {} is not a fleet app on this host", p.app))?;
+        if p.trigger != Trigger::Webhook.as_str() {
+            return Ok(());
+        }
+        let provider = app.webhook.as_ref().map(|w| w.provider);
+        match &p.signed {
+            Some(d) => {
+                let secrets = secrets.get(&p.app).map(Vec::as_slice).unwrap_or_default();
+                crate::intake::reverify(app, secrets, d, p.requested_ms.div_euclid(1000), sha)
+            }
+            None if provider == Some(Provider::Gitlab) => Ok(()),
+            None => Err(format!(
+                "it claims a {} webhook (handed over by {}) but carries no signed delivery to verify",
+                p.provider.as_deref().unwrap_or("forge"),
+                p.origin
+            )),
+        }
+    })
+}
+
 fn submitter(queue: Arc<OnceLock<Arc<Queue>>>, me: Arc<OnceLock<AgentHandle>>) -> fleet::Submitter {
-    Arc::new(move |app: String, a: Assignment| {
+    Arc::new(move |app: String, a: Assignment, refused: Option<String>| {
         let queue = queue.get().cloned();
         let me = me.get().cloned();
         Box::pin(async move {
@@ -82,6 +122,16 @@ fn submitter(queue: Arc<OnceLock<Arc<Queue>>>, me: Arc<OnceLock<AgentHandle>>) -
             };
             // The rollout's id is the delivery: the same assignment twice is a duplicate, never two deploys.
             req.delivery_id = Some(a.rollout);
+            if let Some(why) = refused {
+                let id = match q.refuse(req, why).await.map_err(|e| e.to_string())? {
+                    Enqueued::Recorded { id, .. } | Enqueued::Passed { id, .. } => id,
+                    Enqueued::Duplicate { first } | Enqueued::Replay { first } => first,
+                };
+                if let Some(agent) = me {
+                    agent.poke();
+                }
+                return Ok(id.to_string());
+            }
             let id = match q.submit(req).await.map_err(|e| e.to_string())? {
                 Enqueued::Recorded { id, .. } | Enqueued::Passed { id, .. } => id,
                 Enqueued::Duplicate { first } | Enqueued::Replay { first } => first,
@@ -141,6 +191,10 @@ fn reporter(env: &Env, apps: &[Arc<crate::config::AppConfig>]) -> fleet::Reporte
                                 .into(),
                                 outcome: summary.last.map(|d| d.state.as_str().to_string()),
                                 rollout: fleet.as_ref().and_then(|d| d.delivery_id.clone()),
+                                rollout_reason: fleet
+                                    .as_ref()
+                                    .filter(|d| d.state != crate::model::State::Succeeded)
+                                    .and_then(|d| d.reason.clone()),
                                 rollout_state: fleet.map(|d| d.state.as_str().to_string()),
                             },
                         );

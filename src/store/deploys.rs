@@ -146,9 +146,14 @@ fn insert(
 ) -> Result<DeployId, StoreError> {
     let mut memory = conn.memory.borrow_mut();
     let mut stmt = conn.prepare_cached(
-        "INSERT INTO deploys (id, app, trigger, provider, delivery_id, git_ref, sha, actor, state, reason, requested_at, finished_at, target, digest, parent, body_digest)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+        "INSERT INTO deploys (id, app, trigger, provider, delivery_id, git_ref, sha, actor, state, reason, requested_at, finished_at, target, digest, parent, body_digest, signed)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
     )?;
+    // Strings only: serialising cannot fail; were it to, the empty record is refused by every host.
+    let signed = req
+        .signed
+        .as_ref()
+        .map(|d| serde_json::to_vec(d).unwrap_or_default());
     let mut tries = 0;
     let id = loop {
         let id = memory.mint(now);
@@ -169,6 +174,7 @@ fn insert(
             req.digest,
             req.parent,
             req.body_digest.as_ref().map(|b| b.as_slice()),
+            signed,
         ]);
         match inserted {
             // Another writer (a daemon restarted within the second) minted this id: try from elsewhere.
@@ -256,6 +262,24 @@ pub(crate) fn record_ignored(
     })
 }
 
+/// Records a request that was refused before anything ran (a fleet assignment whose trigger does not
+/// verify on this host): failed, with why.
+pub(crate) fn record_refused(
+    conn: &Conn,
+    req: &DeployRequest,
+    reason: &str,
+    now: i64,
+) -> Result<Enqueued, StoreError> {
+    if let Some(seen) = seen_before(conn, req)? {
+        return Ok(seen);
+    }
+    let id = insert(conn, req, State::Failed, Some(reason), now)?;
+    Ok(Enqueued::Recorded {
+        id,
+        superseded: vec![],
+    })
+}
+
 /// Takes the app's pending request, if any, and marks it running.
 pub(crate) fn claim_next(conn: &Connection, app: &str, now: i64) -> Result<Option<DeployRow>, StoreError> {
     let sql = format!(
@@ -287,15 +311,30 @@ pub(crate) fn claim_next_fleet(
         .optional()?)
 }
 
-/// A fleet app's triggers still to be handed to the fleet (webhooks, polls, `haul deploy`), oldest first.
-pub(crate) fn to_forward(conn: &Connection, app: &str) -> Result<Vec<DeployRow>, StoreError> {
+/// A fleet app's triggers still to be handed to the fleet (webhooks, polls, `haul deploy`), oldest first,
+/// each with the signed delivery it came in, if it kept one.
+pub(crate) fn to_forward(
+    conn: &Connection,
+    app: &str,
+) -> Result<Vec<(DeployRow, Option<crate::model::SignedDelivery>)>, StoreError> {
     let sql = format!(
-        "SELECT {COLUMNS} FROM deploys WHERE app = ?1 AND state = 'queued' AND trigger IN ('webhook', 'poll', 'manual')
+        "SELECT {COLUMNS}, signed FROM deploys WHERE app = ?1 AND state = 'queued' AND trigger IN ('webhook', 'poll', 'manual')
          ORDER BY seq"
     );
     let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(params![app], row_to_deploy)?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    let rows = stmt.query_map(params![app], |r| {
+        let signed: Option<Vec<u8>> = r.get(18)?;
+        Ok((row_to_deploy(r)?, signed))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (row, signed) = row?;
+        // A record that no longer parses is handed over without it: every host then refuses the claim of a
+        // signed webhook, which is what a damaged record deserves.
+        let signed = signed.and_then(|b| serde_json::from_slice(&b).ok());
+        out.push((row, signed));
+    }
+    Ok(out)
 }
 
 /// A trigger the fleet's engine acknowledged: final here, deployed by the rollout it starts.

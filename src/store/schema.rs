@@ -114,6 +114,10 @@ pub(super) const SCHEMA: &[&str] = &[
      CREATE INDEX deploys_app_seq ON deploys(app, seq);
      CREATE INDEX deploys_app_state_seq ON deploys(app, state, seq);
      CREATE INDEX deploys_app_release ON deploys(app, release_id) WHERE release_id IS NOT NULL;",
+    // v11: a fleet app's webhook keeps its signed delivery (body and signature headers, JSON) with its row,
+    // written in the same transaction, so the trigger handed to the fleet later (the engine away when it
+    // came) still carries what every host re-verifies. NULL for every other row.
+    "ALTER TABLE deploys ADD COLUMN signed BLOB;",
 ];
 
 pub(super) fn configure(conn: &Connection) -> rusqlite::Result<()> {

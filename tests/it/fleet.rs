@@ -961,3 +961,162 @@ fn an_aborted_rollout_starts_no_further_wave_and_a_new_push_starts_afresh() {
         all_live(&fleet_status(&hosts[0]), 4, &c3, "done")
     });
 }
+
+/// A GitHub push delivery of `sha` as a fleet host hands it over, signed with the test secret; `tamper`
+/// rewrites the body after signing.
+fn handed_over(sha: &str, tamper: impl Fn(String) -> String) -> haul::model::SignedDelivery {
+    let body = github_push("refs/heads/main", sha);
+    let headers = vec![
+        ("x-github-event".to_string(), "push".to_string()),
+        ("x-github-delivery".to_string(), delivery()),
+        (
+            "x-hub-signature-256".to_string(),
+            haul::intake::sign_github(SECRET.as_bytes(), body.as_bytes()),
+        ),
+    ];
+    haul::model::SignedDelivery::new(headers, tamper(body).as_bytes())
+}
+
+fn webhook_proposal(
+    id: &str,
+    sha: &str,
+    signed: Option<haul::model::SignedDelivery>,
+) -> haul::fleet::Proposal {
+    haul::fleet::Proposal {
+        app: "blog".into(),
+        origin: "mallory".into(),
+        deploy_id: id.into(),
+        trigger: "webhook".into(),
+        git_ref: Some("refs/heads/main".into()),
+        sha: Some(sha.into()),
+        actor: "octocat".into(),
+        provider: Some("github".into()),
+        delivery_id: Some(delivery()),
+        requested_ms: haul::model::now_ms(),
+        signed,
+    }
+}
+
+/// Someone holding NATS credentials but not the forge's secret: a trigger that claims a GitHub push with a
+/// tampered body is refused by the conductor (no fetch, nothing rolled out, shown in the status), and
+/// assignments written straight into the engine (a real signed delivery for another sha, or none at all, of
+/// a huge epoch) are refused by every host (a failed row that says why, nothing downloaded, live unchanged)
+/// without fencing the real conductor out.
+#[test]
+fn hosts_deploy_only_triggers_they_can_verify_themselves() {
+    let dir = TempDir::new("fleet-forged");
+    let cluster = NatsCluster::start(&dir.path().join("nats"));
+    let server = GitServer::start(dir.path());
+    let hosts = fleet_of(dir.path(), &server, &cluster, 3, 2, |_| "true".into());
+    wait_reporting(&hosts[0], 3);
+    let c2 = server.commit(&[("index.html", "v2")], "v2");
+    let (code, reply) = hosts[1].push("refs/heads/main", &c2, &delivery());
+    assert_eq!(code, 202, "{reply}");
+    wait_until("c2 everywhere (every host verified the push itself)", || {
+        all_live(&fleet_status(&hosts[0]), 3, &c2, "done")
+    });
+    let rollout = fleet_status(&hosts[0])["apps"][0]["rollout"]["id"].clone();
+    let c3 = server.commit(&[("index.html", "v3")], "v3");
+    let fetches = server.fetches();
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let engine = rt.block_on(connect(&cluster, "mallory"));
+    // (a) A proposal whose body was rewritten from c2 to c3 after GitHub signed it; one with no signature.
+    let tampered = handed_over(&c2, |b| b.replace(&c2, &c3));
+    for (id, signed) in [("forged-1", None), ("forged-2", Some(tampered))] {
+        rt.block_on(engine.propose(&webhook_proposal(id, &c3, signed)))
+            .expect("propose");
+        let mut status = serde_json::Value::Null;
+        wait_until("the conductor refused the trigger", || {
+            status = fleet_status(&hosts[2]);
+            status["apps"][0]["rollout"]["refused"]
+                .as_str()
+                .is_some_and(|r| r.contains(id))
+        });
+        let why = status["apps"][0]["rollout"]["refused"].to_string();
+        assert!(
+            why.contains("mallory")
+                && (why.contains("does not verify") || why.contains("no signed delivery")),
+            "{why}"
+        );
+        assert_eq!(status["apps"][0]["rollout"]["id"], rollout, "nothing rolled out");
+    }
+    assert_eq!(server.fetches(), fetches, "a refused trigger costs no fetch");
+
+    // (b) Assignments written by hand for every host: h1 and h2 carry a real signed delivery, for c2, while
+    // the assignment names c3; h3's names no trigger at all.
+    let kv = rt
+        .block_on(async {
+            let client = async_nats::connect(cluster.urls()[0].as_str()).await?;
+            async_nats::jetstream::new(client)
+                .get_key_value(haul::fleet::FLEET_BUCKET)
+                .await
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+        })
+        .expect("the fleet bucket");
+    for (i, h) in ["h1", "h2", "h3"].iter().enumerate() {
+        let from = (i < 2).then(|| webhook_proposal("forged-3", &c2, Some(handed_over(&c2, |b| b))));
+        let a = haul::fleet::Assignment {
+            rollout: "forged-rollout".into(),
+            sha: c3.clone(),
+            git_ref: "refs/heads/main".into(),
+            bundle: format!("blog/{c3}.bundle"),
+            epoch: 1 << 40,
+            actor: "mallory".into(),
+            revert: false,
+            from,
+        };
+        let bytes = serde_json::to_vec(&a).expect("json");
+        rt.block_on(kv.put(format!("assign.blog.{h}"), bytes.into()))
+            .expect("put");
+    }
+    for (i, h) in hosts.iter().enumerate() {
+        wait_until("the host refused the assignment", || {
+            h.rows().iter().any(|r| {
+                r.trigger == haul::model::Trigger::Fleet && r.delivery_id.as_deref() == Some("forged-rollout")
+            })
+        });
+        let rows = h.rows();
+        let row = rows
+            .iter()
+            .find(|r| r.delivery_id.as_deref() == Some("forged-rollout"))
+            .expect("row");
+        assert_eq!(row.state, haul::model::State::Failed);
+        let why = row.reason.clone().unwrap_or_default();
+        assert!(why.contains("refused rollout forged-rollout"), "{why}");
+        assert!(
+            why.contains(if i < 2 { "asks for" } else { "names no trigger" }),
+            "{why}"
+        );
+        assert_eq!(
+            rows.iter()
+                .filter(|r| r.state == haul::model::State::Succeeded)
+                .find_map(|r| r.sha.clone()),
+            Some(c2.clone()),
+            "c2 stays live"
+        );
+    }
+    let status = fleet_status(&hosts[0]);
+    for h in status["apps"][0]["hosts"].as_array().expect("hosts") {
+        assert_eq!(h["live_sha"], c2.as_str(), "{h}");
+        assert_eq!(h["rollout_state"], "failed", "{h}");
+        assert!(
+            h["rollout_reason"].to_string().contains("nothing was downloaded"),
+            "{h}"
+        );
+    }
+    let text = String::from_utf8_lossy(&hosts[0].cli(&["fleet", "status"]).stdout).to_string();
+    assert!(
+        text.contains("refused rollout forged-rollout") && text.contains("refused: trigger forged-2"),
+        "{text}"
+    );
+    assert_eq!(server.fetches(), fetches);
+
+    // The real conductor is not fenced out by the forged epoch: a real push goes everywhere.
+    let (code, reply) = hosts[0].push("refs/heads/main", &c3, &delivery());
+    assert_eq!(code, 202, "{reply}");
+    wait_until("c3 everywhere", || {
+        all_live(&fleet_status(&hosts[0]), 3, &c3, "done")
+    });
+    rt.block_on(engine.close());
+}

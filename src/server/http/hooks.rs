@@ -105,6 +105,13 @@ async fn hook_inner(
     if let Err(refused) = limits::authenticated(st, ip) {
         return (refused.reply(), provider, refused.result);
     }
+    // A fleet app's push keeps its signed delivery with its row: every host re-verifies it before deploying.
+    let accepted = match accepted {
+        Accepted::Deploy(req) if cfg.fleet.is_some() => {
+            Accepted::Deploy(req.with_signed(intake::carried(webhook.provider, headers, &body)))
+        }
+        other => other,
+    };
     let (response, result) = decide(st, app, accepted).await;
     (response, provider, result)
 }

@@ -1,0 +1,112 @@
+//! A host's side of a rollout: its assignment checked (the trigger's claim, verified again with this host's
+//! own secret; an epoch never older than one it has seen), its bundle downloaded, and its deploy submitted
+//! to this host's own queue, or its refusal recorded in this host's audit.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::engine::{chain, Engine, FleetError};
+use super::rollout::{assign_key, refused, Assignment, Submitter, Verifier};
+use crate::infra::state_dir::StateDir;
+use crate::model;
+
+/// What this host last applied of an app's rollouts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Applied {
+    rollout: String,
+    max_epoch: u64,
+}
+
+/// The host's side: deploys a new assignment (once), unless a newer conductor has been seen.
+pub(super) async fn apply(
+    engine: &Engine,
+    app: &str,
+    host: &str,
+    dirs: &StateDir,
+    submit: &Submitter,
+    verify: &Verifier,
+) -> Result<(), FleetError> {
+    let Some(a) = engine.get_json::<Assignment>(&assign_key(app, host)).await? else {
+        return Ok(());
+    };
+    let path = dirs.fleet_applied(app);
+    let applied: Applied = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    if a.rollout == applied.rollout {
+        return Ok(());
+    }
+    if a.epoch < applied.max_epoch {
+        tracing::warn!(app = %app, "fleet: refusing rollout {} from epoch {} (a conductor of epoch {} has been seen)", a.rollout, a.epoch, applied.max_epoch);
+        return Ok(());
+    }
+    if !model::is_full_sha(&a.sha) {
+        return Err(refused(format!("assignment {} names no full sha", a.rollout)));
+    }
+    // A host deploys only what it can check itself: the trigger's claim (a forge's signature, verified again
+    // here with this host's own secret, over a body that names this very sha). A revert puts back a
+    // release this host had; it needs no trigger.
+    let claim = match &a.from {
+        _ if a.revert => Ok(()),
+        Some(p) if p.app == app => verify(p, &a.sha),
+        Some(p) => Err(format!("it carries a trigger for another app ({})", p.app)),
+        None => Err("it names no trigger (who asked, and from which host)".into()),
+    };
+    // A refused assignment is recorded as applied (so it is not tried again) but does not raise the epoch
+    // this host has seen: a forged one of a huge epoch must not fence the real conductor out.
+    let max_epoch = match claim {
+        Ok(()) => {
+            let bundle = dirs.fleet_bundle(app, &a.sha);
+            download(engine, &a.bundle, &bundle).await?;
+            let id = submit(app.to_string(), a.clone(), None).await.map_err(refused)?;
+            tracing::info!(app = %app, deploy_id = %id, "fleet: deploying rollout {} ({})", a.rollout, model::short_sha(&a.sha));
+            a.epoch.max(applied.max_epoch)
+        }
+        Err(why) => {
+            let why = format!(
+                "refused rollout {} of {} (epoch {}): {why}; nothing was downloaded or deployed, and what is live stays",
+                a.rollout,
+                model::short_sha(&a.sha),
+                a.epoch
+            );
+            tracing::warn!(app = %app, "fleet: {why}");
+            submit(app.to_string(), a.clone(), Some(why))
+                .await
+                .map_err(refused)?;
+            applied.max_epoch
+        }
+    };
+    let next = Applied {
+        rollout: a.rollout.clone(),
+        max_epoch,
+    };
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&next).map_err(refused)?)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| {
+            refused(format!(
+                "cannot record rollout {} in {}: {e}",
+                a.rollout,
+                path.display()
+            ))
+        })
+}
+
+async fn download(engine: &Engine, name: &str, to: &Path) -> Result<(), FleetError> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).map_err(refused)?;
+    }
+    let mut obj = engine.releases.get(name).await.map_err(|e| {
+        FleetError::Unreachable(format!("cannot get the release bundle {name}: {}", chain(&e)))
+    })?;
+    let tmp = to.with_extension("part");
+    let mut f = tokio::fs::File::create(&tmp).await.map_err(refused)?;
+    // The object store checks the bundle's digest as it reads the last chunk.
+    tokio::io::copy(&mut obj, &mut f)
+        .await
+        .map_err(|e| FleetError::Unreachable(format!("cannot read the release bundle {name}: {e}")))?;
+    f.sync_all().await.map_err(refused)?;
+    std::fs::rename(&tmp, to).map_err(refused)
+}
