@@ -31,6 +31,10 @@ pub enum Command {
         /// A commit on the configured branch (default: the branch tip).
         #[arg(long)]
         sha: Option<String>,
+        /// A fleet app: deploy this host alone, straight from the forge, past the fleet (when the engine is
+        /// down); the host shows as diverged until the next fleet release.
+        #[arg(long)]
+        local: bool,
         /// Queue it and print the deploy id without following the log.
         #[arg(long)]
         no_follow: bool,

@@ -149,9 +149,12 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
     let cfg = Config::load(&cli.config)?;
     match cli.command {
         Command::Serve => crate::server::daemon::run(cfg).await.map_err(Exit::from),
-        Command::Deploy { app, sha, no_follow } => {
-            deploy(&cfg, ControlRequest::Deploy { app, sha }, no_follow).await
-        }
+        Command::Deploy {
+            app,
+            sha,
+            local,
+            no_follow,
+        } => deploy(&cfg, ControlRequest::Deploy { app, sha, local }, no_follow).await,
         Command::Rollback { app, to, no_follow } => {
             deploy(&cfg, ControlRequest::Rollback { app, to }, no_follow).await
         }

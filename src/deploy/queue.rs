@@ -752,17 +752,21 @@ max_fetches_per_minute = 10000
             Trigger::Manual => DeployRequest::new(app, Trigger::Manual, "alice"),
             Trigger::Rollback => DeployRequest::new(app, Trigger::Rollback, "alice"),
             Trigger::Fleet => DeployRequest::new(app, Trigger::Fleet, "fleet").with_sha(Some(sha('f'))),
+            Trigger::Local => DeployRequest::new(app, Trigger::Local, "alice").with_sha(Some(sha('c'))),
         }
     }
 
     /// A fleet app's triggers (handed to the fleet) and its rollout assignments (deployed here) are two
-    /// lanes: neither ever supersedes the other, and the fleet worker claims only assignments.
+    /// lanes: neither ever supersedes the other, and the fleet worker claims only assignments (and
+    /// `haul deploy --local`, which goes past the fleet).
     #[tokio::test]
     async fn fleet_assignments_and_triggers_never_supersede_each_other() {
         for (pending, newer) in [
             (Trigger::Webhook, Trigger::Fleet),
             (Trigger::Fleet, Trigger::Webhook),
             (Trigger::Manual, Trigger::Fleet),
+            (Trigger::Manual, Trigger::Local),
+            (Trigger::Webhook, Trigger::Local),
         ] {
             let fx = Fixture::new(APPS);
             let q = fx.queue();

@@ -22,7 +22,7 @@ pub(super) const LOST_AFTER: Duration = Duration::from_secs(20);
 pub struct AppReport {
     pub live_release: Option<String>,
     pub live_sha: Option<String>,
-    /// `idle` or `deploying`.
+    /// `idle`, `deploying`, or `diverged` (what is live came past the fleet: `haul deploy --local`).
     pub phase: String,
     /// How its last deploy ended (`succeeded`, `failed`, ...), if it had one.
     pub outcome: Option<String>,

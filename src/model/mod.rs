@@ -78,6 +78,9 @@ pub enum Trigger {
     Rollback,
     /// A fleet rollout's assignment to this host: the release comes as a bundle through the engine.
     Fleet,
+    /// `haul deploy --local` of a fleet app: this host alone, straight from the forge, past the fleet (the
+    /// fallback when the engine is down); the host shows as diverged until the next fleet release.
+    Local,
 }
 
 impl Trigger {
@@ -88,6 +91,7 @@ impl Trigger {
             Trigger::Poll => "poll",
             Trigger::Rollback => "rollback",
             Trigger::Fleet => "fleet",
+            Trigger::Local => "local",
         }
     }
     pub fn parse(s: &str) -> Option<Trigger> {
@@ -97,6 +101,7 @@ impl Trigger {
             "poll" => Trigger::Poll,
             "rollback" => Trigger::Rollback,
             "fleet" => Trigger::Fleet,
+            "local" => Trigger::Local,
             _ => return None,
         })
     }

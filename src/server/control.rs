@@ -20,8 +20,18 @@ use crate::store::Enqueued;
 #[derive(Serialize, Deserialize, Debug)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ControlRequest {
-    Deploy { app: String, sha: Option<String> },
-    Rollback { app: String, to: Option<String> },
+    Deploy {
+        app: String,
+        sha: Option<String>,
+        /// A fleet app: this host alone, straight from the forge, past the fleet. Left out when false, so
+        /// the wire stays what older daemons read.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        local: bool,
+    },
+    Rollback {
+        app: String,
+        to: Option<String>,
+    },
 }
 
 impl ControlRequest {
@@ -47,13 +57,20 @@ impl ControlRequest {
         };
         let actor = model::clean_actor(actor);
         match self {
-            ControlRequest::Deploy { sha, .. } => {
+            ControlRequest::Deploy { sha, local, .. } => {
+                if *local && cfg.fleet.is_none() {
+                    return Err(format!(
+                        "app {:?} is not a fleet app: `haul deploy {}` already deploys this host alone (drop --local)",
+                        cfg.name, cfg.name
+                    ));
+                }
                 if let Some(s) = sha {
                     if !model::is_sha_prefix(s) {
                         return Err(format!("{s:?} is not a commit sha (4 to 64 hex digits)"));
                     }
                 }
-                Ok(DeployRequest::new(&cfg.name, Trigger::Manual, actor)
+                let trigger = if *local { Trigger::Local } else { Trigger::Manual };
+                Ok(DeployRequest::new(&cfg.name, trigger, actor)
                     .at_ref(git_ref)
                     .with_sha(sha.as_ref().map(|s| s.to_ascii_lowercase())))
             }
@@ -251,6 +268,7 @@ tags = "v*"
         ControlRequest::Deploy {
             app: app.into(),
             sha: sha.map(String::from),
+            local: false,
         }
     }
 
@@ -279,6 +297,15 @@ tags = "v*"
                 .at_ref(git_ref.map(String::from))
                 .with_sha(sha.map(String::from))
         };
+        // `--local` is for a fleet app only: anywhere else it is a mistake, said as one.
+        check(
+            ControlRequest::Deploy {
+                app: "blog".into(),
+                sha: None,
+                local: true,
+            },
+            Err("is not a fleet app"),
+        );
         let back = |app: &str, git_ref: Option<&str>, to: Option<&str>| {
             DeployRequest::new(app, Trigger::Rollback, "alice")
                 .at_ref(git_ref.map(String::from))
@@ -375,6 +402,14 @@ tags = "v*"
             (
                 deploy("blog", Some("abc1")),
                 r#"{"op":"deploy","app":"blog","sha":"abc1"}"#,
+            ),
+            (
+                ControlRequest::Deploy {
+                    app: "blog".into(),
+                    sha: None,
+                    local: true,
+                },
+                r#"{"op":"deploy","app":"blog","sha":null,"local":true}"#,
             ),
             (
                 rollback("blog", None),

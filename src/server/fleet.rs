@@ -183,8 +183,15 @@ fn reporter(env: &Env, apps: &[Arc<crate::config::AppConfig>]) -> fleet::Reporte
                             AppReport {
                                 live_sha: live.as_ref().and_then(|d| d.sha.clone()),
                                 live_release: release,
+                                // What is live came past the fleet (`haul deploy --local`, or a deploy
+                                // run without the daemon): diverged until the next fleet release.
                                 phase: if summary.running.is_some() {
                                     "deploying"
+                                } else if live
+                                    .as_ref()
+                                    .is_some_and(|d| matches!(d.trigger, Trigger::Local | Trigger::Manual))
+                                {
+                                    "diverged"
                                 } else {
                                     "idle"
                                 }

@@ -233,7 +233,7 @@ pub(crate) fn enqueue(conn: &Conn, req: &DeployRequest, now: i64) -> Result<Enqu
                 reason = 'superseded by ' || ?1 || ' before it started'
          WHERE app = ?3 AND state = 'queued' AND id != ?1
            AND NOT (trigger = 'rollback' AND ?4 IN ('webhook', 'poll'))
-           AND (trigger = 'fleet') = (?4 = 'fleet') RETURNING id",
+           AND (trigger = 'fleet') = (?4 = 'fleet') AND (trigger = 'local') = (?4 = 'local') RETURNING id",
     )?;
     let superseded = stmt
         .query_map(params![id.as_str(), now, req.app, req.trigger.as_str()], |r| {
@@ -302,7 +302,7 @@ pub(crate) fn claim_next_fleet(
 ) -> Result<Option<DeployRow>, StoreError> {
     let sql = format!(
         "UPDATE deploys SET state = 'running', started_at = ?2
-         WHERE seq = (SELECT seq FROM deploys WHERE app = ?1 AND state = 'queued' AND trigger IN ('fleet', 'rollback')
+         WHERE seq = (SELECT seq FROM deploys WHERE app = ?1 AND state = 'queued' AND trigger IN ('fleet', 'rollback', 'local')
                       ORDER BY trigger = 'rollback' DESC, seq DESC LIMIT 1)
          RETURNING {COLUMNS}"
     );

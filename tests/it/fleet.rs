@@ -1120,3 +1120,70 @@ fn hosts_deploy_only_triggers_they_can_verify_themselves() {
     });
     rt.block_on(engine.close());
 }
+
+/// `haul deploy --local` is the way past the fleet when the engine is down: this host alone, straight from
+/// the forge, through the running daemon; it then shows as diverged, and a later fleet release takes it back.
+#[test]
+fn a_local_deploy_works_with_the_engine_down_and_shows_as_diverged() {
+    let dir = TempDir::new("fleet-local");
+    let mut cluster = NatsCluster::start(&dir.path().join("nats"));
+    let server = GitServer::start(dir.path());
+    let hosts = fleet_of(dir.path(), &server, &cluster, 2, 1, |_| "true".into());
+    wait_reporting(&hosts[0], 2);
+    let c2 = server.commit(&[("index.html", "v2")], "v2");
+    let (code, reply) = hosts[0].push("refs/heads/main", &c2, &delivery());
+    assert_eq!(code, 202, "{reply}");
+    wait_until("c2 everywhere", || {
+        all_live(&fleet_status(&hosts[0]), 2, &c2, "done")
+    });
+
+    for n in 0..3 {
+        cluster.kill_node(n);
+    }
+    let c3 = server.commit(&[("index.html", "v3")], "v3");
+    let fetches = server.fetches();
+    // Not a fleet app's flag on an app outside the fleet, nor a way around validation.
+    let out = hosts[0].cli(&["deploy", "blog", "--local", "--sha", "not-a-sha"]);
+    assert!(!out.status.success());
+    let out = hosts[0].cli(&["deploy", "blog", "--local", "--sha", &c3]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(server.fetches() > fetches, "straight from the forge");
+    let rows = hosts[0].rows();
+    let local = rows
+        .iter()
+        .find(|r| r.trigger == haul::model::Trigger::Local)
+        .expect("a local row");
+    assert_eq!(local.state, haul::model::State::Succeeded, "{local:?}");
+    assert_eq!(local.sha.as_deref(), Some(c3.as_str()));
+    assert!(hosts[0].current().is_some_and(|r| r.contains(&c3[..7])));
+    assert!(
+        hosts[1].current().is_some_and(|r| r.contains(&c2[..7])),
+        "the other host is untouched"
+    );
+
+    for n in 0..3 {
+        cluster.start_node(n);
+    }
+    cluster.wait_healthy(&[0, 1, 2]);
+    wait_until("h1 shows as diverged", || {
+        let s = fleet_status_or_null(&hosts[1]);
+        s["apps"][0]["hosts"].as_array().is_some_and(|hs| {
+            hs.iter()
+                .any(|h| h["host"] == "h1" && h["phase"] == "diverged" && h["live_sha"] == c3.as_str())
+        })
+    });
+    // The next fleet release takes the diverged host back into the fleet.
+    let c4 = server.commit(&[("index.html", "v4")], "v4");
+    let (code, reply) = hosts[1].push("refs/heads/main", &c4, &delivery());
+    assert_eq!(code, 202, "{reply}");
+    wait_until("c4 everywhere", || {
+        all_live(&fleet_status(&hosts[0]), 2, &c4, "done")
+    });
+    let s = fleet_status(&hosts[0]);
+    assert!(
+        s["apps"][0]["hosts"]
+            .as_array()
+            .is_some_and(|hs| hs.iter().all(|h| h["phase"] == "idle")),
+        "{s}"
+    );
+}
