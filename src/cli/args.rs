@@ -149,6 +149,17 @@ pub enum FleetCommand {
         #[arg(long)]
         watch: bool,
     },
+    /// Deploy APP across the fleet (default: the branch tip): handed to the fleet through this host's
+    /// running daemon, like a webhook; followed until the fleet has it.
+    Deploy {
+        app: String,
+        /// A commit on the configured branch.
+        #[arg(long)]
+        sha: Option<String>,
+        /// Print the deploy id without following it.
+        #[arg(long)]
+        no_follow: bool,
+    },
     /// Stop APP's rollout where it is: no further wave starts; what is live stays.
     Abort { app: String },
 }

@@ -12,27 +12,61 @@ pub(super) async fn deploy(cfg: &Config, req: ControlRequest, no_follow: bool) -
         .await
         .map_err(Exit::failed)?
     {
-        Some(reply) => {
-            let id = match (reply.ok, reply.deploy_id.as_deref().and_then(DeployId::parse)) {
-                (true, Some(id)) => id,
-                _ => {
-                    return Err(Exit::failed(
-                        reply
-                            .error
-                            .unwrap_or_else(|| "the daemon refused the request".into()),
-                    ))
-                }
-            };
-            eprintln!("queued {id} on the running daemon");
-            if no_follow {
-                println!("{id}");
-                return Ok(());
-            }
-            let row = follow(cfg, &id, true).await?;
-            finish_line(&row)
-        }
+        Some(reply) => queued(cfg, reply, no_follow).await,
         None => deploy_in_process(cfg, req, no_follow).await,
     }
+}
+
+/// `haul fleet deploy APP [--sha SHA]`: handed to the fleet through this host's running daemon, as a webhook
+/// would be (one flow); never deployed on this host alone.
+pub(super) async fn fleet_deploy(
+    cfg: &Config,
+    app: String,
+    sha: Option<String>,
+    no_follow: bool,
+) -> Result<(), Exit> {
+    fleet_config(cfg, Some(&app))?;
+    let req = ControlRequest::Deploy {
+        app: app.clone(),
+        sha,
+        local: false,
+    };
+    let apps = queue::Env::app_map(cfg);
+    req.to_request(&apps, "check").map_err(Exit::usage)?;
+    match control::request(&dirs(cfg).socket(), &req)
+        .await
+        .map_err(Exit::failed)?
+    {
+        Some(reply) => {
+            queued(cfg, reply, no_follow).await?;
+            eprintln!("follow the rollout with `haul fleet status {app} --watch`");
+            Ok(())
+        }
+        None => Err(Exit::failed(format!(
+            "no haul daemon runs on this host to hand the deploy of {app} to the fleet: start it (`haul serve`, or `systemctl start haul`), or deploy this host alone with `haul deploy {app} --local`"
+        ))),
+    }
+}
+
+/// The daemon's answer to a deploy or rollback: followed to its end unless `no_follow`.
+async fn queued(cfg: &Config, reply: control::ControlReply, no_follow: bool) -> Result<(), Exit> {
+    let id = match (reply.ok, reply.deploy_id.as_deref().and_then(DeployId::parse)) {
+        (true, Some(id)) => id,
+        _ => {
+            return Err(Exit::failed(
+                reply
+                    .error
+                    .unwrap_or_else(|| "the daemon refused the request".into()),
+            ))
+        }
+    };
+    eprintln!("queued {id} on the running daemon");
+    if no_follow {
+        println!("{id}");
+        return Ok(());
+    }
+    let row = follow(cfg, &id, true).await?;
+    finish_line(&row)
 }
 
 /// No daemon: run the same pipeline here, under the same per-app lock.

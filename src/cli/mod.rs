@@ -171,6 +171,9 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
                 fleet_status(&cfg, app.as_deref(), json, watch).await
             }
             crate::cli::args::FleetCommand::Abort { app } => fleet_abort(&cfg, &app).await,
+            crate::cli::args::FleetCommand::Deploy { app, sha, no_follow } => {
+                manual::fleet_deploy(&cfg, app, sha, no_follow).await
+            }
         },
         Command::SystemdUnit { user, exe } => {
             let exe = exe

@@ -1172,10 +1172,15 @@ fn a_local_deploy_works_with_the_engine_down_and_shows_as_diverged() {
                 .any(|h| h["host"] == "h1" && h["phase"] == "diverged" && h["live_sha"] == c3.as_str())
         })
     });
-    // The next fleet release takes the diverged host back into the fleet.
+    // The next fleet release (by `haul fleet deploy`, one flow with a webhook's) takes the diverged host
+    // back into the fleet.
     let c4 = server.commit(&[("index.html", "v4")], "v4");
-    let (code, reply) = hosts[1].push("refs/heads/main", &c4, &delivery());
-    assert_eq!(code, 202, "{reply}");
+    let out = hosts[1].cli(&["fleet", "deploy", "blog", "--sha", &c4]);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        out.status.success() && said.contains("fleet status blog --watch"),
+        "{said}"
+    );
     wait_until("c4 everywhere", || {
         all_live(&fleet_status(&hosts[0]), 2, &c4, "done")
     });
