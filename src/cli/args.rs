@@ -162,4 +162,6 @@ pub enum FleetCommand {
     },
     /// Stop APP's rollout where it is: no further wave starts; what is live stays.
     Abort { app: String },
+    /// Continue APP's halted rollout from the wave it halted in (after fixing what failed).
+    Resume { app: String },
 }

@@ -171,6 +171,7 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
                 fleet_status(&cfg, app.as_deref(), json, watch).await
             }
             crate::cli::args::FleetCommand::Abort { app } => fleet_abort(&cfg, &app).await,
+            crate::cli::args::FleetCommand::Resume { app } => fleet_resume(&cfg, &app).await,
             crate::cli::args::FleetCommand::Deploy { app, sha, no_follow } => {
                 manual::fleet_deploy(&cfg, app, sha, no_follow).await
             }
@@ -228,6 +229,22 @@ async fn fleet_abort(cfg: &Config, app: &str) -> Result<(), Exit> {
     engine.close().await;
     let id = result.map_err(|e| Exit::failed(format!("cannot abort the rollout of {app}: {e}")))?;
     eprintln!("rollout {id} of {app} halted: no further wave starts (`haul fleet status {app}`)");
+    Ok(())
+}
+
+/// `haul fleet resume APP`: continues the app's halted rollout from the wave it halted in.
+async fn fleet_resume(cfg: &Config, app: &str) -> Result<(), Exit> {
+    let fc = fleet_config(cfg, Some(app))?;
+    let engine = connect_engine(cfg, fc).await?;
+    let who = format!(
+        "{} on {}",
+        std::env::var("USER").unwrap_or_else(|_| "someone".into()),
+        fc.host
+    );
+    let result = engine.resume(app, &who).await;
+    engine.close().await;
+    let id = result.map_err(|e| Exit::failed(format!("cannot resume the rollout of {app}: {e}")))?;
+    eprintln!("rollout {id} of {app} resumed from the wave it halted in (`haul fleet status {app} --watch`)");
     Ok(())
 }
 

@@ -71,6 +71,20 @@ pub(super) struct RolloutState {
     pub(super) from: Proposal,
     pub(super) started_ms: i64,
     pub(super) finished_ms: Option<i64>,
+    /// How many times `haul fleet resume` continued it after a halt (each gives its hosts a fresh assignment).
+    #[serde(default)]
+    pub(super) attempt: u32,
+}
+
+impl RolloutState {
+    /// The delivery id a host deploys this rollout under: the rollout's id, or after a resume
+    /// `<id>-resume<n>` (a host that put its previous release back deploys it again, not a duplicate).
+    pub(super) fn assignment_id(&self) -> String {
+        match self.attempt {
+            0 => self.id.clone(),
+            n => format!("{}-resume{n}", self.id),
+        }
+    }
 }
 
 /// What one host is to deploy.
@@ -237,6 +251,34 @@ impl Engine {
         r.finished_ms = Some(model::now_ms());
         r.failures
             .push(("-".into(), format!("aborted by {}", model::clean_actor(who))));
+        self.write_rollout(app, &r).await?;
+        Ok(r.id)
+    }
+
+    /// Continues a halted rollout (`haul fleet resume`) from the wave it halted in, its failures cleared:
+    /// that wave's hosts are assigned it again (a fresh assignment id each time), the waves after follow.
+    /// The rollout's id.
+    pub async fn resume(&self, app: &str, who: &str) -> Result<String, FleetError> {
+        let Some(mut r) = self.rollout(app).await? else {
+            return Err(FleetError::Refused(format!("app {app} has no rollout to resume")));
+        };
+        if r.phase != "halted" {
+            return Err(FleetError::Refused(format!(
+                "rollout {} of {app} is {}, not halted; nothing to resume",
+                r.id, r.phase
+            )));
+        }
+        tracing::info!(app = %app, rollout = %r.id, "fleet: resumed by {}", model::clean_actor(who));
+        r.phase = if r.wave == 0 && r.waves.first().is_some_and(|w| w.len() == 1) && r.waves.len() > 1 {
+            "canary"
+        } else {
+            "waves"
+        }
+        .into();
+        r.failures.clear();
+        r.finished_ms = None;
+        r.soaking_since_ms = None;
+        r.attempt += 1;
         self.write_rollout(app, &r).await?;
         Ok(r.id)
     }
@@ -547,6 +589,7 @@ impl Conductor {
             from,
             started_ms: now,
             finished_ms: None,
+            attempt: 0,
         }
     }
 
@@ -589,7 +632,11 @@ impl Conductor {
             // A host that joined (or came back) after the rollout gets its release too; one that reports it
             // needs no write (nor a read: fifty hosts cost nothing per tick).
             for h in &alive {
-                let has_it = report(h).is_some_and(|(_, rep)| rep.rollout.as_deref() == Some(r.id.as_str()));
+                let has_it = report(h).is_some_and(|(_, rep)| {
+                    rep.rollout
+                        .as_deref()
+                        .is_some_and(|x| x == r.id || x.starts_with(&format!("{}-", r.id)))
+                });
                 if !has_it {
                     self.assign(engine, &r, h).await?;
                 }
@@ -602,7 +649,7 @@ impl Conductor {
                     continue;
                 }
                 self.assign(engine, &r, h).await?;
-                if rep.rollout.as_deref() != Some(r.id.as_str()) {
+                if rep.rollout.as_deref() != Some(r.assignment_id().as_str()) {
                     pending = true;
                     continue;
                 }
@@ -670,7 +717,8 @@ impl Conductor {
         r: &mut RolloutState,
         report: &impl Fn(&str) -> Option<(Duration, AppReport)>,
     ) -> Result<(), FleetError> {
-        let revert_id = format!("{}-revert", r.id);
+        let assigned = r.assignment_id();
+        let revert_id = format!("{assigned}-revert");
         let finished = |s: &str| {
             matches!(
                 s,
@@ -689,11 +737,11 @@ impl Conductor {
             }
             match (rep.rollout.as_deref(), rep.rollout_state.as_deref()) {
                 (Some(x), Some(st)) if x == revert_id => waiting |= !finished(st),
-                (Some(x), Some("succeeded")) if x == r.id => {
+                (Some(x), Some("succeeded")) if x == assigned => {
                     self.assign_as(engine, r, h, &revert_id, true).await?;
                     waiting = true;
                 }
-                (Some(x), Some(st)) if x == r.id && finished(st) => {}
+                (Some(x), Some(st)) if x == assigned && finished(st) => {}
                 _ => waiting = true,
             }
         }
@@ -722,7 +770,7 @@ impl Conductor {
     }
 
     async fn assign(&self, engine: &Engine, r: &RolloutState, host: &str) -> Result<(), FleetError> {
-        self.assign_as(engine, r, host, &r.id, false).await
+        self.assign_as(engine, r, host, &r.assignment_id(), false).await
     }
 
     async fn assign_as(

@@ -498,9 +498,14 @@ fn a_failing_canary_halts_the_rollout_and_no_other_host_moves() {
     let dir = TempDir::new("fleet-halt");
     let cluster = NatsCluster::start(&dir.path().join("nats"));
     let server = GitServer::start(dir.path());
+    let broken = dir.path().join("broken");
+    std::fs::write(&broken, "").expect("write");
     let hosts = fleet_of(dir.path(), &server, &cluster, 4, 2, |h| {
         if h == "h1" {
-            "echo the canary breaks >&2; exit 3".into()
+            format!(
+                "if test -f {}; then echo the canary breaks >&2; exit 3; fi",
+                broken.display()
+            )
         } else {
             "true".into()
         }
@@ -528,6 +533,28 @@ fn a_failing_canary_halts_the_rollout_and_no_other_host_moves() {
     }
     let text = String::from_utf8_lossy(&hosts[0].cli(&["fleet", "status"]).stdout).to_string();
     assert!(text.contains("halted") && text.contains("failed: h1"), "{text}");
+
+    // Only a halted rollout resumes; once what broke is fixed, `resume` continues it from the canary.
+    let out = hosts[1].cli(&["fleet", "abort", "blog"]);
+    assert!(!out.status.success(), "a halted rollout is not aborted again");
+    std::fs::remove_file(&broken).expect("fix the canary");
+    let out = hosts[1].cli(&["fleet", "resume", "blog"]);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success() && said.contains("resumed"), "{said}");
+    let id = status["apps"][0]["rollout"]["id"].clone();
+    wait_until("the resumed rollout is done everywhere", || {
+        let s = fleet_status(&hosts[0]);
+        all_live(&s, 4, &sha, "done") && s["apps"][0]["rollout"]["id"] == id
+    });
+    let again = hosts[1].cli(&["fleet", "resume", "blog"]);
+    let said = String::from_utf8_lossy(&again.stderr).to_string();
+    assert!(!again.status.success() && said.contains("not halted"), "{said}");
+    let canary = hosts[0].rows();
+    assert!(
+        canary.iter().any(|r| r.state == haul::model::State::Succeeded
+            && r.delivery_id.as_deref().is_some_and(|d| d.ends_with("-resume1"))),
+        "the canary deployed it again under a fresh assignment"
+    );
 }
 
 /// The conductor SIGKILLed in the middle of a rollout: another host takes the lease after it expires and
