@@ -170,8 +170,8 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
             crate::cli::args::FleetCommand::Status { app, json, watch } => {
                 fleet_status(&cfg, app.as_deref(), json, watch).await
             }
-            crate::cli::args::FleetCommand::Abort { app } => fleet_abort(&cfg, &app).await,
-            crate::cli::args::FleetCommand::Resume { app } => fleet_resume(&cfg, &app).await,
+            crate::cli::args::FleetCommand::Abort { app } => fleet_steer(&cfg, &app, false).await,
+            crate::cli::args::FleetCommand::Resume { app } => fleet_steer(&cfg, &app, true).await,
             crate::cli::args::FleetCommand::Deploy { app, sha, no_follow } => {
                 manual::fleet_deploy(&cfg, app, sha, no_follow).await
             }
@@ -216,8 +216,9 @@ async fn connect_engine(cfg: &Config, fc: &crate::config::FleetConfig) -> Result
     })
 }
 
-/// `haul fleet abort APP`: halts the app's rollout in the engine, naming who asked and from which host.
-async fn fleet_abort(cfg: &Config, app: &str) -> Result<(), Exit> {
+/// `haul fleet abort APP` (`resume` false: halts the app's rollout) or `haul fleet resume APP` (continues
+/// it from the wave it halted in), in the engine, naming who asked and from which host.
+async fn fleet_steer(cfg: &Config, app: &str, resume: bool) -> Result<(), Exit> {
     let fc = fleet_config(cfg, Some(app))?;
     let engine = connect_engine(cfg, fc).await?;
     let who = format!(
@@ -225,26 +226,21 @@ async fn fleet_abort(cfg: &Config, app: &str) -> Result<(), Exit> {
         std::env::var("USER").unwrap_or_else(|_| "someone".into()),
         fc.host
     );
-    let result = engine.abort(app, &who).await;
+    let result = if resume {
+        engine.resume(app, &who).await
+    } else {
+        engine.abort(app, &who).await
+    };
     engine.close().await;
-    let id = result.map_err(|e| Exit::failed(format!("cannot abort the rollout of {app}: {e}")))?;
-    eprintln!("rollout {id} of {app} halted: no further wave starts (`haul fleet status {app}`)");
-    Ok(())
-}
-
-/// `haul fleet resume APP`: continues the app's halted rollout from the wave it halted in.
-async fn fleet_resume(cfg: &Config, app: &str) -> Result<(), Exit> {
-    let fc = fleet_config(cfg, Some(app))?;
-    let engine = connect_engine(cfg, fc).await?;
-    let who = format!(
-        "{} on {}",
-        std::env::var("USER").unwrap_or_else(|_| "someone".into()),
-        fc.host
-    );
-    let result = engine.resume(app, &who).await;
-    engine.close().await;
-    let id = result.map_err(|e| Exit::failed(format!("cannot resume the rollout of {app}: {e}")))?;
-    eprintln!("rollout {id} of {app} resumed from the wave it halted in (`haul fleet status {app} --watch`)");
+    let verb = if resume { "resume" } else { "abort" };
+    let id = result.map_err(|e| Exit::failed(format!("cannot {verb} the rollout of {app}: {e}")))?;
+    if resume {
+        eprintln!(
+            "rollout {id} of {app} resumed from the wave it halted in (`haul fleet status {app} --watch`)"
+        );
+    } else {
+        eprintln!("rollout {id} of {app} halted: no further wave starts (`haul fleet status {app}`)");
+    }
     Ok(())
 }
 

@@ -243,19 +243,24 @@ impl Queue {
 
     /// Records a request that will never run, with the reason.
     pub async fn ignore(&self, req: DeployRequest, reason: String) -> Result<Enqueued, StoreError> {
-        let now = model::now_ms();
-        self.env
-            .store
-            .call_one_write(move |c| store::record_ignored(c, &req, &reason, now))
-            .await
+        self.record_final(req, State::Ignored, reason).await
     }
 
     /// Records a request refused before it could run (failed, with why), without queueing it.
     pub async fn refuse(&self, req: DeployRequest, reason: String) -> Result<Enqueued, StoreError> {
+        self.record_final(req, State::Failed, reason).await
+    }
+
+    async fn record_final(
+        &self,
+        req: DeployRequest,
+        state: State,
+        reason: String,
+    ) -> Result<Enqueued, StoreError> {
         let now = model::now_ms();
         self.env
             .store
-            .call_one_write(move |c| store::record_refused(c, &req, &reason, now))
+            .call_one_write(move |c| store::record_final(c, &req, state, &reason, now))
             .await
     }
 

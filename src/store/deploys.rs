@@ -244,36 +244,20 @@ pub(crate) fn enqueue(conn: &Conn, req: &DeployRequest, now: i64) -> Result<Enqu
     Ok(Enqueued::Recorded { id, superseded })
 }
 
-/// Records a request that will never run (another branch, a tag, a deletion), with why. Its one write is
+/// Records a request final at once, never queued (`ignored`: another branch, a tag, a deletion; `failed` for a fleet assignment whose trigger
+/// does not verify on this host), with why; a delivery seen before is answered as such. Its one write is
 /// the insert, so it may run without a savepoint (`Store::call_one_write`).
-pub(crate) fn record_ignored(
+pub(crate) fn record_final(
     conn: &Conn,
     req: &DeployRequest,
+    state: State,
     reason: &str,
     now: i64,
 ) -> Result<Enqueued, StoreError> {
     if let Some(seen) = seen_before(conn, req)? {
         return Ok(seen);
     }
-    let id = insert(conn, req, State::Ignored, Some(reason), now)?;
-    Ok(Enqueued::Recorded {
-        id,
-        superseded: vec![],
-    })
-}
-
-/// Records a request that was refused before anything ran (a fleet assignment whose trigger does not
-/// verify on this host): failed, with why.
-pub(crate) fn record_refused(
-    conn: &Conn,
-    req: &DeployRequest,
-    reason: &str,
-    now: i64,
-) -> Result<Enqueued, StoreError> {
-    if let Some(seen) = seen_before(conn, req)? {
-        return Ok(seen);
-    }
-    let id = insert(conn, req, State::Failed, Some(reason), now)?;
+    let id = insert(conn, req, state, Some(reason), now)?;
     Ok(Enqueued::Recorded {
         id,
         superseded: vec![],
@@ -642,7 +626,7 @@ mod tests {
             Enqueued::Duplicate { first: first.clone() }
         );
         assert_eq!(
-            record_ignored(&c, &req("blog", Some("d-1")), "x", 2).expect("again"),
+            record_final(&c, &req("blog", Some("d-1")), State::Ignored, "x", 2).expect("again"),
             Enqueued::Duplicate { first }
         );
         assert_eq!(history(&c, None, 10).expect("history").len(), 1);
@@ -662,7 +646,8 @@ mod tests {
         )
         .expect("the other writer's row");
         c.memory.borrow_mut().step_back();
-        let got = id_of(record_ignored(&c, &req("blog", Some("d-1")), "x", now).expect("recorded"));
+        let got =
+            id_of(record_final(&c, &req("blog", Some("d-1")), State::Ignored, "x", now).expect("recorded"));
         assert_ne!(got, taken);
         assert_eq!(history(&c, None, 10).expect("history").len(), 2);
     }
