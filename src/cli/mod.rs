@@ -265,10 +265,24 @@ async fn fleet_status(cfg: &Config, app: Option<&str>, json: bool, watch: bool) 
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
     }
-    let status = engine
-        .status(app)
-        .await
-        .map_err(|e| Exit::failed(format!("cannot read the fleet's status: {e}")))?;
+    // A one-shot read rides out a leader election (a few seconds at most): four tries, backing off with
+    // jitter, and only for an engine that cannot answer; anything else is reported at once.
+    let mut attempt = 0;
+    let status = loop {
+        match engine.status(app).await {
+            Err(crate::fleet::FleetError::Unreachable(_)) if attempt < 3 => {
+                attempt += 1;
+                let wait = crate::model::failure::backoff(
+                    attempt,
+                    std::time::Duration::from_millis(250),
+                    std::time::Duration::from_secs(2),
+                );
+                tokio::time::sleep(wait).await;
+            }
+            other => break other,
+        }
+    }
+    .map_err(|e| Exit::failed(format!("cannot read the fleet's status: {e} (try again in a few seconds)")))?;
     engine.close().await;
     if json {
         println!(

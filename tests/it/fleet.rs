@@ -196,10 +196,10 @@ fn fleet_status_or_null(h: &Haul) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
 }
 
-/// Waits until `n` hosts report in the fleet's status.
+/// Waits until `n` hosts report in the fleet's status (a cluster just started may still be electing).
 fn wait_reporting(h: &Haul, n: usize) {
     wait_until("all hosts reporting", || {
-        fleet_status(h)["apps"][0]["hosts"]
+        fleet_status_or_null(h)["apps"][0]["hosts"]
             .as_array()
             .is_some_and(|hs| hs.len() == n)
     });
