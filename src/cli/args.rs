@@ -164,4 +164,12 @@ pub enum FleetCommand {
     Abort { app: String },
     /// Continue APP's halted rollout from the wave it halted in (after fixing what failed).
     Resume { app: String },
+    /// Roll the fleet back to APP's release before the current rollout, in waves like any release;
+    /// webhooks and polls then skip what it took away until a new commit arrives.
+    Rollback {
+        app: String,
+        /// Hand it to the conductor without following the rollout.
+        #[arg(long)]
+        no_follow: bool,
+    },
 }

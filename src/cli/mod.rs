@@ -170,8 +170,11 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
             crate::cli::args::FleetCommand::Status { app, json, watch } => {
                 fleet_status(&cfg, app.as_deref(), json, watch).await
             }
-            crate::cli::args::FleetCommand::Abort { app } => fleet_steer(&cfg, &app, false).await,
-            crate::cli::args::FleetCommand::Resume { app } => fleet_steer(&cfg, &app, true).await,
+            crate::cli::args::FleetCommand::Abort { app } => fleet_steer(&cfg, &app, Steer::Abort).await,
+            crate::cli::args::FleetCommand::Resume { app } => fleet_steer(&cfg, &app, Steer::Resume).await,
+            crate::cli::args::FleetCommand::Rollback { app, no_follow } => {
+                fleet_steer(&cfg, &app, Steer::Rollback { follow: !no_follow }).await
+            }
             crate::cli::args::FleetCommand::Deploy { app, sha, no_follow } => {
                 manual::fleet_deploy(&cfg, app, sha, no_follow).await
             }
@@ -216,9 +219,17 @@ async fn connect_engine(cfg: &Config, fc: &crate::config::FleetConfig) -> Result
     })
 }
 
-/// `haul fleet abort APP` (`resume` false: halts the app's rollout) or `haul fleet resume APP` (continues
-/// it from the wave it halted in), in the engine, naming who asked and from which host.
-async fn fleet_steer(cfg: &Config, app: &str, resume: bool) -> Result<(), Exit> {
+#[derive(Clone, Copy)]
+enum Steer {
+    Abort,
+    Resume,
+    Rollback { follow: bool },
+}
+
+/// `haul fleet abort APP` (halts the app's rollout), `haul fleet resume APP` (continues it from the wave it
+/// halted in) or `haul fleet rollback APP` (the release before, handed to the conductor, followed until
+/// the fleet has it), in the engine, naming who asked and from which host.
+async fn fleet_steer(cfg: &Config, app: &str, steer: Steer) -> Result<(), Exit> {
     let fc = fleet_config(cfg, Some(app))?;
     let engine = connect_engine(cfg, fc).await?;
     let who = format!(
@@ -226,22 +237,92 @@ async fn fleet_steer(cfg: &Config, app: &str, resume: bool) -> Result<(), Exit> 
         std::env::var("USER").unwrap_or_else(|_| "someone".into()),
         fc.host
     );
-    let result = if resume {
-        engine.resume(app, &who).await
-    } else {
-        engine.abort(app, &who).await
+    let result = match steer {
+        Steer::Abort => engine.abort(app, &who).await.map(|id| {
+            eprintln!("rollout {id} of {app} halted: no further wave starts (`haul fleet status {app}`)");
+        }),
+        Steer::Resume => engine.resume(app, &who).await.map(|id| {
+            eprintln!(
+                "rollout {id} of {app} resumed from the wave it halted in (`haul fleet status {app} --watch`)"
+            );
+        }),
+        Steer::Rollback { follow } => match engine.rollback(app, &who, &fc.host).await {
+            Ok(plan) => {
+                eprintln!(
+                    "rollback of {app} handed to its conductor: rollout {} ({}) back to {}",
+                    plan.rollout,
+                    crate::model::short_sha(&plan.from_sha),
+                    crate::model::short_sha(&plan.to_sha)
+                );
+                if follow {
+                    follow_rollback(&engine, app, &plan).await
+                } else {
+                    Ok(())
+                }
+            }
+            Err(e) => Err(e),
+        },
     };
     engine.close().await;
-    let verb = if resume { "resume" } else { "abort" };
-    let id = result.map_err(|e| Exit::failed(format!("cannot {verb} the rollout of {app}: {e}")))?;
-    if resume {
-        eprintln!(
-            "rollout {id} of {app} resumed from the wave it halted in (`haul fleet status {app} --watch`)"
+    let verb = match steer {
+        Steer::Abort => "abort the rollout of",
+        Steer::Resume => "resume the rollout of",
+        Steer::Rollback { .. } => "roll back",
+    };
+    result.map_err(|e| Exit::failed(format!("cannot {verb} {app}: {e}")))
+}
+
+/// Follows a rollback until its rollout is done or halted, or the conductor refused it.
+async fn follow_rollback(
+    engine: &crate::fleet::Engine,
+    app: &str,
+    plan: &crate::fleet::RollbackPlan,
+) -> Result<(), crate::fleet::FleetError> {
+    let mine = format!("rollback of {} ", plan.rollout);
+    let mut shown = String::new();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let Ok(status) = engine.status(Some(app)).await else {
+            continue;
+        };
+        let Some(a) = status.apps.into_iter().next() else {
+            continue;
+        };
+        let r = &a.rollout;
+        if r.refused.as_deref().is_some_and(|x| x.contains(&plan.proposal)) {
+            return Err(crate::fleet::FleetError::Refused(
+                r.refused.clone().unwrap_or_default(),
+            ));
+        }
+        let ours = r.sha.as_deref() == Some(plan.to_sha.as_str())
+            && r.trigger.as_deref().is_some_and(|t| t.starts_with(&mine));
+        if !ours {
+            continue;
+        }
+        let phase = r.phase.clone().unwrap_or_default();
+        let line = format!(
+            "rollout {} to {}: {phase} (wave {}/{})",
+            r.id.as_deref().unwrap_or("-"),
+            crate::model::short_sha(&plan.to_sha),
+            (r.wave + 1).min(r.waves),
+            r.waves
         );
-    } else {
-        eprintln!("rollout {id} of {app} halted: no further wave starts (`haul fleet status {app}`)");
+        if line != shown {
+            eprintln!("{line}");
+            shown = line;
+        }
+        match phase.as_str() {
+            "done" => return Ok(()),
+            "halted" => {
+                return Err(crate::fleet::FleetError::Refused(format!(
+                    "the rollback's rollout {} halted: {} (`haul fleet status {app}`)",
+                    r.id.as_deref().unwrap_or("-"),
+                    r.failures.join(", ")
+                )))
+            }
+            _ => {}
+        }
     }
-    Ok(())
 }
 
 async fn fleet_status(cfg: &Config, app: Option<&str>, json: bool, watch: bool) -> Result<(), Exit> {
@@ -282,7 +363,11 @@ async fn fleet_status(cfg: &Config, app: Option<&str>, json: bool, watch: bool) 
             other => break other,
         }
     }
-    .map_err(|e| Exit::failed(format!("cannot read the fleet's status: {e} (try again in a few seconds)")))?;
+    .map_err(|e| {
+        Exit::failed(format!(
+            "cannot read the fleet's status: {e} (try again in a few seconds)"
+        ))
+    })?;
     engine.close().await;
     if json {
         println!(

@@ -77,6 +77,15 @@ pub struct RolloutStatus {
     /// `host: why` for each host whose deploy of the rollout failed.
     #[serde(default)]
     pub failures: Vec<String>,
+    /// What started the rollout (`webhook`, `poll`, `manual`, `rollback`), by whom, from which host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
+    /// The release `haul fleet rollback` would put back now (none: the fleet had none before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_to: Option<String>,
+    /// Shas fleet rollbacks took away: automatic triggers do not roll them out again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taken_away: Vec<String>,
     /// The last trigger the conductor refused (its claim did not verify): which, from where, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
@@ -158,6 +167,14 @@ impl Engine {
                     .collect();
                 rollout.waves = r.waves.len();
                 rollout.wave = r.wave;
+                rollout.rollback_to = r.history.last().cloned();
+                rollout.taken_away = r.taken_away.clone();
+                rollout.trigger = Some(match r.from.rolls_back.as_deref() {
+                    Some(back) => format!("rollback of {back} by {} on {}", r.from.actor, r.from.origin),
+                    None if r.from.trigger.is_empty() => "the conductor".to_string(),
+                    None => format!("{} by {} via {}", r.from.trigger, r.from.actor, r.from.origin),
+                })
+                .filter(|_| rollout.sha.is_some());
             }
             if let Some(n) = self
                 .get_json::<super::rollout::Refusal>(&super::rollout::refused_key(&app))
@@ -208,6 +225,21 @@ impl FleetStatus {
                 _ => String::new(),
             };
             out.push_str(&format!("{}: {phase},{what} {conductor}\n", a.app));
+            if let Some(t) = &a.rollout.trigger {
+                out.push_str(&format!("  from: {t}\n"));
+            }
+            if !a.rollout.taken_away.is_empty() {
+                let shas: Vec<&str> = a
+                    .rollout
+                    .taken_away
+                    .iter()
+                    .map(|s| &s[..s.len().min(12)])
+                    .collect();
+                out.push_str(&format!(
+                    "  taken away by a rollback: {} (webhooks and polls skip them; `haul fleet deploy --sha` does not)\n",
+                    shas.join(", ")
+                ));
+            }
             for f in &a.rollout.failures {
                 out.push_str(&format!("  failed: {f}\n"));
             }

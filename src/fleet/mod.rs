@@ -10,6 +10,8 @@
 //!   `haul fleet status` shows it.
 //! - `rollout`: proposals (triggers handed over), the conductor's decision (one forge fetch, a release
 //!   bundle in the object store), the waves.
+//! - `steer`: people steering a rollout: abort, resume, and the fleet's rollback (sticky against
+//!   automatic triggers).
 //! - `assigned`: each host's side: the assignment's claim verified again here, its bundle downloaded, its
 //!   deploy submitted (or its refusal recorded).
 //! - `agent`: the daemon's loop that keeps the heartbeat and the campaigns going, and says whether the
@@ -24,12 +26,14 @@ mod engine;
 mod hosts;
 mod lease;
 mod rollout;
+mod steer;
 
 pub use agent::{spawn, AgentHandle, AgentParts, AppReport, Reporter};
 pub use engine::{Engine, FleetError};
 pub use hosts::{AppStatus, FleetStatus, HostStatus, RolloutStatus};
 pub use lease::{Lease, LeaseState};
 pub use rollout::{Assignment, Proposal, Submitter, Verifier};
+pub use steer::RollbackPlan;
 
 /// The KV bucket of the conductors' leases (`conductor.<app>`): one value per key, TTL'd messages.
 pub const LEASES_BUCKET: &str = "haul_leases";

@@ -48,7 +48,21 @@ pub struct Proposal {
     /// A forge's webhook: the signed delivery, which every host verifies again with its own secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed: Option<model::SignedDelivery>,
+    /// `haul fleet rollback`: the rollout it takes back (the conductor refuses it if another has started
+    /// since); `sha` is then the fleet's release before that one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolls_back: Option<String>,
 }
+
+/// Triggers nobody chose the sha of: a rollback's stickiness holds against them.
+pub(super) fn automatic(trigger: &str) -> bool {
+    trigger == model::Trigger::Webhook.as_str() || trigger == model::Trigger::Poll.as_str()
+}
+
+/// How many earlier fleet releases a rollout remembers (how far `haul fleet rollback` can walk back), and
+/// how many shas taken away by rollbacks.
+const HISTORY: usize = 10;
+const TAKEN_AWAY: usize = 16;
 
 /// One release moving across the fleet.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -74,6 +88,14 @@ pub(super) struct RolloutState {
     /// How many times `haul fleet resume` continued it after a halt (each gives its hosts a fresh assignment).
     #[serde(default)]
     pub(super) attempt: u32,
+    /// The fleet's releases before this one (each a rollout that reached `done`), oldest first: where
+    /// `haul fleet rollback` goes back to.
+    #[serde(default)]
+    pub(super) history: Vec<String>,
+    /// What fleet rollbacks took away: an automatic trigger (a webhook, a poll) for one of these deploys
+    /// nothing until a commit the fleet never had arrives; `haul fleet deploy --sha` still can, on purpose.
+    #[serde(default)]
+    pub(super) taken_away: Vec<String>,
 }
 
 impl RolloutState {
@@ -84,6 +106,36 @@ impl RolloutState {
             0 => self.id.clone(),
             n => format!("{}-resume{n}", self.id),
         }
+    }
+
+    /// The history and the taken-away shas a rollout of `sha` that follows this one carries: this one
+    /// joins the history if the whole fleet got it; `sha`, rolled out again, is no longer taken away.
+    pub(super) fn carried(&self, sha: &str) -> (Vec<String>, Vec<String>) {
+        let mut history = self.history.clone();
+        if self.phase == "done" && !self.sha.is_empty() && history.last() != Some(&self.sha) {
+            history.push(self.sha.clone());
+        }
+        history.retain(|h| h != sha);
+        let drop = history.len().saturating_sub(HISTORY);
+        history.drain(..drop);
+        let mut taken = self.taken_away.clone();
+        taken.retain(|t| t != sha);
+        (history, taken)
+    }
+
+    /// What a rollback of this rollout rolls out: the release before it, and the history and taken-away
+    /// shas its rollout carries (this one's sha taken away). None if the fleet had no release before.
+    pub(super) fn rolled_back(&self) -> Option<(String, Vec<String>, Vec<String>)> {
+        let mut history = self.history.clone();
+        let to = history.pop()?;
+        let mut taken = self.taken_away.clone();
+        if !self.sha.is_empty() && self.sha != to && !taken.contains(&self.sha) {
+            taken.push(self.sha.clone());
+        }
+        taken.retain(|t| *t != to);
+        let drop = taken.len().saturating_sub(TAKEN_AWAY);
+        taken.drain(..drop);
+        Some((to, history, taken))
     }
 }
 
@@ -187,7 +239,7 @@ impl Engine {
     /// Writes an app's rollout as the conductor of `epoch`: by compare-and-set on the revision last read,
     /// and never over a rollout written by a newer conductor (a conductor that was paused past its lease
     /// and woke up is refused here, whatever it believed).
-    async fn write_rollout(&self, app: &str, state: &RolloutState) -> Result<(), FleetError> {
+    pub(super) async fn write_rollout(&self, app: &str, state: &RolloutState) -> Result<(), FleetError> {
         let key = rollout_key(app);
         let entry = self.fleet.entry(key.clone()).await.map_err(|e| away(&e))?;
         let revision = match &entry {
@@ -233,54 +285,6 @@ impl Engine {
         }
         out.sort_by_key(|p| p.requested_ms);
         Ok(out)
-    }
-
-    /// Stops an app's rollout where it is (`haul fleet abort`): no further wave is assigned; a host already
-    /// deploying finishes; what is live stays. The rollout's id.
-    pub async fn abort(&self, app: &str, who: &str) -> Result<String, FleetError> {
-        let Some(mut r) = self.rollout(app).await? else {
-            return Err(FleetError::Refused(format!("app {app} has no rollout to abort")));
-        };
-        if !matches!(r.phase.as_str(), "canary" | "waves" | "reverting") {
-            return Err(FleetError::Refused(format!(
-                "rollout {} of {app} is {}, not in progress; nothing to abort",
-                r.id, r.phase
-            )));
-        }
-        r.phase = "halted".into();
-        r.finished_ms = Some(model::now_ms());
-        r.failures
-            .push(("-".into(), format!("aborted by {}", model::clean_actor(who))));
-        self.write_rollout(app, &r).await?;
-        Ok(r.id)
-    }
-
-    /// Continues a halted rollout (`haul fleet resume`) from the wave it halted in, its failures cleared:
-    /// that wave's hosts are assigned it again (a fresh assignment id each time), the waves after follow.
-    /// The rollout's id.
-    pub async fn resume(&self, app: &str, who: &str) -> Result<String, FleetError> {
-        let Some(mut r) = self.rollout(app).await? else {
-            return Err(FleetError::Refused(format!("app {app} has no rollout to resume")));
-        };
-        if r.phase != "halted" {
-            return Err(FleetError::Refused(format!(
-                "rollout {} of {app} is {}, not halted; nothing to resume",
-                r.id, r.phase
-            )));
-        }
-        tracing::info!(app = %app, rollout = %r.id, "fleet: resumed by {}", model::clean_actor(who));
-        r.phase = if r.wave == 0 && r.waves.first().is_some_and(|w| w.len() == 1) && r.waves.len() > 1 {
-            "canary"
-        } else {
-            "waves"
-        }
-        .into();
-        r.failures.clear();
-        r.finished_ms = None;
-        r.soaking_since_ms = None;
-        r.attempt += 1;
-        self.write_rollout(app, &r).await?;
-        Ok(r.id)
     }
 
     pub(super) async fn heartbeats(&self) -> Result<BTreeMap<String, (Duration, HostRecord)>, FleetError> {
@@ -360,16 +364,8 @@ impl Conductor {
             let why = (self.verify)(p, p.sha.as_deref().unwrap_or(""))
                 .err()
                 .unwrap_or_default();
-            tracing::warn!(app = %name, deploy_id = %p.deploy_id, "fleet: refusing the trigger handed over by {}: {why}; nothing fetched or rolled out", p.origin);
-            let note = Refusal {
-                deploy_id: p.deploy_id.clone(),
-                origin: p.origin.clone(),
-                why,
-                at_ms: model::now_ms(),
-            };
-            if let Err(e) = engine.put_json(&refused_key(&name), &note).await {
-                tracing::debug!("fleet: cannot note the refusal of {}: {e}", p.deploy_id);
-            }
+            self.note_refused(engine, p, format!("{why}; nothing fetched or rolled out"))
+                .await?;
         }
         self.close_proposals(engine, &forged).await;
         if proposals.is_empty() {
@@ -377,20 +373,33 @@ impl Conductor {
         }
         let current = engine.rollout(&name).await?;
         let git = Git::new(self.app.clone(), self.dirs.conductor_mirror_of(&name), None);
-        // A replay of the fleet's release, or an older commit this mirror already has, costs no forge
-        // request: it is closed here.
+        // A rollback goes first, alone: the others wait for the next tick, judged against what it put back.
+        let (rollbacks, proposals): (Vec<Proposal>, Vec<Proposal>) =
+            proposals.into_iter().partition(|p| p.rolls_back.is_some());
+        if let Some(p) = rollbacks.last() {
+            let result = self.roll_back(engine, epoch, &git, p, current.as_ref()).await;
+            if !matches!(result, Err(FleetError::Unreachable(_) | FleetError::Unknown(_))) {
+                self.close_proposals(engine, &rollbacks).await;
+            }
+            return result;
+        }
+        // A replay of the fleet's release, an older commit this mirror already has or one a rollback took
+        // away costs no forge request: it is closed here.
         let live = current.as_ref().map(|r| r.sha.clone()).filter(|s| !s.is_empty());
+        let taken_away = current.as_ref().map(|r| r.taken_away.clone()).unwrap_or_default();
         let mut fresh = Vec::new();
         for p in &proposals {
+            let auto = automatic(&p.trigger);
             let known_old = match (&live, &p.sha) {
                 (Some(l), Some(s)) if s == l => true,
-                (Some(l), Some(s)) if model::is_full_sha(s) => {
+                (_, Some(s)) if auto && taken_away.contains(s) => true,
+                (Some(l), Some(s)) if auto && model::is_full_sha(s) => {
                     matches!(git.is_ancestor(s, l).await, Ok(true))
                 }
                 _ => false,
             };
             if known_old {
-                tracing::info!(app = %name, deploy_id = %p.deploy_id, "fleet: {} is not newer than the fleet's release; nothing fetched or rolled out", model::short_sha(p.sha.as_deref().unwrap_or("")));
+                tracing::info!(app = %name, deploy_id = %p.deploy_id, "fleet: {} is the fleet's release, older, or taken away by a rollback; nothing fetched or rolled out", model::short_sha(p.sha.as_deref().unwrap_or("")));
             } else {
                 fresh.push(p.clone());
             }
@@ -433,7 +442,7 @@ impl Conductor {
                 return Ok(());
             }
         }
-        match self.roll_out(engine, epoch, &git, &fresh, live.as_deref()).await {
+        match self.roll_out(engine, epoch, &git, &fresh, current.as_ref()).await {
             Ok(()) => {
                 self.failures = 0;
                 self.retry_at = None;
@@ -464,12 +473,25 @@ impl Conductor {
         epoch: u64,
         git: &Git,
         fresh: &[Proposal],
-        live: Option<&str>,
+        current: Option<&RolloutState>,
     ) -> Result<(), FleetError> {
-        let name = self.app.name.clone();
-        let Some((p, sha, git_ref)) = self.choose(git, fresh, live).await else {
+        let live = current.map(|r| r.sha.as_str()).filter(|s| !s.is_empty());
+        let taken_away = current.map(|r| r.taken_away.as_slice()).unwrap_or_default();
+        let Some((p, sha, git_ref)) = self.choose(git, fresh, live, taken_away).await else {
             return Ok(());
         };
+        self.publish(engine, git, &sha).await?;
+        let mut state = self.fresh_state(epoch, Some(p), &sha, &git_ref);
+        if let Some(c) = current {
+            (state.history, state.taken_away) = c.carried(&sha);
+        }
+        tracing::info!(app = %self.app.name, rollout = %state.id, "fleet: rolling out {}", model::short_sha(&sha));
+        engine.write_rollout(&self.app.name, &state).await
+    }
+
+    /// Puts the release bundle of `sha` (what the hosts' mirrors need of it) into the object store.
+    pub(super) async fn publish(&self, engine: &Engine, git: &Git, sha: &str) -> Result<(), FleetError> {
+        let name = &self.app.name;
         let bundle = format!("{name}/{sha}.bundle");
         let file = self
             .dirs
@@ -480,15 +502,12 @@ impl Conductor {
         if let Some(parent) = file.parent() {
             std::fs::create_dir_all(parent).map_err(refused)?;
         }
-        git.bundle(&sha, &file)
+        git.bundle(sha, &file)
             .await
             .map_err(|f| refused(format!("cannot bundle {sha}: {f}")))?;
         let put = upload(engine, &bundle, &file).await;
         let _ = std::fs::remove_file(&file);
-        put?;
-        let state = self.fresh_state(epoch, Some(p), &sha, &git_ref);
-        tracing::info!(app = %name, rollout = %state.id, "fleet: rolling out {}", model::short_sha(&sha));
-        engine.write_rollout(&name, &state).await
+        put
     }
 
     fn tell_halted(&self, reason: &str, sha: Option<&str>, rollout: Option<&str>) {
@@ -500,13 +519,15 @@ impl Conductor {
         }
     }
 
-    /// The newest proposal on the branch, if it is newer than `live` (the fleet's current release): its
+    /// The newest proposal on the branch, if it is newer than `live` (the fleet's current release) and,
+    /// for an automatic trigger, not taken away by a rollback (a sha chosen by a person may be older): its
     /// proposal, sha and ref.
     async fn choose(
         &self,
         git: &Git,
         proposals: &[Proposal],
         live: Option<&str>,
+        taken_away: &[String],
     ) -> Option<(Proposal, String, String)> {
         let branch_ref = format!("refs/heads/{}", self.app.branch);
         let tip = git.resolve_commit(&branch_ref).await.ok().flatten()?;
@@ -521,13 +542,18 @@ impl Conductor {
                 tracing::info!(app = %p.app, deploy_id = %p.deploy_id, "fleet: {sha} is not on {branch_ref}; not rolled out");
                 continue;
             }
+            let auto = automatic(&p.trigger);
             let older = match live {
                 Some(l) if l == sha => true,
-                Some(l) => matches!(git.is_ancestor(&sha, l).await, Ok(true)) && sha != tip,
-                None => false,
+                Some(l) if auto => matches!(git.is_ancestor(&sha, l).await, Ok(true)) && sha != tip,
+                _ => false,
             };
             if older {
                 tracing::info!(app = %p.app, deploy_id = %p.deploy_id, "fleet: {} is not newer than the fleet's release; nothing rolled out", model::short_sha(&sha));
+                continue;
+            }
+            if auto && taken_away.contains(&sha) {
+                tracing::info!(app = %p.app, deploy_id = %p.deploy_id, "fleet: a rollback took {} away: automatic triggers roll out only a commit the fleet never had; nothing rolled out (`haul fleet deploy {} --sha {}` does, on purpose)", model::short_sha(&sha), p.app, model::short_sha(&sha));
                 continue;
             }
             newer.push((p.clone(), sha));
@@ -554,7 +580,13 @@ impl Conductor {
         Some((best.0, best.1, git_ref))
     }
 
-    fn fresh_state(&self, epoch: u64, from: Option<Proposal>, sha: &str, git_ref: &str) -> RolloutState {
+    pub(super) fn fresh_state(
+        &self,
+        epoch: u64,
+        from: Option<Proposal>,
+        sha: &str,
+        git_ref: &str,
+    ) -> RolloutState {
         let now = model::now_ms();
         let from = from.unwrap_or(Proposal {
             app: self.app.name.clone(),
@@ -568,6 +600,7 @@ impl Conductor {
             delivery_id: None,
             requested_ms: now,
             signed: None,
+            rolls_back: None,
         });
         RolloutState {
             id: format!("{}-{}", model::compact_utc(now), model::short_sha(sha)),
@@ -590,10 +623,12 @@ impl Conductor {
             started_ms: now,
             finished_ms: None,
             attempt: 0,
+            history: Vec::new(),
+            taken_away: Vec::new(),
         }
     }
 
-    async fn close_proposals(&self, engine: &Engine, proposals: &[Proposal]) {
+    pub(super) async fn close_proposals(&self, engine: &Engine, proposals: &[Proposal]) {
         for p in proposals {
             if let Err(e) = engine.fleet.purge(proposal_key(&p.app, &p.deploy_id)).await {
                 tracing::debug!("fleet: cannot remove proposal {}: {e}", p.deploy_id);

@@ -67,6 +67,7 @@ impl FleetLink for Link {
             delivery_id: row.delivery_id.clone(),
             requested_ms: row.requested_at,
             signed,
+            rolls_back: None,
         };
         Box::pin(async move {
             agent.propose(p).await.map_err(|e| e.to_string())?;

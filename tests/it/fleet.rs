@@ -1021,6 +1021,7 @@ fn webhook_proposal(
         delivery_id: Some(delivery()),
         requested_ms: haul::model::now_ms(),
         signed,
+        rolls_back: None,
     }
 }
 
