@@ -232,11 +232,8 @@ enum Steer {
 async fn fleet_steer(cfg: &Config, app: &str, steer: Steer) -> Result<(), Exit> {
     let fc = fleet_config(cfg, Some(app))?;
     let engine = connect_engine(cfg, fc).await?;
-    let who = format!(
-        "{} on {}",
-        std::env::var("USER").unwrap_or_else(|_| "someone".into()),
-        fc.host
-    );
+    let user = std::env::var("USER").unwrap_or_else(|_| "someone".into());
+    let who = format!("{user} on {}", fc.host);
     let result = match steer {
         Steer::Abort => engine.abort(app, &who).await.map(|id| {
             eprintln!("rollout {id} of {app} halted: no further wave starts (`haul fleet status {app}`)");
@@ -246,7 +243,7 @@ async fn fleet_steer(cfg: &Config, app: &str, steer: Steer) -> Result<(), Exit> 
                 "rollout {id} of {app} resumed from the wave it halted in (`haul fleet status {app} --watch`)"
             );
         }),
-        Steer::Rollback { follow } => match engine.rollback(app, &who, &fc.host).await {
+        Steer::Rollback { follow } => match engine.rollback(app, &user, &fc.host).await {
             Ok(plan) => {
                 eprintln!(
                     "rollback of {app} handed to its conductor: rollout {} ({}) back to {}",

@@ -989,6 +989,119 @@ fn an_aborted_rollout_starts_no_further_wave_and_a_new_push_starts_afresh() {
     });
 }
 
+/// `haul fleet rollback` puts the fleet's release before back on every host, in waves like any release, and
+/// it sticks: the push of what it took away, re-sent with a fresh delivery id to a host that never saw it,
+/// costs no fetch and moves nothing; `haul fleet deploy --sha` still brings it back on purpose, and a new
+/// commit rolls out as usual.
+#[test]
+fn a_fleet_rollback_goes_everywhere_and_a_replay_does_not_undo_it() {
+    let dir = TempDir::new("fleet-rollback");
+    let cluster = NatsCluster::start(&dir.path().join("nats"));
+    let server = GitServer::start(dir.path());
+    let hosts = fleet_of(dir.path(), &server, &cluster, 3, 2, |_| "true".into());
+    wait_reporting(&hosts[0], 3);
+    let out = hosts[0].cli(&["fleet", "rollback", "blog"]);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success() && said.contains("rolled nothing out"),
+        "{said}"
+    );
+    let c2 = server.commit(&[("index.html", "v2")], "v2");
+    let (code, reply) = hosts[0].push("refs/heads/main", &c2, &delivery());
+    assert_eq!(code, 202, "{reply}");
+    wait_until("c2 everywhere", || {
+        all_live(&fleet_status(&hosts[0]), 3, &c2, "done")
+    });
+    let out = hosts[0].cli(&["fleet", "rollback", "blog"]);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success() && said.contains("no release of blog before"),
+        "{said}"
+    );
+    let c3 = server.commit(&[("index.html", "v3")], "v3");
+    let c3_push = github_push_from("refs/heads/main", &c2, &c3);
+    let (code, reply) = hosts[1].deliver(&c3_push, &delivery());
+    assert_eq!(code, 202, "{reply}");
+    wait_until("c3 everywhere", || {
+        all_live(&fleet_status(&hosts[0]), 3, &c3, "done")
+    });
+    let taken_back = fleet_status(&hosts[0])["apps"][0]["rollout"]["id"].clone();
+    let fetches = server.fetches();
+
+    let out = hosts[2].cli_bounded(&["fleet", "rollback", "blog"], 120);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("back to") && said.contains("done"), "{said}");
+    let status = fleet_status(&hosts[0]);
+    assert!(all_live(&status, 3, &c2, "done"), "{status}");
+    let rollout = &status["apps"][0]["rollout"];
+    let from = rollout["trigger"].as_str().unwrap_or_default();
+    assert!(
+        from.starts_with(&format!("rollback of {}", taken_back.as_str().unwrap_or("?"))),
+        "{rollout}"
+    );
+    assert_eq!(rollout["taken_away"], serde_json::json!([c3]), "{rollout}");
+    assert_eq!(
+        server.fetches(),
+        fetches,
+        "a rollback fetches nothing: the mirror has the release"
+    );
+    for h in &hosts {
+        let last = h
+            .rows()
+            .into_iter()
+            .find(|r| r.trigger == haul::model::Trigger::Fleet);
+        let last = last.expect("a fleet row on every host");
+        assert_eq!(last.sha.as_deref(), Some(c2.as_str()));
+        assert!(last.actor.contains("fleet rollout"), "{}", last.actor);
+    }
+    let text = String::from_utf8_lossy(&hosts[0].cli(&["fleet", "status"]).stdout).to_string();
+    assert!(
+        text.contains("taken away by a rollback: ") && text.contains(&c3[..12]),
+        "{text}"
+    );
+
+    // The push of c3 again, with a fresh delivery id, to a host that never saw it: nothing moves.
+    let (code, reply) = hosts[2].deliver(&c3_push, &delivery());
+    assert!(code == 200 || code == 202, "{code} {reply}");
+    std::thread::sleep(Duration::from_secs(4));
+    let status = fleet_status(&hosts[0]);
+    assert!(
+        all_live(&status, 3, &c2, "done"),
+        "the replay undid the rollback: {status}"
+    );
+    assert_eq!(
+        server.fetches(),
+        fetches,
+        "a replay of what was taken away costs no fetch"
+    );
+    // There is no release before c2 to walk back to.
+    let out = hosts[0].cli(&["fleet", "rollback", "blog"]);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success() && said.contains("nothing to roll back to"),
+        "{said}"
+    );
+
+    // On purpose, c3 comes back; a new commit then rolls out as usual.
+    let out = hosts[1].cli_bounded(&["fleet", "deploy", "blog", "--sha", &c3], 120);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until("c3 everywhere again", || {
+        all_live(&fleet_status(&hosts[0]), 3, &c3, "done")
+    });
+    assert!(fleet_status(&hosts[0])["apps"][0]["rollout"]["taken_away"].is_null());
+    let c4 = server.commit(&[("index.html", "v4")], "v4");
+    let (code, reply) = hosts[0].push("refs/heads/main", &c4, &delivery());
+    assert_eq!(code, 202, "{reply}");
+    wait_until("c4 everywhere", || {
+        all_live(&fleet_status(&hosts[0]), 3, &c4, "done")
+    });
+    // And a rollback now walks back to c3, the release before.
+    let out = hosts[0].cli_bounded(&["fleet", "rollback", "blog"], 120);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(all_live(&fleet_status(&hosts[0]), 3, &c3, "done"));
+}
+
 /// A GitHub push delivery of `sha` as a fleet host hands it over, signed with the test secret; `tamper`
 /// rewrites the body after signing.
 fn handed_over(sha: &str, tamper: impl Fn(String) -> String) -> haul::model::SignedDelivery {

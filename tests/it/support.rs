@@ -620,6 +620,31 @@ impl Haul {
             .expect("run haul")
     }
 
+    /// Runs a command that follows something until it ends, killed (and the test failed) after `secs`.
+    pub fn cli_bounded(&self, args: &[&str], secs: u64) -> std::process::Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_haul"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run haul");
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        while child.try_wait().expect("wait").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("output");
+                panic!(
+                    "haul {args:?} still running after {secs}s: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child.wait_with_output().expect("output")
+    }
+
     pub fn post<K: AsRef<str>, V: AsRef<str>>(
         &self,
         path: &str,
