@@ -59,11 +59,6 @@ pub(super) fn automatic(trigger: &str) -> bool {
     trigger == model::Trigger::Webhook.as_str() || trigger == model::Trigger::Poll.as_str()
 }
 
-/// How many earlier fleet releases a rollout remembers (how far `haul fleet rollback` can walk back), and
-/// how many shas taken away by rollbacks.
-const HISTORY: usize = 10;
-const TAKEN_AWAY: usize = 16;
-
 /// One release moving across the fleet.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub(super) struct RolloutState {
@@ -106,36 +101,6 @@ impl RolloutState {
             0 => self.id.clone(),
             n => format!("{}-resume{n}", self.id),
         }
-    }
-
-    /// The history and the taken-away shas a rollout of `sha` that follows this one carries: this one
-    /// joins the history if the whole fleet got it; `sha`, rolled out again, is no longer taken away.
-    pub(super) fn carried(&self, sha: &str) -> (Vec<String>, Vec<String>) {
-        let mut history = self.history.clone();
-        if self.phase == "done" && !self.sha.is_empty() && history.last() != Some(&self.sha) {
-            history.push(self.sha.clone());
-        }
-        history.retain(|h| h != sha);
-        let drop = history.len().saturating_sub(HISTORY);
-        history.drain(..drop);
-        let mut taken = self.taken_away.clone();
-        taken.retain(|t| t != sha);
-        (history, taken)
-    }
-
-    /// What a rollback of this rollout rolls out: the release before it, and the history and taken-away
-    /// shas its rollout carries (this one's sha taken away). None if the fleet had no release before.
-    pub(super) fn rolled_back(&self) -> Option<(String, Vec<String>, Vec<String>)> {
-        let mut history = self.history.clone();
-        let to = history.pop()?;
-        let mut taken = self.taken_away.clone();
-        if !self.sha.is_empty() && self.sha != to && !taken.contains(&self.sha) {
-            taken.push(self.sha.clone());
-        }
-        taken.retain(|t| *t != to);
-        let drop = taken.len().saturating_sub(TAKEN_AWAY);
-        taken.drain(..drop);
-        Some((to, history, taken))
     }
 }
 
@@ -497,7 +462,7 @@ impl Conductor {
             .dirs
             .root()
             .join("fleet")
-            .join(&name)
+            .join(name)
             .join(format!("out-{sha}.bundle"));
         if let Some(parent) = file.parent() {
             std::fs::create_dir_all(parent).map_err(refused)?;

@@ -12,6 +12,43 @@ use super::rollout::{refused_key, Conductor, Proposal, Refusal, RolloutState};
 use crate::model;
 use crate::sources::git::Git;
 
+/// How many earlier fleet releases a rollout remembers (how far `haul fleet rollback` can walk back), and
+/// how many shas taken away by rollbacks.
+const HISTORY: usize = 10;
+const TAKEN_AWAY: usize = 16;
+
+impl RolloutState {
+    /// The history and the taken-away shas a rollout of `sha` that follows this one carries: this one
+    /// joins the history if the whole fleet got it; `sha`, rolled out again, is no longer taken away.
+    pub(super) fn carried(&self, sha: &str) -> (Vec<String>, Vec<String>) {
+        let mut history = self.history.clone();
+        if self.phase == "done" && !self.sha.is_empty() && history.last() != Some(&self.sha) {
+            history.push(self.sha.clone());
+        }
+        history.retain(|h| h != sha);
+        let drop = history.len().saturating_sub(HISTORY);
+        history.drain(..drop);
+        let mut taken = self.taken_away.clone();
+        taken.retain(|t| t != sha);
+        (history, taken)
+    }
+
+    /// What a rollback of this rollout rolls out: the release before it, and the history and taken-away
+    /// shas its rollout carries (this one's sha taken away). None if the fleet had no release before.
+    pub(super) fn rolled_back(&self) -> Option<(String, Vec<String>, Vec<String>)> {
+        let mut history = self.history.clone();
+        let to = history.pop()?;
+        let mut taken = self.taken_away.clone();
+        if !self.sha.is_empty() && self.sha != to && !taken.contains(&self.sha) {
+            taken.push(self.sha.clone());
+        }
+        taken.retain(|t| *t != to);
+        let drop = taken.len().saturating_sub(TAKEN_AWAY);
+        taken.drain(..drop);
+        Some((to, history, taken))
+    }
+}
+
 /// Where a rollback goes: the rollout it takes back and the release it puts back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RollbackPlan {
@@ -183,5 +220,69 @@ impl Conductor {
             tracing::debug!("fleet: cannot note the refusal of {}: {e}", p.deploy_id);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(sha: &str, phase: &str, history: &[&str], taken: &[&str]) -> RolloutState {
+        let json = serde_json::json!({
+            "id": format!("r-{sha}"), "sha": sha, "git_ref": "refs/heads/main", "bundle": "b", "epoch": 1,
+            "conductor": "h1", "phase": phase, "waves": [], "wave": 0, "soaking_since_ms": null,
+            "failures": [], "started_ms": 0, "finished_ms": null,
+            "from": {"app": "blog", "origin": "h1", "deploy_id": "d", "trigger": "webhook", "git_ref": null,
+                     "sha": null, "actor": "a", "provider": null, "delivery_id": null, "requested_ms": 0},
+            "history": history, "taken_away": taken,
+        });
+        serde_json::from_value(json).expect("a rollout state")
+    }
+
+    #[test]
+    fn a_finished_release_joins_the_history_and_one_rolled_out_again_is_no_longer_taken_away() {
+        let (h, t) = state("c3", "done", &["c1", "c2"], &["c9"]).carried("c4");
+        assert_eq!(
+            (h, t),
+            (
+                vec!["c1".into(), "c2".into(), "c3".into()],
+                vec!["c9".to_string()]
+            )
+        );
+        // A halted release never was the fleet's: the history skips it.
+        let (h, _) = state("c3", "halted", &["c1", "c2"], &[]).carried("c4");
+        assert_eq!(h, vec!["c1", "c2"]);
+        let (h, t) = state("c2", "done", &["c1"], &["c3"]).carried("c3");
+        assert_eq!((h, t), (vec!["c1".to_string(), "c2".into()], vec![]));
+        let long: Vec<String> = (0..30).map(|i| format!("c{i}")).collect();
+        let long: Vec<&str> = long.iter().map(String::as_str).collect();
+        let (h, _) = state("x", "done", &long, &[]).carried("y");
+        assert_eq!(h.len(), HISTORY);
+        assert_eq!(h.last().map(String::as_str), Some("x"));
+    }
+
+    #[test]
+    fn a_rollback_walks_back_the_history_and_takes_the_current_sha_away() {
+        assert_eq!(state("c1", "done", &[], &[]).rolled_back(), None);
+        let (to, h, t) = state("c3", "done", &["c1", "c2"], &[])
+            .rolled_back()
+            .expect("a plan");
+        assert_eq!(
+            (to.as_str(), h, t),
+            ("c2", vec!["c1".to_string()], vec!["c3".to_string()])
+        );
+        // Twice: further back, both taken away.
+        let (to, h, t) = state("c2", "done", &["c1"], &["c3"])
+            .rolled_back()
+            .expect("a plan");
+        assert_eq!(
+            (to.as_str(), h, t),
+            ("c1", vec![], vec!["c3".to_string(), "c2".into()])
+        );
+        // Back to one taken away before: it is no longer.
+        let (_, _, t) = state("c3", "done", &["c2"], &["c2"])
+            .rolled_back()
+            .expect("a plan");
+        assert_eq!(t, vec!["c3"]);
     }
 }
