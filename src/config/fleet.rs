@@ -20,6 +20,9 @@ pub struct FleetConfig {
     pub host: String,
     /// A NATS credentials file (user JWT and nkey seed).
     pub credentials_file: Option<PathBuf>,
+    /// A user of the servers' own config (`authorization { users = [...] }`) and the file holding its
+    /// password: what a cluster without an operator uses instead of `credentials_file`.
+    pub user_password: Option<(String, PathBuf)>,
     pub tls_ca_file: Option<PathBuf>,
     /// A client certificate and its key, for servers that verify clients.
     pub tls_client: Option<(PathBuf, PathBuf)>,
@@ -91,6 +94,19 @@ pub(crate) fn parse(raw: RawFleet, dir: &ConfigDir) -> Result<FleetConfig, Strin
             )
         }
     };
+    let user_password = match (raw.user, raw.password_file) {
+        (Some(u), Some(p)) if !u.is_empty() && raw.credentials_file.is_none() => Some((u, dir.resolve(&p))),
+        (None, None) => None,
+        (Some(_), Some(_)) if raw.credentials_file.is_some() => {
+            return Err("[fleet] user and password_file replace credentials_file: set one or the other".into())
+        }
+        _ => {
+            return Err(
+                "[fleet] user and password_file go together (a user of the servers' authorization block and the file of its password)"
+                    .into(),
+            )
+        }
+    };
     let replicas = raw.replicas.unwrap_or(3);
     if !(1..=5).contains(&replicas) {
         return Err("[fleet] replicas must be between 1 and 5 (3 for a 3-node cluster)".into());
@@ -107,6 +123,7 @@ pub(crate) fn parse(raw: RawFleet, dir: &ConfigDir) -> Result<FleetConfig, Strin
         servers: raw.nats,
         host,
         credentials_file: raw.credentials_file.map(|p| dir.resolve(&p)),
+        user_password,
         tls_ca_file: raw.tls_ca_file.map(|p| dir.resolve(&p)),
         tls_client,
         replicas,
@@ -194,6 +211,8 @@ mod tests {
             nats: nats.iter().map(|s| s.to_string()).collect(),
             host: host.map(str::to_string),
             credentials_file: None,
+            user: None,
+            password_file: None,
             tls_ca_file: None,
             tls_cert_file: None,
             tls_key_file: None,
@@ -243,6 +262,22 @@ mod tests {
         let mut r = raw(&["nats://x:4222"], Some("h"));
         r.tls_cert_file = Some("c.pem".into());
         assert!(parse(r, &dir()).expect_err("half").contains("go together"));
+        let mut r = raw(&["nats://x:4222"], Some("h"));
+        r.user = Some("web-3".into());
+        assert!(parse(r, &dir()).expect_err("half").contains("go together"));
+        let mut r = raw(&["nats://x:4222"], Some("h"));
+        r.user = Some("web-3".into());
+        r.password_file = Some("nats.password".into());
+        r.credentials_file = Some("nats.creds".into());
+        assert!(parse(r, &dir()).expect_err("both").contains("one or the other"));
+        let mut r = raw(&["nats://x:4222"], Some("h"));
+        r.user = Some("web-3".into());
+        r.password_file = Some("nats.password".into());
+        let f = parse(r, &dir()).expect("a user and its password file");
+        assert_eq!(
+            f.user_password,
+            Some(("web-3".into(), "/etc/haul/nats.password".into()))
+        );
         let mut r = raw(&["nats://x:4222"], Some("h"));
         r.replicas = Some(0);
         assert!(parse(r, &dir()).expect_err("0").contains("replicas"));

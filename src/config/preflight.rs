@@ -25,6 +25,11 @@ pub(crate) fn preflight(cfg: &Config) -> Result<Secrets, Vec<String>> {
                 problems.push(format!("[fleet] credentials_file: {e}"));
             }
         }
+        if let Some((_, p)) = &f.user_password {
+            if let Err(e) = check_private_file(p) {
+                problems.push(format!("[fleet] password_file: {e}"));
+            }
+        }
         if let Some((_, key)) = &f.tls_client {
             if let Err(e) = check_private_file(key) {
                 problems.push(format!("[fleet] tls_key_file: {e}"));

@@ -40,6 +40,8 @@ pub(crate) struct RawFleet {
     pub(crate) nats: Vec<String>,
     pub(crate) host: Option<String>,
     pub(crate) credentials_file: Option<PathBuf>,
+    pub(crate) user: Option<String>,
+    pub(crate) password_file: Option<PathBuf>,
     pub(crate) tls_ca_file: Option<PathBuf>,
     pub(crate) tls_cert_file: Option<PathBuf>,
     pub(crate) tls_key_file: Option<PathBuf>,

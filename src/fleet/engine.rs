@@ -70,6 +70,12 @@ impl Engine {
                 FleetError::Refused(format!("cannot read credentials_file {}: {e}", path.display()))
             })?;
         }
+        if let Some((user, file)) = &cfg.user_password {
+            let password = std::fs::read_to_string(file).map_err(|e| {
+                FleetError::Refused(format!("cannot read password_file {}: {e}", file.display()))
+            })?;
+            opts = opts.user_and_password(user.clone(), password.trim_end_matches(['\r', '\n']).to_string());
+        }
         if let Some(ca) = &cfg.tls_ca_file {
             opts = opts.add_root_certificates(ca.clone());
         }

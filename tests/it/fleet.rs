@@ -16,6 +16,7 @@ fn fleet_config(cluster: &NatsCluster, host: &str) -> FleetConfig {
         servers: cluster.urls(),
         host: host.to_string(),
         credentials_file: None,
+        user_password: None,
         tls_ca_file: None,
         tls_client: None,
         replicas: 3,
@@ -1383,4 +1384,112 @@ fn the_fleet_demo_rolls_one_push_across_its_hosts() {
     if let Some(dir) = dir {
         let _ = std::fs::remove_dir_all(dir);
     }
+}
+
+/// The permission template of `examples/nats-haul-permissions.conf`, as the README tells an operator to use
+/// it: each host its own user (`user`, `password_file`), limited to haul's buckets. A whole rollout works
+/// under it without one permission violation, and the same user can touch nothing else in the engine.
+#[test]
+fn a_host_limited_to_haul_s_permissions_rolls_out_and_can_touch_nothing_else() {
+    let dir = TempDir::new("fleet-perms");
+    let template =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/nats-haul-permissions.conf");
+    let auth = "include haul-permissions.conf\nauthorization {\n  users = [\n    \
+                { user: h1, password: \"pw-h1-long-enough\", permissions: $HAUL_HOST }\n    \
+                { user: h2, password: \"pw-h2-long-enough\", permissions: $HAUL_HOST }\n  ]\n}\n";
+    let cluster = NatsCluster::start_with(
+        &dir.path().join("nats"),
+        auth,
+        &[("haul-permissions.conf", template.as_path())],
+    );
+    let server = GitServer::start(dir.path());
+    let hosts: Vec<Haul> = ["h1", "h2"]
+        .iter()
+        .map(|h| {
+            let pw = dir.path().join(format!("{h}.password"));
+            std::fs::write(&pw, format!("pw-{h}-long-enough\n")).expect("write");
+            std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+            let top = format!(
+                "[fleet]\nnats = {}\nhost = \"{h}\"\nlease_ttl = \"10s\"\nuser = \"{h}\"\npassword_file = \"{}\"\n",
+                cluster.toml_list(),
+                pw.display()
+            );
+            let mut haul = Haul::configure_apps(
+                &dir.path().join(h),
+                &server,
+                &top,
+                &[("blog", "github", "fleet = true\n[apps.blog.rollout]\ncanary = 1\nmax_parallel = 1\n")],
+            );
+            haul.start();
+            haul
+        })
+        .collect();
+    wait_reporting(&hosts[0], 2);
+    let c2 = server.commit(&[("index.html", "v2")], "v2");
+    let (code, reply) = hosts[1].push("refs/heads/main", &c2, &delivery());
+    assert_eq!(code, 202, "{reply}");
+    wait_until("c2 on both hosts", || {
+        all_live(&fleet_status(&hosts[0]), 2, &c2, "done")
+    });
+    // A second release, and a rollback (which stores c2's bundle again, replacing the object).
+    let c3 = server.commit(&[("index.html", "v3")], "v3");
+    let (code, reply) = hosts[0].push("refs/heads/main", &c3, &delivery());
+    assert_eq!(code, 202, "{reply}");
+    wait_until("c3 on both hosts", || {
+        all_live(&fleet_status(&hosts[0]), 2, &c3, "done")
+    });
+    let out = hosts[0].cli_bounded(&["fleet", "rollback", "blog"], 120);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(all_live(&fleet_status(&hosts[1]), 2, &c2, "done"));
+    let logs = cluster.logs();
+    let violations: Vec<&str> = logs.lines().filter(|l| l.contains("Violation")).collect();
+    assert!(
+        violations.is_empty(),
+        "haul needed more than the template allows:\n{}",
+        violations.join("\n")
+    );
+
+    // The same user, outside haul's buckets: refused.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client =
+            async_nats::ConnectOptions::with_user_and_password("h1".into(), "pw-h1-long-enough".into())
+                .connect(cluster.urls())
+                .await
+                .expect("h1 connects");
+        let mut js = async_nats::jetstream::new(client.clone());
+        js.set_timeout(Duration::from_secs(2));
+        let other = js
+            .create_key_value(async_nats::jetstream::kv::Config {
+                bucket: "payroll".into(),
+                ..Default::default()
+            })
+            .await;
+        assert!(other.is_err(), "a haul host's user created another bucket");
+        let listed = tokio::time::timeout(Duration::from_secs(5), async {
+            use futures_util::StreamExt;
+            js.stream_names().next().await
+        })
+        .await;
+        assert!(
+            !matches!(listed, Ok(Some(Ok(_)))),
+            "a haul host's user listed the engine's streams"
+        );
+        let deleted = js.delete_stream("KV_haul_fleet").await;
+        assert!(deleted.is_err(), "a haul host's user deleted haul's own bucket");
+        // A wrong password is not let in at all.
+        let wrong = async_nats::ConnectOptions::with_user_and_password("h1".into(), "guess".into())
+            .connect(cluster.urls())
+            .await;
+        assert!(wrong.is_err(), "a wrong password connected");
+    });
+    assert!(
+        cluster.logs().contains("Violation"),
+        "the engine logged the refusals"
+    );
+    // And haul itself is still fine.
+    assert!(all_live(&fleet_status(&hosts[1]), 2, &c2, "done"));
 }

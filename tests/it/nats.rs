@@ -50,9 +50,19 @@ impl NatsCluster {
     /// node that exits at once (a port another test took between our pick and its bind) makes it start
     /// again on fresh ports, at most three times.
     pub fn start(dir: &Path) -> NatsCluster {
+        NatsCluster::start_with(dir, "", &[])
+    }
+
+    /// As `start`, with `extra` appended to every node's config and `files` (name, source) copied next to
+    /// it (for an `include`).
+    pub fn start_with(dir: &Path, extra: &str, files: &[(&str, &Path)]) -> NatsCluster {
         for attempt in 1..=3 {
             let d = dir.join(format!("try{attempt}"));
-            let mut c = NatsCluster::start_once(&d);
+            std::fs::create_dir_all(&d).expect("dir");
+            for (name, from) in files {
+                std::fs::copy(from, d.join(name)).expect("copy a config file");
+            }
+            let mut c = NatsCluster::start_once(&d, extra);
             if c.wait_healthy_or_exit(&[0, 1, 2]) {
                 return c;
             }
@@ -66,7 +76,7 @@ impl NatsCluster {
         );
     }
 
-    fn start_once(dir: &Path) -> NatsCluster {
+    fn start_once(dir: &Path, extra: &str) -> NatsCluster {
         let ports: Vec<(u16, u16, u16)> = (0..3).map(|_| (free_port(), free_port(), free_port())).collect();
         let routes: Vec<String> = ports
             .iter()
@@ -82,7 +92,7 @@ impl NatsCluster {
                 format!(
                     "server_name: n{i}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{monitor}\n\
                      jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 64MB\n  max_file_store: 1GB\n}}\n\
-                     cluster {{\n  name: haul-test\n  listen: 127.0.0.1:{route}\n  routes: [\n    {}\n  ]\n}}\n",
+                     cluster {{\n  name: haul-test\n  listen: 127.0.0.1:{route}\n  routes: [\n    {}\n  ]\n}}\n{extra}",
                     store.display(),
                     routes.join("\n    ")
                 ),
@@ -139,6 +149,15 @@ impl NatsCluster {
     pub fn toml_list(&self) -> String {
         let quoted: Vec<String> = self.urls().iter().map(|u| format!("{u:?}")).collect();
         format!("[{}]", quoted.join(", "))
+    }
+
+    /// Every node's log so far.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| std::fs::read_to_string(&n.log).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// (Re)starts node `i` on its ports and store.
