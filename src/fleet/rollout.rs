@@ -392,15 +392,16 @@ impl Conductor {
                     // Never retried: the proposals are closed, and the people told; what is live stays.
                     tracing::warn!(app = %name, "fleet: the conductor's fetch failed for good: {f}; the handed-over triggers are closed");
                     self.close_proposals(engine, &proposals).await;
-                    self.tell_halted(
-                        &format!(
-                            "the conductor ({}) cannot fetch {}: {f}; nothing was rolled out",
-                            self.host,
-                            crate::model::url::shown(&self.app.repo)
-                        ),
-                        None,
-                        None,
+                    // Never the repository's location: this reaches every host's status page.
+                    let why = format!(
+                        "the conductor ({}) cannot fetch {}'s repository: {f}; nothing was rolled out",
+                        self.host, self.app.name
                     );
+                    self.tell_halted(&why, None, None);
+                    // Shown under `refused:` in `haul fleet status`, for the newest trigger it closed.
+                    if let Some(p) = proposals.last() {
+                        self.note_refused(engine, p, why).await?;
+                    }
                     return Ok(());
                 }
                 self.back_off(&format!("the conductor's fetch failed ({f})"));

@@ -1101,6 +1101,45 @@ fn a_fleet_rollback_goes_everywhere_and_a_replay_does_not_undo_it() {
     let out = hosts[0].cli_bounded(&["fleet", "rollback", "blog"], 120);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(all_live(&fleet_status(&hosts[0]), 3, &c3, "done"));
+
+    // The deploy key revoked: the conductor's fetch fails for good, once, and the status says so.
+    server.revoke_key();
+    let c5 = server.commit(&[("index.html", "v5")], "v5");
+    let refused_logins = || {
+        server
+            .sshd_log()
+            .matches("Connection closed by authenticating user")
+            .count()
+    };
+    let before = refused_logins();
+    let (code, reply) = hosts[1].push("refs/heads/main", &c5, &delivery());
+    assert_eq!(code, 202, "{reply}");
+    let mut status = serde_json::Value::Null;
+    wait_until("the status names the failed fetch", || {
+        status = fleet_status(&hosts[0]);
+        status["apps"][0]["rollout"]["refused"]
+            .as_str()
+            .is_some_and(|r| r.contains("cannot fetch"))
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        refused_logins() - before,
+        1,
+        "a permanent failure is never retried"
+    );
+    assert!(all_live(&fleet_status(&hosts[0]), 3, &c3, "done"), "{status}");
+    assert!(
+        !status.to_string().contains(&server.url),
+        "the status never shows the repository: {status}"
+    );
+    let (code, page) = http_get(&hosts[2].addr(), "/");
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("refused: ") && page.contains("cannot fetch"),
+        "{page}"
+    );
+    assert!(page.contains("from rollback of"), "{page}");
+    assert!(!page.contains(&server.url), "the page never shows the repository");
 }
 
 /// A GitHub push delivery of `sha` as a fleet host hands it over, signed with the test secret; `tamper`

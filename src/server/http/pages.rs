@@ -62,7 +62,7 @@ pub(super) async fn status_index(State(st): State<Arc<HttpState>>) -> Response {
         })
         .await;
     let fleet = match &st.fleet {
-        Some(f) => fleet_section(f).await,
+        Some(f) => fleet_section(f, &st.sources).await,
         None => String::new(),
     };
     match data {
@@ -187,7 +187,7 @@ pub(super) async fn metrics(State(st): State<Arc<HttpState>>) -> Response {
 
 /// For the reverse proxy and uptime checks: 200 while the daemon, its database and its workers are alive.
 /// The whole fleet, as this host's engine connection sees it: every fleet app's rollout and its hosts.
-async fn fleet_section(agent: &crate::fleet::AgentHandle) -> String {
+async fn fleet_section(agent: &crate::fleet::AgentHandle, sources: &crate::ops::page::Sources) -> String {
     use crate::ops::page::esc;
     let status = match agent.status().await {
         Ok(s) => s,
@@ -212,8 +212,27 @@ async fn fleet_section(agent: &crate::fleet::AgentHandle) -> String {
             esc(r.conductor.as_deref().unwrap_or("none")),
             r.epoch.map_or("-".to_string(), |e| e.to_string()),
         ));
+        if let Some(t) = &r.trigger {
+            h.push_str(&format!("<p class=\"sub\">from {}</p>", esc(t)));
+        }
+        if !r.taken_away.is_empty() {
+            let shas: Vec<&str> = r.taken_away.iter().map(|s| crate::model::short_sha(s)).collect();
+            h.push_str(&format!(
+                "<p class=\"sub\">taken away by a rollback (webhooks and polls skip them): <code>{}</code></p>",
+                esc(&shas.join(", "))
+            ));
+        }
         for f in &r.failures {
-            h.push_str(&format!("<p class=\"reason\">failed: {}</p>", esc(f)));
+            h.push_str(&format!(
+                "<p class=\"reason\">failed: {}</p>",
+                esc(&sources.hide(&a.app, f))
+            ));
+        }
+        if let Some(why) = &r.refused {
+            h.push_str(&format!(
+                "<p class=\"reason\">refused: {}</p>",
+                esc(&sources.hide(&a.app, why))
+            ));
         }
         h.push_str("<table><tr><th>host</th><th>phase</th><th>live sha</th><th>release</th><th>last</th><th>heartbeat</th></tr>");
         for host in &a.hosts {
