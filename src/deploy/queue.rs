@@ -186,7 +186,7 @@ impl Queue {
         // Busy before the row exists: no trigger can be ignored at intake while this one is pending.
         self.app_busy(&req);
         let result = self.env.store.call(move |c| store::enqueue(c, &req, now)).await?;
-        if let Enqueued::Recorded { id, superseded } = &result {
+        if let Enqueued::Recorded { id, superseded, .. } = &result {
             for s in superseded {
                 tracing::debug!(deploy_id = %s, app = %app, superseded_by = %id, "superseded before it started");
             }
@@ -745,7 +745,7 @@ max_fetches_per_minute = 10000
 
     fn recorded(e: Enqueued) -> (DeployId, Vec<DeployId>) {
         match e {
-            Enqueued::Recorded { id, superseded } => (id, superseded),
+            Enqueued::Recorded { id, superseded, .. } => (id, superseded),
             other => panic!("unexpected {other:?}"),
         }
     }

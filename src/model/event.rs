@@ -21,6 +21,10 @@ pub enum EventKind {
     Recovered,
     /// A fleet rollout stopped: more hosts failed than `max_failures` allows (sent by the conductor).
     Halted,
+    /// `haul pause`: automatic triggers are held (deferred) until `haul resume`; who, when and why.
+    Paused,
+    /// `haul resume`: what was held runs (the newest of it).
+    Resumed,
 }
 
 impl EventKind {
@@ -33,12 +37,16 @@ impl EventKind {
             EventKind::Stale => "stale",
             EventKind::Recovered => "recovered",
             EventKind::Halted => "halted",
+            EventKind::Paused => "paused",
+            EventKind::Resumed => "resumed",
         }
     }
     /// Every event, in the order the configuration reference lists them.
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 9] = [
         EventKind::Failed,
         EventKind::Halted,
+        EventKind::Paused,
+        EventKind::Resumed,
         EventKind::RolledBack,
         EventKind::Interrupted,
         EventKind::Stale,
@@ -46,9 +54,11 @@ impl EventKind {
         EventKind::Succeeded,
     ];
     /// What a `[[notify]]` target without `events` is told: every problem and the recovery, not successes.
-    pub const DEFAULT: [EventKind; 6] = [
+    pub const DEFAULT: [EventKind; 8] = [
         EventKind::Failed,
         EventKind::Halted,
+        EventKind::Paused,
+        EventKind::Resumed,
         EventKind::RolledBack,
         EventKind::Interrupted,
         EventKind::Stale,
@@ -120,6 +130,8 @@ impl Event {
             EventKind::Stale => "no successful deploy",
             EventKind::Recovered => "recovered",
             EventKind::Halted => "fleet rollout HALTED",
+            EventKind::Paused => "PAUSED",
+            EventKind::Resumed => "resumed",
         };
         let mut t = format!("haul: {} {what}: {}", self.app, self.reason);
         let mut extra = Vec::new();

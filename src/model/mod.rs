@@ -120,10 +120,13 @@ pub enum State {
     Interrupted,
     /// A fleet app's trigger handed to the fleet's engine: its rollout deploys it, on every host.
     Forwarded,
+    /// An automatic trigger held (the app is paused): pending, coalesced with newer ones, and queued when
+    /// it may run (`haul resume`).
+    Deferred,
 }
 
 impl State {
-    pub const ALL: [State; 9] = [
+    pub const ALL: [State; 10] = [
         State::Queued,
         State::Running,
         State::Succeeded,
@@ -133,6 +136,7 @@ impl State {
         State::Ignored,
         State::Interrupted,
         State::Forwarded,
+        State::Deferred,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -145,13 +149,14 @@ impl State {
             State::Ignored => "ignored",
             State::Interrupted => "interrupted",
             State::Forwarded => "forwarded",
+            State::Deferred => "deferred",
         }
     }
     pub fn parse(s: &str) -> Option<State> {
         State::ALL.into_iter().find(|st| st.as_str() == s)
     }
     pub fn is_final(self) -> bool {
-        !matches!(self, State::Queued | State::Running)
+        !matches!(self, State::Queued | State::Running | State::Deferred)
     }
 }
 

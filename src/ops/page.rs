@@ -134,7 +134,7 @@ fn class(s: State) -> &'static str {
     match s {
         State::Succeeded => "ok",
         State::Failed | State::RolledBack | State::Interrupted => "bad",
-        State::Running | State::Queued => "busy",
+        State::Running | State::Queued | State::Deferred => "busy",
         State::Ignored | State::Superseded | State::Forwarded => "quiet",
     }
 }

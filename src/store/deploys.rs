@@ -35,8 +35,13 @@ pub struct DeployRow {
 /// What became of a request handed to the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enqueued {
-    /// Recorded (as queued or ignored); `superseded` are the pending requests it replaced.
-    Recorded { id: DeployId, superseded: Vec<DeployId> },
+    /// Recorded (as queued, or `deferred` with why when the app is paused, or ignored); `superseded` are
+    /// the pending requests it replaced.
+    Recorded {
+        id: DeployId,
+        superseded: Vec<DeployId>,
+        deferred: Option<String>,
+    },
     /// The delivery id was seen before: nothing recorded.
     Duplicate { first: DeployId },
     /// The same verified body was received before under another delivery id (a replay): nothing recorded.
@@ -223,15 +228,25 @@ pub(crate) fn enqueue(conn: &Conn, req: &DeployRequest, now: i64) -> Result<Enqu
         }
         return Ok(Enqueued::Passed { id, state, reason });
     }
-    let id = insert(conn, req, State::Queued, None, now)?;
+    // A paused app holds automatic triggers: pending all the same (and coalesced), but deferred.
+    let deferred = match req.trigger {
+        Trigger::Webhook | Trigger::Poll => super::holds::hold_of(conn, &req.app)?.map(|h| h.why()),
+        _ => None,
+    };
+    let state = if deferred.is_some() { State::Deferred } else { State::Queued };
+    let id = insert(conn, req, state, deferred.as_deref(), now)?;
     if let super::lineage::Order::Descends { from } = order {
         let superseded = super::lineage::supersede(conn, &req.app, &id, &from, now)?;
-        return Ok(Enqueued::Recorded { id, superseded });
+        return Ok(Enqueued::Recorded {
+            id,
+            superseded,
+            deferred,
+        });
     }
     let mut stmt = conn.prepare_cached(
         "UPDATE deploys SET state = 'superseded', superseded_by = ?1, finished_at = ?2,
                 reason = 'superseded by ' || ?1 || ' before it started'
-         WHERE app = ?3 AND state = 'queued' AND id != ?1
+         WHERE app = ?3 AND state IN ('queued', 'deferred') AND id != ?1
            AND NOT (trigger = 'rollback' AND ?4 IN ('webhook', 'poll'))
            AND (trigger = 'fleet') = (?4 = 'fleet') AND (trigger = 'local') = (?4 = 'local') RETURNING id",
     )?;
@@ -241,7 +256,11 @@ pub(crate) fn enqueue(conn: &Conn, req: &DeployRequest, now: i64) -> Result<Enqu
         })?
         .filter_map(|r| r.ok().as_deref().and_then(DeployId::parse))
         .collect();
-    Ok(Enqueued::Recorded { id, superseded })
+    Ok(Enqueued::Recorded {
+        id,
+        superseded,
+        deferred,
+    })
 }
 
 /// Records a request final at once, never queued (`ignored`: another branch, a tag, a deletion; `failed` for a fleet assignment whose trigger
@@ -261,6 +280,7 @@ pub(crate) fn record_final(
     Ok(Enqueued::Recorded {
         id,
         superseded: vec![],
+        deferred: None,
     })
 }
 
@@ -600,7 +620,7 @@ mod tests {
         let a = id_of(enqueue(&c, &req("blog", None), 1).expect("a"));
         let b = enqueue(&c, &req("blog", None), 2).expect("b");
         let other = id_of(enqueue(&c, &req("shop", None), 3).expect("other"));
-        let Enqueued::Recorded { id: b, superseded } = b else {
+        let Enqueued::Recorded { id: b, superseded, .. } = b else {
             panic!()
         };
         assert_eq!(superseded, vec![a.clone()]);

@@ -154,7 +154,7 @@ pub(crate) fn rollback_pin(conn: &Connection, app: &str, sha: &str) -> Result<Op
 fn current(conn: &Connection, app: &str) -> Result<Vec<Current>, StoreError> {
     let mut out = Vec::new();
     let mut stmt = conn.prepare_cached(
-        "SELECT id, sha, state FROM deploys WHERE app = ?1 AND state IN ('queued', 'running')
+        "SELECT id, sha, state FROM deploys WHERE app = ?1 AND state IN ('queued', 'deferred', 'running')
            AND sha IS NOT NULL AND trigger != 'rollback'",
     )?;
     let rows = stmt.query_map(params![app], |r| {
@@ -257,7 +257,7 @@ pub(crate) fn supersede(
     let mut stmt = conn.prepare_cached(
         "UPDATE deploys SET state = 'superseded', superseded_by = ?1, finished_at = ?2,
                 reason = 'superseded by ' || ?1 || ' before it started'
-         WHERE id = ?3 AND app = ?4 AND state = 'queued'",
+         WHERE id = ?3 AND app = ?4 AND state IN ('queued', 'deferred')",
     )?;
     let mut done = Vec::new();
     for f in from {

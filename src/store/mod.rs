@@ -18,12 +18,15 @@ use rusqlite::{Connection, OpenFlags};
 
 mod alerts;
 mod deploys;
+mod holds;
 mod lineage;
 mod memory;
 mod schema;
 
 pub(crate) use alerts::*;
 pub use deploys::*;
+pub use holds::{holds, Hold};
+pub(crate) use holds::{hold_of, pause, resume};
 pub(crate) use lineage::{queued_pushes, rollback_pin, supersede};
 use schema::{configure, migrate};
 

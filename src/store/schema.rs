@@ -118,6 +118,13 @@ pub(super) const SCHEMA: &[&str] = &[
     // written in the same transaction, so the trigger handed to the fleet later (the engine away when it
     // came) still carries what every host re-verifies. NULL for every other row.
     "ALTER TABLE deploys ADD COLUMN signed BLOB;",
+    // v12: `haul pause` (an app, or `*` for all): automatic triggers are recorded `deferred` while held.
+    "CREATE TABLE holds (
+        app TEXT PRIMARY KEY,
+        actor TEXT NOT NULL,
+        reason TEXT,
+        since INTEGER NOT NULL
+     ) WITHOUT ROWID;",
 ];
 
 pub(super) fn configure(conn: &Connection) -> rusqlite::Result<()> {

@@ -1,0 +1,128 @@
+//! Holds: `haul pause APP` (or `--all`, kept as `*`) and `haul resume`. While an app is held, an automatic
+//! trigger (a webhook, a poll) is recorded `deferred` instead of `queued`: durable, coalesced with newer
+//! ones like any pending request, and queued when the hold is lifted. A person's `haul deploy` is never held.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{Conn, StoreError};
+
+/// Who paused what, when and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Hold {
+    /// The app, or `*` for every app (`haul pause --all`).
+    pub app: String,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub since_ms: i64,
+}
+
+impl Hold {
+    /// Why a trigger held by this is deferred, for its row and the webhook's reply.
+    pub fn why(&self) -> String {
+        let what = if self.app == "*" { "every app is" } else { "the app is" };
+        let since = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.since_ms.max(0) as u64),
+        );
+        let resume = if self.app == "*" {
+            "haul resume --all".to_string()
+        } else {
+            format!("haul resume {}", self.app)
+        };
+        match &self.reason {
+            Some(r) => format!("{what} paused by {} since {since}: {r}; runs on `{resume}`", self.actor),
+            None => format!("{what} paused by {} since {since}; runs on `{resume}`", self.actor),
+        }
+    }
+}
+
+/// The hold on `app`, if any: its own, else the one on every app.
+pub(crate) fn hold_of(conn: &Connection, app: &str) -> Result<Option<Hold>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT app, actor, reason, since FROM holds WHERE app IN (?1, '*') ORDER BY app = '*' LIMIT 1",
+        )?
+        .query_row(params![app], |r| {
+            Ok(Hold {
+                app: r.get(0)?,
+                actor: r.get(1)?,
+                reason: r.get(2)?,
+                since_ms: r.get(3)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Every hold, `*` first.
+pub fn holds(conn: &Connection) -> Result<Vec<Hold>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT app, actor, reason, since FROM holds ORDER BY app != '*', app")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(Hold {
+            app: r.get(0)?,
+            actor: r.get(1)?,
+            reason: r.get(2)?,
+            since_ms: r.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Holds `app` (or `*`); pausing what is paused already keeps the first pause (who and since). The hold.
+pub(crate) fn pause(
+    conn: &Conn,
+    app: &str,
+    actor: &str,
+    reason: Option<&str>,
+    now: i64,
+) -> Result<(Hold, bool), StoreError> {
+    if let Some(h) = conn
+        .prepare_cached("SELECT app, actor, reason, since FROM holds WHERE app = ?1")?
+        .query_row(params![app], |r| {
+            Ok(Hold {
+                app: r.get(0)?,
+                actor: r.get(1)?,
+                reason: r.get(2)?,
+                since_ms: r.get(3)?,
+            })
+        })
+        .optional()?
+    {
+        return Ok((h, false));
+    }
+    conn.prepare_cached("INSERT INTO holds (app, actor, reason, since) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![app, actor, reason, now])?;
+    let hold = Hold {
+        app: app.to_string(),
+        actor: actor.to_string(),
+        reason: reason.map(str::to_string),
+        since_ms: now,
+    };
+    Ok((hold, true))
+}
+
+/// Lifts the hold on `app` (or `*`): the deferred requests of every app no longer held are queued again.
+/// The hold lifted (none: there was none), and the apps whose requests were queued.
+pub(crate) fn resume(conn: &Conn, app: &str) -> Result<(Option<Hold>, Vec<String>), StoreError> {
+    let lifted = conn
+        .prepare_cached("DELETE FROM holds WHERE app = ?1 RETURNING app, actor, reason, since")?
+        .query_row(params![app], |r| {
+            Ok(Hold {
+                app: r.get(0)?,
+                actor: r.get(1)?,
+                reason: r.get(2)?,
+                since_ms: r.get(3)?,
+            })
+        })
+        .optional()?;
+    let mut stmt = conn.prepare_cached(
+        "UPDATE deploys SET state = 'queued', reason = NULL
+         WHERE state = 'deferred' AND (?1 = '*' OR app = ?1)
+           AND NOT EXISTS (SELECT 1 FROM holds WHERE holds.app IN (deploys.app, '*'))
+         RETURNING app",
+    )?;
+    let mut apps: Vec<String> = stmt
+        .query_map(params![app], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    apps.sort();
+    apps.dedup();
+    Ok((lifted, apps))
+}
