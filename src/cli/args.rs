@@ -50,6 +50,26 @@ pub enum Command {
         #[arg(long)]
         no_follow: bool,
     },
+    /// Hold APP's automatic triggers (webhooks, polls): recorded `deferred`, coalesced to the newest, and
+    /// run on `haul resume`. `haul deploy` still deploys.
+    Pause {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        app: Option<String>,
+        /// Every app.
+        #[arg(long)]
+        all: bool,
+        /// Why, for the status, the page and the notifications.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Lift a pause: the newest deferred request of each app it held runs.
+    Resume {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        app: Option<String>,
+        /// The pause on every app (`haul pause --all`).
+        #[arg(long)]
+        all: bool,
+    },
     /// Every app: live release, sha, last outcome and its age, queue.
     Status {
         #[arg(long)]

@@ -48,6 +48,42 @@ pub(super) async fn fleet_deploy(
     }
 }
 
+/// `haul pause` and `haul resume`: through the running daemon (which wakes what a resume lets run), or,
+/// without one, recorded here (with the same notifications) for the daemon to find when it starts.
+pub(super) async fn hold(cfg: &Config, req: ControlRequest) -> Result<(), Exit> {
+    if req.app() != "*" {
+        cfg.app(req.app()).map_err(Exit::usage)?;
+    }
+    let message = match control::request(&dirs(cfg).socket(), &req)
+        .await
+        .map_err(Exit::failed)?
+    {
+        Some(reply) if reply.ok => reply.message.unwrap_or_default(),
+        Some(reply) => {
+            return Err(Exit::failed(
+                reply.error.unwrap_or_else(|| "the daemon refused".into()),
+            ))
+        }
+        None => {
+            crate::server::runtime::prepare_dirs(cfg).map_err(Exit::failed)?;
+            let Runtime { env, notify_rx } = Runtime::open(cfg)?;
+            let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+            let delivery = crate::ops::notify::spawn_delivery(cfg, env.store.clone(), notify_rx, done_rx);
+            let queue = queue::Queue::new(env);
+            let said = control::hold(&req, &control::local_actor(), &queue).await;
+            let _ = done_tx.send(true);
+            drop(queue);
+            let _ = delivery.await;
+            format!(
+                "{} (no daemon is running: recorded for when it starts)",
+                said.map_err(Exit::failed)?
+            )
+        }
+    };
+    eprintln!("{message}");
+    Ok(())
+}
+
 /// The daemon's answer to a deploy or rollback: followed to its end unless `no_follow`.
 async fn queued(cfg: &Config, reply: control::ControlReply, no_follow: bool) -> Result<(), Exit> {
     let id = match (reply.ok, reply.deploy_id.as_deref().and_then(DeployId::parse)) {

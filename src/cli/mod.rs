@@ -165,6 +165,10 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
         Command::Rollback { app, to, no_follow } => {
             deploy(&cfg, ControlRequest::Rollback { app, to }, no_follow).await
         }
+        Command::Pause { app, all: _, reason } => {
+            manual::hold(&cfg, ControlRequest::Pause { app, reason }).await
+        }
+        Command::Resume { app, all: _ } => manual::hold(&cfg, ControlRequest::Resume { app }).await,
         Command::Status { json } => status(&cfg, json),
         Command::History { app, limit, json } => history(&cfg, app.as_deref(), limit, json),
         Command::Logs {

@@ -16,6 +16,11 @@ struct AppStatus {
     last_reason: Option<String>,
     running: Option<String>,
     queued: usize,
+    /// Automatic triggers held by a pause.
+    deferred: usize,
+    /// Who paused the app, when and why (`haul pause`); none while it is not paused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    paused: Option<store::Hold>,
 }
 
 pub(super) fn status(cfg: &Config, json: bool) -> Result<(), Exit> {
@@ -41,6 +46,8 @@ pub(super) fn status(cfg: &Config, json: bool) -> Result<(), Exit> {
             last_reason: summary.last.as_ref().and_then(|r| r.reason.clone()),
             running: summary.running.as_ref().map(|r| r.id.to_string()),
             queued: summary.queued,
+            deferred: summary.deferred,
+            paused: summary.hold.clone(),
         });
     }
     if json {
@@ -66,12 +73,19 @@ pub(super) fn status(cfg: &Config, json: bool) -> Result<(), Exit> {
                 r.last_finished_at
                     .map(|t| model::age(now - t))
                     .unwrap_or_else(|| "-".into()),
-                match (&r.running, r.queued) {
-                    (Some(id), q) => {
+                match (&r.running, r.queued, &r.paused) {
+                    (_, _, Some(h)) => format!(
+                        "PAUSED by {} {} ago{}{}",
+                        h.actor,
+                        model::age(now - h.since_ms),
+                        h.reason.as_deref().map(|x| format!(" ({x})")).unwrap_or_default(),
+                        if r.deferred > 0 { ", 1 deferred" } else { "" }
+                    ),
+                    (Some(id), q, None) => {
                         format!("running {id}{}", if q > 0 { ", 1 pending" } else { "" })
                     }
-                    (None, 0) => "idle".into(),
-                    (None, q) => format!("{q} pending"),
+                    (None, 0, None) => "idle".into(),
+                    (None, q, None) => format!("{q} pending"),
                 },
             ]
         })
@@ -84,7 +98,7 @@ fn state_color(s: &str) -> &'static str {
     match s {
         "succeeded" => "32",
         "failed" | "rolled_back" | "interrupted" => "31",
-        "running" | "queued" => "33",
+        "running" | "queued" | "deferred" => "33",
         _ => "2",
     }
 }

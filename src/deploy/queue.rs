@@ -241,6 +241,69 @@ impl Queue {
         }
     }
 
+    /// `haul pause`: holds `app` (none: every app) for automatic triggers, which are recorded `deferred`
+    /// until `resume`; the people are told. The hold, and whether it is new (pausing twice keeps the first).
+    pub async fn pause(
+        &self,
+        app: Option<&str>,
+        actor: &str,
+        reason: Option<String>,
+    ) -> Result<(store::Hold, bool), StoreError> {
+        let key = app.unwrap_or("*").to_string();
+        let (actor, now) = (model::clean_actor(actor), model::now_ms());
+        let reason = reason.map(|r| model::clean_actor(&r)).filter(|r| !r.is_empty());
+        let (hold, new) = self
+            .env
+            .store
+            .call(move |c| store::pause(c, &key, &actor, reason.as_deref(), now))
+            .await?;
+        if new {
+            tracing::warn!(app = %hold.app, "paused by {}: automatic triggers are deferred until `haul resume`", hold.actor);
+            self.tell_hold(
+                crate::model::event::EventKind::Paused,
+                &hold.app,
+                &hold.actor,
+                hold.why(),
+            );
+        }
+        Ok((hold, new))
+    }
+
+    /// `haul resume`: lifts the hold on `app` (none: the one on every app); what it deferred is queued, and
+    /// the newest of it runs. The hold lifted (none: there was none) and the apps whose requests now run.
+    pub async fn resume(
+        &self,
+        app: Option<&str>,
+        actor: &str,
+    ) -> Result<(Option<store::Hold>, Vec<String>), StoreError> {
+        let key = app.unwrap_or("*").to_string();
+        let (lifted, released) = self.env.store.call(move |c| store::resume(c, &key)).await?;
+        for a in &released {
+            if let Some(n) = self.wake.get(a) {
+                n.notify_one();
+            }
+        }
+        if let Some(h) = &lifted {
+            let actor = model::clean_actor(actor);
+            tracing::info!(app = %h.app, "resumed by {actor}; {} app(s) have deferred requests to run", released.len());
+            let why = format!(
+                "resumed by {actor} (paused by {} since {}); deferred requests run now",
+                h.actor,
+                model::compact_utc(h.since_ms)
+            );
+            self.tell_hold(crate::model::event::EventKind::Resumed, &h.app, &actor, why);
+        }
+        Ok((lifted, released))
+    }
+
+    fn tell_hold(&self, kind: crate::model::event::EventKind, app: &str, actor: &str, why: String) {
+        if let Some(n) = &self.env.notifier {
+            let mut e = crate::model::event::Event::new(kind, app, why);
+            e.actor = Some(actor.to_string());
+            n.send(e);
+        }
+    }
+
     /// Records a request that will never run, with the reason.
     pub async fn ignore(&self, req: DeployRequest, reason: String) -> Result<Enqueued, StoreError> {
         self.record_final(req, State::Ignored, reason).await

@@ -73,6 +73,8 @@ pub struct Metrics {
     pub stage_seconds: Hist<AppStage>,
     pub last_success: Family<AppLabel, Gauge>,
     pub queue_depth: Family<AppLabel, Gauge>,
+    pub deferred: Family<AppLabel, Gauge>,
+    pub paused: Family<AppLabel, Gauge>,
     pub webhooks: Family<ProviderResult, Counter>,
     pub fetches: Family<UpstreamResult, Counter>,
     pub circuit_open: Family<UpstreamLabel, Gauge>,
@@ -98,6 +100,8 @@ impl Metrics {
             stage_seconds: Family::new_with_constructor(deploy_buckets),
             last_success: Family::default(),
             queue_depth: Family::default(),
+            deferred: Family::default(),
+            paused: Family::default(),
             webhooks: Family::default(),
             fetches: Family::default(),
             circuit_open: Family::default(),
@@ -132,6 +136,16 @@ impl Metrics {
             "queue_depth",
             "Requests waiting to deploy, per app",
             m.queue_depth.clone(),
+        );
+        r.register(
+            "deferred",
+            "Automatic triggers held by a pause, per app (the newest runs on `haul resume`)",
+            m.deferred.clone(),
+        );
+        r.register(
+            "paused",
+            "1 while the app is paused (`haul pause`), its automatic triggers deferred",
+            m.paused.clone(),
         );
         r.register(
             "webhook_requests",

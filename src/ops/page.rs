@@ -178,7 +178,7 @@ pub fn index(host: &str, apps: &[AppView], recent: &[DeployRow], sources: &Sourc
     for a in apps {
         let last = a.summary.last.as_ref();
         let cls = last.map_or("quiet", |r| class(r.state));
-        let queue = match (&a.summary.running, a.summary.queued) {
+        let mut queue = match (&a.summary.running, a.summary.queued) {
             (Some(r), q) => format!(
                 "running <a href=\"deploys/{0}\">{0}</a>{1}",
                 esc(r.id.as_str()),
@@ -187,6 +187,18 @@ pub fn index(host: &str, apps: &[AppView], recent: &[DeployRow], sources: &Sourc
             (None, 0) => "idle".into(),
             (None, q) => format!("{q} pending"),
         };
+        // Paused: who, since when and why, and what it holds.
+        if let Some(hold) = &a.summary.hold {
+            queue =
+                format!(
+                "<span class=\"pill busy\">paused</span> by {} {} ago{}{} <span class=\"reason\">({})</span>",
+                esc(&hold.actor),
+                esc(&crate::model::age(now - hold.since_ms)),
+                hold.reason.as_deref().map(|r| format!(": {}", esc(r))).unwrap_or_default(),
+                if a.summary.deferred > 0 { " · 1 deferred" } else { "" },
+                if hold.app == "*" { "`haul resume --all`" } else { "`haul resume`" }
+            );
+        }
         let _ = write!(
             h,
             "<tr class=\"{cls}\"><td><strong>{}</strong></td><td><code>{}</code></td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{queue}</td></tr>",

@@ -32,12 +32,26 @@ pub enum ControlRequest {
         app: String,
         to: Option<String>,
     },
+    /// `haul pause APP|--all`: hold automatic triggers (none: every app).
+    Pause {
+        app: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// `haul resume APP|--all`.
+    Resume {
+        app: Option<String>,
+    },
 }
 
 impl ControlRequest {
+    /// The app asked about (`*`: every app).
     pub fn app(&self) -> &str {
         match self {
             ControlRequest::Deploy { app, .. } | ControlRequest::Rollback { app, .. } => app,
+            ControlRequest::Pause { app, .. } | ControlRequest::Resume { app } => {
+                app.as_deref().unwrap_or("*")
+            }
         }
     }
 
@@ -74,6 +88,9 @@ impl ControlRequest {
                     .at_ref(git_ref)
                     .with_sha(sha.as_ref().map(|s| s.to_ascii_lowercase())))
             }
+            ControlRequest::Pause { .. } | ControlRequest::Resume { .. } => {
+                Err("pause and resume are not deploys".into())
+            }
             ControlRequest::Rollback { to, .. } => {
                 if let Some(t) = to {
                     if !model::is_valid_release_ref(t) {
@@ -95,6 +112,9 @@ pub struct ControlReply {
     pub deploy_id: Option<String>,
     #[serde(default)]
     pub error: Option<String>,
+    /// What a pause or resume did, for the person who asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// A user name for a uid, from the password database, falling back to `uid N`.
@@ -172,6 +192,7 @@ async fn handle(stream: UnixStream, queue: Arc<Queue>) -> std::io::Result<()> {
                 ok: false,
                 deploy_id: None,
                 error: Some(format!("malformed request: {e}")),
+                message: None,
             },
         },
         _ => return Ok(()),
@@ -186,7 +207,19 @@ async fn answer(req: ControlRequest, actor: &str, queue: &Queue) -> ControlReply
         ok: false,
         deploy_id: None,
         error: Some(e),
+        message: None,
     };
+    if matches!(req, ControlRequest::Pause { .. } | ControlRequest::Resume { .. }) {
+        return match hold(&req, actor, queue).await {
+            Ok(message) => ControlReply {
+                ok: true,
+                deploy_id: None,
+                error: None,
+                message: Some(message),
+            },
+            Err(e) => fail(e),
+        };
+    }
     let request = match req.to_request(&queue.env().apps, actor) {
         Ok(r) => r,
         Err(e) => return fail(e),
@@ -199,6 +232,7 @@ async fn answer(req: ControlRequest, actor: &str, queue: &Queue) -> ControlReply
                 ok: true,
                 deploy_id: Some(id.to_string()),
                 error: None,
+                message: None,
             }
         }
         Ok(Enqueued::Duplicate { first } | Enqueued::Replay { first }) => {
@@ -206,6 +240,58 @@ async fn answer(req: ControlRequest, actor: &str, queue: &Queue) -> ControlReply
         }
         Ok(Enqueued::Passed { id, reason, .. }) => fail(format!("{reason} (deploy {id})")),
         Err(e) => fail(format!("cannot record the request: {e}")),
+    }
+}
+
+/// A pause or a resume, by `actor`, through the daemon's queue (which wakes the workers it concerns): what
+/// it did, in words.
+pub(crate) async fn hold(req: &ControlRequest, actor: &str, queue: &Queue) -> Result<String, String> {
+    let app = Some(req.app()).filter(|a| *a != "*");
+    if let Some(a) = app {
+        if !queue.env().apps.contains_key(a) {
+            return Err(format!("no app named {a:?} is configured"));
+        }
+    }
+    let what = app.map_or("every app".to_string(), |a| a.to_string());
+    let again = app.map_or("haul resume --all".to_string(), |a| format!("haul resume {a}"));
+    match req {
+        ControlRequest::Pause { reason, .. } => {
+            let (h, new) = queue
+                .pause(app, actor, reason.clone())
+                .await
+                .map_err(|e| format!("cannot record the pause: {e}"))?;
+            Ok(if new {
+                format!("{what} paused: webhooks and polls are recorded deferred until `{again}`; `haul deploy` still deploys")
+            } else {
+                format!(
+                    "{what} was already paused by {} since {}; nothing changed",
+                    h.actor,
+                    model::compact_utc(h.since_ms)
+                )
+            })
+        }
+        ControlRequest::Resume { .. } => {
+            let (lifted, released) = queue
+                .resume(app, actor)
+                .await
+                .map_err(|e| format!("cannot record the resume: {e}"))?;
+            match lifted {
+                Some(_) if released.is_empty() => Ok(format!("{what} resumed; nothing was deferred")),
+                Some(_) => Ok(format!(
+                    "{what} resumed; the newest deferred request runs now for {}",
+                    released.join(", ")
+                )),
+                None => Err(format!(
+                    "{what} is not paused; nothing to resume{}",
+                    if app.is_some() {
+                        " (a `haul pause --all` is lifted by `haul resume --all`)"
+                    } else {
+                        ""
+                    }
+                )),
+            }
+        }
+        _ => Err("not a pause or a resume".into()),
     }
 }
 
@@ -446,6 +532,7 @@ tags = "v*"
             ok: true,
             deploy_id: Some("d".into()),
             error: None,
+            message: None,
         };
         let line = serde_json::to_string(&reply).expect("serialise");
         assert_eq!(line, r#"{"ok":true,"deploy_id":"d","error":null}"#);

@@ -233,7 +233,11 @@ pub(crate) fn enqueue(conn: &Conn, req: &DeployRequest, now: i64) -> Result<Enqu
         Trigger::Webhook | Trigger::Poll => super::holds::hold_of(conn, &req.app)?.map(|h| h.why()),
         _ => None,
     };
-    let state = if deferred.is_some() { State::Deferred } else { State::Queued };
+    let state = if deferred.is_some() {
+        State::Deferred
+    } else {
+        State::Queued
+    };
     let id = insert(conn, req, state, deferred.as_deref(), now)?;
     if let super::lineage::Order::Descends { from } = order {
         let superseded = super::lineage::supersede(conn, &req.app, &id, &from, now)?;
@@ -246,7 +250,8 @@ pub(crate) fn enqueue(conn: &Conn, req: &DeployRequest, now: i64) -> Result<Enqu
     let mut stmt = conn.prepare_cached(
         "UPDATE deploys SET state = 'superseded', superseded_by = ?1, finished_at = ?2,
                 reason = 'superseded by ' || ?1 || ' before it started'
-         WHERE app = ?3 AND state IN ('queued', 'deferred') AND id != ?1
+         WHERE app = ?3 AND id != ?1
+           AND (state = 'queued' OR (state = 'deferred' AND ?4 IN ('webhook', 'poll')))
            AND NOT (trigger = 'rollback' AND ?4 IN ('webhook', 'poll'))
            AND (trigger = 'fleet') = (?4 = 'fleet') AND (trigger = 'local') = (?4 = 'local') RETURNING id",
     )?;
@@ -445,6 +450,10 @@ pub struct AppSummary {
     pub last_success: Option<DeployRow>,
     pub running: Option<DeployRow>,
     pub queued: usize,
+    /// Held by a pause: pending, to run when it is lifted.
+    pub deferred: usize,
+    /// The pause holding the app's automatic triggers (its own, or `haul pause --all`).
+    pub hold: Option<super::Hold>,
 }
 
 pub(crate) fn summary(conn: &Connection, app: &str) -> Result<AppSummary, StoreError> {
@@ -462,6 +471,12 @@ pub(crate) fn summary(conn: &Connection, app: &str) -> Result<AppSummary, StoreE
             params![app],
             |r| r.get::<_, i64>(0),
         )? as usize,
+        deferred: conn.query_row(
+            "SELECT count(*) FROM deploys WHERE app = ?1 AND state = 'deferred'",
+            params![app],
+            |r| r.get::<_, i64>(0),
+        )? as usize,
+        hold: super::holds::hold_of(conn, app)?,
     })
 }
 
@@ -620,7 +635,10 @@ mod tests {
         let a = id_of(enqueue(&c, &req("blog", None), 1).expect("a"));
         let b = enqueue(&c, &req("blog", None), 2).expect("b");
         let other = id_of(enqueue(&c, &req("shop", None), 3).expect("other"));
-        let Enqueued::Recorded { id: b, superseded, .. } = b else {
+        let Enqueued::Recorded {
+            id: b, superseded, ..
+        } = b
+        else {
             panic!()
         };
         assert_eq!(superseded, vec![a.clone()]);

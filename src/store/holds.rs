@@ -19,7 +19,11 @@ pub struct Hold {
 impl Hold {
     /// Why a trigger held by this is deferred, for its row and the webhook's reply.
     pub fn why(&self) -> String {
-        let what = if self.app == "*" { "every app is" } else { "the app is" };
+        let what = if self.app == "*" {
+            "every app is"
+        } else {
+            "the app is"
+        };
         let since = humantime::format_rfc3339_seconds(
             std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.since_ms.max(0) as u64),
         );
@@ -29,18 +33,29 @@ impl Hold {
             format!("haul resume {}", self.app)
         };
         match &self.reason {
-            Some(r) => format!("{what} paused by {} since {since}: {r}; runs on `{resume}`", self.actor),
-            None => format!("{what} paused by {} since {since}; runs on `{resume}`", self.actor),
+            Some(r) => format!(
+                "{what} paused by {} since {since}: {r}; runs on `{resume}`",
+                self.actor
+            ),
+            None => format!(
+                "{what} paused by {} since {since}; runs on `{resume}`",
+                self.actor
+            ),
         }
     }
 }
 
-/// The hold on `app`, if any: its own, else the one on every app.
+/// The hold on `app`, if any: its own, else the one on every app. (A database a daemon of before v12 still
+/// has open, read by a newer `haul status`, has no holds.)
 pub(crate) fn hold_of(conn: &Connection, app: &str) -> Result<Option<Hold>, StoreError> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT app, actor, reason, since FROM holds WHERE app IN (?1, '*') ORDER BY app = '*' LIMIT 1",
-        )?
+    let stmt = conn.prepare_cached(
+        "SELECT app, actor, reason, since FROM holds WHERE app IN (?1, '*') ORDER BY app = '*' LIMIT 1",
+    );
+    let mut stmt = match stmt {
+        Err(e) if e.to_string().contains("no such table") => return Ok(None),
+        other => other?,
+    };
+    Ok(stmt
         .query_row(params![app], |r| {
             Ok(Hold {
                 app: r.get(0)?,
@@ -54,7 +69,8 @@ pub(crate) fn hold_of(conn: &Connection, app: &str) -> Result<Option<Hold>, Stor
 
 /// Every hold, `*` first.
 pub fn holds(conn: &Connection) -> Result<Vec<Hold>, StoreError> {
-    let mut stmt = conn.prepare_cached("SELECT app, actor, reason, since FROM holds ORDER BY app != '*', app")?;
+    let mut stmt =
+        conn.prepare_cached("SELECT app, actor, reason, since FROM holds ORDER BY app != '*', app")?;
     let rows = stmt.query_map([], |r| {
         Ok(Hold {
             app: r.get(0)?,

@@ -81,7 +81,7 @@ pub(super) fn order(conn: &Connection, req: &DeployRequest) -> Result<Order, Sto
         }
     }
     let mut from = Vec::new();
-    for c in current.iter().filter(|c| c.state == State::Queued) {
+    for c in current.iter().filter(|c| matches!(c.state, State::Queued | State::Deferred)) {
         if c.sha == *parent || chain.has_ancestor(parent, &c.sha)? {
             from.push(c.id.clone());
         }
@@ -92,6 +92,7 @@ pub(super) fn order(conn: &Connection, req: &DeployRequest) -> Result<Order, Sto
 fn describe(state: State) -> &'static str {
     match state {
         State::Queued => "pending",
+        State::Deferred => "deferred (the app is paused)",
         State::Running => "running",
         _ => "live",
     }

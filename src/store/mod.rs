@@ -25,8 +25,8 @@ mod schema;
 
 pub(crate) use alerts::*;
 pub use deploys::*;
+pub(crate) use holds::{pause, resume};
 pub use holds::{holds, Hold};
-pub(crate) use holds::{hold_of, pause, resume};
 pub(crate) use lineage::{queued_pushes, rollback_pin, supersede};
 use schema::{configure, migrate};
 

@@ -3,6 +3,7 @@
 
 mod artifact_servers;
 mod artifacts;
+mod controls;
 mod faults;
 mod fleet;
 mod forges;

@@ -166,7 +166,16 @@ async fn decide(st: &HttpState, app: &str, accepted: Accepted) -> (Response, &'s
         },
     };
     match recorded {
-        Ok((Enqueued::Recorded { id, superseded, deferred }, status, reason, quiet)) => {
+        Ok((
+            Enqueued::Recorded {
+                id,
+                superseded,
+                deferred,
+            },
+            status,
+            reason,
+            quiet,
+        )) => {
             // Held (the app is paused): acknowledged and durable all the same, and said so.
             let (status, reason) = match deferred {
                 Some(why) => ("deferred", Some(why)),

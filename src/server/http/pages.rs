@@ -164,6 +164,8 @@ pub(super) async fn metrics(State(st): State<Arc<HttpState>>) -> Response {
         for (app, s) in summaries {
             let label = crate::infra::metrics::AppLabel { app };
             m.queue_depth.get_or_create(&label).set(s.queued as i64);
+            m.deferred.get_or_create(&label).set(s.deferred as i64);
+            m.paused.get_or_create(&label).set(i64::from(s.hold.is_some()));
             if let Some(t) = s.last_success.and_then(|r| r.finished_at) {
                 m.last_success.get_or_create(&label).set(t / 1000);
             }

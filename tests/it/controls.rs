@@ -1,0 +1,176 @@
+//! Team controls (issue 14): `haul pause` / `haul resume` on a real daemon.
+
+use std::time::Duration;
+
+use haul::model::State;
+
+use super::support::*;
+
+fn said(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// A paused app records every webhook `deferred` (acknowledged, durable, coalesced to the newest) and
+/// fetches nothing; `haul deploy` still deploys; `haul resume` runs the newest deferred push. Who paused,
+/// when and why is in `status`, the page, `/metrics` and the notifications; `--all` holds every app.
+#[test]
+fn a_paused_app_defers_webhooks_and_runs_the_newest_on_resume() {
+    let t = TempDir::new("pause");
+    let git = GitServer::start(t.path());
+    let receiver = Receiver::start();
+    let top = format!(
+        "[[notify]]\nkind = \"slack\"\nurl = \"http://{}/slack\"\nevents = [\"paused\", \"resumed\"]\n",
+        receiver.addr
+    );
+    let mut h = Haul::configure_apps(t.path(), &git, &top, &[("blog", "github", "")]);
+    h.start();
+    let c1 = git.commit(&[("v", "1")], "one");
+    assert_eq!(push_and_wait(&h, &c1).state, State::Succeeded);
+    let live = h.current();
+
+    let out = h.cli(&["pause", "blog", "--reason", "migrating the database"]);
+    assert!(
+        out.status.success() && said(&out).contains("blog paused"),
+        "{}",
+        said(&out)
+    );
+    let again = h.cli(&["pause", "blog"]);
+    assert!(
+        again.status.success() && said(&again).contains("already paused"),
+        "{}",
+        said(&again)
+    );
+    wait_until("the pause is told", || receiver.count() >= 1);
+
+    let fetches = git.fetches();
+    let c2 = git.commit(&[("v", "2")], "two");
+    let (code, reply) = h.deliver(&github_push_from("refs/heads/main", &c1, &c2), &delivery());
+    assert_eq!(code, 202, "{reply}");
+    assert_eq!(reply["status"], "deferred", "{reply}");
+    let why = reply["reason"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("paused by") && why.contains("migrating the database"),
+        "{why}"
+    );
+    let first = reply["deploy_id"].as_str().unwrap_or_default().to_string();
+    let c3 = git.commit(&[("v", "3")], "three");
+    let (code, reply) = h.deliver(&github_push_from("refs/heads/main", &c2, &c3), &delivery());
+    assert_eq!(
+        (code, reply["status"].as_str()),
+        (202, Some("deferred")),
+        "{reply}"
+    );
+    let newest = reply["deploy_id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(h.row(&first).state, State::Superseded, "coalesced to the newest");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(h.row(&newest).state, State::Deferred);
+    assert_eq!(git.fetches(), fetches, "a paused app fetches nothing");
+    assert_eq!(h.current(), live);
+
+    let status = String::from_utf8_lossy(&h.cli(&["status"]).stdout).to_string();
+    assert!(
+        status.contains("PAUSED by") && status.contains("migrating"),
+        "{status}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&h.cli(&["status", "--json"]).stdout).expect("json");
+    assert_eq!(json[0]["deferred"], 1, "{json}");
+    assert!(json[0]["paused"]["actor"].is_string(), "{json}");
+    let (_, page) = http_get(&h.addr(), "/");
+    assert!(
+        page.contains("paused</span> by") && page.contains("migrating"),
+        "{page}"
+    );
+    let (_, metrics) = http_get(&h.addr(), "/metrics");
+    assert!(metrics.contains("haul_paused{app=\"blog\"} 1"), "{metrics}");
+    assert!(metrics.contains("haul_deferred{app=\"blog\"} 1"), "{metrics}");
+
+    // A person's deploy is never held, and leaves the deferred push where it is.
+    let out = h.cli(&["deploy", "blog", "--sha", &c2]);
+    assert!(out.status.success(), "{}", said(&out));
+    assert_eq!(h.row(&newest).state, State::Deferred);
+
+    let out = h.cli(&["resume", "blog"]);
+    assert!(
+        out.status.success() && said(&out).contains("runs now"),
+        "{}",
+        said(&out)
+    );
+    assert_eq!(h.wait_final(&newest).state, State::Succeeded);
+    wait_until("the resume is told", || receiver.count() >= 2);
+    let told: Vec<String> = receiver
+        .all()
+        .iter()
+        .map(|(_, b)| String::from_utf8_lossy(b).to_string())
+        .collect();
+    assert!(
+        told[0].contains("PAUSED") && told[0].contains("migrating"),
+        "{told:?}"
+    );
+    assert!(told[1].contains("resumed"), "{told:?}");
+    let out = h.cli(&["resume", "blog"]);
+    assert!(
+        !out.status.success() && said(&out).contains("not paused"),
+        "{}",
+        said(&out)
+    );
+    let (_, metrics) = http_get(&h.addr(), "/metrics");
+    assert!(metrics.contains("haul_paused{app=\"blog\"} 0"), "{metrics}");
+
+    // Every app at once: an app's own resume does not lift it.
+    let out = h.cli(&["pause", "--all"]);
+    assert!(out.status.success(), "{}", said(&out));
+    let c4 = git.commit(&[("v", "4")], "four");
+    let (code, reply) = h.deliver(&github_push_from("refs/heads/main", &c3, &c4), &delivery());
+    assert_eq!(
+        (code, reply["status"].as_str()),
+        (202, Some("deferred")),
+        "{reply}"
+    );
+    let held = reply["deploy_id"].as_str().unwrap_or_default().to_string();
+    let out = h.cli(&["resume", "blog"]);
+    assert!(
+        !out.status.success() && said(&out).contains("--all"),
+        "{}",
+        said(&out)
+    );
+    let out = h.cli(&["resume", "--all"]);
+    assert!(out.status.success(), "{}", said(&out));
+    assert_eq!(h.wait_final(&held).state, State::Succeeded);
+}
+
+/// Bad pause and resume requests are refused and change nothing.
+#[test]
+fn pause_and_resume_refuse_what_they_cannot_do() {
+    let t = TempDir::new("pause-bad");
+    let git = GitServer::start(t.path());
+    let mut h = Haul::configure(t.path(), &git, "");
+    for (args, says) in [
+        (vec!["pause"], "required"),
+        (vec!["pause", "blog", "--all"], "cannot be used with"),
+        (vec!["pause", "nope"], "no app named"),
+        (vec!["resume", "blog"], "not paused"),
+    ] {
+        let out = h.cli(&args);
+        assert!(
+            !out.status.success() && said(&out).contains(says),
+            "{args:?}: {}",
+            said(&out)
+        );
+    }
+    // Without a daemon the pause is recorded for when it starts, and holds from its first webhook.
+    let out = h.cli(&["pause", "blog"]);
+    assert!(
+        out.status.success() && said(&out).contains("no daemon"),
+        "{}",
+        said(&out)
+    );
+    h.start();
+    let sha = git.commit(&[("v", "1")], "one");
+    let (code, reply) = h.push("refs/heads/main", &sha, &delivery());
+    assert_eq!(
+        (code, reply["status"].as_str()),
+        (202, Some("deferred")),
+        "{reply}"
+    );
+    assert_eq!(git.fetches(), 0);
+}
