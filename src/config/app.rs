@@ -51,6 +51,8 @@ pub struct AppConfig {
     pub max_artifact_bytes: u64,
     /// `fleet = true`: deployed across the fleet's hosts, this way (`None`: this host alone).
     pub fleet: Option<Rollout>,
+    /// When automatic triggers may deploy (its own `windows`, else the top level's; none: always).
+    pub windows: Option<std::sync::Arc<super::windows::Windows>>,
 }
 
 impl AppConfig {
@@ -146,13 +148,31 @@ pub(crate) fn is_valid_app_name(name: &str) -> bool {
 }
 
 /// Every `[apps.NAME]`, in name order; an error is prefixed with the app's table so it can be found.
+/// Every app; `windows` (the top level's, in `timezone`) goes to each app that sets none of its own.
 pub(crate) fn parse_all(
     raw: BTreeMap<String, RawApp>,
     dir: &ConfigDir,
+    windows: &[super::raw::RawWindow],
+    timezone: Option<&str>,
 ) -> Result<BTreeMap<String, AppConfig>, String> {
+    let top = super::windows::parse(windows, timezone)
+        .map_err(|m| format!("windows: {m}"))?
+        .map(std::sync::Arc::new);
     let mut apps = BTreeMap::new();
-    for (name, a) in raw {
-        let app = parse_app(&name, a, dir).map_err(|m| format!("[apps.{name}] {m}"))?;
+    for (name, mut a) in raw {
+        let own = match a.windows.take() {
+            Some(w) => super::windows::parse(&w, a.timezone.as_deref().or(timezone))
+                .map_err(|m| format!("[apps.{name}] windows: {m}"))?
+                .map(std::sync::Arc::new),
+            None if a.timezone.is_some() && !windows.is_empty() => {
+                super::windows::parse(windows, a.timezone.as_deref())
+                    .map_err(|m| format!("[apps.{name}] timezone: {m}"))?
+                    .map(std::sync::Arc::new)
+            }
+            None => top.clone(),
+        };
+        let mut app = parse_app(&name, a, dir).map_err(|m| format!("[apps.{name}] {m}"))?;
+        app.windows = own;
         apps.insert(name, app);
     }
     Ok(apps)
@@ -241,6 +261,7 @@ fn parse_app(name: &str, a: RawApp, dir: &ConfigDir) -> Result<AppConfig, String
         verify: origin.verify,
         max_artifact_bytes: origin.max_artifact_bytes,
         fleet,
+        windows: None,
     })
 }
 

@@ -34,6 +34,7 @@ mod track;
 mod units;
 mod verify;
 mod webhook;
+mod windows;
 
 pub(crate) use app::is_valid_app_name;
 pub use app::{AppConfig, MirrorMode, OnRestart};
@@ -48,6 +49,7 @@ use raw::RawConfig;
 pub use source::{ImageKind, ImageSource, ObjectSource, Source, UrlSource};
 pub(crate) use track::glob_match;
 pub use track::Track;
+pub use windows::{shown as shown_instant, WindowState, Windows};
 pub use verify::Verifier;
 pub(crate) use webhook::check_repository;
 pub use webhook::{Provider, WebhookConfig};
@@ -112,7 +114,7 @@ impl Config {
         let dir = ConfigDir::of(path);
         // Notify targets come last: they may name apps, which must exist by then.
         let server = server::parse(&raw, &dir).map_err(invalid)?;
-        let apps = app::parse_all(raw.apps, &dir).map_err(invalid)?;
+        let apps = app::parse_all(raw.apps, &dir, &raw.windows, raw.timezone.as_deref()).map_err(invalid)?;
         let notify = notify::parse(raw.notify, &dir, &apps).map_err(invalid)?;
         let fleet = raw
             .fleet

@@ -29,8 +29,20 @@ pub(crate) struct RawConfig {
     pub(crate) notify: Vec<RawNotify>,
     pub(crate) status_page: Option<bool>,
     pub(crate) fleet: Option<RawFleet>,
+    /// Deploy windows for every app that sets none of its own.
+    #[serde(default)]
+    pub(crate) windows: Vec<RawWindow>,
+    pub(crate) timezone: Option<String>,
     #[serde(default)]
     pub(crate) apps: BTreeMap<String, RawApp>,
+}
+
+/// `{ allow = "Mon-Fri 09:00-17:00" }` or `{ deny = "2026-12-24 - 2026-12-27" }`.
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWindow {
+    pub(crate) allow: Option<String>,
+    pub(crate) deny: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -124,6 +136,9 @@ pub(crate) struct RawApp {
     #[serde(default)]
     pub(crate) fleet: bool,
     pub(crate) rollout: Option<RawRollout>,
+    /// The app's own deploy windows (replacing the top level's) and their zone.
+    pub(crate) windows: Option<Vec<RawWindow>>,
+    pub(crate) timezone: Option<String>,
 }
 
 #[derive(Deserialize)]
