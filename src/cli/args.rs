@@ -35,6 +35,9 @@ pub enum Command {
         /// down); the host shows as diverged until the next fleet release.
         #[arg(long)]
         local: bool,
+        /// Deploy although the app's deploy window is closed (the audit names who did).
+        #[arg(long)]
+        override_window: bool,
         /// Queue it and print the deploy id without following the log.
         #[arg(long)]
         no_follow: bool,

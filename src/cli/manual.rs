@@ -30,6 +30,7 @@ pub(super) async fn fleet_deploy(
         app: app.clone(),
         sha,
         local: false,
+        override_window: false,
     };
     let apps = queue::Env::app_map(cfg);
     req.to_request(&apps, "check").map_err(Exit::usage)?;

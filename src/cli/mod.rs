@@ -160,8 +160,17 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
             app,
             sha,
             local,
+            override_window,
             no_follow,
-        } => deploy(&cfg, ControlRequest::Deploy { app, sha, local }, no_follow).await,
+        } => {
+            let req = ControlRequest::Deploy {
+                app,
+                sha,
+                local,
+                override_window,
+            };
+            deploy(&cfg, req, no_follow).await
+        }
         Command::Rollback { app, to, no_follow } => {
             deploy(&cfg, ControlRequest::Rollback { app, to }, no_follow).await
         }

@@ -21,6 +21,16 @@ struct AppStatus {
     /// Who paused the app, when and why (`haul pause`); none while it is not paused.
     #[serde(skip_serializing_if = "Option::is_none")]
     paused: Option<store::Hold>,
+    /// With deploy windows: closed now, why, and when it opens (Unix ms); none while open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    window_closed: Option<WindowClosed>,
+}
+
+#[derive(Serialize)]
+struct WindowClosed {
+    why: String,
+    until: Option<i64>,
+    until_text: Option<String>,
 }
 
 pub(super) fn status(cfg: &Config, json: bool) -> Result<(), Exit> {
@@ -48,6 +58,14 @@ pub(super) fn status(cfg: &Config, json: bool) -> Result<(), Exit> {
             queued: summary.queued,
             deferred: summary.deferred,
             paused: summary.hold.clone(),
+            window_closed: app.windows.as_ref().and_then(|w| match w.state(model::now_ms()) {
+                crate::config::WindowState::Open => None,
+                crate::config::WindowState::Closed { until, why } => Some(WindowClosed {
+                    why,
+                    until: until.map(|t| t.as_millisecond()),
+                    until_text: until.map(|t| crate::config::shown_instant(t, w)),
+                }),
+            }),
         });
     }
     if json {
@@ -86,6 +104,17 @@ pub(super) fn status(cfg: &Config, json: bool) -> Result<(), Exit> {
                     }
                     (None, 0, None) => "idle".into(),
                     (None, q, None) => format!("{q} pending"),
+                } + &match (&r.window_closed, r.deferred) {
+                    (Some(w), d) => format!(
+                        ", window closed until {}{}",
+                        w.until_text.as_deref().unwrap_or("(none within a year)"),
+                        if d > 0 && r.paused.is_none() {
+                            ", 1 deferred"
+                        } else {
+                            ""
+                        }
+                    ),
+                    _ => String::new(),
                 },
             ]
         })

@@ -172,7 +172,11 @@ pub(crate) fn parse_all(
             None => top.clone(),
         };
         let mut app = parse_app(&name, a, dir).map_err(|m| format!("[apps.{name}] {m}"))?;
-        app.windows = own;
+        // A fleet's rollouts are the conductor's to time: windows there are not built yet.
+        if app.fleet.is_some() && own.is_some() && own != top {
+            return Err(format!("[apps.{name}] windows are for apps that deploy on this host alone (not fleet = true) for now"));
+        }
+        app.windows = own.filter(|_| app.fleet.is_none());
         apps.insert(name, app);
     }
     Ok(apps)

@@ -49,10 +49,10 @@ use raw::RawConfig;
 pub use source::{ImageKind, ImageSource, ObjectSource, Source, UrlSource};
 pub(crate) use track::glob_match;
 pub use track::Track;
-pub use windows::{shown as shown_instant, WindowState, Windows};
 pub use verify::Verifier;
 pub(crate) use webhook::check_repository;
 pub use webhook::{Provider, WebhookConfig};
+pub use windows::{shown as shown_instant, WindowState, Windows};
 
 pub const DEFAULT_CONFIG: &str = "/etc/haul/haul.toml";
 

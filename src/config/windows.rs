@@ -38,8 +38,15 @@ struct Rule {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Span {
     /// Days Monday = 0 .. Sunday = 6; minutes of the day, `end` <= `start` running into the next day.
-    Weekly { days: [bool; 7], start: u32, end: u32 },
-    Dated { from: Timestamp, to: Timestamp },
+    Weekly {
+        days: [bool; 7],
+        start: u32,
+        end: u32,
+    },
+    Dated {
+        from: Timestamp,
+        to: Timestamp,
+    },
 }
 
 /// Whether automatic triggers may deploy now, and if not, when they next may.
@@ -47,7 +54,10 @@ enum Span {
 pub enum WindowState {
     Open,
     /// Closed until `until` (none: no window opens within a year).
-    Closed { until: Option<Timestamp>, why: String },
+    Closed {
+        until: Option<Timestamp>,
+        why: String,
+    },
 }
 
 const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
@@ -65,7 +75,11 @@ pub(crate) fn parse(raw: &[RawWindow], timezone: Option<&str>) -> Result<Option<
         let (allow, text) = match (&w.allow, &w.deny) {
             (Some(a), None) => (true, a),
             (None, Some(d)) => (false, d),
-            _ => return Err(format!("windows[{i}] is either {{ allow = \"...\" }} or {{ deny = \"...\" }}")),
+            _ => {
+                return Err(format!(
+                    "windows[{i}] is either {{ allow = \"...\" }} or {{ deny = \"...\" }}"
+                ))
+            }
         };
         let span = parse_span(text, &tz).map_err(|e| format!("windows[{i}] {text:?}: {e}"))?;
         rules.push(Rule {
@@ -83,7 +97,10 @@ pub(crate) fn parse(raw: &[RawWindow], timezone: Option<&str>) -> Result<Option<
 
 fn parse_span(text: &str, tz: &TimeZone) -> Result<Span, String> {
     let t = text.trim();
-    if t.as_bytes().first().is_some_and(u8::is_ascii_digit) && t.len() >= 10 && t.as_bytes().get(4) == Some(&b'-') {
+    if t.as_bytes().first().is_some_and(u8::is_ascii_digit)
+        && t.len() >= 10
+        && t.as_bytes().get(4) == Some(&b'-')
+    {
         return parse_dated(t, tz);
     }
     let (days, times) = match t.rsplit_once(' ') {
@@ -238,7 +255,11 @@ impl Windows {
         let mut candidates: Vec<Timestamp> = Vec::new();
         let civil = |d: Date, m: u32| -> Option<Timestamp> {
             let dt = d.at((m / 60) as i8, (m % 60) as i8, 0, 0);
-            self.tz.to_ambiguous_zoned(dt).compatible().ok().map(|z| z.timestamp())
+            self.tz
+                .to_ambiguous_zoned(dt)
+                .compatible()
+                .ok()
+                .map(|z| z.timestamp())
         };
         for r in &self.rules {
             match (&r.span, r.allow) {
@@ -294,7 +315,10 @@ mod tests {
 
     fn ms(s: &str, tz: &str) -> i64 {
         let dt: DateTime = s.parse().expect("datetime");
-        dt.to_zoned(TimeZone::get(tz).expect("tz")).expect("zoned").timestamp().as_millisecond()
+        dt.to_zoned(TimeZone::get(tz).expect("tz"))
+            .expect("zoned")
+            .timestamp()
+            .as_millisecond()
     }
 
     fn until(w: &Windows, at: &str) -> Option<String> {
@@ -310,21 +334,40 @@ mod tests {
     fn office_hours_open_on_weekdays_and_reopen_on_monday_morning() {
         let w = windows(&[("allow", "Mon-Fri 09:00-17:00")], "Europe/Berlin");
         assert_eq!(until(&w, "2026-12-02T10:00"), None, "a Wednesday morning");
-        assert_eq!(until(&w, "2026-12-02T17:00").as_deref(), Some("2026-12-03T09:00+01:00"));
-        assert_eq!(until(&w, "2026-12-04T18:30").as_deref(), Some("2026-12-07T09:00+01:00"), "Friday evening");
-        assert_eq!(until(&w, "2026-12-05T12:00").as_deref(), Some("2026-12-07T09:00+01:00"));
+        assert_eq!(
+            until(&w, "2026-12-02T17:00").as_deref(),
+            Some("2026-12-03T09:00+01:00")
+        );
+        assert_eq!(
+            until(&w, "2026-12-04T18:30").as_deref(),
+            Some("2026-12-07T09:00+01:00"),
+            "Friday evening"
+        );
+        assert_eq!(
+            until(&w, "2026-12-05T12:00").as_deref(),
+            Some("2026-12-07T09:00+01:00")
+        );
     }
 
     #[test]
     fn a_dated_deny_wins_over_an_allow_and_the_window_reopens_after_it() {
         let w = windows(
-            &[("allow", "Mon-Fri 09:00-17:00"), ("deny", "2026-12-24 00:00 - 2026-12-28 12:00")],
+            &[
+                ("allow", "Mon-Fri 09:00-17:00"),
+                ("deny", "2026-12-24 00:00 - 2026-12-28 12:00"),
+            ],
             "Europe/Berlin",
         );
-        assert_eq!(until(&w, "2026-12-24T10:00").as_deref(), Some("2026-12-28T12:00+01:00"));
+        assert_eq!(
+            until(&w, "2026-12-24T10:00").as_deref(),
+            Some("2026-12-28T12:00+01:00")
+        );
         assert_eq!(until(&w, "2026-12-23T10:00"), None);
         let only_deny = windows(&[("deny", "2026-12-24 - 2026-12-27")], "UTC");
-        assert_eq!(until(&only_deny, "2026-12-25T03:00").as_deref(), Some("2026-12-27T00:00+00:00"));
+        assert_eq!(
+            until(&only_deny, "2026-12-25T03:00").as_deref(),
+            Some("2026-12-27T00:00+00:00")
+        );
         assert_eq!(until(&only_deny, "2026-12-27T00:00"), None);
     }
 
@@ -333,11 +376,24 @@ mod tests {
         // Berlin leaves summer time on 2026-10-25: 09:00 local is 07:00 UTC before, 08:00 UTC after.
         let w = windows(&[("allow", "Mon-Fri 09:00-17:00")], "Europe/Berlin");
         let open = |at: &str| until(&w, at);
-        assert_eq!(open("2026-10-23T18:00").as_deref(), Some("2026-10-26T09:00+01:00"));
-        assert_eq!(open("2026-10-22T18:00").as_deref(), Some("2026-10-23T09:00+02:00"));
+        assert_eq!(
+            open("2026-10-23T18:00").as_deref(),
+            Some("2026-10-26T09:00+01:00")
+        );
+        assert_eq!(
+            open("2026-10-22T18:00").as_deref(),
+            Some("2026-10-23T09:00+02:00")
+        );
         let night = windows(&[("allow", "Fri 22:00-02:00")], "UTC");
-        assert_eq!(until(&night, "2026-12-05T01:30"), None, "Saturday 01:30 is still Friday's window");
-        assert_eq!(until(&night, "2026-12-05T02:00").as_deref(), Some("2026-12-11T22:00+00:00"));
+        assert_eq!(
+            until(&night, "2026-12-05T01:30"),
+            None,
+            "Saturday 01:30 is still Friday's window"
+        );
+        assert_eq!(
+            until(&night, "2026-12-05T02:00").as_deref(),
+            Some("2026-12-11T22:00+00:00")
+        );
         let always = windows(&[("allow", "* 00:00-24:00")], "UTC");
         assert_eq!(until(&always, "2026-12-05T02:00"), None);
     }
@@ -355,13 +411,25 @@ mod tests {
             let err = parse(&raw, Some(tz)).expect_err(says);
             assert!(err.contains(says), "{err:?} should say {says:?}");
         };
-        bad(&[("allow", "Mon-Fri 09:00-17:00")], "Mars/Olympus", "not a time zone");
+        bad(
+            &[("allow", "Mon-Fri 09:00-17:00")],
+            "Mars/Olympus",
+            "not a time zone",
+        );
         bad(&[("allow", "Mon-Fri 9-17")], "UTC", "not a time of day");
         bad(&[("allow", "Mon-Fry 09:00-17:00")], "UTC", "not a day");
         bad(&[("allow", "Mon 09:00-09:00")], "UTC", "the same time");
         bad(&[("allow", "Mon 25:00-26:00")], "UTC", "not a time of day");
-        bad(&[("deny", "2026-12-27 - 2026-12-24")], "UTC", "ends after it starts");
-        bad(&[("deny", "2026-12-24-2026-12-27")], "UTC", "spaces around the dash");
+        bad(
+            &[("deny", "2026-12-27 - 2026-12-24")],
+            "UTC",
+            "ends after it starts",
+        );
+        bad(
+            &[("deny", "2026-12-24-2026-12-27")],
+            "UTC",
+            "spaces around the dash",
+        );
         bad(&[("both", "Mon 09:00-10:00")], "UTC", "either");
     }
 }

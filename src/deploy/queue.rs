@@ -185,7 +185,15 @@ impl Queue {
         self.prune_deliveries_hourly(now).await;
         // Busy before the row exists: no trigger can be ignored at intake while this one is pending.
         self.app_busy(&req);
-        let result = self.env.store.call(move |c| store::enqueue(c, &req, now)).await?;
+        let closed = match req.trigger {
+            Trigger::Webhook | Trigger::Poll => self.window_closed(&app, now).map(|(why, _)| why),
+            _ => None,
+        };
+        let result = self
+            .env
+            .store
+            .call(move |c| store::enqueue_held(c, &req, now, closed.as_deref()))
+            .await?;
         if let Enqueued::Recorded { id, superseded, .. } = &result {
             for s in superseded {
                 tracing::debug!(deploy_id = %s, app = %app, superseded_by = %id, "superseded before it started");
@@ -237,6 +245,60 @@ impl Queue {
         if let Ok(n) = result {
             if n > 0 {
                 tracing::info!("forgot {n} delivery id(s) older than 8 days");
+            }
+        }
+    }
+
+    /// Why the app's deploy window is closed at `now` (and when it opens), if it is: what a deferred row
+    /// says, and how long until it may change.
+    pub fn window_closed(&self, app: &str, now: i64) -> Option<(String, Option<Duration>)> {
+        let w = self.env.apps.get(app)?.windows.clone()?;
+        match w.state(now) {
+            crate::config::WindowState::Open => None,
+            crate::config::WindowState::Closed { until, why } => Some(match until {
+                Some(t) => (
+                    format!(
+                        "{why}; runs when it opens at {}",
+                        crate::config::shown_instant(t, &w)
+                    ),
+                    Some(Duration::from_millis((t.as_millisecond() - now).max(0) as u64)),
+                ),
+                None => (format!("{why}; no window opens within a year"), None),
+            }),
+        }
+    }
+
+    /// Before each claim: an app whose window is closed keeps its automatic requests deferred; one whose
+    /// window is open (and that no pause holds) queues what it deferred. How long until the window may
+    /// change (none: no window, or open).
+    async fn settle_window(&self, app: &str) -> Option<Duration> {
+        self.env.apps.get(app)?.windows.as_ref()?;
+        let (name, now) = (app.to_string(), model::now_ms());
+        match self.window_closed(app, now) {
+            Some((why, wait)) => {
+                let moved = self
+                    .env
+                    .store
+                    .call(move |c| store::defer_queued(c, &name, &why))
+                    .await;
+                if let Ok(n @ 1..) = moved {
+                    tracing::info!(app = %app, "{n} request(s) deferred: the deploy window is closed");
+                }
+                Some(
+                    wait.unwrap_or(Duration::from_secs(3600))
+                        .clamp(Duration::from_secs(1), Duration::from_secs(3600)),
+                )
+            }
+            None => {
+                let moved = self
+                    .env
+                    .store
+                    .call(move |c| store::release_deferred(c, &name))
+                    .await;
+                if let Ok(n @ 1..) = moved {
+                    tracing::info!(app = %app, "the deploy window is open: {n} deferred request(s) queued");
+                }
+                None
             }
         }
     }
@@ -359,6 +421,7 @@ impl Queue {
             if *shutdown.borrow() {
                 return;
             }
+            let reopens = self.settle_window(&app).await;
             let generation = self.live_generation(&app);
             match run_next(&self.env, &app).await {
                 Ok(Some(_)) => {
@@ -375,8 +438,16 @@ impl Queue {
                     }
                 }
             }
+            // A closed window wakes the worker when it may open (and at least hourly, to look again).
+            let window = async {
+                match reopens {
+                    Some(d) => tokio::time::sleep(d + Duration::from_millis(50)).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = wake.notified() => {}
+                _ = window => {}
                 _ = shutdown.changed() => return,
             }
         }

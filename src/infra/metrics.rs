@@ -75,6 +75,7 @@ pub struct Metrics {
     pub queue_depth: Family<AppLabel, Gauge>,
     pub deferred: Family<AppLabel, Gauge>,
     pub paused: Family<AppLabel, Gauge>,
+    pub window_open: Family<AppLabel, Gauge>,
     pub webhooks: Family<ProviderResult, Counter>,
     pub fetches: Family<UpstreamResult, Counter>,
     pub circuit_open: Family<UpstreamLabel, Gauge>,
@@ -102,6 +103,7 @@ impl Metrics {
             queue_depth: Family::default(),
             deferred: Family::default(),
             paused: Family::default(),
+            window_open: Family::default(),
             webhooks: Family::default(),
             fetches: Family::default(),
             circuit_open: Family::default(),
@@ -146,6 +148,11 @@ impl Metrics {
             "paused",
             "1 while the app is paused (`haul pause`), its automatic triggers deferred",
             m.paused.clone(),
+        );
+        r.register(
+            "window_open",
+            "For an app with deploy windows: 1 while automatic triggers may deploy, 0 while they are deferred",
+            m.window_open.clone(),
         );
         r.register(
             "webhook_requests",

@@ -163,6 +163,8 @@ pub struct AppView {
     pub live_release: Option<String>,
     pub live: Option<DeployRow>,
     pub summary: AppSummary,
+    /// The deploy window is closed: why, and when it opens.
+    pub window_closed: Option<String>,
 }
 
 /// `GET /`.
@@ -187,6 +189,12 @@ pub fn index(host: &str, apps: &[AppView], recent: &[DeployRow], sources: &Sourc
             (None, 0) => "idle".into(),
             (None, q) => format!("{q} pending"),
         };
+        if let Some(w) = &a.window_closed {
+            queue = format!(
+                "{queue} · <span class=\"pill quiet\">window closed</span> <span class=\"reason\">{}</span>",
+                esc(w)
+            );
+        }
         // Paused: who, since when and why, and what it holds.
         if let Some(hold) = &a.summary.hold {
             queue =

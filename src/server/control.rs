@@ -27,6 +27,9 @@ pub enum ControlRequest {
         /// the wire stays what older daemons read.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         local: bool,
+        /// Deploy although the app's deploy window is closed (the audit names who did).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        override_window: bool,
     },
     Rollback {
         app: String,
@@ -71,7 +74,12 @@ impl ControlRequest {
         };
         let actor = model::clean_actor(actor);
         match self {
-            ControlRequest::Deploy { sha, local, .. } => {
+            ControlRequest::Deploy {
+                sha,
+                local,
+                override_window,
+                ..
+            } => {
                 if *local && cfg.fleet.is_none() {
                     return Err(format!(
                         "app {:?} is not a fleet app: `haul deploy {}` already deploys this host alone (drop --local)",
@@ -84,6 +92,22 @@ impl ControlRequest {
                     }
                 }
                 let trigger = if *local { Trigger::Local } else { Trigger::Manual };
+                // Outside the deploy window a person deploys only on purpose, and the audit says so.
+                let mut actor = actor;
+                if let Some(w) = &cfg.windows {
+                    if let crate::config::WindowState::Closed { until, why } = w.state(model::now_ms()) {
+                        if !*override_window {
+                            let opens = until
+                                .map(|t| format!("; it opens at {}", crate::config::shown_instant(t, w)))
+                                .unwrap_or_default();
+                            return Err(format!(
+                                "{} is {why}{opens}: nothing deployed (`haul deploy {} --override-window` deploys anyway, and the audit records who did)",
+                                cfg.name, cfg.name
+                            ));
+                        }
+                        actor = format!("{actor} (overriding the deploy window)");
+                    }
+                }
                 Ok(DeployRequest::new(&cfg.name, trigger, actor)
                     .at_ref(git_ref)
                     .with_sha(sha.as_ref().map(|s| s.to_ascii_lowercase())))
@@ -355,6 +379,7 @@ tags = "v*"
             app: app.into(),
             sha: sha.map(String::from),
             local: false,
+            override_window: false,
         }
     }
 
@@ -389,6 +414,7 @@ tags = "v*"
                 app: "blog".into(),
                 sha: None,
                 local: true,
+                override_window: false,
             },
             Err("is not a fleet app"),
         );
@@ -494,6 +520,7 @@ tags = "v*"
                     app: "blog".into(),
                     sha: None,
                     local: true,
+                    override_window: false,
                 },
                 r#"{"op":"deploy","app":"blog","sha":null,"local":true}"#,
             ),

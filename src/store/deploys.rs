@@ -216,6 +216,17 @@ fn insert(
 /// never supersedes a pending `haul rollback` (a person asked for it, and a redelivered trigger for the very
 /// release being rolled back from must not cancel it); the rollback runs first.
 pub(crate) fn enqueue(conn: &Conn, req: &DeployRequest, now: i64) -> Result<Enqueued, StoreError> {
+    enqueue_held(conn, req, now, None)
+}
+
+/// As `enqueue`, for an app whose deploy window is closed now (`closed`: why, and when it opens): an
+/// automatic trigger is then recorded `deferred`, as a paused app's is.
+pub(crate) fn enqueue_held(
+    conn: &Conn,
+    req: &DeployRequest,
+    now: i64,
+    closed: Option<&str>,
+) -> Result<Enqueued, StoreError> {
     if let Some(seen) = seen_before(conn, req)? {
         return Ok(seen);
     }
@@ -230,7 +241,10 @@ pub(crate) fn enqueue(conn: &Conn, req: &DeployRequest, now: i64) -> Result<Enqu
     }
     // A paused app holds automatic triggers: pending all the same (and coalesced), but deferred.
     let deferred = match req.trigger {
-        Trigger::Webhook | Trigger::Poll => super::holds::hold_of(conn, &req.app)?.map(|h| h.why()),
+        Trigger::Webhook | Trigger::Poll => match super::holds::hold_of(conn, &req.app)? {
+            Some(h) => Some(h.why()),
+            None => closed.map(str::to_string),
+        },
         _ => None,
     };
     let state = if deferred.is_some() {

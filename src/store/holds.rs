@@ -115,6 +115,28 @@ pub(crate) fn pause(
     Ok((hold, true))
 }
 
+/// The app's deploy window is closed: its queued automatic requests wait as `deferred` (with why) until it
+/// opens. How many.
+pub(crate) fn defer_queued(conn: &Conn, app: &str, why: &str) -> Result<usize, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "UPDATE deploys SET state = 'deferred', reason = ?2
+             WHERE app = ?1 AND state = 'queued' AND trigger IN ('webhook', 'poll')",
+        )?
+        .execute(params![app, why])?)
+}
+
+/// The app's deploy window is open: what it deferred is queued, unless a pause holds the app. How many.
+pub(crate) fn release_deferred(conn: &Conn, app: &str) -> Result<usize, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "UPDATE deploys SET state = 'queued', reason = NULL
+             WHERE app = ?1 AND state = 'deferred'
+               AND NOT EXISTS (SELECT 1 FROM holds WHERE holds.app IN (?1, '*'))",
+        )?
+        .execute(params![app])?)
+}
+
 /// Lifts the hold on `app` (or `*`): the deferred requests of every app no longer held are queued again.
 /// The hold lifted (none: there was none), and the apps whose requests were queued.
 pub(crate) fn resume(conn: &Conn, app: &str) -> Result<(Option<Hold>, Vec<String>), StoreError> {

@@ -81,7 +81,10 @@ pub(super) fn order(conn: &Connection, req: &DeployRequest) -> Result<Order, Sto
         }
     }
     let mut from = Vec::new();
-    for c in current.iter().filter(|c| matches!(c.state, State::Queued | State::Deferred)) {
+    for c in current
+        .iter()
+        .filter(|c| matches!(c.state, State::Queued | State::Deferred))
+    {
         if c.sha == *parent || chain.has_ancestor(parent, &c.sha)? {
             from.push(c.id.clone());
         }

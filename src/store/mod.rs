@@ -25,7 +25,7 @@ mod schema;
 
 pub(crate) use alerts::*;
 pub use deploys::*;
-pub(crate) use holds::{pause, resume};
+pub(crate) use holds::{defer_queued, pause, release_deferred, resume};
 pub use holds::{holds, Hold};
 pub(crate) use lineage::{queued_pushes, rollback_pin, supersede};
 use schema::{configure, migrate};

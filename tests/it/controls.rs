@@ -174,3 +174,93 @@ fn pause_and_resume_refuse_what_they_cannot_do() {
     );
     assert_eq!(git.fetches(), 0);
 }
+
+/// The next minute boundary at least 15 s away, in UTC: (as `YYYY-MM-DD HH:MM`, as Unix seconds).
+fn next_minute() -> (String, i64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let mut end = (now / 60 + 1) * 60;
+    if end - now < 15 {
+        end += 60;
+    }
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("@{end}"), "+%Y-%m-%d %H:%M"])
+        .output()
+        .expect("date");
+    (String::from_utf8_lossy(&out.stdout).trim().to_string(), end)
+}
+
+/// Outside its deploy window an app records a push `deferred` with when the window opens, keeps it across
+/// a restart, and runs it when the window opens; `haul deploy` refuses unless `--override-window`, which
+/// the audit records with the actor.
+#[test]
+fn a_push_outside_the_deploy_window_waits_and_runs_when_it_opens() {
+    let t = TempDir::new("window");
+    let git = GitServer::start(t.path());
+    let (end, end_s) = next_minute();
+    let extra = format!("windows = [{{ deny = \"2026-01-01 00:00 - {end}\" }}]\ntimezone = \"UTC\"\n");
+    let mut h = Haul::configure(t.path(), &git, &extra);
+    h.start();
+    let c1 = git.commit(&[("v", "1")], "one");
+    let out = h.cli(&["deploy", "blog"]);
+    assert!(
+        !out.status.success() && said(&out).contains("--override-window"),
+        "{}",
+        said(&out)
+    );
+    assert!(h.rows().is_empty(), "a refused deploy records nothing");
+    let out = h.cli(&["deploy", "blog", "--override-window"]);
+    assert!(out.status.success(), "{}", said(&out));
+    let row = h.rows().into_iter().next().expect("the override's row");
+    assert_eq!(row.state, State::Succeeded);
+    assert!(
+        row.actor.contains("overriding the deploy window"),
+        "{}",
+        row.actor
+    );
+
+    let c2 = git.commit(&[("v", "2")], "two");
+    let (code, reply) = h.deliver(&github_push_from("refs/heads/main", &c1, &c2), &delivery());
+    assert_eq!(
+        (code, reply["status"].as_str()),
+        (202, Some("deferred")),
+        "{reply}"
+    );
+    let why = reply["reason"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("deny") && why.contains(&end) && why.contains("(UTC)"),
+        "{why}"
+    );
+    let id = reply["deploy_id"].as_str().unwrap_or_default().to_string();
+    let status = String::from_utf8_lossy(&h.cli(&["status"]).stdout).to_string();
+    assert!(
+        status.contains("window closed until") && status.contains(&end),
+        "{status}"
+    );
+    let (_, metrics) = http_get(&h.addr(), "/metrics");
+    assert!(metrics.contains("haul_window_open{app=\"blog\"} 0"), "{metrics}");
+
+    // Across a restart, and then when the window opens (within a minute or so), it runs.
+    h.kill();
+    h.start();
+    assert_eq!(h.row(&id).state, State::Deferred);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !h.row(&id).state.is_final() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the window never opened for {id}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let row = h.row(&id);
+    assert_eq!(row.state, State::Succeeded, "{:?}", row.reason);
+    let started_s = row.started_at.unwrap_or_default() / 1000;
+    assert!(
+        started_s >= end_s,
+        "it ran at {started_s}, before the window opened at {end_s}"
+    );
+    let (_, metrics) = http_get(&h.addr(), "/metrics");
+    assert!(metrics.contains("haul_window_open{app=\"blog\"} 1"), "{metrics}");
+}

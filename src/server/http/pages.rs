@@ -35,16 +35,26 @@ pub(super) async fn status_index(State(st): State<Arc<HttpState>>) -> Response {
         );
     }
     let env = st.queue.env();
-    let apps: Vec<(String, Option<String>)> = env
+    let now = crate::model::now_ms();
+    let apps: Vec<(String, Option<String>, Option<String>)> = env
         .apps
         .values()
-        .map(|a| (a.name.clone(), crate::deploy::release::current(&a.path)))
+        .map(|a| {
+            let closed = a.windows.as_ref().and_then(|w| match w.state(now) {
+                crate::config::WindowState::Open => None,
+                crate::config::WindowState::Closed { until, why } => Some(match until {
+                    Some(t) => format!("{why}; opens at {}", crate::config::shown_instant(t, w)),
+                    None => why,
+                }),
+            });
+            (a.name.clone(), crate::deploy::release::current(&a.path), closed)
+        })
         .collect();
     let data = env
         .store
         .call(move |c| {
             let mut views = Vec::new();
-            for (name, live_release) in apps {
+            for (name, live_release, window_closed) in apps {
                 let summary = crate::store::summary(c, &name)?;
                 let live = match &live_release {
                     Some(r) => crate::store::live_deploy(c, &name, r)?,
@@ -55,6 +65,7 @@ pub(super) async fn status_index(State(st): State<Arc<HttpState>>) -> Response {
                     live_release,
                     live,
                     summary,
+                    window_closed,
                 });
             }
             views.sort_by(|a, b| a.name.cmp(&b.name));
@@ -166,6 +177,10 @@ pub(super) async fn metrics(State(st): State<Arc<HttpState>>) -> Response {
             m.queue_depth.get_or_create(&label).set(s.queued as i64);
             m.deferred.get_or_create(&label).set(s.deferred as i64);
             m.paused.get_or_create(&label).set(i64::from(s.hold.is_some()));
+            if let Some(w) = env.apps.get(&label.app).and_then(|a| a.windows.as_ref()) {
+                let open = w.state(crate::model::now_ms()) == crate::config::WindowState::Open;
+                m.window_open.get_or_create(&label).set(i64::from(open));
+            }
             if let Some(t) = s.last_success.and_then(|r| r.finished_at) {
                 m.last_success.get_or_create(&label).set(t / 1000);
             }
