@@ -73,6 +73,10 @@ pub enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Deploy the newest request of APP awaiting approval (`approve = true`); the audit names you.
+    Approve { app: String },
+    /// Drop every request of APP awaiting approval (recorded `ignored`, rejected by you).
+    Reject { app: String },
     /// Every app: live release, sha, last outcome and its age, queue.
     Status {
         #[arg(long)]

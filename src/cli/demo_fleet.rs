@@ -4,28 +4,20 @@
 //! conductor rolls the release out: the canary, then one wave of every other host.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use tokio::process::{Child, Command};
 
 use super::demo::{create_repo, say, send_push, write_secret};
 use crate::config::Config;
+use crate::infra::runner::{self, Cmd, Service};
 
 /// The oldest nats-server haul's fleet runs on (per-message TTLs, atomic batches).
 const MIN_NATS: (u32, u32) = (2, 11);
 
-/// Every process the demo started, killed when it ends (or when the demo fails half-way).
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.start_kill();
-        }
-    }
-}
+/// Every process the demo started, killed (each with its process group) when it ends, or when the demo
+/// fails half-way.
+struct Children(Vec<Service>);
 
 pub async fn run(hosts: usize, once: bool) -> anyhow::Result<()> {
     if !(2..=20).contains(&hosts) {
@@ -56,16 +48,11 @@ pub async fn run(hosts: usize, once: bool) -> anyhow::Result<()> {
         let port = free_port()?;
         let host = format!("h{i}");
         let config = write_host_config(&root, &host, port, &urls, &repo.origin, &secret_file, hosts)?;
-        let log = std::fs::File::create(root.join(format!("{host}.log")))?;
-        let child = Command::new(&exe)
+        let serve = Cmd::new(format!("haul serve ({host})"), exe.to_string_lossy())
             .arg("--config")
             .arg(&config)
-            .arg("serve")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
+            .arg("serve");
+        let child = runner::start_service(&serve, &root.join(format!("{host}.log")))
             .with_context(|| format!("cannot start {}", exe.display()))?;
         children.0.push(child);
         configs.push(config);
@@ -188,10 +175,14 @@ async fn nats_server() -> anyhow::Result<PathBuf> {
     }
     let mut too_old = None;
     for bin in candidates.iter().filter(|b| b.is_file()) {
-        let Ok(out) = Command::new(bin).arg("--version").output().await else {
+        let version = Cmd::new("nats-server --version", bin.to_string_lossy())
+            .arg("--version")
+            .timeout(Duration::from_secs(10))
+            .capture();
+        let Ok(out) = runner::run(&version, None).await else {
             continue;
         };
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let text = out.stdout_str();
         match nats_version(&text) {
             Some(v) if v >= MIN_NATS => return Ok(bin.clone()),
             _ => too_old = Some(format!("{} is {}", bin.display(), text.trim())),
@@ -245,15 +236,10 @@ async fn start_engine(bin: &Path, dir: &Path, children: &mut Children) -> anyhow
                 routes.join("\n    ")
             ),
         )?;
-        let log = std::fs::File::create(dir.join(format!("n{i}.log")))?;
-        let child = Command::new(bin)
+        let node = Cmd::new(format!("nats-server n{i}"), bin.to_string_lossy())
             .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
+            .arg(&conf);
+        let child = runner::start_service(&node, &dir.join(format!("n{i}.log")))
             .with_context(|| format!("cannot start {}", bin.display()))?;
         children.0.push(child);
     }

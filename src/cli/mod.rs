@@ -178,6 +178,8 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
             manual::hold(&cfg, ControlRequest::Pause { app, reason }).await
         }
         Command::Resume { app, all: _ } => manual::hold(&cfg, ControlRequest::Resume { app }).await,
+        Command::Approve { app } => manual::hold(&cfg, ControlRequest::Approve { app }).await,
+        Command::Reject { app } => manual::hold(&cfg, ControlRequest::Reject { app }).await,
         Command::Status { json } => status(&cfg, json),
         Command::History { app, limit, json } => history(&cfg, app.as_deref(), limit, json),
         Command::Logs {

@@ -53,6 +53,9 @@ pub struct AppConfig {
     pub fleet: Option<Rollout>,
     /// When automatic triggers may deploy (its own `windows`, else the top level's; none: always).
     pub windows: Option<std::sync::Arc<super::windows::Windows>>,
+    /// `approve = true`: every automatic trigger waits for `haul approve` (none: they deploy on their own),
+    /// at most this long before it is recorded `expired`.
+    pub approve_within: Option<Duration>,
 }
 
 impl AppConfig {
@@ -234,6 +237,19 @@ fn parse_app(name: &str, a: RawApp, dir: &ConfigDir) -> Result<AppConfig, String
         .map(|w| webhook::parse(w, &origin.source, dir))
         .transpose()?;
     let fleet = fleet::parse_app(name, a.fleet, a.rollout)?;
+    let approve_within = match (a.approve, a.approve_within.as_deref()) {
+        (false, Some(_)) => return Err("approve_within needs approve = true".into()),
+        (false, None) => None,
+        (true, w) => Some(duration_or("approve_within", w, Duration::from_secs(24 * 3600))?),
+    };
+    if approve_within.is_some() && fleet.is_some() {
+        return Err(
+            "approve = true is for apps that deploy on this host alone (not fleet = true) for now".into(),
+        );
+    }
+    if approve_within.is_some_and(|d| d < Duration::from_secs(60)) {
+        return Err("approve_within is at least 1m (a person has to read the notification)".into());
+    }
     if fleet.is_some() && origin.source.is_artifact() {
         return Err("fleet = true is for git apps for now (artifact rollouts are not built yet)".into());
     }
@@ -266,6 +282,7 @@ fn parse_app(name: &str, a: RawApp, dir: &ConfigDir) -> Result<AppConfig, String
         max_artifact_bytes: origin.max_artifact_bytes,
         fleet,
         windows: None,
+        approve_within,
     })
 }
 

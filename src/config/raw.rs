@@ -139,6 +139,9 @@ pub(crate) struct RawApp {
     /// The app's own deploy windows (replacing the top level's) and their zone.
     pub(crate) windows: Option<Vec<RawWindow>>,
     pub(crate) timezone: Option<String>,
+    #[serde(default)]
+    pub(crate) approve: bool,
+    pub(crate) approve_within: Option<String>,
 }
 
 #[derive(Deserialize)]

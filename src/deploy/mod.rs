@@ -3,6 +3,7 @@
 //! contract. Knows nothing of HTTP or of how notifications are delivered.
 
 pub mod fleet;
+mod gates;
 pub(crate) mod pipeline;
 pub(crate) mod queue;
 pub mod release;

@@ -185,18 +185,19 @@ impl Queue {
         self.prune_deliveries_hourly(now).await;
         // Busy before the row exists: no trigger can be ignored at intake while this one is pending.
         self.app_busy(&req);
-        let closed = match req.trigger {
-            Trigger::Webhook | Trigger::Poll => self.window_closed(&app, now).map(|(why, _)| why),
-            _ => None,
-        };
+        let gate = self.gate(&req, now);
+        let sha = req.sha.clone();
         let result = self
             .env
             .store
-            .call(move |c| store::enqueue_held(c, &req, now, closed.as_deref()))
+            .call(move |c| store::enqueue_held(c, &req, now, &gate))
             .await?;
-        if let Enqueued::Recorded { id, superseded, .. } = &result {
+        if let Enqueued::Recorded { id, superseded, held } = &result {
             for s in superseded {
                 tracing::debug!(deploy_id = %s, app = %app, superseded_by = %id, "superseded before it started");
+            }
+            if let Some((State::AwaitingApproval, why)) = held {
+                self.tell_waiting(&app, id.as_str(), sha.as_deref(), why);
             }
         }
         // Woken either way: a duplicate queued nothing, and the worker, finding the queue empty, marks the app
@@ -246,123 +247,6 @@ impl Queue {
             if n > 0 {
                 tracing::info!("forgot {n} delivery id(s) older than 8 days");
             }
-        }
-    }
-
-    /// Why the app's deploy window is closed at `now` (and when it opens), if it is: what a deferred row
-    /// says, and how long until it may change.
-    pub fn window_closed(&self, app: &str, now: i64) -> Option<(String, Option<Duration>)> {
-        let w = self.env.apps.get(app)?.windows.clone()?;
-        match w.state(now) {
-            crate::config::WindowState::Open => None,
-            crate::config::WindowState::Closed { until, why } => Some(match until {
-                Some(t) => (
-                    format!(
-                        "{why}; runs when it opens at {}",
-                        crate::config::shown_instant(t, &w)
-                    ),
-                    Some(Duration::from_millis((t.as_millisecond() - now).max(0) as u64)),
-                ),
-                None => (format!("{why}; no window opens within a year"), None),
-            }),
-        }
-    }
-
-    /// Before each claim: an app whose window is closed keeps its automatic requests deferred; one whose
-    /// window is open (and that no pause holds) queues what it deferred. How long until the window may
-    /// change (none: no window, or open).
-    async fn settle_window(&self, app: &str) -> Option<Duration> {
-        self.env.apps.get(app)?.windows.as_ref()?;
-        let (name, now) = (app.to_string(), model::now_ms());
-        match self.window_closed(app, now) {
-            Some((why, wait)) => {
-                let moved = self
-                    .env
-                    .store
-                    .call(move |c| store::defer_queued(c, &name, &why))
-                    .await;
-                if let Ok(n @ 1..) = moved {
-                    tracing::info!(app = %app, "{n} request(s) deferred: the deploy window is closed");
-                }
-                Some(
-                    wait.unwrap_or(Duration::from_secs(3600))
-                        .clamp(Duration::from_secs(1), Duration::from_secs(3600)),
-                )
-            }
-            None => {
-                let moved = self
-                    .env
-                    .store
-                    .call(move |c| store::release_deferred(c, &name))
-                    .await;
-                if let Ok(n @ 1..) = moved {
-                    tracing::info!(app = %app, "the deploy window is open: {n} deferred request(s) queued");
-                }
-                None
-            }
-        }
-    }
-
-    /// `haul pause`: holds `app` (none: every app) for automatic triggers, which are recorded `deferred`
-    /// until `resume`; the people are told. The hold, and whether it is new (pausing twice keeps the first).
-    pub async fn pause(
-        &self,
-        app: Option<&str>,
-        actor: &str,
-        reason: Option<String>,
-    ) -> Result<(store::Hold, bool), StoreError> {
-        let key = app.unwrap_or("*").to_string();
-        let (actor, now) = (model::clean_actor(actor), model::now_ms());
-        let reason = reason.map(|r| model::clean_actor(&r)).filter(|r| !r.is_empty());
-        let (hold, new) = self
-            .env
-            .store
-            .call(move |c| store::pause(c, &key, &actor, reason.as_deref(), now))
-            .await?;
-        if new {
-            tracing::warn!(app = %hold.app, "paused by {}: automatic triggers are deferred until `haul resume`", hold.actor);
-            self.tell_hold(
-                crate::model::event::EventKind::Paused,
-                &hold.app,
-                &hold.actor,
-                hold.why(),
-            );
-        }
-        Ok((hold, new))
-    }
-
-    /// `haul resume`: lifts the hold on `app` (none: the one on every app); what it deferred is queued, and
-    /// the newest of it runs. The hold lifted (none: there was none) and the apps whose requests now run.
-    pub async fn resume(
-        &self,
-        app: Option<&str>,
-        actor: &str,
-    ) -> Result<(Option<store::Hold>, Vec<String>), StoreError> {
-        let key = app.unwrap_or("*").to_string();
-        let (lifted, released) = self.env.store.call(move |c| store::resume(c, &key)).await?;
-        for a in &released {
-            if let Some(n) = self.wake.get(a) {
-                n.notify_one();
-            }
-        }
-        if let Some(h) = &lifted {
-            let actor = model::clean_actor(actor);
-            tracing::info!(app = %h.app, "resumed by {actor}; {} app(s) have deferred requests to run", released.len());
-            let why = format!(
-                "resumed by {actor} (paused by {} since {}); deferred requests run now",
-                h.actor,
-                model::compact_utc(h.since_ms)
-            );
-            self.tell_hold(crate::model::event::EventKind::Resumed, &h.app, &actor, why);
-        }
-        Ok((lifted, released))
-    }
-
-    fn tell_hold(&self, kind: crate::model::event::EventKind, app: &str, actor: &str, why: String) {
-        if let Some(n) = &self.env.notifier {
-            let mut e = crate::model::event::Event::new(kind, app, why);
-            e.actor = Some(actor.to_string());
-            n.send(e);
         }
     }
 
@@ -421,7 +305,7 @@ impl Queue {
             if *shutdown.borrow() {
                 return;
             }
-            let reopens = self.settle_window(&app).await;
+            let reopens = self.settle(&app).await;
             let generation = self.live_generation(&app);
             match run_next(&self.env, &app).await {
                 Ok(Some(_)) => {

@@ -410,6 +410,46 @@ fn spawn(cmd: &Cmd) -> Result<tokio::process::Child, RunError> {
     c.spawn().map_err(spawn_err)
 }
 
+/// A long-running process (the fleet demo's engine nodes and hosts): started as a step is (argv, the
+/// command's environment, its own process group), its stdout and stderr appended to `log_file`, and its
+/// whole group SIGKILLed when this handle is dropped.
+pub struct Service {
+    _child: tokio::process::Child,
+    _group: GroupGuard,
+}
+
+pub fn start_service(cmd: &Cmd, log_file: &std::path::Path) -> Result<Service, RunError> {
+    let spawn_err = |source| RunError::Spawn {
+        label: cmd.label.clone(),
+        program: cmd.program.clone(),
+        source,
+    };
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_file)
+        .map_err(spawn_err)?;
+    let mut c = tokio::process::Command::new(&cmd.program);
+    c.args(&cmd.args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(spawn_err)?)
+        .stderr(log)
+        .process_group(0)
+        .kill_on_drop(true);
+    for (k, v) in &cmd.env {
+        c.env(k, v);
+    }
+    if let Some(d) = &cmd.cwd {
+        c.current_dir(d);
+    }
+    let child = c.spawn().map_err(spawn_err)?;
+    let group = GroupGuard(child.id().and_then(|p| i32::try_from(p).ok()));
+    Ok(Service {
+        _child: child,
+        _group: group,
+    })
+}
+
 /// A timed-out command: SIGTERM to its group, SIGKILL if it has not gone within 3 s.
 async fn stop_timed_out(
     child: &mut tokio::process::Child,

@@ -25,6 +25,10 @@ pub enum EventKind {
     Paused,
     /// `haul resume`: what was held runs (the newest of it).
     Resumed,
+    /// A deploy waits for `haul approve` (an app with `approve = true`).
+    AwaitingApproval,
+    /// A deploy waited longer than `approve_within` for an approval and will never run.
+    Expired,
 }
 
 impl EventKind {
@@ -39,14 +43,18 @@ impl EventKind {
             EventKind::Halted => "halted",
             EventKind::Paused => "paused",
             EventKind::Resumed => "resumed",
+            EventKind::AwaitingApproval => "awaiting_approval",
+            EventKind::Expired => "expired",
         }
     }
     /// Every event, in the order the configuration reference lists them.
-    pub const ALL: [EventKind; 9] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::Failed,
         EventKind::Halted,
         EventKind::Paused,
         EventKind::Resumed,
+        EventKind::AwaitingApproval,
+        EventKind::Expired,
         EventKind::RolledBack,
         EventKind::Interrupted,
         EventKind::Stale,
@@ -54,11 +62,13 @@ impl EventKind {
         EventKind::Succeeded,
     ];
     /// What a `[[notify]]` target without `events` is told: every problem and the recovery, not successes.
-    pub const DEFAULT: [EventKind; 8] = [
+    pub const DEFAULT: [EventKind; 10] = [
         EventKind::Failed,
         EventKind::Halted,
         EventKind::Paused,
         EventKind::Resumed,
+        EventKind::AwaitingApproval,
+        EventKind::Expired,
         EventKind::RolledBack,
         EventKind::Interrupted,
         EventKind::Stale,
@@ -132,6 +142,8 @@ impl Event {
             EventKind::Halted => "fleet rollout HALTED",
             EventKind::Paused => "PAUSED",
             EventKind::Resumed => "resumed",
+            EventKind::AwaitingApproval => "deploy AWAITING APPROVAL",
+            EventKind::Expired => "approval EXPIRED",
         };
         let mut t = format!("haul: {} {what}: {}", self.app, self.reason);
         let mut extra = Vec::new();

@@ -120,13 +120,18 @@ pub enum State {
     Interrupted,
     /// A fleet app's trigger handed to the fleet's engine: its rollout deploys it, on every host.
     Forwarded,
-    /// An automatic trigger held (the app is paused): pending, coalesced with newer ones, and queued when
-    /// it may run (`haul resume`).
+    /// An automatic trigger held (the app is paused, or outside its deploy windows): pending, coalesced
+    /// with newer ones, and queued when it may run (`haul resume`, the window opening).
     Deferred,
+    /// An automatic trigger of an app with `approve = true`, waiting for `haul approve` (coalesced to the
+    /// newest).
+    AwaitingApproval,
+    /// Waited for an approval longer than `approve_within`: never deployed.
+    Expired,
 }
 
 impl State {
-    pub const ALL: [State; 10] = [
+    pub const ALL: [State; 12] = [
         State::Queued,
         State::Running,
         State::Succeeded,
@@ -137,6 +142,8 @@ impl State {
         State::Interrupted,
         State::Forwarded,
         State::Deferred,
+        State::AwaitingApproval,
+        State::Expired,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -150,13 +157,18 @@ impl State {
             State::Interrupted => "interrupted",
             State::Forwarded => "forwarded",
             State::Deferred => "deferred",
+            State::AwaitingApproval => "awaiting_approval",
+            State::Expired => "expired",
         }
     }
     pub fn parse(s: &str) -> Option<State> {
         State::ALL.into_iter().find(|st| st.as_str() == s)
     }
     pub fn is_final(self) -> bool {
-        !matches!(self, State::Queued | State::Running | State::Deferred)
+        !matches!(
+            self,
+            State::Queued | State::Running | State::Deferred | State::AwaitingApproval
+        )
     }
 }
 

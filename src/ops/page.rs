@@ -133,8 +133,8 @@ fn took(r: &DeployRow) -> String {
 fn class(s: State) -> &'static str {
     match s {
         State::Succeeded => "ok",
-        State::Failed | State::RolledBack | State::Interrupted => "bad",
-        State::Running | State::Queued | State::Deferred => "busy",
+        State::Failed | State::RolledBack | State::Interrupted | State::Expired => "bad",
+        State::Running | State::Queued | State::Deferred | State::AwaitingApproval => "busy",
         State::Ignored | State::Superseded | State::Forwarded => "quiet",
     }
 }

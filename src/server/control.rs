@@ -45,13 +45,24 @@ pub enum ControlRequest {
     Resume {
         app: Option<String>,
     },
+    /// `haul approve APP`: the newest request awaiting approval runs.
+    Approve {
+        app: String,
+    },
+    /// `haul reject APP`: every request awaiting approval is dropped.
+    Reject {
+        app: String,
+    },
 }
 
 impl ControlRequest {
     /// The app asked about (`*`: every app).
     pub fn app(&self) -> &str {
         match self {
-            ControlRequest::Deploy { app, .. } | ControlRequest::Rollback { app, .. } => app,
+            ControlRequest::Deploy { app, .. }
+            | ControlRequest::Rollback { app, .. }
+            | ControlRequest::Approve { app }
+            | ControlRequest::Reject { app } => app,
             ControlRequest::Pause { app, .. } | ControlRequest::Resume { app } => {
                 app.as_deref().unwrap_or("*")
             }
@@ -112,8 +123,11 @@ impl ControlRequest {
                     .at_ref(git_ref)
                     .with_sha(sha.as_ref().map(|s| s.to_ascii_lowercase())))
             }
-            ControlRequest::Pause { .. } | ControlRequest::Resume { .. } => {
-                Err("pause and resume are not deploys".into())
+            ControlRequest::Pause { .. }
+            | ControlRequest::Resume { .. }
+            | ControlRequest::Approve { .. }
+            | ControlRequest::Reject { .. } => {
+                Err("pause, resume, approve and reject are not deploys".into())
             }
             ControlRequest::Rollback { to, .. } => {
                 if let Some(t) = to {
@@ -233,7 +247,13 @@ async fn answer(req: ControlRequest, actor: &str, queue: &Queue) -> ControlReply
         error: Some(e),
         message: None,
     };
-    if matches!(req, ControlRequest::Pause { .. } | ControlRequest::Resume { .. }) {
+    if matches!(
+        req,
+        ControlRequest::Pause { .. }
+            | ControlRequest::Resume { .. }
+            | ControlRequest::Approve { .. }
+            | ControlRequest::Reject { .. }
+    ) {
         return match hold(&req, actor, queue).await {
             Ok(message) => ControlReply {
                 ok: true,
@@ -315,7 +335,39 @@ pub(crate) async fn hold(req: &ControlRequest, actor: &str, queue: &Queue) -> Re
                 )),
             }
         }
-        _ => Err("not a pause or a resume".into()),
+        ControlRequest::Approve { app } => {
+            if queue
+                .env()
+                .apps
+                .get(app)
+                .is_some_and(|a| a.approve_within.is_none())
+            {
+                return Err(format!(
+                    "{app} does not ask for approvals (set approve = true in [apps.{app}])"
+                ));
+            }
+            match queue
+                .approve(app, actor)
+                .await
+                .map_err(|e| format!("cannot record the approval: {e}"))?
+            {
+                Some(id) => Ok(format!(
+                    "approved {id}: it deploys now (its row names you as the approver)"
+                )),
+                None => Err(format!("nothing of {app} is awaiting approval")),
+            }
+        }
+        ControlRequest::Reject { app } => {
+            let ids = queue
+                .reject(app, actor)
+                .await
+                .map_err(|e| format!("cannot record the rejection: {e}"))?;
+            if ids.is_empty() {
+                return Err(format!("nothing of {app} is awaiting approval"));
+            }
+            Ok(format!("rejected {}: nothing deployed", ids.join(", ")))
+        }
+        _ => Err("not a pause, resume, approve or reject".into()),
     }
 }
 

@@ -35,12 +35,12 @@ pub struct DeployRow {
 /// What became of a request handed to the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enqueued {
-    /// Recorded (as queued, or `deferred` with why when the app is paused, or ignored); `superseded` are
-    /// the pending requests it replaced.
+    /// Recorded (as queued, or ignored; or held, as `deferred` or `awaiting_approval`, with why);
+    /// `superseded` are the pending requests it replaced.
     Recorded {
         id: DeployId,
         superseded: Vec<DeployId>,
-        deferred: Option<String>,
+        held: Option<(State, String)>,
     },
     /// The delivery id was seen before: nothing recorded.
     Duplicate { first: DeployId },
@@ -216,16 +216,25 @@ fn insert(
 /// never supersedes a pending `haul rollback` (a person asked for it, and a redelivered trigger for the very
 /// release being rolled back from must not cancel it); the rollback runs first.
 pub(crate) fn enqueue(conn: &Conn, req: &DeployRequest, now: i64) -> Result<Enqueued, StoreError> {
-    enqueue_held(conn, req, now, None)
+    enqueue_held(conn, req, now, &Gate::default())
 }
 
-/// As `enqueue`, for an app whose deploy window is closed now (`closed`: why, and when it opens): an
-/// automatic trigger is then recorded `deferred`, as a paused app's is.
+/// What may hold an app's automatic triggers besides a pause (which the store knows itself).
+#[derive(Debug, Clone, Default)]
+pub struct Gate {
+    /// The deploy window is closed now: why, and when it opens.
+    pub closed: Option<String>,
+    /// `approve = true`: why it waits (how to approve, when it expires).
+    pub approval: Option<String>,
+}
+
+/// As `enqueue`, with the app's gate: an automatic trigger of a paused app, or of one whose window is
+/// closed, is recorded `deferred`; one of an app with `approve = true`, `awaiting_approval`.
 pub(crate) fn enqueue_held(
     conn: &Conn,
     req: &DeployRequest,
     now: i64,
-    closed: Option<&str>,
+    gate: &Gate,
 ) -> Result<Enqueued, StoreError> {
     if let Some(seen) = seen_before(conn, req)? {
         return Ok(seen);
@@ -239,33 +248,30 @@ pub(crate) fn enqueue_held(
         }
         return Ok(Enqueued::Passed { id, state, reason });
     }
-    // A paused app holds automatic triggers: pending all the same (and coalesced), but deferred.
-    let deferred = match req.trigger {
+    // A paused app (or a closed window) holds automatic triggers: pending all the same (and coalesced),
+    // but deferred; an app with approvals has them wait for a person.
+    let held = match req.trigger {
         Trigger::Webhook | Trigger::Poll => match super::holds::hold_of(conn, &req.app)? {
-            Some(h) => Some(h.why()),
-            None => closed.map(str::to_string),
+            Some(h) => Some((State::Deferred, h.why())),
+            None => match (&gate.closed, &gate.approval) {
+                (Some(why), _) => Some((State::Deferred, why.clone())),
+                (None, Some(why)) => Some((State::AwaitingApproval, why.clone())),
+                (None, None) => None,
+            },
         },
         _ => None,
     };
-    let state = if deferred.is_some() {
-        State::Deferred
-    } else {
-        State::Queued
-    };
-    let id = insert(conn, req, state, deferred.as_deref(), now)?;
+    let state = held.as_ref().map_or(State::Queued, |h| h.0);
+    let id = insert(conn, req, state, held.as_ref().map(|h| h.1.as_str()), now)?;
     if let super::lineage::Order::Descends { from } = order {
         let superseded = super::lineage::supersede(conn, &req.app, &id, &from, now)?;
-        return Ok(Enqueued::Recorded {
-            id,
-            superseded,
-            deferred,
-        });
+        return Ok(Enqueued::Recorded { id, superseded, held });
     }
     let mut stmt = conn.prepare_cached(
         "UPDATE deploys SET state = 'superseded', superseded_by = ?1, finished_at = ?2,
                 reason = 'superseded by ' || ?1 || ' before it started'
          WHERE app = ?3 AND id != ?1
-           AND (state = 'queued' OR (state = 'deferred' AND ?4 IN ('webhook', 'poll')))
+           AND (state = 'queued' OR (state IN ('deferred', 'awaiting_approval') AND ?4 IN ('webhook', 'poll')))
            AND NOT (trigger = 'rollback' AND ?4 IN ('webhook', 'poll'))
            AND (trigger = 'fleet') = (?4 = 'fleet') AND (trigger = 'local') = (?4 = 'local') RETURNING id",
     )?;
@@ -275,11 +281,7 @@ pub(crate) fn enqueue_held(
         })?
         .filter_map(|r| r.ok().as_deref().and_then(DeployId::parse))
         .collect();
-    Ok(Enqueued::Recorded {
-        id,
-        superseded,
-        deferred,
-    })
+    Ok(Enqueued::Recorded { id, superseded, held })
 }
 
 /// Records a request final at once, never queued (`ignored`: another branch, a tag, a deletion; `failed` for a fleet assignment whose trigger
@@ -299,7 +301,7 @@ pub(crate) fn record_final(
     Ok(Enqueued::Recorded {
         id,
         superseded: vec![],
-        deferred: None,
+        held: None,
     })
 }
 
@@ -466,6 +468,8 @@ pub struct AppSummary {
     pub queued: usize,
     /// Held by a pause: pending, to run when it is lifted.
     pub deferred: usize,
+    /// Waiting for `haul approve`.
+    pub awaiting_approval: usize,
     /// The pause holding the app's automatic triggers (its own, or `haul pause --all`).
     pub hold: Option<super::Hold>,
 }
@@ -487,6 +491,11 @@ pub(crate) fn summary(conn: &Connection, app: &str) -> Result<AppSummary, StoreE
         )? as usize,
         deferred: conn.query_row(
             "SELECT count(*) FROM deploys WHERE app = ?1 AND state = 'deferred'",
+            params![app],
+            |r| r.get::<_, i64>(0),
+        )? as usize,
+        awaiting_approval: conn.query_row(
+            "SELECT count(*) FROM deploys WHERE app = ?1 AND state = 'awaiting_approval'",
             params![app],
             |r| r.get::<_, i64>(0),
         )? as usize,

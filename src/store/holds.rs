@@ -164,3 +164,78 @@ pub(crate) fn resume(conn: &Conn, app: &str) -> Result<(Option<Hold>, Vec<String
     apps.dedup();
     Ok((lifted, apps))
 }
+
+/// `approve = true`: requests the worker found queued but never approved (a window or a pause released
+/// them) wait for a person again, with why. How many.
+pub(crate) fn await_approval(conn: &Conn, app: &str, why: &str) -> Result<usize, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "UPDATE deploys SET state = 'awaiting_approval', reason = ?2
+             WHERE app = ?1 AND state = 'queued' AND trigger IN ('webhook', 'poll') AND approved_by IS NULL",
+        )?
+        .execute(params![app, why])?)
+}
+
+/// `haul approve APP`: the newest request awaiting approval is queued, approved by `actor`; the older ones
+/// it coalesced are superseded by it. Its id.
+pub(crate) fn approve(conn: &Conn, app: &str, actor: &str, now: i64) -> Result<Option<String>, StoreError> {
+    let id: Option<String> = conn
+        .prepare_cached(
+            "UPDATE deploys SET state = 'queued', approved_by = ?2, reason = NULL
+             WHERE seq = (SELECT seq FROM deploys WHERE app = ?1 AND state = 'awaiting_approval'
+                          ORDER BY seq DESC LIMIT 1)
+             RETURNING id",
+        )?
+        .query_row(params![app, actor], |r| r.get(0))
+        .optional()?;
+    if let Some(id) = &id {
+        conn.prepare_cached(
+            "UPDATE deploys SET state = 'superseded', superseded_by = ?2, finished_at = ?3,
+                    reason = 'superseded by ' || ?2 || ', approved by ' || ?4
+             WHERE app = ?1 AND state = 'awaiting_approval'",
+        )?
+        .execute(params![app, id, now, actor])?;
+    }
+    Ok(id)
+}
+
+/// `haul reject APP`: every request awaiting approval is recorded `ignored`, rejected by `actor`. Their ids.
+pub(crate) fn reject(conn: &Conn, app: &str, actor: &str, now: i64) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE deploys SET state = 'ignored', finished_at = ?3,
+                reason = 'rejected by ' || ?2 || '; nothing deployed'
+         WHERE app = ?1 AND state = 'awaiting_approval' RETURNING id",
+    )?;
+    let ids = stmt
+        .query_map(params![app, actor, now], |r| r.get(0))?
+        .collect::<Result<Vec<String>, _>>()?;
+    Ok(ids)
+}
+
+/// Requests that waited for an approval since before `before` are recorded `expired`, with why. Their ids
+/// and shas.
+pub(crate) fn expire_approvals(
+    conn: &Conn,
+    app: &str,
+    before: i64,
+    why: &str,
+    now: i64,
+) -> Result<Vec<(String, Option<String>)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE deploys SET state = 'expired', finished_at = ?4, reason = ?3
+         WHERE app = ?1 AND state = 'awaiting_approval' AND requested_at < ?2 RETURNING id, sha",
+    )?;
+    let rows = stmt
+        .query_map(params![app, before, why, now], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// When the oldest request still awaiting approval was made (Unix ms).
+pub(crate) fn oldest_awaiting(conn: &Connection, app: &str) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT min(requested_at) FROM deploys WHERE app = ?1 AND state = 'awaiting_approval'",
+        )?
+        .query_row(params![app], |r| r.get(0))?)
+}

@@ -83,7 +83,7 @@ pub(super) fn order(conn: &Connection, req: &DeployRequest) -> Result<Order, Sto
     let mut from = Vec::new();
     for c in current
         .iter()
-        .filter(|c| matches!(c.state, State::Queued | State::Deferred))
+        .filter(|c| matches!(c.state, State::Queued | State::Deferred | State::AwaitingApproval))
     {
         if c.sha == *parent || chain.has_ancestor(parent, &c.sha)? {
             from.push(c.id.clone());
@@ -95,7 +95,8 @@ pub(super) fn order(conn: &Connection, req: &DeployRequest) -> Result<Order, Sto
 fn describe(state: State) -> &'static str {
     match state {
         State::Queued => "pending",
-        State::Deferred => "deferred (the app is paused)",
+        State::Deferred => "deferred (the app is paused, or outside its deploy windows)",
+        State::AwaitingApproval => "awaiting approval",
         State::Running => "running",
         _ => "live",
     }
@@ -158,7 +159,7 @@ pub(crate) fn rollback_pin(conn: &Connection, app: &str, sha: &str) -> Result<Op
 fn current(conn: &Connection, app: &str) -> Result<Vec<Current>, StoreError> {
     let mut out = Vec::new();
     let mut stmt = conn.prepare_cached(
-        "SELECT id, sha, state FROM deploys WHERE app = ?1 AND state IN ('queued', 'deferred', 'running')
+        "SELECT id, sha, state FROM deploys WHERE app = ?1 AND state IN ('queued', 'deferred', 'awaiting_approval', 'running')
            AND sha IS NOT NULL AND trigger != 'rollback'",
     )?;
     let rows = stmt.query_map(params![app], |r| {
@@ -261,7 +262,7 @@ pub(crate) fn supersede(
     let mut stmt = conn.prepare_cached(
         "UPDATE deploys SET state = 'superseded', superseded_by = ?1, finished_at = ?2,
                 reason = 'superseded by ' || ?1 || ' before it started'
-         WHERE id = ?3 AND app = ?4 AND state IN ('queued', 'deferred')",
+         WHERE id = ?3 AND app = ?4 AND state IN ('queued', 'deferred', 'awaiting_approval')",
     )?;
     let mut done = Vec::new();
     for f in from {

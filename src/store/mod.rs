@@ -25,7 +25,10 @@ mod schema;
 
 pub(crate) use alerts::*;
 pub use deploys::*;
-pub(crate) use holds::{defer_queued, pause, release_deferred, resume};
+pub(crate) use holds::{
+    approve, await_approval, defer_queued, expire_approvals, oldest_awaiting, pause, reject,
+    release_deferred, resume,
+};
 pub use holds::{holds, Hold};
 pub(crate) use lineage::{queued_pushes, rollback_pin, supersede};
 use schema::{configure, migrate};

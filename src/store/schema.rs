@@ -125,6 +125,9 @@ pub(super) const SCHEMA: &[&str] = &[
         reason TEXT,
         since INTEGER NOT NULL
      ) WITHOUT ROWID;",
+    // v13: `approve = true`: who approved a request (`haul approve`), so a window or a pause that holds it
+    // afterwards does not ask again.
+    "ALTER TABLE deploys ADD COLUMN approved_by TEXT;",
 ];
 
 pub(super) fn configure(conn: &Connection) -> rusqlite::Result<()> {

@@ -166,19 +166,11 @@ async fn decide(st: &HttpState, app: &str, accepted: Accepted) -> (Response, &'s
         },
     };
     match recorded {
-        Ok((
-            Enqueued::Recorded {
-                id,
-                superseded,
-                deferred,
-            },
-            status,
-            reason,
-            quiet,
-        )) => {
-            // Held (the app is paused): acknowledged and durable all the same, and said so.
-            let (status, reason) = match deferred {
-                Some(why) => ("deferred", Some(why)),
+        Ok((Enqueued::Recorded { id, superseded, held }, status, reason, quiet)) => {
+            // Held (paused, outside a window, waiting for approval): acknowledged and durable all the
+            // same, and said so.
+            let (status, reason) = match held {
+                Some((state, why)) => (state.as_str(), Some(why)),
                 None => (status, reason),
             };
             let why = reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
