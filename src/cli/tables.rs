@@ -16,8 +16,10 @@ struct AppStatus {
     last_reason: Option<String>,
     running: Option<String>,
     queued: usize,
-    /// Automatic triggers held by a pause.
+    /// Automatic triggers held by a pause or a closed window.
     deferred: usize,
+    /// Waiting for `haul approve`.
+    awaiting_approval: usize,
     /// Who paused the app, when and why (`haul pause`); none while it is not paused.
     #[serde(skip_serializing_if = "Option::is_none")]
     paused: Option<store::Hold>,
@@ -57,6 +59,7 @@ pub(super) fn status(cfg: &Config, json: bool) -> Result<(), Exit> {
             running: summary.running.as_ref().map(|r| r.id.to_string()),
             queued: summary.queued,
             deferred: summary.deferred,
+            awaiting_approval: summary.awaiting_approval,
             paused: summary.hold.clone(),
             window_closed: app.windows.as_ref().and_then(|w| match w.state(model::now_ms()) {
                 crate::config::WindowState::Open => None,
@@ -115,6 +118,10 @@ pub(super) fn status(cfg: &Config, json: bool) -> Result<(), Exit> {
                         }
                     ),
                     _ => String::new(),
+                } + &if r.awaiting_approval > 0 {
+                    format!(", 1 awaiting approval (`haul approve {}`)", r.app)
+                } else {
+                    String::new()
                 },
             ]
         })
@@ -200,6 +207,8 @@ pub(super) struct HistoryRow {
     requested_at: i64,
     started_at: Option<i64>,
     finished_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approved_by: Option<String>,
 }
 
 impl From<&DeployRow> for HistoryRow {
@@ -221,6 +230,7 @@ impl From<&DeployRow> for HistoryRow {
             requested_at: r.requested_at,
             started_at: r.started_at,
             finished_at: r.finished_at,
+            approved_by: r.approved_by.clone(),
         }
     }
 }

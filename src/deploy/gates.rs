@@ -236,3 +236,84 @@ impl Queue {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::deploy::testkit::{sha, webhook, Fixture};
+    use crate::model::State;
+    use crate::store::{self, Enqueued};
+
+    const APP: &str = r#"
+[apps.blog]
+repo = "repo.git"
+path = "srv/blog"
+approve = true
+approve_within = "1m"
+"#;
+
+    /// Waiting for an approval: coalesced to the newest, approved (by whom) or rejected, and expired after
+    /// `approve_within` with nothing run.
+    #[tokio::test]
+    async fn approvals_wait_coalesce_run_on_approve_and_expire() {
+        let fx = Fixture::new(APP);
+        let q = fx.queue();
+        let first = q.submit(webhook("blog", &sha('1'))).await.expect("submit");
+        let Enqueued::Recorded {
+            held: Some((State::AwaitingApproval, why)),
+            ..
+        } = &first
+        else {
+            panic!("{first:?}");
+        };
+        assert!(
+            why.contains("haul approve blog") && why.contains("expires at"),
+            "{why}"
+        );
+        let second = q.submit(webhook("blog", &sha('2'))).await.expect("submit");
+        assert_eq!(
+            fx.row(first.id()).await.state,
+            State::Superseded,
+            "coalesced to the newest"
+        );
+        assert_eq!(fx.row(second.id()).await.state, State::AwaitingApproval);
+        // A person's deploy is not asked for an approval.
+        let manual = crate::model::DeployRequest::new("blog", crate::model::Trigger::Manual, "alice");
+        let m = q.submit(manual).await.expect("submit");
+        assert_eq!(fx.row(m.id()).await.state, State::Queued);
+
+        let approved = q.approve("blog", "bob").await.expect("approve");
+        assert_eq!(approved.as_deref(), Some(second.id().as_str()));
+        let row = fx.row(second.id()).await;
+        assert_eq!(
+            (row.state, row.approved_by.as_deref()),
+            (State::Queued, Some("bob"))
+        );
+        assert_eq!(
+            q.approve("blog", "bob").await.expect("approve"),
+            None,
+            "nothing left to approve"
+        );
+
+        let third = q.submit(webhook("blog", &sha('3'))).await.expect("submit");
+        let rejected = q.reject("blog", "carol").await.expect("reject");
+        assert_eq!(rejected, vec![third.id().to_string()]);
+        let row = fx.row(third.id()).await;
+        assert_eq!(row.state, State::Ignored);
+        assert!(row.reason.unwrap_or_default().contains("rejected by carol"));
+
+        // One that waited past approve_within (requested two minutes ago) is expired when the worker looks.
+        let old = webhook("blog", &sha('4'));
+        let gate = q.gate(&old, crate::model::now_ms());
+        let then = crate::model::now_ms() - 120_000;
+        let stale = fx
+            .store
+            .call(move |c| store::enqueue_held(c, &old, then, &gate))
+            .await
+            .expect("enqueue");
+        assert_eq!(fx.row(stale.id()).await.state, State::AwaitingApproval);
+        assert_eq!(q.settle("blog").await, None, "nothing else waits");
+        let row = fx.row(stale.id()).await;
+        assert_eq!(row.state, State::Expired);
+        assert!(row.reason.unwrap_or_default().contains("no approval within"));
+    }
+}

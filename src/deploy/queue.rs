@@ -519,6 +519,9 @@ async fn execute(env: &Env, row: &DeployRow) -> Outcome {
         row.actor,
         row.sha.as_deref().unwrap_or("branch tip")
     ));
+    if let Some(who) = &row.approved_by {
+        log.line(&format!("approved by {who}"));
+    }
     let started = std::time::Instant::now();
     let outcome = run_pipeline(env, &app, row, log.clone(), &previous).await;
     let secs = started.elapsed().as_secs_f64();

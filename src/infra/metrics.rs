@@ -76,6 +76,7 @@ pub struct Metrics {
     pub deferred: Family<AppLabel, Gauge>,
     pub paused: Family<AppLabel, Gauge>,
     pub window_open: Family<AppLabel, Gauge>,
+    pub awaiting_approval: Family<AppLabel, Gauge>,
     pub webhooks: Family<ProviderResult, Counter>,
     pub fetches: Family<UpstreamResult, Counter>,
     pub circuit_open: Family<UpstreamLabel, Gauge>,
@@ -104,6 +105,7 @@ impl Metrics {
             deferred: Family::default(),
             paused: Family::default(),
             window_open: Family::default(),
+            awaiting_approval: Family::default(),
             webhooks: Family::default(),
             fetches: Family::default(),
             circuit_open: Family::default(),
@@ -153,6 +155,11 @@ impl Metrics {
             "window_open",
             "For an app with deploy windows: 1 while automatic triggers may deploy, 0 while they are deferred",
             m.window_open.clone(),
+        );
+        r.register(
+            "awaiting_approval",
+            "Requests waiting for `haul approve`, per app (approve = true)",
+            m.awaiting_approval.clone(),
         );
         r.register(
             "webhook_requests",

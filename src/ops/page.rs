@@ -189,6 +189,12 @@ pub fn index(host: &str, apps: &[AppView], recent: &[DeployRow], sources: &Sourc
             (None, 0) => "idle".into(),
             (None, q) => format!("{q} pending"),
         };
+        if a.summary.awaiting_approval > 0 {
+            queue = format!(
+                "{queue} · <span class=\"pill busy\">awaiting approval</span> <span class=\"reason\">(`haul approve {}`)</span>",
+                esc(&a.name)
+            );
+        }
         if let Some(w) = &a.window_closed {
             queue = format!(
                 "{queue} · <span class=\"pill quiet\">window closed</span> <span class=\"reason\">{}</span>",

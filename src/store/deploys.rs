@@ -30,6 +30,8 @@ pub struct DeployRow {
     pub requested_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+    /// `approve = true`: who approved it (`haul approve`).
+    pub approved_by: Option<String>,
 }
 
 /// What became of a request handed to the store.
@@ -67,7 +69,7 @@ impl Enqueued {
 
 const COLUMNS: &str =
     "id, app, trigger, provider, delivery_id, git_ref, sha, actor, state, reason, release_id, \
-                       previous_sha, superseded_by, requested_at, started_at, finished_at, target, digest";
+                       previous_sha, superseded_by, requested_at, started_at, finished_at, target, digest, approved_by";
 
 fn row_to_deploy(r: &Row<'_>) -> rusqlite::Result<DeployRow> {
     let bad = |i: usize, what: &str, v: String| {
@@ -100,6 +102,7 @@ fn row_to_deploy(r: &Row<'_>) -> rusqlite::Result<DeployRow> {
         finished_at: r.get(15)?,
         target: r.get(16)?,
         digest: r.get(17)?,
+        approved_by: r.get(18)?,
     })
 }
 

@@ -273,6 +273,18 @@ pub fn open_read(path: &Path) -> Result<Connection, StoreError> {
         message: e.to_string(),
     })?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // A database an older haul still has open (the binary upgraded, the daemon not yet restarted) lacks
+    // what this one reads: said as such, not as a missing column.
+    let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version < schema::SCHEMA.len() {
+        return Err(StoreError::Open {
+            path: path.to_path_buf(),
+            message: format!(
+                "the audit database is at schema v{version} and this haul reads v{}: restart the daemon (`systemctl restart haul`) or run `haul serve` once, which migrates it",
+                schema::SCHEMA.len()
+            ),
+        });
+    }
     Ok(conn)
 }
 

@@ -264,3 +264,99 @@ fn a_push_outside_the_deploy_window_waits_and_runs_when_it_opens() {
     let (_, metrics) = http_get(&h.addr(), "/metrics");
     assert!(metrics.contains("haul_window_open{app=\"blog\"} 1"), "{metrics}");
 }
+
+/// `approve = true`: a push waits as `awaiting_approval` (and the people are told), `haul approve` deploys
+/// the newest (the audit names the approver), `haul reject` drops what waits; bad requests change nothing.
+#[test]
+fn an_app_with_approvals_deploys_only_what_a_person_approved() {
+    let t = TempDir::new("approve");
+    let git = GitServer::start(t.path());
+    let receiver = Receiver::start();
+    let top = format!(
+        "[[notify]]\nkind = \"slack\"\nurl = \"http://{}/slack\"\nevents = [\"awaiting_approval\"]\n",
+        receiver.addr
+    );
+    let mut h = Haul::configure_apps(t.path(), &git, &top, &[("blog", "github", "approve = true\n")]);
+    h.start();
+    let out = h.cli(&["approve", "blog"]);
+    assert!(
+        !out.status.success() && said(&out).contains("nothing of blog is awaiting"),
+        "{}",
+        said(&out)
+    );
+    let c1 = git.commit(&[("v", "1")], "one");
+    let (code, reply) = h.push("refs/heads/main", &c1, &delivery());
+    assert_eq!(
+        (code, reply["status"].as_str()),
+        (202, Some("awaiting_approval")),
+        "{reply}"
+    );
+    let id = reply["deploy_id"].as_str().unwrap_or_default().to_string();
+    wait_until("the people are told", || receiver.count() >= 1);
+    let told = String::from_utf8_lossy(&receiver.all()[0].1).to_string();
+    assert!(
+        told.contains("AWAITING APPROVAL") && told.contains("haul approve blog"),
+        "{told}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(h.row(&id).state, State::AwaitingApproval);
+    assert_eq!(git.fetches(), 0, "nothing fetched before the approval");
+    let status = String::from_utf8_lossy(&h.cli(&["status"]).stdout).to_string();
+    assert!(status.contains("awaiting approval"), "{status}");
+    let (_, metrics) = http_get(&h.addr(), "/metrics");
+    assert!(
+        metrics.contains("haul_awaiting_approval{app=\"blog\"} 1"),
+        "{metrics}"
+    );
+
+    let out = h.cli(&["approve", "blog"]);
+    assert!(out.status.success() && said(&out).contains(&id), "{}", said(&out));
+    let row = h.wait_final(&id);
+    assert_eq!(row.state, State::Succeeded, "{:?}", row.reason);
+    let history: serde_json::Value =
+        serde_json::from_slice(&h.cli(&["history", "--json"]).stdout).expect("json");
+    assert!(history[0]["approved_by"].is_string(), "{history}");
+    let log = String::from_utf8_lossy(&h.cli(&["logs", &id]).stdout).to_string();
+    assert!(log.contains("approved by"), "{log}");
+
+    let c2 = git.commit(&[("v", "2")], "two");
+    let (_, reply) = h.push("refs/heads/main", &c2, &delivery());
+    let second = reply["deploy_id"].as_str().unwrap_or_default().to_string();
+    let out = h.cli(&["reject", "blog"]);
+    assert!(
+        out.status.success() && said(&out).contains(&second),
+        "{}",
+        said(&out)
+    );
+    let row = h.row(&second);
+    assert_eq!(row.state, State::Ignored);
+    assert!(row.reason.unwrap_or_default().contains("rejected by"));
+    assert_eq!(
+        h.current().as_deref(),
+        Some(h.row(&id).release_id.unwrap_or_default().as_str())
+    );
+}
+
+/// Approval settings that cannot work are refused before anything starts.
+#[test]
+fn approval_and_window_settings_that_cannot_work_are_refused() {
+    let t = TempDir::new("gate-config");
+    let git = GitServer::start(t.path());
+    for (extra, says) in [
+        ("approve_within = \"1h\"\n", "approve_within needs approve = true"),
+        ("approve = true\napprove_within = \"10s\"\n", "at least 1m"),
+        ("windows = [{ allow = \"Mon-Fri 9-17\" }]\n", "not a time of day"),
+        (
+            "windows = [{ allow = \"Mon 09:00-10:00\" }]\ntimezone = \"Mars/Olympus\"\n",
+            "not a time zone",
+        ),
+    ] {
+        let h = Haul::configure(t.path(), &git, extra);
+        let out = h.cli(&["check"]);
+        assert!(
+            !out.status.success() && said(&out).contains(says),
+            "{extra}: {}",
+            said(&out)
+        );
+    }
+}
