@@ -180,6 +180,7 @@ mod tests {
         assert_eq!(blog.branch, "main");
         let w = blog.windows.as_ref().expect("the example's deploy windows");
         assert_eq!(w.timezone, "Europe/Berlin");
+        assert_eq!(blog.approve_within, Some(Duration::from_secs(24 * 3600)));
         assert_eq!(blog.step_timeout, Duration::from_secs(600));
         assert_eq!(blog.build, ["npm ci", "npm run build"]);
         assert_eq!(blog.webhook.as_ref().map(|w| w.provider), Some(Provider::Github));
