@@ -71,7 +71,10 @@ pub(super) async fn hold(cfg: &Config, req: ControlRequest) -> Result<(), Exit> 
             let (done_tx, done_rx) = tokio::sync::watch::channel(false);
             let delivery = crate::ops::notify::spawn_delivery(cfg, env.store.clone(), notify_rx, done_rx);
             let queue = queue::Queue::new(env);
-            let said = control::hold(&req, &control::local_actor(), &queue).await;
+            let said = match control::permitted(&req, &control::local_peer(), &queue).await {
+                Ok(()) => control::hold(&req, &control::local_actor(), &queue).await,
+                Err(why) => Err(why),
+            };
             let _ = done_tx.send(true);
             drop(queue);
             let _ = delivery.await;
@@ -137,6 +140,11 @@ async fn deploy_in_process(cfg: &Config, req: ControlRequest, no_follow: bool) -
         let _ = done_tx.send(true);
     };
     let app = req.app().to_string();
+    let gatekeeper = queue::Queue::new(env.clone());
+    control::permitted(&req, &control::local_peer(), &gatekeeper)
+        .await
+        .map_err(Exit::failed)?;
+    drop(gatekeeper);
     let request = req
         .to_request(&env.apps, &control::local_actor())
         .map_err(Exit::usage)?;

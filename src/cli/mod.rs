@@ -451,6 +451,10 @@ fn check(cfg: &Config) -> Result<(), Exit> {
                 })
                 .unwrap_or_default()
         );
+        // Who may do what to it over the control socket (root always may).
+        for line in app.allow.describe(&cfg.allow) {
+            println!("    may {line}");
+        }
     }
     if problems.is_empty() {
         println!("ok");

@@ -56,6 +56,8 @@ pub struct AppConfig {
     /// `approve = true`: every automatic trigger waits for `haul approve` (none: they deploy on their own),
     /// at most this long before it is recorded `expired`.
     pub approve_within: Option<Duration>,
+    /// `[apps.NAME.allow]`: who may do what to this app (over the top level's `[allow]`).
+    pub allow: super::allow::Allow,
 }
 
 impl AppConfig {
@@ -237,6 +239,7 @@ fn parse_app(name: &str, a: RawApp, dir: &ConfigDir) -> Result<AppConfig, String
         .map(|w| webhook::parse(w, &origin.source, dir))
         .transpose()?;
     let fleet = fleet::parse_app(name, a.fleet, a.rollout)?;
+    let allow = super::allow::parse(a.allow.clone(), "allow")?;
     let approve_within = match (a.approve, a.approve_within.as_deref()) {
         (false, Some(_)) => return Err("approve_within needs approve = true".into()),
         (false, None) => None,
@@ -283,6 +286,7 @@ fn parse_app(name: &str, a: RawApp, dir: &ConfigDir) -> Result<AppConfig, String
         fleet,
         windows: None,
         approve_within,
+        allow,
     })
 }
 

@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod allow;
 mod app;
 mod files;
 mod fleet;
@@ -36,6 +37,7 @@ mod verify;
 mod webhook;
 mod windows;
 
+pub use allow::{Action, Allow, Peer};
 pub(crate) use app::is_valid_app_name;
 pub use app::{AppConfig, MirrorMode, OnRestart};
 pub(crate) use files::check_private_file;
@@ -91,6 +93,8 @@ pub struct Config {
     pub apps: BTreeMap<String, AppConfig>,
     /// `[fleet]`: this host is one of many, through NATS JetStream (`None`: haul never touches NATS).
     pub fleet: Option<FleetConfig>,
+    /// `[allow]`: who may do what over the control socket, for every app that does not say.
+    pub allow: Allow,
 }
 
 impl Config {
@@ -116,6 +120,7 @@ impl Config {
         let server = server::parse(&raw, &dir).map_err(invalid)?;
         let apps = app::parse_all(raw.apps, &dir, &raw.windows, raw.timezone.as_deref()).map_err(invalid)?;
         let notify = notify::parse(raw.notify, &dir, &apps).map_err(invalid)?;
+        let allow = allow::parse(raw.allow, "[allow]").map_err(invalid)?;
         let fleet = raw
             .fleet
             .map(|f| fleet::parse(f, &dir))
@@ -145,6 +150,7 @@ impl Config {
             status_page: server.status_page,
             apps,
             fleet,
+            allow,
         })
     }
 

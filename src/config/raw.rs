@@ -33,8 +33,21 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) windows: Vec<RawWindow>,
     pub(crate) timezone: Option<String>,
+    /// Who may do what over the control socket, for every app that does not say.
+    pub(crate) allow: Option<RawAllow>,
     #[serde(default)]
     pub(crate) apps: BTreeMap<String, RawApp>,
+}
+
+/// `[allow]` / `[apps.NAME.allow]`: per action, users and `@groups`.
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAllow {
+    pub(crate) deploy: Option<Vec<String>>,
+    pub(crate) rollback: Option<Vec<String>>,
+    pub(crate) pause: Option<Vec<String>>,
+    pub(crate) approve: Option<Vec<String>>,
+    pub(crate) r#override: Option<Vec<String>>,
 }
 
 /// `{ allow = "Mon-Fri 09:00-17:00" }` or `{ deny = "2026-12-24 - 2026-12-27" }`.
@@ -142,6 +155,7 @@ pub(crate) struct RawApp {
     #[serde(default)]
     pub(crate) approve: bool,
     pub(crate) approve_within: Option<String>,
+    pub(crate) allow: Option<RawAllow>,
 }
 
 #[derive(Deserialize)]

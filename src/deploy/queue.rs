@@ -38,6 +38,8 @@ pub struct Env {
     pub log_retention: Option<Duration>,
     /// With `[fleet]`: where a fleet app's triggers are handed over (its worker deploys only assignments).
     pub fleet: Option<Arc<dyn super::fleet::FleetLink>>,
+    /// The top level's `[allow]` (each app's own lists are in its config).
+    pub allow: Arc<crate::config::Allow>,
 }
 
 impl Env {
@@ -57,6 +59,7 @@ impl Env {
             started_ms: model::now_ms(),
             log_retention: cfg.log_retention,
             fleet: None,
+            allow: Arc::new(cfg.allow.clone()),
         }
     }
 }

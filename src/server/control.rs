@@ -170,6 +170,94 @@ pub fn user_name(uid: u32) -> String {
         .unwrap_or_else(|| format!("uid {uid}"))
 }
 
+/// The groups a user is in: its primary group and every group that lists it, from the group database.
+pub fn groups_of(user: &str, primary_gid: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(t) = std::fs::read_to_string("/etc/group") {
+        for l in t.lines() {
+            let mut f = l.split(':');
+            let (Some(name), _, Some(gid), members) = (f.next(), f.next(), f.next(), f.next()) else {
+                continue;
+            };
+            let member = members.is_some_and(|m| m.split(',').any(|u| u.trim() == user));
+            if member || gid.parse::<u32>().ok() == Some(primary_gid) {
+                out.push(name.to_string());
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Who is on the other end of the socket, as the kernel says.
+fn peer_of(stream: &UnixStream) -> Option<crate::config::Peer> {
+    let c = stream.peer_cred().ok()?;
+    let user = user_name(c.uid());
+    Some(crate::config::Peer {
+        uid: c.uid(),
+        groups: groups_of(&user, c.gid()),
+        user,
+    })
+}
+
+/// The person running this process, for a request made without a daemon.
+pub(crate) fn local_peer() -> crate::config::Peer {
+    // SAFETY: getuid(2) and getgid(2) cannot fail and touch no memory.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let user = user_name(uid);
+    crate::config::Peer {
+        uid,
+        groups: groups_of(&user, gid),
+        user,
+    }
+}
+
+/// Whether `peer` may make `req`: every action it asks of every app it names (`*`: each app). A refusal
+/// is recorded in the audit (a `failed` manual row per app: who tried what) and returned.
+pub(crate) async fn permitted(
+    req: &ControlRequest,
+    peer: &crate::config::Peer,
+    queue: &Queue,
+) -> Result<(), String> {
+    use crate::config::Action;
+    let actions: &[Action] = match req {
+        ControlRequest::Deploy {
+            override_window: true,
+            ..
+        } => &[Action::Deploy, Action::Override],
+        ControlRequest::Deploy { .. } => &[Action::Deploy],
+        ControlRequest::Rollback { .. } => &[Action::Rollback],
+        ControlRequest::Pause { .. } | ControlRequest::Resume { .. } => &[Action::Pause],
+        ControlRequest::Approve { .. } | ControlRequest::Reject { .. } => &[Action::Approve],
+    };
+    let env = queue.env();
+    let apps: Vec<Arc<AppConfig>> = match req.app() {
+        "*" => env.apps.values().cloned().collect(),
+        one => env.apps.get(one).cloned().into_iter().collect(),
+    };
+    let mut refusals = Vec::new();
+    for app in &apps {
+        for a in actions {
+            if let Err(why) = app.allow.check(&env.allow, *a, peer, &app.name) {
+                let attempt = DeployRequest::new(&app.name, Trigger::Manual, model::clean_actor(&peer.user));
+                let note = format!("refused: {why}");
+                // Recorded `ignored` (not `failed`): the app's last outcome is its last deploy's.
+                if let Err(e) = queue.ignore(attempt, note).await {
+                    tracing::warn!(app = %app.name, "cannot record a refused request: {e}");
+                }
+                tracing::warn!(app = %app.name, "control socket: {why}");
+                refusals.push(why);
+                break;
+            }
+        }
+    }
+    match refusals.len() {
+        0 => Ok(()),
+        _ => Err(refusals.join("; ")),
+    }
+}
+
 /// The person running this process, for the audit: `alice`, or `root (sudo by alice)`.
 pub(crate) fn local_actor() -> String {
     // SAFETY: getuid(2) cannot fail and touches no memory.
@@ -215,17 +303,27 @@ pub async fn serve(listener: UnixListener, queue: Arc<Queue>, mut shutdown: watc
 }
 
 async fn handle(stream: UnixStream, queue: Arc<Queue>) -> std::io::Result<()> {
-    let actor = stream
-        .peer_cred()
-        .map(|c| user_name(c.uid()))
-        .unwrap_or_else(|_| "unknown".into());
+    // The kernel's word for who asks; a peer it cannot name may do only what no `allow` list restricts.
+    let peer = peer_of(&stream).unwrap_or(crate::config::Peer {
+        uid: u32::MAX,
+        user: "unknown".into(),
+        groups: Vec::new(),
+    });
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read).take(4096);
     let got = tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line)).await;
     let reply = match got {
         Ok(Ok(_)) => match serde_json::from_str::<ControlRequest>(&line) {
-            Ok(req) => answer(req, &actor, &queue).await,
+            Ok(req) => match permitted(&req, &peer, &queue).await {
+                Ok(()) => answer(req, &peer.user, &queue).await,
+                Err(why) => ControlReply {
+                    ok: false,
+                    deploy_id: None,
+                    error: Some(why),
+                    message: None,
+                },
+            },
             Err(e) => ControlReply {
                 ok: false,
                 deploy_id: None,

@@ -1,5 +1,6 @@
 //! Team controls (issue 14): `haul pause` / `haul resume` on a real daemon.
 
+use std::path::Path;
 use std::time::Duration;
 
 use haul::model::State;
@@ -359,4 +360,90 @@ fn approval_and_window_settings_that_cannot_work_are_refused() {
             said(&out)
         );
     }
+}
+
+/// `haul` as the unprivileged user `nobody` (group `nogroup`), talking to the daemon's socket.
+fn as_nobody(h: &Haul, args: &[&str]) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    // The build's binary lives under root's home, which nobody may enter: a copy beside the config.
+    let exe = h.dir.join("haul-bin");
+    if !exe.exists() {
+        std::fs::copy(env!("CARGO_BIN_EXE_haul"), &exe).expect("copy haul");
+    }
+    std::process::Command::new(&exe)
+        .arg("--config")
+        .arg(&h.config)
+        .args(args)
+        .uid(65534)
+        .gid(65534)
+        .env("HOME", "/nonexistent")
+        .output()
+        .expect("run haul as nobody")
+}
+
+/// Permissions by the peer's unix user and groups: `nobody` may roll back (by its group) but not deploy,
+/// and the refusal names the missing permission and is in the audit; root always may; `haul check` lists
+/// who may do what.
+#[test]
+fn who_may_deploy_is_decided_by_the_peer_s_user_and_groups() {
+    let t = TempDir::new("allow");
+    let git = GitServer::start(t.path());
+    let extra = "[apps.blog.allow]\ndeploy = [\"alice\"]\nrollback = [\"@nogroup\"]\n";
+    let mut h = Haul::configure_apps(
+        t.path(),
+        &git,
+        "[allow]\npause = [\"@deployers\"]\n",
+        &[("blog", "github", extra)],
+    );
+    h.start();
+    // The operator lets everyone reach the socket; the lists decide.
+    use std::os::unix::fs::PermissionsExt;
+    let mut p = h.state_dir.join("haul.sock");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).expect("chmod the socket");
+    while let Some(parent) = p.parent().map(Path::to_path_buf) {
+        let _ = std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o755));
+        if parent == std::path::Path::new("/tmp") || parent.as_os_str().is_empty() {
+            break;
+        }
+        p = parent;
+    }
+    let _ = std::fs::set_permissions(&h.config, std::fs::Permissions::from_mode(0o644));
+
+    let out = as_nobody(&h, &["deploy", "blog", "--no-follow"]);
+    let why = said(&out);
+    assert!(!out.status.success(), "{why}");
+    assert!(
+        why.contains("nobody may not deploy blog") && why.contains("[alice]"),
+        "{why}"
+    );
+    let rows = h.rows();
+    assert_eq!(rows.len(), 1, "the refusal is audited, and nothing else happened");
+    assert_eq!(rows[0].state, State::Ignored);
+    assert!(rows[0]
+        .reason
+        .as_deref()
+        .unwrap_or_default()
+        .contains("refused: nobody may not deploy"));
+    assert_eq!(rows[0].actor, "nobody");
+    let out = as_nobody(&h, &["pause", "blog"]);
+    assert!(
+        !out.status.success() && said(&out).contains("may not pause"),
+        "{}",
+        said(&out)
+    );
+    // Its group may roll back (there is nothing to roll back to yet: a failure of the rollback, not of the
+    // permission).
+    let out = as_nobody(&h, &["rollback", "blog", "--no-follow"]);
+    assert!(!said(&out).contains("may not"), "{}", said(&out));
+
+    let sha = git.commit(&[("v", "1")], "one");
+    let out = h.cli(&["deploy", "blog", "--sha", &sha]);
+    assert!(out.status.success(), "root always may: {}", said(&out));
+    let check = String::from_utf8_lossy(&h.cli(&["check"]).stdout).to_string();
+    assert!(check.contains("may deploy: root, alice"), "{check}");
+    assert!(check.contains("may pause: root, @deployers"), "{check}");
+    assert!(
+        check.contains("may approve: anyone who can reach the control socket"),
+        "{check}"
+    );
 }
