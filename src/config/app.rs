@@ -58,6 +58,17 @@ pub struct AppConfig {
     pub approve_within: Option<Duration>,
     /// `[apps.NAME.allow]`: who may do what to this app (over the top level's `[allow]`).
     pub allow: super::allow::Allow,
+    /// `verify_commits`: a git app deploys only commits (tag apps: tags) signed by one of these keys.
+    pub verify_commits: Option<CommitSigners>,
+}
+
+/// Who may sign what a git app deploys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitSigners {
+    /// An SSH `allowed_signers` file (`gpg.ssh.allowedSignersFile`).
+    Ssh(PathBuf),
+    /// A GPG keyring (exported public keys), imported into a private GNUPGHOME for each check.
+    Gpg(PathBuf),
 }
 
 impl AppConfig {
@@ -240,6 +251,21 @@ fn parse_app(name: &str, a: RawApp, dir: &ConfigDir) -> Result<AppConfig, String
         .transpose()?;
     let fleet = fleet::parse_app(name, a.fleet, a.rollout)?;
     let allow = super::allow::parse(a.allow.clone(), "allow")?;
+    let verify_commits =
+        match &a.verify_commits {
+            None => None,
+            Some(_) if origin.source.is_artifact() => {
+                return Err("verify_commits is for git apps (an artifact's signature is `verify`)".into())
+            }
+            Some(v) => Some(match (&v.ssh_allowed_signers, &v.gpg_keyring) {
+                (Some(f), None) => CommitSigners::Ssh(dir.resolve(f)),
+                (None, Some(f)) => CommitSigners::Gpg(dir.resolve(f)),
+                _ => return Err(
+                    "verify_commits is either { ssh_allowed_signers = \"...\" } or { gpg_keyring = \"...\" }"
+                        .into(),
+                ),
+            }),
+        };
     let approve_within = match (a.approve, a.approve_within.as_deref()) {
         (false, Some(_)) => return Err("approve_within needs approve = true".into()),
         (false, None) => None,
@@ -287,6 +313,7 @@ fn parse_app(name: &str, a: RawApp, dir: &ConfigDir) -> Result<AppConfig, String
         windows: None,
         approve_within,
         allow,
+        verify_commits,
     })
 }
 

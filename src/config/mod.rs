@@ -39,7 +39,7 @@ mod windows;
 
 pub use allow::{Action, Allow, Peer};
 pub(crate) use app::is_valid_app_name;
-pub use app::{AppConfig, MirrorMode, OnRestart};
+pub use app::{AppConfig, CommitSigners, MirrorMode, OnRestart};
 pub(crate) use files::check_private_file;
 use files::ConfigDir;
 pub use fleet::{FleetConfig, Rollout};

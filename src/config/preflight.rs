@@ -92,7 +92,12 @@ fn check_app(app: &AppConfig, problems: &mut Vec<String>, secrets: &mut Secrets)
         Some(Verifier::Ssh { allowed_signers, .. }) => Some(("verify.ssh_allowed_signers", allowed_signers)),
         None => None,
     };
-    if let Some((key, file)) = verify_file {
+    let signers = match &app.verify_commits {
+        Some(super::CommitSigners::Ssh(f)) => Some(("verify_commits.ssh_allowed_signers", f)),
+        Some(super::CommitSigners::Gpg(f)) => Some(("verify_commits.gpg_keyring", f)),
+        None => None,
+    };
+    for (key, file) in verify_file.into_iter().chain(signers) {
         if let Err(e) = std::fs::metadata(file) {
             problems.push(format!("[apps.{}] {key} {}: {e}", app.name, file.display()));
         }

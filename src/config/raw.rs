@@ -156,6 +156,15 @@ pub(crate) struct RawApp {
     pub(crate) approve: bool,
     pub(crate) approve_within: Option<String>,
     pub(crate) allow: Option<RawAllow>,
+    pub(crate) verify_commits: Option<RawVerifyCommits>,
+}
+
+/// `verify_commits = { ssh_allowed_signers = "..." }` or `{ gpg_keyring = "..." }`.
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawVerifyCommits {
+    pub(crate) ssh_allowed_signers: Option<PathBuf>,
+    pub(crate) gpg_keyring: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]

@@ -102,8 +102,7 @@ impl Cmd {
 #[derive(Debug, Default)]
 pub struct Output {
     pub stdout: Vec<u8>,
-    /// What a successful command warned about; no caller needs it yet, the runner's tests do.
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// What a successful command said on stderr (`git verify-commit` names the signer there).
     pub stderr_tail: Vec<String>,
 }
 

@@ -429,6 +429,100 @@ impl Git {
         }
     }
 
+    /// `verify_commits`: the signature on `sha` (or, for a tag app, on the annotated tag `tag`), checked by
+    /// `git verify-commit` / `verify-tag` against the configured signers only (an SSH allowed-signers file,
+    /// or a keyring imported into a private GNUPGHOME under `scratch`); the other kind of signature can
+    /// never verify. The signer as git names it, or why not (a permanent failure: never retried).
+    pub async fn verify_signature(
+        &self,
+        signers: &crate::config::CommitSigners,
+        sha: &str,
+        tag: Option<&str>,
+        scratch: &Path,
+    ) -> Result<String, Failure> {
+        use crate::config::CommitSigners;
+        let home = scratch.join("gnupg");
+        let _ = std::fs::remove_dir_all(&home);
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&home)
+                .map_err(|e| Failure::permanent(format!("cannot create {}: {e}", home.display())))?;
+        }
+        let what = match tag {
+            Some(t) => format!("tag {t}"),
+            None => format!("commit {}", &sha[..sha.len().min(12)]),
+        };
+        let mut cmd = self.git(&format!(
+            "git verify-{}",
+            if tag.is_some() { "tag" } else { "commit" }
+        ));
+        cmd = cmd.env("GNUPGHOME", home.as_os_str());
+        cmd = match signers {
+            CommitSigners::Ssh(file) => cmd
+                .arg("-c")
+                .arg("gpg.program=false")
+                .arg("-c")
+                .arg("gpg.x509.program=false")
+                .arg("-c")
+                .arg("gpg.ssh.program=ssh-keygen")
+                .arg("-c")
+                .arg(format!("gpg.ssh.allowedSignersFile={}", file.display())),
+            CommitSigners::Gpg(keyring) => {
+                let import = Cmd::new("gpg --import", "gpg")
+                    .args(["--batch", "--quiet", "--no-tty", "--no-autostart", "--homedir"])
+                    .arg(home.as_os_str())
+                    .arg("--import")
+                    .arg(keyring.as_os_str())
+                    .timeout(LOCAL_TIMEOUT);
+                runner::run(&import, None).await.map_err(|e| {
+                    Failure::permanent(format!(
+                        "cannot import verify_commits.gpg_keyring {}: {e}",
+                        keyring.display()
+                    ))
+                })?;
+                cmd.arg("-c")
+                    .arg("gpg.program=gpg")
+                    .arg("-c")
+                    .arg("gpg.ssh.program=false")
+                    .arg("-c")
+                    .arg("gpg.ssh.allowedSignersFile=/dev/null")
+            }
+        };
+        cmd = match tag {
+            Some(t) => cmd.args(["verify-tag", "--end-of-options", t]),
+            None => cmd.args(["verify-commit", "--end-of-options", sha]),
+        };
+        let result = runner::run(&cmd, None).await;
+        let _ = std::fs::remove_dir_all(&home);
+        let said = |tail: &[String]| {
+            tail.iter()
+                .map(|l| l.trim())
+                .filter(|l| !l.is_empty() && !l.starts_with("gpg: using") && !l.contains("WARNING"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        match result {
+            Ok(out) => {
+                let who = said(&out.stderr_tail);
+                Ok(if who.is_empty() {
+                    format!("{what}: good signature")
+                } else {
+                    who
+                })
+            }
+            Err(e) => {
+                let why = said(e.stderr_tail());
+                Err(Failure::permanent(format!(
+                    "{what} is not signed by a key verify_commits allows: {}; nothing was built (sign it with an allowed key, or add the signer)",
+                    if why.is_empty() { "it carries no signature".to_string() } else { why }
+                )))
+            }
+        }
+    }
+
     /// Is `ancestor` reachable from `descendant` (both in the mirror)?
     pub async fn is_ancestor(&self, ancestor: &str, descendant: &str) -> Result<bool, Failure> {
         let cmd = self

@@ -351,7 +351,8 @@ pub(crate) fn to_forward(
     );
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map(params![app], |r| {
-        let signed: Option<Vec<u8>> = r.get(18)?;
+        // The column after COLUMNS (counted, so that a column added to COLUMNS cannot shift it).
+        let signed: Option<Vec<u8>> = r.get(COLUMNS.split(',').count())?;
         Ok((row_to_deploy(r)?, signed))
     })?;
     let mut out = Vec::new();

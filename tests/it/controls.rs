@@ -447,3 +447,144 @@ fn who_may_deploy_is_decided_by_the_peer_s_user_and_groups() {
         "{check}"
     );
 }
+
+/// `verify_commits`: a commit signed by an allowed SSH key deploys (the audit names the key); an unsigned
+/// one, and one signed by a key not allowed, are refused for good before anything is built, with why.
+#[test]
+fn only_commits_signed_by_an_allowed_key_deploy() {
+    let t = TempDir::new("signed");
+    let git = GitServer::start(t.path());
+    let keys = t.path().join("keys");
+    std::fs::create_dir_all(&keys).expect("mkdir");
+    for (name, who) in [("alice", "alice@example.com"), ("mallory", "mallory@example.com")] {
+        let out = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", who, "-f"])
+            .arg(keys.join(name))
+            .output()
+            .expect("ssh-keygen");
+        assert!(out.status.success());
+    }
+    let alice_pub = std::fs::read_to_string(keys.join("alice.pub")).expect("pub");
+    let signers = keys.join("allowed_signers");
+    std::fs::write(
+        &signers,
+        format!("alice@example.com namespaces=\"git\" {alice_pub}"),
+    )
+    .expect("write");
+    let extra = format!(
+        "build = [\"test ! -e marker\", \"touch marker\"]\nverify_commits = {{ ssh_allowed_signers = \"{}\" }}\n",
+        signers.display()
+    );
+    let mut h = Haul::configure(t.path(), &git, &extra);
+    h.start();
+
+    let good = git.commit_signed(&[("v", "1")], "signed by alice", &keys.join("alice"));
+    let row = push_and_wait(&h, &good);
+    assert_eq!(row.state, State::Succeeded, "{:?}", row.reason);
+    let why = row.reason.unwrap_or_default();
+    assert!(
+        why.contains("alice@example.com") && why.contains("ED25519"),
+        "{why}"
+    );
+    let live = h.current();
+
+    let unsigned = git.commit(&[("v", "2")], "not signed");
+    let row = push_and_wait(&h, &unsigned);
+    assert_eq!(row.state, State::Failed);
+    let why = row.reason.unwrap_or_default();
+    assert!(
+        why.contains("permanent") && why.contains("carries no signature"),
+        "{why}"
+    );
+    assert_eq!(h.current(), live, "nothing changed");
+
+    let forged = git.commit_signed(&[("v", "3")], "signed by mallory", &keys.join("mallory"));
+    let row = push_and_wait(&h, &forged);
+    assert_eq!(row.state, State::Failed);
+    let why = row.reason.unwrap_or_default();
+    assert!(
+        why.contains("No principal matched") && why.contains("SHA256:"),
+        "{why}"
+    );
+    assert_eq!(h.current(), live, "nothing changed");
+    assert_eq!(h.releases().len(), 1, "nothing was built for either refusal");
+}
+
+/// `verify_commits = { gpg_keyring = ... }`: a commit signed by a key in the keyring deploys; one signed by
+/// another GPG key is refused, and an SSH-signed one cannot verify against a GPG keyring at all.
+#[test]
+fn gpg_signed_commits_verify_against_a_private_keyring_only() {
+    let t = TempDir::new("signed-gpg");
+    let git = GitServer::start(t.path());
+    let gpg = |home: &Path, args: &[&str]| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(home).expect("mkdir");
+        std::fs::set_permissions(home, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        let out = std::process::Command::new("gpg")
+            .arg("--homedir")
+            .arg(home)
+            .args([
+                "--batch",
+                "--no-tty",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                "",
+            ])
+            .args(args)
+            .output()
+            .expect("gpg");
+        assert!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let (bob, eve) = (t.path().join("gpg-bob"), t.path().join("gpg-eve"));
+    gpg(
+        &bob,
+        &[
+            "--quick-gen-key",
+            "Bob <bob@example.com>",
+            "ed25519",
+            "sign",
+            "never",
+        ],
+    );
+    gpg(
+        &eve,
+        &[
+            "--quick-gen-key",
+            "Eve <eve@example.com>",
+            "ed25519",
+            "sign",
+            "never",
+        ],
+    );
+    let keyring = t.path().join("trusted.gpg");
+    let public = gpg(&bob, &["--armor", "--export", "bob@example.com"]);
+    std::fs::write(&keyring, public).expect("write the keyring");
+    let extra = format!("verify_commits = {{ gpg_keyring = \"{}\" }}\n", keyring.display());
+    let mut h = Haul::configure(t.path(), &git, &extra);
+    h.start();
+
+    let good = git.commit_signed_gpg(&[("v", "1")], "signed by bob", &bob, "bob@example.com");
+    let row = push_and_wait(&h, &good);
+    assert_eq!(row.state, State::Succeeded, "{:?}", row.reason);
+    let why = row.reason.unwrap_or_default();
+    assert!(
+        why.contains("Good signature") && why.contains("bob@example.com"),
+        "{why}"
+    );
+
+    let bad = git.commit_signed_gpg(&[("v", "2")], "signed by eve", &eve, "eve@example.com");
+    let row = push_and_wait(&h, &bad);
+    assert_eq!(row.state, State::Failed);
+    let why = row.reason.unwrap_or_default();
+    assert!(why.contains("not signed by a key verify_commits allows"), "{why}");
+    assert!(
+        !why.contains("eve@example.com") || why.contains("No public key") || why.contains("Can't check"),
+        "{why}"
+    );
+}

@@ -184,6 +184,48 @@ impl GitServer {
 
     /// Commits `files` on `branch` and pushes it to the bare repository (locally, not through sshd).
     pub fn commit_on(&self, branch: &str, files: &[(&str, &str)], message: &str) -> String {
+        self.commit_with(branch, files, message, &[], None)
+    }
+
+    /// Commits `files` on main signed with the SSH key `key` (`git commit -S`, `gpg.format=ssh`).
+    pub fn commit_signed(&self, files: &[(&str, &str)], message: &str, key: &Path) -> String {
+        let signing = format!("user.signingkey={}", key.display());
+        self.commit_with(
+            "main",
+            files,
+            message,
+            &["-c", "gpg.format=ssh", "-c", &signing, "commit", "-S"],
+            None,
+        )
+    }
+
+    /// Commits `files` on main signed with the GPG key `key` of the keyring in `gnupghome`.
+    pub fn commit_signed_gpg(
+        &self,
+        files: &[(&str, &str)],
+        message: &str,
+        gnupghome: &Path,
+        key: &str,
+    ) -> String {
+        let signing = format!("user.signingkey={key}");
+        self.commit_with(
+            "main",
+            files,
+            message,
+            &["-c", "gpg.program=gpg", "-c", &signing, "commit", "-S"],
+            Some(gnupghome),
+        )
+    }
+
+    /// `commit_on`, with `extra` (git options, then the subcommand) replacing the plain `commit`.
+    fn commit_with(
+        &self,
+        branch: &str,
+        files: &[(&str, &str)],
+        message: &str,
+        extra: &[&str],
+        gnupghome: Option<&Path>,
+    ) -> String {
         let has_commits = git(&self.work)
             .args(["rev-parse", "--verify", "--quiet", "HEAD"])
             .output()
@@ -202,7 +244,12 @@ impl GitServer {
             std::fs::write(p, content).expect("write");
         }
         sh(git(&self.work).args(["add", "--all"]));
-        sh(git(&self.work).args(["commit", "--quiet", "--allow-empty", "-m", message]));
+        let commit: &[&str] = if extra.is_empty() { &["commit"] } else { extra };
+        let mut cmd = git(&self.work);
+        if let Some(home) = gnupghome {
+            cmd.env("GNUPGHOME", home);
+        }
+        sh(cmd.args(commit).args(["--quiet", "--allow-empty", "-m", message]));
         sh(git(&self.work).args([
             "push",
             "--quiet",

@@ -43,6 +43,21 @@ impl Pipeline {
         if let Some(mirror) = &report.mirror {
             self.vouch_for_mirror(&git, job, mirror, &git_ref, &sha).await?;
         }
+        // Signed by an allowed key, or refused for good before anything is built; the audit names the key.
+        let mut fetch_note = fetch_note;
+        if let Some(signers) = &self.app.verify_commits {
+            let tag = git_ref.strip_prefix("refs/tags/");
+            let scratch = self.dirs.downloads_of(&self.app.name).join(job.id.as_str());
+            let signed = git.verify_signature(signers, &sha, tag, &scratch).await;
+            let _ = std::fs::remove_dir_all(&scratch);
+            let signer = signed.map_err(|f| fail("refused (permanent)", &f))?;
+            self.log.line(&format!("    signature: {signer}"));
+            let note = format!("signature: {signer}");
+            fetch_note = Some(match fetch_note {
+                Some(n) => format!("{n}; {note}"),
+                None => note,
+            });
+        }
         self.log.line(&format!("    deploying {sha} ({git_ref})"));
         let release_id = release::new_release_id(&self.app.path, model::now_ms(), &sha);
         Ok(Target {

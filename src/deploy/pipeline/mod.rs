@@ -43,7 +43,7 @@ pub struct Target {
     pub git_ref: String,
     pub sha: String,
     pub release_id: String,
-    /// Something about the fetch the audit should say (a rate limit that was waited out).
+    /// Something about the fetch the audit should say (a rate limit that was waited out, who signed it).
     pub fetch_note: Option<String>,
     /// An artifact downloaded and verified, to unpack instead of a checkout.
     pub artifact: Option<crate::sources::artifact::Fetched>,
