@@ -69,6 +69,7 @@ impl Queue {
         };
         for (id, sha) in expired {
             tracing::warn!(app = %app, deploy_id = %id, "{expired_why}");
+            crate::infra::metrics::deploy_finished(app, "expired", None);
             if let Some(n) = &self.env().notifier {
                 let mut e = model::event::Event::new(EventKind::Expired, app, expired_why.clone());
                 e.deploy_id = Some(id);
