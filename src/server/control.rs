@@ -385,8 +385,8 @@ async fn answer(req: ControlRequest, actor: &str, queue: &Queue) -> ControlReply
     }
 }
 
-/// A pause or a resume, by `actor`, through the daemon's queue (which wakes the workers it concerns): what
-/// it did, in words.
+/// A pause, resume, approval or rejection, by `actor`, through the daemon's queue (which wakes the workers
+/// it concerns): what it did, in words.
 pub(crate) async fn hold(req: &ControlRequest, actor: &str, queue: &Queue) -> Result<String, String> {
     let app = Some(req.app()).filter(|a| *a != "*");
     if let Some(a) = app {
