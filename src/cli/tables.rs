@@ -20,6 +20,8 @@ struct AppStatus {
     deferred: usize,
     /// Waiting for `haul approve`.
     awaiting_approval: usize,
+    /// Waiting for CI (`gate = "ci"`).
+    awaiting_ci: usize,
     /// Who paused the app, when and why (`haul pause`); none while it is not paused.
     #[serde(skip_serializing_if = "Option::is_none")]
     paused: Option<store::Hold>,
@@ -60,6 +62,7 @@ pub(super) fn status(cfg: &Config, json: bool) -> Result<(), Exit> {
             queued: summary.queued,
             deferred: summary.deferred,
             awaiting_approval: summary.awaiting_approval,
+            awaiting_ci: summary.awaiting_ci,
             paused: summary.hold.clone(),
             window_closed: app.windows.as_ref().and_then(|w| match w.state(model::now_ms()) {
                 crate::config::WindowState::Open => None,
@@ -122,7 +125,7 @@ pub(super) fn status(cfg: &Config, json: bool) -> Result<(), Exit> {
                     format!(", 1 awaiting approval (`haul approve {}`)", r.app)
                 } else {
                     String::new()
-                },
+                } + if r.awaiting_ci > 0 { ", 1 awaiting CI" } else { "" },
             ]
         })
         .collect();

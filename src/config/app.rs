@@ -60,6 +60,9 @@ pub struct AppConfig {
     pub allow: super::allow::Allow,
     /// `verify_commits`: a git app deploys only commits (tag apps: tags) signed by one of these keys.
     pub verify_commits: Option<CommitSigners>,
+    /// `gate = "ci"`: automatic triggers wait for the forge's signed word that this workflow passed on the
+    /// commit (GitHub `workflow_run`).
+    pub ci_gate: Option<String>,
 }
 
 /// Who may sign what a git app deploys.
@@ -266,6 +269,35 @@ fn parse_app(name: &str, a: RawApp, dir: &ConfigDir) -> Result<AppConfig, String
                 ),
             }),
         };
+    let ci_gate = match (a.gate.as_deref(), &a.gate_workflow) {
+        (None, None) => None,
+        (None, Some(_)) => return Err("gate_workflow needs gate = \"ci\"".into()),
+        (Some("ci"), _) if origin.source.is_artifact() => {
+            return Err(
+                "gate = \"ci\" is for git apps (a registry or bucket says when CI is done by publishing)"
+                    .into(),
+            )
+        }
+        (Some("ci"), w) => {
+            let provider = webhook.as_ref().map(|w| w.provider.as_str()).unwrap_or("");
+            if provider != "github" {
+                return Err(format!(
+                    "gate = \"ci\" needs a github webhook for now (its workflow_run event; see PROVIDERS.md), not {:?}",
+                    if provider.is_empty() { "none" } else { provider }
+                ));
+            }
+            match w.as_deref().map(str::trim) {
+                Some(name) if !name.is_empty() => Some(name.to_string()),
+                _ => {
+                    return Err(
+                        "gate = \"ci\" needs gate_workflow, the workflow's name as GitHub shows it (\"CI\")"
+                            .into(),
+                    )
+                }
+            }
+        }
+        (Some(other), _) => return Err(format!("gate = {other:?}: the only gate is \"ci\"")),
+    };
     let approve_within = match (a.approve, a.approve_within.as_deref()) {
         (false, Some(_)) => return Err("approve_within needs approve = true".into()),
         (false, None) => None,
@@ -314,6 +346,7 @@ fn parse_app(name: &str, a: RawApp, dir: &ConfigDir) -> Result<AppConfig, String
         approve_within,
         allow,
         verify_commits,
+        ci_gate,
     })
 }
 

@@ -157,6 +157,8 @@ pub(crate) struct RawApp {
     pub(crate) approve_within: Option<String>,
     pub(crate) allow: Option<RawAllow>,
     pub(crate) verify_commits: Option<RawVerifyCommits>,
+    pub(crate) gate: Option<String>,
+    pub(crate) gate_workflow: Option<String>,
 }
 
 /// `verify_commits = { ssh_allowed_signers = "..." }` or `{ gpg_keyring = "..." }`.

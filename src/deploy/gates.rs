@@ -19,7 +19,43 @@ impl Queue {
         store::Gate {
             closed: self.window_closed(&req.app, now).map(|(why, _)| why),
             approval: self.approval_wait(&req.app, now),
+            ci: self.ci_wait(&req.app),
         }
+    }
+
+    /// For an app with `gate = "ci"`: why a request waits for CI.
+    fn ci_wait(&self, app: &str) -> Option<String> {
+        let workflow = self.env().apps.get(app)?.ci_gate.clone()?;
+        Some(format!(
+            "waiting for CI: the workflow {workflow:?} to pass on this commit (GitHub's signed workflow_run to this app's hook)"
+        ))
+    }
+
+    /// The forge's signed word on CI for `sha`: what waited on it runs (passed) or is recorded `ci_failed`.
+    /// The requests it decided.
+    pub async fn ci_result(
+        &self,
+        app: &str,
+        sha: &str,
+        passed: bool,
+        what: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let (name, sha2, what2, now) = (
+            app.to_string(),
+            sha.to_string(),
+            what.to_string(),
+            model::now_ms(),
+        );
+        let ids = self
+            .env()
+            .store
+            .call(move |c| store::record_ci(c, &name, &sha2, passed, &what2, now))
+            .await?;
+        tracing::info!(app = %app, "CI on {}: {what}; {} request(s) {}", model::short_sha(sha), ids.len(), if passed { "released" } else { "failed" });
+        if let Some(n) = self.wake_of(app) {
+            n.notify_one();
+        }
+        Ok(ids)
     }
 
     /// For an app with `approve = true`: why a request waits, and until when.
@@ -35,6 +71,14 @@ impl Queue {
     /// an open one queues them (unless paused), approvals wait or expire. How long until something here may
     /// change (none: nothing to wake for).
     pub(super) async fn settle(&self, app: &str) -> Option<Duration> {
+        if let Some(why) = self.ci_wait(app) {
+            let name = app.to_string();
+            let _ = self
+                .env()
+                .store
+                .call(move |c| store::await_ci(c, &name, &why))
+                .await;
+        }
         let window = self.settle_window(app).await;
         let approvals = self.settle_approvals(app).await;
         match (window, approvals) {

@@ -77,6 +77,7 @@ pub struct Metrics {
     pub paused: Family<AppLabel, Gauge>,
     pub window_open: Family<AppLabel, Gauge>,
     pub awaiting_approval: Family<AppLabel, Gauge>,
+    pub awaiting_ci: Family<AppLabel, Gauge>,
     pub webhooks: Family<ProviderResult, Counter>,
     pub fetches: Family<UpstreamResult, Counter>,
     pub circuit_open: Family<UpstreamLabel, Gauge>,
@@ -106,6 +107,7 @@ impl Metrics {
             paused: Family::default(),
             window_open: Family::default(),
             awaiting_approval: Family::default(),
+            awaiting_ci: Family::default(),
             webhooks: Family::default(),
             fetches: Family::default(),
             circuit_open: Family::default(),
@@ -160,6 +162,11 @@ impl Metrics {
             "awaiting_approval",
             "Requests waiting for `haul approve`, per app (approve = true)",
             m.awaiting_approval.clone(),
+        );
+        r.register(
+            "awaiting_ci",
+            "Requests waiting for CI to pass on their commit, per app (gate = \"ci\")",
+            m.awaiting_ci.clone(),
         );
         r.register(
             "webhook_requests",

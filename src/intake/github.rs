@@ -32,6 +32,7 @@ fn events(app: &AppConfig, headers: &HeaderMap, body: &[u8]) -> Result<Accepted,
     match event {
         "ping" => Ok(Accepted::Ping),
         "push" => push(app, delivery_id, body),
+        "workflow_run" if app.ci_gate.is_some() => workflow_run(app, body),
         "package" | "registry_package" if matches!(app.source, Source::Image(_)) => {
             package(app, delivery_id, body)
         }
@@ -67,6 +68,68 @@ fn push(app: &AppConfig, delivery_id: Option<String>, body: &[u8]) -> Result<Acc
         deleted: push.deleted,
     };
     decide(app, "github", delivery_id, vec![change], &actor)
+}
+
+#[derive(Deserialize)]
+struct WorkflowRunEvent {
+    action: Option<String>,
+    workflow_run: Option<WorkflowRun>,
+    workflow: Option<Named>,
+    repository: Option<Repository>,
+}
+
+#[derive(Deserialize)]
+struct WorkflowRun {
+    name: Option<String>,
+    head_branch: Option<String>,
+    head_sha: Option<String>,
+    conclusion: Option<String>,
+}
+
+/// `gate = "ci"`: a completed run of the gate's workflow on the app's branch says whether `head_sha` passed.
+/// Other runs (another workflow, another branch, not completed yet) change nothing.
+fn workflow_run(app: &AppConfig, body: &[u8]) -> Result<Accepted, Rejected> {
+    let ev: WorkflowRunEvent = parse(body)?;
+    check_repository(app, full_name(ev.repository.as_ref()))?;
+    let run = ev
+        .workflow_run
+        .ok_or_else(|| Rejected::Malformed("workflow_run event has no \"workflow_run\"".into()))?;
+    let name = run
+        .name
+        .filter(|n| !n.is_empty())
+        .or_else(|| ev.workflow.and_then(|w| w.name))
+        .unwrap_or_default();
+    let wanted = app.ci_gate.as_deref().unwrap_or_default();
+    let other = |why: String| Ok(Accepted::OtherEvent(model::clean_actor(&why)));
+    if ev.action.as_deref() != Some("completed") {
+        return other(format!(
+            "workflow_run {}",
+            ev.action.as_deref().unwrap_or("event")
+        ));
+    }
+    if name != wanted {
+        return other(format!("workflow_run of {name:?}, not the gate's {wanted:?}"));
+    }
+    if run.head_branch.as_deref() != Some(app.branch.as_str()) {
+        return other(format!(
+            "workflow_run on {:?}, not {}",
+            run.head_branch.unwrap_or_default(),
+            app.branch
+        ));
+    }
+    let sha = required_sha(run.head_sha)?;
+    let conclusion = run.conclusion.unwrap_or_default();
+    let passed = match conclusion.as_str() {
+        "success" => true,
+        "failure" | "cancelled" | "timed_out" | "startup_failure" | "action_required" => false,
+        // neutral, skipped, stale: no verdict on the commit.
+        other_conclusion => return other(format!("workflow {name:?} {other_conclusion}")),
+    };
+    Ok(Accepted::CiResult {
+        passed,
+        what: format!("workflow {name:?} {conclusion}"),
+        sha,
+    })
 }
 
 /// GitHub's `package` / `registry_package` event: a container version published to GHCR.
@@ -243,6 +306,7 @@ mod tests {
                 Accepted::Ignore(..) => "ignore",
                 Accepted::Ping => "ping",
                 Accepted::OtherEvent(_) => "other",
+                Accepted::CiResult { .. } => "ci",
             });
             assert_eq!(got, want, "{name}");
         }

@@ -45,6 +45,8 @@ pub enum Accepted {
     Ping,
     /// A signed event that is not a push (issues, stars, ...): answered, not recorded.
     OtherEvent(String),
+    /// `gate = "ci"`: the forge says CI finished on `sha` (on the app's branch): passed or not, and how.
+    CiResult { sha: String, passed: bool, what: String },
 }
 
 /// Why a webhook was refused. Nothing is recorded or queued for any of these.

@@ -128,10 +128,14 @@ pub enum State {
     AwaitingApproval,
     /// Waited for an approval longer than `approve_within`: never deployed.
     Expired,
+    /// `gate = "ci"`: waiting for the forge's signed word that CI passed on this commit.
+    AwaitingCi,
+    /// `gate = "ci"`: CI failed on this commit; never deployed.
+    CiFailed,
 }
 
 impl State {
-    pub const ALL: [State; 12] = [
+    pub const ALL: [State; 14] = [
         State::Queued,
         State::Running,
         State::Succeeded,
@@ -144,6 +148,8 @@ impl State {
         State::Deferred,
         State::AwaitingApproval,
         State::Expired,
+        State::AwaitingCi,
+        State::CiFailed,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -159,6 +165,8 @@ impl State {
             State::Deferred => "deferred",
             State::AwaitingApproval => "awaiting_approval",
             State::Expired => "expired",
+            State::AwaitingCi => "awaiting_ci",
+            State::CiFailed => "ci_failed",
         }
     }
     pub fn parse(s: &str) -> Option<State> {
@@ -167,7 +175,7 @@ impl State {
     pub fn is_final(self) -> bool {
         !matches!(
             self,
-            State::Queued | State::Running | State::Deferred | State::AwaitingApproval
+            State::Queued | State::Running | State::Deferred | State::AwaitingApproval | State::AwaitingCi
         )
     }
 }

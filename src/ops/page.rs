@@ -133,8 +133,10 @@ fn took(r: &DeployRow) -> String {
 fn class(s: State) -> &'static str {
     match s {
         State::Succeeded => "ok",
-        State::Failed | State::RolledBack | State::Interrupted | State::Expired => "bad",
-        State::Running | State::Queued | State::Deferred | State::AwaitingApproval => "busy",
+        State::Failed | State::RolledBack | State::Interrupted | State::Expired | State::CiFailed => "bad",
+        State::Running | State::Queued | State::Deferred | State::AwaitingApproval | State::AwaitingCi => {
+            "busy"
+        }
         State::Ignored | State::Superseded | State::Forwarded => "quiet",
     }
 }
@@ -189,6 +191,9 @@ pub fn index(host: &str, apps: &[AppView], recent: &[DeployRow], sources: &Sourc
             (None, 0) => "idle".into(),
             (None, q) => format!("{q} pending"),
         };
+        if a.summary.awaiting_ci > 0 {
+            queue = format!("{queue} · <span class=\"pill busy\">awaiting CI</span>");
+        }
         if a.summary.awaiting_approval > 0 {
             queue = format!(
                 "{queue} · <span class=\"pill busy\">awaiting approval</span> <span class=\"reason\">(`haul approve {}`)</span>",

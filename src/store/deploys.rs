@@ -229,6 +229,8 @@ pub struct Gate {
     pub closed: Option<String>,
     /// `approve = true`: why it waits (how to approve, when it expires).
     pub approval: Option<String>,
+    /// `gate = "ci"`: why it waits for CI (which workflow).
+    pub ci: Option<String>,
 }
 
 /// As `enqueue`, with the app's gate: an automatic trigger of a paused app, or of one whose window is
@@ -256,10 +258,13 @@ pub(crate) fn enqueue_held(
     let held = match req.trigger {
         Trigger::Webhook | Trigger::Poll => match super::holds::hold_of(conn, &req.app)? {
             Some(h) => Some((State::Deferred, h.why())),
-            None => match (&gate.closed, &gate.approval) {
-                (Some(why), _) => Some((State::Deferred, why.clone())),
-                (None, Some(why)) => Some((State::AwaitingApproval, why.clone())),
-                (None, None) => None,
+            None => match super::holds::ci_verdict(conn, &req.app, req.sha.as_deref(), gate.ci.as_deref())? {
+                Some(held) => Some(held),
+                None => match (&gate.closed, &gate.approval) {
+                    (Some(why), _) => Some((State::Deferred, why.clone())),
+                    (None, Some(why)) => Some((State::AwaitingApproval, why.clone())),
+                    (None, None) => None,
+                },
             },
         },
         _ => None,
@@ -274,7 +279,7 @@ pub(crate) fn enqueue_held(
         "UPDATE deploys SET state = 'superseded', superseded_by = ?1, finished_at = ?2,
                 reason = 'superseded by ' || ?1 || ' before it started'
          WHERE app = ?3 AND id != ?1
-           AND (state = 'queued' OR (state IN ('deferred', 'awaiting_approval') AND ?4 IN ('webhook', 'poll')))
+           AND (state = 'queued' OR (state IN ('deferred', 'awaiting_approval', 'awaiting_ci') AND ?4 IN ('webhook', 'poll')))
            AND NOT (trigger = 'rollback' AND ?4 IN ('webhook', 'poll'))
            AND (trigger = 'fleet') = (?4 = 'fleet') AND (trigger = 'local') = (?4 = 'local') RETURNING id",
     )?;
@@ -474,6 +479,8 @@ pub struct AppSummary {
     pub deferred: usize,
     /// Waiting for `haul approve`.
     pub awaiting_approval: usize,
+    /// Waiting for CI (`gate = "ci"`).
+    pub awaiting_ci: usize,
     /// The pause holding the app's automatic triggers (its own, or `haul pause --all`).
     pub hold: Option<super::Hold>,
 }
@@ -500,6 +507,11 @@ pub(crate) fn summary(conn: &Connection, app: &str) -> Result<AppSummary, StoreE
         )? as usize,
         awaiting_approval: conn.query_row(
             "SELECT count(*) FROM deploys WHERE app = ?1 AND state = 'awaiting_approval'",
+            params![app],
+            |r| r.get::<_, i64>(0),
+        )? as usize,
+        awaiting_ci: conn.query_row(
+            "SELECT count(*) FROM deploys WHERE app = ?1 AND state = 'awaiting_ci'",
             params![app],
             |r| r.get::<_, i64>(0),
         )? as usize,

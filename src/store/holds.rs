@@ -239,3 +239,84 @@ pub(crate) fn oldest_awaiting(conn: &Connection, app: &str) -> Result<Option<i64
         )?
         .query_row(params![app], |r| r.get(0))?)
 }
+
+/// `gate = "ci"` (`why`: which workflow it waits for): what a new automatic request for `sha` is recorded as.
+/// CI already passed on it: nothing holds it here. CI failed on it: `ci_failed` at once. Not heard of yet:
+/// `awaiting_ci`.
+pub(crate) fn ci_verdict(
+    conn: &Connection,
+    app: &str,
+    sha: Option<&str>,
+    why: Option<&str>,
+) -> Result<Option<(crate::model::State, String)>, StoreError> {
+    use crate::model::State;
+    let Some(why) = why else {
+        return Ok(None);
+    };
+    let Some(sha) = sha else {
+        return Ok(Some((State::AwaitingCi, why.to_string())));
+    };
+    let known: Option<(bool, String)> = conn
+        .prepare_cached("SELECT passed, what FROM ci_results WHERE app = ?1 AND sha = ?2")?
+        .query_row(params![app, sha], |r| Ok((r.get::<_, i64>(0)? == 1, r.get(1)?)))
+        .optional()?;
+    Ok(match known {
+        Some((true, _)) => None,
+        Some((false, what)) => Some((
+            State::CiFailed,
+            format!("CI failed on this commit ({what}); nothing deployed"),
+        )),
+        None => Some((State::AwaitingCi, why.to_string())),
+    })
+}
+
+/// The forge's word on CI for `sha`: kept, and the requests waiting on it are queued (passed) or recorded
+/// `ci_failed`. Their ids.
+pub(crate) fn record_ci(
+    conn: &Conn,
+    app: &str,
+    sha: &str,
+    passed: bool,
+    what: &str,
+    now: i64,
+) -> Result<Vec<String>, StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO ci_results (app, sha, passed, what, at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (app, sha) DO UPDATE SET passed = excluded.passed, what = excluded.what, at = excluded.at",
+    )?
+    .execute(params![app, sha, i64::from(passed), what, now])?;
+    let ids = if passed {
+        let mut stmt = conn.prepare_cached(
+            "UPDATE deploys SET state = 'queued', reason = NULL
+             WHERE app = ?1 AND sha = ?2 AND state = 'awaiting_ci' RETURNING id",
+        )?;
+        let ids = stmt
+            .query_map(params![app, sha], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        ids
+    } else {
+        let mut stmt = conn.prepare_cached(
+            "UPDATE deploys SET state = 'ci_failed', finished_at = ?4,
+                    reason = 'CI failed on this commit (' || ?3 || '); nothing deployed'
+             WHERE app = ?1 AND sha = ?2 AND state = 'awaiting_ci' RETURNING id",
+        )?;
+        let ids = stmt
+            .query_map(params![app, sha, what, now], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        ids
+    };
+    Ok(ids)
+}
+
+/// `gate = "ci"`: queued automatic requests whose commit CI has not passed (a pause or a window released
+/// them) wait for it again. How many.
+pub(crate) fn await_ci(conn: &Conn, app: &str, why: &str) -> Result<usize, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "UPDATE deploys SET state = 'awaiting_ci', reason = ?2
+             WHERE app = ?1 AND state = 'queued' AND trigger IN ('webhook', 'poll')
+               AND NOT EXISTS (SELECT 1 FROM ci_results r
+                               WHERE r.app = deploys.app AND r.sha = deploys.sha AND r.passed = 1)",
+        )?
+        .execute(params![app, why])?)
+}

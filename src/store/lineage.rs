@@ -81,10 +81,12 @@ pub(super) fn order(conn: &Connection, req: &DeployRequest) -> Result<Order, Sto
         }
     }
     let mut from = Vec::new();
-    for c in current
-        .iter()
-        .filter(|c| matches!(c.state, State::Queued | State::Deferred | State::AwaitingApproval))
-    {
+    for c in current.iter().filter(|c| {
+        matches!(
+            c.state,
+            State::Queued | State::Deferred | State::AwaitingApproval | State::AwaitingCi
+        )
+    }) {
         if c.sha == *parent || chain.has_ancestor(parent, &c.sha)? {
             from.push(c.id.clone());
         }
@@ -97,6 +99,7 @@ fn describe(state: State) -> &'static str {
         State::Queued => "pending",
         State::Deferred => "deferred (the app is paused, or outside its deploy windows)",
         State::AwaitingApproval => "awaiting approval",
+        State::AwaitingCi => "awaiting CI",
         State::Running => "running",
         _ => "live",
     }
@@ -159,7 +162,7 @@ pub(crate) fn rollback_pin(conn: &Connection, app: &str, sha: &str) -> Result<Op
 fn current(conn: &Connection, app: &str) -> Result<Vec<Current>, StoreError> {
     let mut out = Vec::new();
     let mut stmt = conn.prepare_cached(
-        "SELECT id, sha, state FROM deploys WHERE app = ?1 AND state IN ('queued', 'deferred', 'awaiting_approval', 'running')
+        "SELECT id, sha, state FROM deploys WHERE app = ?1 AND state IN ('queued', 'deferred', 'awaiting_approval', 'awaiting_ci', 'running')
            AND sha IS NOT NULL AND trigger != 'rollback'",
     )?;
     let rows = stmt.query_map(params![app], |r| {
@@ -262,7 +265,7 @@ pub(crate) fn supersede(
     let mut stmt = conn.prepare_cached(
         "UPDATE deploys SET state = 'superseded', superseded_by = ?1, finished_at = ?2,
                 reason = 'superseded by ' || ?1 || ' before it started'
-         WHERE id = ?3 AND app = ?4 AND state IN ('queued', 'deferred', 'awaiting_approval')",
+         WHERE id = ?3 AND app = ?4 AND state IN ('queued', 'deferred', 'awaiting_approval', 'awaiting_ci')",
     )?;
     let mut done = Vec::new();
     for f in from {

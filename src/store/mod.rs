@@ -26,8 +26,8 @@ mod schema;
 pub(crate) use alerts::*;
 pub use deploys::*;
 pub(crate) use holds::{
-    approve, await_approval, defer_queued, expire_approvals, oldest_awaiting, pause, reject,
-    release_deferred, resume,
+    approve, await_approval, await_ci, defer_queued, expire_approvals, oldest_awaiting, pause, record_ci,
+    reject, release_deferred, resume,
 };
 pub use holds::{holds, Hold};
 pub(crate) use lineage::{queued_pushes, rollback_pin, supersede};

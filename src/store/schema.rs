@@ -128,6 +128,16 @@ pub(super) const SCHEMA: &[&str] = &[
     // v13: `approve = true`: who approved a request (`haul approve`), so a window or a pause that holds it
     // afterwards does not ask again.
     "ALTER TABLE deploys ADD COLUMN approved_by TEXT;",
+    // v14: `gate = "ci"`: what the forge said of CI on each commit, so a push that arrives after its run
+    // finished is decided at once.
+    "CREATE TABLE ci_results (
+        app TEXT NOT NULL,
+        sha TEXT NOT NULL,
+        passed INTEGER NOT NULL,
+        what TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        PRIMARY KEY (app, sha)
+     ) WITHOUT ROWID;",
 ];
 
 pub(super) fn configure(conn: &Connection) -> rusqlite::Result<()> {

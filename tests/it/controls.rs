@@ -588,3 +588,101 @@ fn gpg_signed_commits_verify_against_a_private_keyring_only() {
         "{why}"
     );
 }
+
+/// GitHub's own `workflow_run` example (tests/fixtures) for `sha`, rewritten to the gate's workflow name, the
+/// test branch and `conclusion`.
+fn workflow_run(name: &str, sha: &str, conclusion: &str) -> String {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&fixture("github/workflow_run-completed.json")).expect("json");
+    v["workflow_run"]["name"] = name.into();
+    v["workflow_run"]["head_branch"] = "main".into();
+    v["workflow_run"]["head_sha"] = sha.into();
+    v["workflow_run"]["conclusion"] = conclusion.into();
+    v.to_string()
+}
+
+/// `gate = "ci"`: a push waits as `awaiting_ci` (nothing fetched) until GitHub's signed `workflow_run` of the
+/// gate's workflow says CI passed on that commit; a failed run records `ci_failed`; a run that finished
+/// before its push arrived decides the push at once; other workflows change nothing.
+#[test]
+fn a_ci_gated_app_deploys_only_what_ci_passed() {
+    let t = TempDir::new("ci-gate");
+    let git = GitServer::start(t.path());
+    let mut h = Haul::configure(t.path(), &git, "gate = \"ci\"\ngate_workflow = \"CI\"\n");
+    h.start();
+    let send = |body: String| {
+        h.post(
+            "/hooks/blog",
+            &signed_headers("workflow_run", &delivery(), &body),
+            body.as_bytes(),
+        )
+    };
+    let c1 = git.commit(&[("v", "1")], "one");
+    let (code, reply) = h.push("refs/heads/main", &c1, &delivery());
+    assert_eq!(
+        (code, reply["status"].as_str()),
+        (202, Some("awaiting_ci")),
+        "{reply}"
+    );
+    let first = reply["deploy_id"].as_str().unwrap_or_default().to_string();
+    assert!(
+        reply["reason"].as_str().unwrap_or_default().contains("\"CI\""),
+        "{reply}"
+    );
+    let (code, reply) = send(workflow_run("Lint", &c1, "success"));
+    assert_eq!(
+        (code, reply["status"].as_str()),
+        (202, Some("ignored")),
+        "another workflow: {reply}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(h.row(&first).state, State::AwaitingCi);
+    assert_eq!(git.fetches(), 0, "nothing fetched before CI passed");
+    let status = String::from_utf8_lossy(&h.cli(&["status"]).stdout).to_string();
+    assert!(status.contains("awaiting CI"), "{status}");
+    let (_, metrics) = http_get(&h.addr(), "/metrics");
+    assert!(metrics.contains("haul_awaiting_ci{app=\"blog\"} 1"), "{metrics}");
+    let (_, page) = http_get(&h.addr(), "/");
+    assert!(page.contains("awaiting CI"), "{page}");
+
+    let (code, reply) = send(workflow_run("CI", &c1, "success"));
+    assert_eq!(
+        (code, reply["status"].as_str()),
+        (202, Some("ci_passed")),
+        "{reply}"
+    );
+    assert!(
+        reply["reason"].as_str().unwrap_or_default().contains(&first),
+        "{reply}"
+    );
+    assert_eq!(h.wait_final(&first).state, State::Succeeded);
+
+    let c2 = git.commit(&[("v", "2")], "two");
+    let (_, reply) = h.deliver(&github_push_from("refs/heads/main", &c1, &c2), &delivery());
+    let second = reply["deploy_id"].as_str().unwrap_or_default().to_string();
+    let (code, reply) = send(workflow_run("CI", &c2, "failure"));
+    assert_eq!(
+        (code, reply["status"].as_str()),
+        (202, Some("ci_failed")),
+        "{reply}"
+    );
+    let row = h.row(&second);
+    assert_eq!(row.state, State::CiFailed);
+    assert!(row.reason.unwrap_or_default().contains("failure"));
+    let live = h.current();
+
+    // CI may finish before the push is delivered: the push is then decided at once.
+    let c3 = git.commit(&[("v", "3")], "three");
+    let (_, reply) = send(workflow_run("CI", &c3, "success"));
+    assert_eq!(reply["status"], "ci_passed", "{reply}");
+    let (code, reply) = h.deliver(&github_push_from("refs/heads/main", &c2, &c3), &delivery());
+    assert_eq!((code, reply["status"].as_str()), (202, Some("queued")), "{reply}");
+    let third = reply["deploy_id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(h.wait_final(&third).state, State::Succeeded);
+    assert_ne!(h.current(), live);
+    let (_, metrics) = http_get(&h.addr(), "/metrics");
+    assert!(
+        metrics.contains("haul_deploys_total{app=\"blog\",outcome=\"succeeded\"} 2"),
+        "{metrics}"
+    );
+}

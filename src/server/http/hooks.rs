@@ -149,6 +149,37 @@ async fn decide(st: &HttpState, app: &str, accepted: Accepted) -> (Response, &'s
             r.reason = Some(format!("event {event:?} is not a push"));
             return ((StatusCode::ACCEPTED, Json(r)).into_response(), "other_event");
         }
+        // `gate = "ci"`: the forge's word on a commit, recorded; what waited on it runs or fails.
+        Accepted::CiResult { sha, passed, what } => {
+            return match st.queue.ci_result(&app, &sha, passed, &what).await {
+                Ok(ids) => {
+                    let mut r = HookReply::new(if passed { "ci_passed" } else { "ci_failed" });
+                    r.reason = Some(match ids.len() {
+                        0 => format!(
+                            "{what} on {}; nothing was waiting for it (a push of it will be decided at once)",
+                            crate::model::short_sha(&sha)
+                        ),
+                        _ => format!(
+                            "{what} on {}: {} {}",
+                            crate::model::short_sha(&sha),
+                            ids.join(", "),
+                            if passed { "released" } else { "recorded ci_failed" }
+                        ),
+                    });
+                    ((StatusCode::ACCEPTED, Json(r)).into_response(), "ci_result")
+                }
+                Err(e) => {
+                    tracing::error!(app = %app, "cannot record a CI result: {e}");
+                    (
+                        error(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "the audit database cannot be written",
+                        ),
+                        "unavailable",
+                    )
+                }
+            };
+        }
         Accepted::Ignore(req, reason) => st
             .queue
             .ignore(req, reason.clone())

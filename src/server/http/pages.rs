@@ -179,6 +179,7 @@ pub(super) async fn metrics(State(st): State<Arc<HttpState>>) -> Response {
             m.awaiting_approval
                 .get_or_create(&label)
                 .set(s.awaiting_approval as i64);
+            m.awaiting_ci.get_or_create(&label).set(s.awaiting_ci as i64);
             m.paused.get_or_create(&label).set(i64::from(s.hold.is_some()));
             if let Some(w) = env.apps.get(&label.app).and_then(|a| a.windows.as_ref()) {
                 let open = w.state(crate::model::now_ms()) == crate::config::WindowState::Open;
