@@ -151,7 +151,7 @@ async fn decide(st: &HttpState, app: &str, accepted: Accepted) -> (Response, &'s
         }
         // `gate = "ci"`: the forge's word on a commit, recorded; what waited on it runs or fails.
         Accepted::CiResult { sha, passed, what } => {
-            return match st.queue.ci_result(&app, &sha, passed, &what).await {
+            return match st.queue.ci_result(app, &sha, passed, &what).await {
                 Ok(ids) => {
                     let mut r = HookReply::new(if passed { "ci_passed" } else { "ci_failed" });
                     r.reason = Some(match ids.len() {
