@@ -117,7 +117,11 @@ fn workflow_run(app: &AppConfig, body: &[u8]) -> Result<Accepted, Rejected> {
             app.branch
         ));
     }
-    let sha = required_sha(run.head_sha)?;
+    let sha = run
+        .head_sha
+        .filter(|s| model::is_full_sha(s))
+        .map(|s| s.to_ascii_lowercase())
+        .ok_or_else(|| Rejected::Malformed("workflow_run has no valid head_sha (40 hex digits)".into()))?;
     let conclusion = run.conclusion.unwrap_or_default();
     let passed = match conclusion.as_str() {
         "success" => true,
@@ -310,6 +314,70 @@ mod tests {
             });
             assert_eq!(got, want, "{name}");
         }
+    }
+
+    /// GitHub's own `workflow_run` example (tests/fixtures), for a `gate = "ci"` app: only a completed run
+    /// of the gate's workflow on the app's branch is a verdict on its `head_sha`.
+    #[test]
+    fn a_completed_run_of_the_gate_s_workflow_is_a_ci_verdict() {
+        let gated = app_with("gate = \"ci\"\ngate_workflow = \"CI\"\n[apps.blog.webhook]\nprovider = \"github\"\nsecret_file = \"s\"");
+        let plain = app_with("");
+        let example = include_str!("../../tests/fixtures/github/workflow_run-completed.json");
+        let sha = "b".repeat(40);
+        let body = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut v: serde_json::Value = serde_json::from_str(example).expect("json");
+            v["workflow_run"]["name"] = "CI".into();
+            v["workflow_run"]["head_branch"] = "main".into();
+            v["workflow_run"]["head_sha"] = sha.clone().into();
+            edit(&mut v);
+            v.to_string()
+        };
+        let run = |app: &crate::config::AppConfig, b: String| {
+            let h = headers(&[
+                ("x-hub-signature-256", &sign_github(SECRET, b.as_bytes())),
+                ("x-github-event", "workflow_run"),
+                ("x-github-delivery", "d-1"),
+            ]);
+            evaluate(app, Provider::Github, &[SECRET.to_vec()], &h, b.as_bytes(), 0)
+        };
+        let verdict = |r: Result<Accepted, Rejected>| match r {
+            Ok(Accepted::CiResult { sha, passed, what }) => format!("{} {passed} {what}", &sha[..4]),
+            Ok(Accepted::OtherEvent(e)) => format!("other: {e}"),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(
+            verdict(run(&gated, body(&|_| {}))),
+            "bbbb true workflow \"CI\" success"
+        );
+        let failed = body(&|v| v["workflow_run"]["conclusion"] = "failure".into());
+        assert_eq!(verdict(run(&gated, failed)), "bbbb false workflow \"CI\" failure");
+        for (edit, says) in [
+            (
+                &(|v: &mut serde_json::Value| v["workflow_run"]["name"] = "Lint".into())
+                    as &dyn Fn(&mut serde_json::Value),
+                "not the gate's",
+            ),
+            (
+                &|v: &mut serde_json::Value| v["workflow_run"]["head_branch"] = "feature".into(),
+                "not main",
+            ),
+            (
+                &|v: &mut serde_json::Value| v["action"] = "requested".into(),
+                "workflow_run requested",
+            ),
+            (
+                &|v: &mut serde_json::Value| v["workflow_run"]["conclusion"] = "skipped".into(),
+                "skipped",
+            ),
+        ] {
+            let got = verdict(run(&gated, body(edit)));
+            assert!(got.starts_with("other") && got.contains(says), "{got}");
+        }
+        let bad = body(&|v| v["workflow_run"]["head_sha"] = "not-a-sha".into());
+        let got = run(&gated, bad);
+        assert!(matches!(got, Err(Rejected::Malformed(_))), "{got:?}");
+        // An app without the gate takes a workflow_run as any other event.
+        assert!(verdict(run(&plain, body(&|_| {}))).starts_with("other"));
     }
 
     /// GitHub's own `package` example (tests/fixtures), with the test's package name, tag and digest.

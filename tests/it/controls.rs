@@ -347,6 +347,9 @@ fn approval_and_window_settings_that_cannot_work_are_refused() {
         ("approve_within = \"1h\"\n", "approve_within needs approve = true"),
         ("approve = true\napprove_within = \"10s\"\n", "at least 1m"),
         ("windows = [{ allow = \"Mon-Fri 9-17\" }]\n", "not a time of day"),
+        ("gate = \"ci\"\n", "needs gate_workflow"),
+        ("gate = \"cd\"\ngate_workflow = \"CI\"\n", "the only gate"),
+        ("gate_workflow = \"CI\"\n", "needs gate = \"ci\""),
         (
             "windows = [{ allow = \"Mon 09:00-10:00\" }]\ntimezone = \"Mars/Olympus\"\n",
             "not a time zone",
