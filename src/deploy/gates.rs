@@ -1,5 +1,5 @@
-//! The gates an app's automatic triggers (webhooks, polls) pass before they run: a pause (`haul pause`),
-//! its deploy windows, and approvals (`approve = true`). Held requests are rows like any other
+//! The gates an app's automatic triggers (webhooks, polls) pass before they run: CI (`gate = "ci"`), a
+//! pause (`haul pause`), its deploy windows, and approvals (`approve = true`). Held requests are rows like any other
 //! (`deferred`, `awaiting_approval`), coalesced to the newest; the worker settles them before each claim
 //! (`Queue::settle`) and wakes when a window opens or an approval expires. A person's `haul deploy` passes
 //! every gate but the window, which `--override-window` opens.
