@@ -208,6 +208,11 @@ fn parse_app(name: &str, a: RawApp, dir: &ConfigDir) -> Result<AppConfig, String
         return Err("app names use letters, digits, '-', '_' and '.', start with a letter or digit, and are at most 64 characters".into());
     }
     let origin = parse_origin(&a, dir)?;
+    let Controls {
+        verify_commits,
+        ci_gate,
+        approve_within,
+    } = controls(&a, &origin, dir)?;
     if a.keep_releases < 2 {
         return Err(
             "keep_releases must be at least 2 (the live release and the one before it are always kept)"
@@ -254,63 +259,6 @@ fn parse_app(name: &str, a: RawApp, dir: &ConfigDir) -> Result<AppConfig, String
         .transpose()?;
     let fleet = fleet::parse_app(name, a.fleet, a.rollout)?;
     let allow = super::allow::parse(a.allow.clone(), "allow")?;
-    let verify_commits =
-        match &a.verify_commits {
-            None => None,
-            Some(_) if origin.source.is_artifact() => {
-                return Err("verify_commits is for git apps (an artifact's signature is `verify`)".into())
-            }
-            Some(v) => Some(match (&v.ssh_allowed_signers, &v.gpg_keyring) {
-                (Some(f), None) => CommitSigners::Ssh(dir.resolve(f)),
-                (None, Some(f)) => CommitSigners::Gpg(dir.resolve(f)),
-                _ => return Err(
-                    "verify_commits is either { ssh_allowed_signers = \"...\" } or { gpg_keyring = \"...\" }"
-                        .into(),
-                ),
-            }),
-        };
-    let ci_gate = match (a.gate.as_deref(), &a.gate_workflow) {
-        (None, None) => None,
-        (None, Some(_)) => return Err("gate_workflow needs gate = \"ci\"".into()),
-        (Some("ci"), _) if origin.source.is_artifact() => {
-            return Err(
-                "gate = \"ci\" is for git apps (a registry or bucket says when CI is done by publishing)"
-                    .into(),
-            )
-        }
-        (Some("ci"), w) => {
-            let provider = webhook.as_ref().map(|w| w.provider.as_str()).unwrap_or("");
-            if provider != "github" {
-                return Err(format!(
-                    "gate = \"ci\" needs a github webhook for now (its workflow_run event; see PROVIDERS.md), not {:?}",
-                    if provider.is_empty() { "none" } else { provider }
-                ));
-            }
-            match w.as_deref().map(str::trim) {
-                Some(name) if !name.is_empty() => Some(name.to_string()),
-                _ => {
-                    return Err(
-                        "gate = \"ci\" needs gate_workflow, the workflow's name as GitHub shows it (\"CI\")"
-                            .into(),
-                    )
-                }
-            }
-        }
-        (Some(other), _) => return Err(format!("gate = {other:?}: the only gate is \"ci\"")),
-    };
-    let approve_within = match (a.approve, a.approve_within.as_deref()) {
-        (false, Some(_)) => return Err("approve_within needs approve = true".into()),
-        (false, None) => None,
-        (true, w) => Some(duration_or("approve_within", w, Duration::from_secs(24 * 3600))?),
-    };
-    if approve_within.is_some() && fleet.is_some() {
-        return Err(
-            "approve = true is for apps that deploy on this host alone (not fleet = true) for now".into(),
-        );
-    }
-    if approve_within.is_some_and(|d| d < Duration::from_secs(60)) {
-        return Err("approve_within is at least 1m (a person has to read the notification)".into());
-    }
     if fleet.is_some() && origin.source.is_artifact() {
         return Err("fleet = true is for git apps for now (artifact rollouts are not built yet)".into());
     }
@@ -347,6 +295,81 @@ fn parse_app(name: &str, a: RawApp, dir: &ConfigDir) -> Result<AppConfig, String
         allow,
         verify_commits,
         ci_gate,
+    })
+}
+
+/// What a team controls of an app beyond how it deploys (issue 14): signed commits, the CI gate, approvals.
+struct Controls {
+    verify_commits: Option<CommitSigners>,
+    ci_gate: Option<String>,
+    approve_within: Option<Duration>,
+}
+
+fn controls(a: &RawApp, origin: &Origin, dir: &ConfigDir) -> Result<Controls, String> {
+    let fleet = a.fleet;
+    let verify_commits =
+        match &a.verify_commits {
+            None => None,
+            Some(_) if origin.source.is_artifact() => {
+                return Err("verify_commits is for git apps (an artifact's signature is `verify`)".into())
+            }
+            Some(v) => Some(match (&v.ssh_allowed_signers, &v.gpg_keyring) {
+                (Some(f), None) => CommitSigners::Ssh(dir.resolve(f)),
+                (None, Some(f)) => CommitSigners::Gpg(dir.resolve(f)),
+                _ => return Err(
+                    "verify_commits is either { ssh_allowed_signers = \"...\" } or { gpg_keyring = \"...\" }"
+                        .into(),
+                ),
+            }),
+        };
+    let ci_gate = match (a.gate.as_deref(), &a.gate_workflow) {
+        (None, None) => None,
+        (None, Some(_)) => return Err("gate_workflow needs gate = \"ci\"".into()),
+        (Some("ci"), _) if origin.source.is_artifact() => {
+            return Err(
+                "gate = \"ci\" is for git apps (a registry or bucket says when CI is done by publishing)"
+                    .into(),
+            )
+        }
+        (Some("ci"), w) => {
+            let provider = a.webhook.as_ref().map(|w| w.provider.as_str()).unwrap_or("");
+            match (provider, w.as_deref().map(str::trim)) {
+                ("github", Some(name)) if !name.is_empty() => Some(name.to_string()),
+                ("github", _) => {
+                    return Err(
+                        "gate = \"ci\" needs gate_workflow, the workflow's name as GitHub shows it (\"CI\")"
+                            .into(),
+                    )
+                }
+                // GitLab: any pipeline of the branch, or only the one named so (`workflow:name`).
+                ("gitlab", name) => Some(name.unwrap_or_default().to_string()),
+                _ => {
+                    return Err(format!(
+                        "gate = \"ci\" needs a github or gitlab webhook for now (workflow_run, Pipeline Hook; see PROVIDERS.md), not {:?}",
+                        if provider.is_empty() { "none" } else { provider }
+                    ))
+                }
+            }
+        }
+        (Some(other), _) => return Err(format!("gate = {other:?}: the only gate is \"ci\"")),
+    };
+    let approve_within = match (a.approve, a.approve_within.as_deref()) {
+        (false, Some(_)) => return Err("approve_within needs approve = true".into()),
+        (false, None) => None,
+        (true, w) => Some(duration_or("approve_within", w, Duration::from_secs(24 * 3600))?),
+    };
+    if approve_within.is_some() && fleet {
+        return Err(
+            "approve = true is for apps that deploy on this host alone (not fleet = true) for now".into(),
+        );
+    }
+    if approve_within.is_some_and(|d| d < Duration::from_secs(60)) {
+        return Err("approve_within is at least 1m (a person has to read the notification)".into());
+    }
+    Ok(Controls {
+        verify_commits,
+        ci_gate,
+        approve_within,
     })
 }
 

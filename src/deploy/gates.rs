@@ -26,9 +26,13 @@ impl Queue {
     /// For an app with `gate = "ci"`: why a request waits for CI.
     fn ci_wait(&self, app: &str) -> Option<String> {
         let workflow = self.env().apps.get(app)?.ci_gate.clone()?;
-        Some(format!(
-            "waiting for CI: the workflow {workflow:?} to pass on this commit (GitHub's signed workflow_run to this app's hook)"
-        ))
+        Some(if workflow.is_empty() {
+            "waiting for CI: a pipeline of the branch to pass on this commit (GitLab's Pipeline Hook to this app's hook)".to_string()
+        } else {
+            format!(
+                "waiting for CI: the workflow {workflow:?} to pass on this commit (the forge's signed workflow_run or Pipeline Hook to this app's hook)"
+            )
+        })
     }
 
     /// The forge's signed word on CI for `sha`: what waited on it runs (passed) or is recorded `ci_failed`.

@@ -40,6 +40,9 @@ pub(super) fn evaluate(
     let delivery_id = authenticate(secrets, headers, body, now_secs)?;
     let event = header(headers, "x-gitlab-event")
         .ok_or_else(|| Rejected::Malformed("missing X-Gitlab-Event header".into()))?;
+    if event == "Pipeline Hook" && app.ci_gate.is_some() {
+        return pipeline(app, body);
+    }
     if event != "Push Hook" && event != "Tag Push Hook" {
         return Ok(Accepted::OtherEvent(model::clean_actor(event)));
     }
@@ -62,6 +65,75 @@ pub(super) fn evaluate(
         deleted: false,
     };
     decide(app, "gitlab", delivery_id, vec![change], &actor)
+}
+
+#[derive(Deserialize)]
+struct GitlabPipeline {
+    object_kind: Option<String>,
+    object_attributes: Option<PipelineAttributes>,
+    project: Option<GitlabProject>,
+}
+
+#[derive(Deserialize)]
+struct PipelineAttributes {
+    name: Option<String>,
+    #[serde(rename = "ref")]
+    git_ref: Option<String>,
+    #[serde(default)]
+    tag: bool,
+    sha: Option<String>,
+    status: Option<String>,
+}
+
+/// `gate = "ci"`: a finished pipeline on the app's branch (of the gate's name, when `gate_workflow` is set)
+/// says whether its `sha` passed. Pipelines still running, of tags, of merge requests or of other branches
+/// change nothing.
+fn pipeline(app: &AppConfig, body: &[u8]) -> Result<Accepted, Rejected> {
+    let ev: GitlabPipeline = parse(body)?;
+    if ev.object_kind.as_deref() != Some("pipeline") {
+        return Err(Rejected::Malformed(
+            "payload's object_kind is not pipeline".into(),
+        ));
+    }
+    let named = ev.project.as_ref().and_then(|p| p.path_with_namespace.as_deref());
+    check_repository(app, named.map(RepoName::Path))?;
+    let attrs = ev
+        .object_attributes
+        .ok_or_else(|| Rejected::Malformed("pipeline event has no \"object_attributes\"".into()))?;
+    let other = |why: String| Ok(Accepted::OtherEvent(model::clean_actor(&why)));
+    let name = attrs.name.unwrap_or_default();
+    let wanted = app.ci_gate.as_deref().unwrap_or_default();
+    if !wanted.is_empty() && name != wanted {
+        return other(format!("pipeline {name:?}, not the gate's {wanted:?}"));
+    }
+    if attrs.tag || attrs.git_ref.as_deref() != Some(app.branch.as_str()) {
+        return other(format!(
+            "pipeline on {:?}, not {}",
+            attrs.git_ref.unwrap_or_default(),
+            app.branch
+        ));
+    }
+    let sha = attrs
+        .sha
+        .filter(|s| model::is_full_sha(s))
+        .map(|s| s.to_ascii_lowercase())
+        .ok_or_else(|| Rejected::Malformed("pipeline has no valid sha (40 hex digits)".into()))?;
+    let status = attrs.status.unwrap_or_default();
+    let passed = match status.as_str() {
+        "success" => true,
+        "failed" | "canceled" => false,
+        // created, pending, running, manual, skipped, ...: no verdict yet.
+        other_status => return other(format!("pipeline {other_status}")),
+    };
+    Ok(Accepted::CiResult {
+        passed,
+        what: if name.is_empty() {
+            format!("pipeline {status}")
+        } else {
+            format!("pipeline {name:?} {status}")
+        },
+        sha,
+    })
 }
 
 /// Checks whichever proof the request carries and returns its delivery id. Beside a plain token the delivery
@@ -88,6 +160,52 @@ mod tests {
     use crate::config::Provider;
     use crate::intake::test_support::*;
     use crate::intake::{evaluate, sign_standard, Accepted, Rejected};
+
+    /// GitLab's own Pipeline Hook example (tests/fixtures), for a `gate = "ci"` app: a finished pipeline of
+    /// the app's branch is a verdict on its `sha`; running ones, other branches, tags and other names are not.
+    #[test]
+    fn a_finished_pipeline_of_the_branch_is_a_ci_verdict() {
+        let gitlab = "[apps.blog.webhook]\nprovider = \"gitlab\"\nsecret_file = \"s\"";
+        let any = app_with(&format!("gate = \"ci\"\n{gitlab}"));
+        let named = app_with(&format!(
+            "gate = \"ci\"\ngate_workflow = \"Deploy gate\"\n{gitlab}"
+        ));
+        let example = include_str!("../../tests/fixtures/gitlab/pipeline.json");
+        let sha = "c".repeat(40);
+        let body = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut v: serde_json::Value = serde_json::from_str(example).expect("json");
+            v["object_attributes"]["ref"] = "main".into();
+            v["object_attributes"]["sha"] = sha.clone().into();
+            edit(&mut v);
+            v.to_string()
+        };
+        let token = std::str::from_utf8(SECRET).expect("utf8");
+        let run = |app: &crate::config::AppConfig, b: String| {
+            let h = headers(&[("x-gitlab-token", token), ("x-gitlab-event", "Pipeline Hook")]);
+            match evaluate(app, Provider::Gitlab, &[SECRET.to_vec()], &h, b.as_bytes(), 0) {
+                Ok(Accepted::CiResult { sha, passed, what }) => format!("{} {passed} {what}", &sha[..4]),
+                Ok(Accepted::OtherEvent(e)) => format!("other: {e}"),
+                other => format!("{other:?}"),
+            }
+        };
+        assert_eq!(
+            run(&any, body(&|_| {})),
+            "cccc true pipeline \"Pipeline for branch: master\" success"
+        );
+        let failed = body(&|v| v["object_attributes"]["status"] = "failed".into());
+        assert!(run(&any, failed).starts_with("cccc false"));
+        let running = body(&|v| v["object_attributes"]["status"] = "running".into());
+        assert!(run(&any, running).starts_with("other: pipeline running"));
+        let tag = body(&|v| v["object_attributes"]["tag"] = true.into());
+        assert!(run(&any, tag).starts_with("other"));
+        let mr = body(&|v| v["object_attributes"]["ref"] = "refs/merge-requests/1/head".into());
+        assert!(run(&any, mr).starts_with("other"));
+        assert!(run(&named, body(&|_| {})).contains("not the gate's"));
+        let gate = body(&|v| v["object_attributes"]["name"] = "Deploy gate".into());
+        assert!(run(&named, gate).starts_with("cccc true"));
+        // An app without the gate takes a Pipeline Hook as any other event.
+        assert!(run(&app_with(""), body(&|_| {})).starts_with("other"));
+    }
 
     /// GitLab's signed mode: the Standard Webhooks headers decide, and a correct plain token beside a wrong
     /// signature does not rescue it.
