@@ -56,6 +56,21 @@ impl Queue {
             .call(move |c| store::record_ci(c, &name, &sha2, passed, &what2, now))
             .await?;
         tracing::info!(app = %app, "CI on {}: {what}; {} request(s) {}", model::short_sha(sha), ids.len(), if passed { "released" } else { "failed" });
+        if !passed {
+            for id in &ids {
+                crate::infra::metrics::deploy_finished(app, "ci_failed", None);
+                if let Some(n) = &self.env().notifier {
+                    let mut e = model::event::Event::new(
+                        EventKind::CiFailed,
+                        app,
+                        format!("CI failed on this commit ({what}); nothing deployed"),
+                    );
+                    e.deploy_id = Some(id.clone());
+                    e.sha = Some(sha.to_string());
+                    n.send(e);
+                }
+            }
+        }
         if let Some(n) = self.wake_of(app) {
             n.notify_one();
         }

@@ -29,6 +29,8 @@ pub enum EventKind {
     AwaitingApproval,
     /// A deploy waited longer than `approve_within` for an approval and will never run.
     Expired,
+    /// `gate = "ci"`: CI failed on a commit a push asked for; it will never run.
+    CiFailed,
 }
 
 impl EventKind {
@@ -45,11 +47,13 @@ impl EventKind {
             EventKind::Resumed => "resumed",
             EventKind::AwaitingApproval => "awaiting_approval",
             EventKind::Expired => "expired",
+            EventKind::CiFailed => "ci_failed",
         }
     }
     /// Every event, in the order the configuration reference lists them.
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::Failed,
+        EventKind::CiFailed,
         EventKind::Halted,
         EventKind::Paused,
         EventKind::Resumed,
@@ -62,8 +66,9 @@ impl EventKind {
         EventKind::Succeeded,
     ];
     /// What a `[[notify]]` target without `events` is told: every problem and the recovery, not successes.
-    pub const DEFAULT: [EventKind; 10] = [
+    pub const DEFAULT: [EventKind; 11] = [
         EventKind::Failed,
+        EventKind::CiFailed,
         EventKind::Halted,
         EventKind::Paused,
         EventKind::Resumed,
@@ -144,6 +149,7 @@ impl Event {
             EventKind::Resumed => "resumed",
             EventKind::AwaitingApproval => "deploy AWAITING APPROVAL",
             EventKind::Expired => "approval EXPIRED",
+            EventKind::CiFailed => "CI FAILED, not deployed",
         };
         let mut t = format!("haul: {} {what}: {}", self.app, self.reason);
         let mut extra = Vec::new();

@@ -611,7 +611,17 @@ fn workflow_run(name: &str, sha: &str, conclusion: &str) -> String {
 fn a_ci_gated_app_deploys_only_what_ci_passed() {
     let t = TempDir::new("ci-gate");
     let git = GitServer::start(t.path());
-    let mut h = Haul::configure(t.path(), &git, "gate = \"ci\"\ngate_workflow = \"CI\"\n");
+    let receiver = Receiver::start();
+    let top = format!(
+        "[[notify]]\nkind = \"slack\"\nurl = \"http://{}/slack\"\nevents = [\"ci_failed\"]\n",
+        receiver.addr
+    );
+    let mut h = Haul::configure_apps(
+        t.path(),
+        &git,
+        &top,
+        &[("blog", "github", "gate = \"ci\"\ngate_workflow = \"CI\"\n")],
+    );
     h.start();
     let send = |body: String| {
         h.post(
@@ -672,6 +682,9 @@ fn a_ci_gated_app_deploys_only_what_ci_passed() {
     let row = h.row(&second);
     assert_eq!(row.state, State::CiFailed);
     assert!(row.reason.unwrap_or_default().contains("failure"));
+    wait_until("the CI failure is told", || receiver.count() >= 1);
+    let told = String::from_utf8_lossy(&receiver.all()[0].1).to_string();
+    assert!(told.contains("CI FAILED") && told.contains(&second), "{told}");
     let live = h.current();
 
     // CI may finish before the push is delivered: the push is then decided at once.
