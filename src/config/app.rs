@@ -27,6 +27,8 @@ pub struct AppConfig {
     pub keep_releases: usize,
     pub build: Vec<String>,
     pub activate: Vec<String>,
+    /// Run once the health gate passed (a cache purge, a smoke test); a failure does not roll back.
+    pub after: Vec<String>,
     pub step_timeout: Duration,
     pub fetch_timeout: Duration,
     pub fetch_attempts: u32,
@@ -248,7 +250,11 @@ fn parse_app(name: &str, a: RawApp, dir: &ConfigDir) -> Result<AppConfig, String
     if !(1..=10).contains(&fetch_attempts) {
         return Err("fetch_attempts must be between 1 and 10".into());
     }
-    for (key, steps) in [("build", &a.build), ("activate", &a.activate)] {
+    for (key, steps) in [
+        ("build", &a.build),
+        ("activate", &a.activate),
+        ("after", &a.after),
+    ] {
         if steps.iter().any(|s| s.trim().is_empty()) {
             return Err(format!("{key} has an empty step"));
         }
@@ -273,6 +279,7 @@ fn parse_app(name: &str, a: RawApp, dir: &ConfigDir) -> Result<AppConfig, String
         keep_releases: a.keep_releases,
         build: a.build,
         activate: a.activate,
+        after: a.after,
         step_timeout,
         fetch_timeout,
         fetch_attempts,

@@ -133,6 +133,9 @@ pub(crate) struct RawApp {
     pub(crate) build: Vec<String>,
     #[serde(default)]
     pub(crate) activate: Vec<String>,
+    /// Steps run once the health gate passed; a failure there does not roll back.
+    #[serde(default)]
+    pub(crate) after: Vec<String>,
     pub(crate) step_timeout: Option<String>,
     pub(crate) fetch_timeout: Option<String>,
     pub(crate) fetch_attempts: Option<u32>,

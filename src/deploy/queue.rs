@@ -702,6 +702,18 @@ async fn run_pipeline(
 
 /// Tells the notifier how a deploy ended (it decides who hears of it).
 fn tell(env: &Env, row: &DeployRow, outcome: &Outcome) {
+    // A live release whose `after` step failed is told as such (on by default), beside its success.
+    if let (Some(n), Some(why)) = (&env.notifier, &outcome.after_failed) {
+        let mut e = crate::model::event::Event::new(
+            crate::model::event::EventKind::AfterFailed,
+            &row.app,
+            why.clone(),
+        );
+        e.deploy_id = Some(row.id.to_string());
+        e.sha = outcome.sha.clone().or_else(|| row.sha.clone());
+        e.actor = Some(row.actor.clone());
+        n.send(e);
+    }
     let (Some(n), Some(kind)) = (
         &env.notifier,
         crate::model::event::EventKind::from_state(outcome.state),

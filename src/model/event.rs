@@ -31,6 +31,8 @@ pub enum EventKind {
     Expired,
     /// `gate = "ci"`: CI failed on a commit a push asked for; it will never run.
     CiFailed,
+    /// A deploy succeeded, but one of its `after` steps failed (the release stays live).
+    AfterFailed,
 }
 
 impl EventKind {
@@ -48,12 +50,14 @@ impl EventKind {
             EventKind::AwaitingApproval => "awaiting_approval",
             EventKind::Expired => "expired",
             EventKind::CiFailed => "ci_failed",
+            EventKind::AfterFailed => "after_failed",
         }
     }
     /// Every event, in the order the configuration reference lists them.
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::Failed,
         EventKind::CiFailed,
+        EventKind::AfterFailed,
         EventKind::Halted,
         EventKind::Paused,
         EventKind::Resumed,
@@ -66,9 +70,10 @@ impl EventKind {
         EventKind::Succeeded,
     ];
     /// What a `[[notify]]` target without `events` is told: every problem and the recovery, not successes.
-    pub const DEFAULT: [EventKind; 11] = [
+    pub const DEFAULT: [EventKind; 12] = [
         EventKind::Failed,
         EventKind::CiFailed,
+        EventKind::AfterFailed,
         EventKind::Halted,
         EventKind::Paused,
         EventKind::Resumed,
@@ -150,6 +155,7 @@ impl Event {
             EventKind::AwaitingApproval => "deploy AWAITING APPROVAL",
             EventKind::Expired => "approval EXPIRED",
             EventKind::CiFailed => "CI FAILED, not deployed",
+            EventKind::AfterFailed => "deployed, but an AFTER STEP FAILED",
         };
         let mut t = format!("haul: {} {what}: {}", self.app, self.reason);
         let mut extra = Vec::new();

@@ -311,6 +311,8 @@ pub struct Outcome {
     pub previous_sha: Option<String>,
     /// For an artifact: the digest (`sha256:<hex>`) of what was downloaded and verified.
     pub digest: Option<String>,
+    /// A succeeded deploy whose `after` step failed (the release stays live): which, and why.
+    pub after_failed: Option<String>,
 }
 
 impl Outcome {
@@ -322,6 +324,7 @@ impl Outcome {
             release_id: None,
             previous_sha: None,
             digest: None,
+            after_failed: None,
         }
     }
 }

@@ -807,3 +807,32 @@ fn regression_a_rewind_to_the_live_sha_during_a_deploy_is_not_ignored_at_intake(
         "a"
     );
 }
+
+/// `after` steps run once the health gate passed, in the live release: a failure there never rolls back;
+/// the deploy stays succeeded, its reason names the step, and an `after_failed` notification says so.
+#[test]
+fn a_failing_after_step_leaves_the_release_live_and_says_so() {
+    let t = TempDir::new("after");
+    let git = GitServer::start(t.path());
+    let receiver = Receiver::start();
+    let top = format!(
+        "[[notify]]\nkind = \"slack\"\nurl = \"http://{}/slack\"\nevents = [\"after_failed\"]\n",
+        receiver.addr
+    );
+    let app = "after = [\"touch after-ran\", \"test -e fail-after && exit 3 || true\"]\n";
+    let mut h = Haul::configure_apps(t.path(), &git, &top, &[("blog", "github", app)]);
+    h.start();
+    let c1 = git.commit(&[("v", "1")], "one");
+    let row = push_and_wait(&h, &c1);
+    assert_eq!(row.state, State::Succeeded, "{:?}", row.reason);
+    assert!(h.path_of("blog").join("current/after-ran").exists(), "after ran in the live release");
+    let c2 = git.commit(&[("v", "2"), ("fail-after", "")], "two");
+    let row = push_and_wait(&h, &c2);
+    assert_eq!(row.state, State::Succeeded, "an after step never fails the deploy");
+    let why = row.reason.clone().unwrap_or_default();
+    assert!(why.contains("after step 2/2") && why.contains("nothing was rolled back"), "{why}");
+    assert_eq!(h.current(), row.release_id, "the release stays live");
+    wait_until("the after failure is told", || receiver.count() >= 1);
+    let told = String::from_utf8_lossy(&receiver.all()[0].1).to_string();
+    assert!(told.contains("AFTER STEP FAILED"), "{told}");
+}

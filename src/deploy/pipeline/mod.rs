@@ -240,6 +240,7 @@ impl Pipeline {
             release_id: Some(release_id.clone()),
             previous_sha: previous.sha.clone(),
             digest: target.artifact.as_ref().map(|a| a.digest.clone()),
+            after_failed: None,
         };
         let live = previous.release_id.as_deref().unwrap_or("nothing");
 
@@ -334,6 +335,17 @@ impl Pipeline {
             Some(note) => format!("{short} is live as {release_id}; {note}"),
             None => format!("{short} is live as {release_id}"),
         };
+        // After the health gate: a failure here never rolls back; the deploy stays succeeded and says so.
+        if !self.app.after.is_empty() {
+            let t = Instant::now();
+            if let Err(e) = self.run_steps("after", &self.app.after, &dir, &env).await {
+                let why =
+                    format!("{e} (after the health gate: the release stays live, nothing was rolled back)");
+                outcome.reason = format!("{}; {why}", outcome.reason);
+                outcome.after_failed = Some(why);
+            }
+            self.timed("after", t);
+        }
         outcome
     }
 

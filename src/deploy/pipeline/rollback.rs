@@ -48,6 +48,7 @@ impl Pipeline {
             release_id: Some(target.release_id.clone()),
             previous_sha: previous.sha.clone(),
             digest: None,
+            after_failed: None,
         };
         if Some(target.release_id.as_str()) == live {
             o.state = State::Succeeded;
