@@ -29,6 +29,8 @@ pub struct AppConfig {
     pub activate: Vec<String>,
     /// Run once the health gate passed (a cache purge, a smoke test); a failure does not roll back.
     pub after: Vec<String>,
+    /// `shared`: files and directories (a trailing `/`) linked from `<path>/shared/` into every release.
+    pub shared: Vec<String>,
     pub step_timeout: Duration,
     pub fetch_timeout: Duration,
     pub fetch_attempts: u32,
@@ -250,6 +252,7 @@ fn parse_app(name: &str, a: RawApp, dir: &ConfigDir) -> Result<AppConfig, String
     if !(1..=10).contains(&fetch_attempts) {
         return Err("fetch_attempts must be between 1 and 10".into());
     }
+    check_shared(&a.shared)?;
     for (key, steps) in [
         ("build", &a.build),
         ("activate", &a.activate),
@@ -280,6 +283,7 @@ fn parse_app(name: &str, a: RawApp, dir: &ConfigDir) -> Result<AppConfig, String
         build: a.build,
         activate: a.activate,
         after: a.after,
+        shared: a.shared,
         step_timeout,
         fetch_timeout,
         fetch_attempts,
@@ -303,6 +307,25 @@ fn parse_app(name: &str, a: RawApp, dir: &ConfigDir) -> Result<AppConfig, String
         verify_commits,
         ci_gate,
     })
+}
+
+/// `shared` entries: paths inside the release (no leading `/`, no `.` or `..`).
+fn check_shared(shared: &[String]) -> Result<(), String> {
+    for entry in shared {
+        let rel = entry.trim_end_matches('/');
+        let path = Path::new(rel);
+        let bad = rel.is_empty()
+            || path.is_absolute()
+            || path
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)));
+        if bad {
+            return Err(format!(
+                "shared {entry:?} must be a path inside the release, like \".env\" or \"storage/\" (no leading /, no . or ..)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What a team controls of an app beyond how it deploys (issue 14): signed commits, the CI gate, approvals.

@@ -136,6 +136,9 @@ pub(crate) struct RawApp {
     /// Steps run once the health gate passed; a failure there does not roll back.
     #[serde(default)]
     pub(crate) after: Vec<String>,
+    /// Files and directories (trailing `/`) linked from `<path>/shared/` into every release.
+    #[serde(default)]
+    pub(crate) shared: Vec<String>,
     pub(crate) step_timeout: Option<String>,
     pub(crate) fetch_timeout: Option<String>,
     pub(crate) fetch_attempts: Option<u32>,

@@ -15,6 +15,61 @@ pub(crate) fn current_link(app_path: &Path) -> PathBuf {
     app_path.join("current")
 }
 
+/// `<path>/shared/`: what `shared` links into every release, kept across releases, prunes and rollbacks.
+pub(crate) fn shared_dir(app_path: &Path) -> PathBuf {
+    app_path.join("shared")
+}
+
+/// Links each `shared` entry (`.env`, `storage/`: a trailing `/` is a directory) from `<path>/shared/` into
+/// the release at `dir`, replacing what the release has there. A missing directory is created once; a
+/// missing file is an error naming what to create. A release path that passes through a symlink is refused,
+/// so a link can never land outside the release.
+pub(crate) fn link_shared(app_path: &Path, dir: &Path, shared: &[String]) -> Result<(), String> {
+    let base = shared_dir(app_path);
+    std::fs::create_dir_all(&base).map_err(|e| format!("cannot create {}: {e}", base.display()))?;
+    for entry in shared {
+        let rel = entry.trim_end_matches('/');
+        let is_dir = entry.ends_with('/');
+        let target = base.join(rel);
+        if is_dir {
+            std::fs::create_dir_all(&target)
+                .map_err(|e| format!("cannot create the shared directory {}: {e}", target.display()))?;
+        } else if !target.is_file() {
+            return Err(format!(
+                "the shared file {entry} is missing: create {} (haul links it into every release; it is never inside one)",
+                target.display()
+            ));
+        }
+        let link = dir.join(rel);
+        let mut at = dir.to_path_buf();
+        if let Some(parent) = Path::new(rel).parent() {
+            for part in parent.components() {
+                at.push(part);
+                match std::fs::symlink_metadata(&at) {
+                    Ok(m) if m.file_type().is_symlink() => {
+                        return Err(format!(
+                            "shared {entry}: {} in the release is a symlink; haul links shared paths only through real directories",
+                            at.display()
+                        ))
+                    }
+                    Ok(_) => {}
+                    Err(_) => std::fs::create_dir_all(&at)
+                        .map_err(|e| format!("cannot create {}: {e}", at.display()))?,
+                }
+            }
+        }
+        match std::fs::symlink_metadata(&link) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&link),
+            Ok(_) => std::fs::remove_file(&link),
+            Err(_) => Ok(()),
+        }
+        .map_err(|e| format!("cannot replace {} with the shared {entry}: {e}", link.display()))?;
+        std::os::unix::fs::symlink(&target, &link)
+            .map_err(|e| format!("cannot link {} -> {}: {e}", link.display(), target.display()))?;
+    }
+    Ok(())
+}
+
 pub(crate) fn release_dir(app_path: &Path, id: &str) -> PathBuf {
     releases_dir(app_path).join(id)
 }
@@ -144,6 +199,26 @@ pub(crate) fn clean_temporaries(app_path: &Path) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_shared_path_through_a_symlink_in_the_release_is_refused() {
+        let t = crate::infra::scratch::TestDir::new("shared-link");
+        let app = t.0.join("app");
+        let release = app.join("releases/r1");
+        std::fs::create_dir_all(&release).expect("mkdir");
+        let outside = t.0.join("outside");
+        std::fs::create_dir_all(&outside).expect("mkdir");
+        std::os::unix::fs::symlink(&outside, release.join("public")).expect("symlink");
+        let err = link_shared(&app, &release, &["public/uploads/".to_string()]).expect_err("refused");
+        assert!(err.contains("is a symlink"), "{err}");
+        assert!(
+            std::fs::read_dir(&outside).expect("read").next().is_none(),
+            "nothing was made outside"
+        );
+        link_shared(&app, &release, &["storage/".to_string()]).expect("a plain directory links");
+        assert!(release.join("storage").is_symlink());
+        assert!(app.join("shared/storage").is_dir());
+    }
+
     use super::*;
 
     #[test]

@@ -825,14 +825,70 @@ fn a_failing_after_step_leaves_the_release_live_and_says_so() {
     let c1 = git.commit(&[("v", "1")], "one");
     let row = push_and_wait(&h, &c1);
     assert_eq!(row.state, State::Succeeded, "{:?}", row.reason);
-    assert!(h.path_of("blog").join("current/after-ran").exists(), "after ran in the live release");
+    assert!(
+        h.path_of("blog").join("current/after-ran").exists(),
+        "after ran in the live release"
+    );
     let c2 = git.commit(&[("v", "2"), ("fail-after", "")], "two");
     let row = push_and_wait(&h, &c2);
-    assert_eq!(row.state, State::Succeeded, "an after step never fails the deploy");
+    assert_eq!(
+        row.state,
+        State::Succeeded,
+        "an after step never fails the deploy"
+    );
     let why = row.reason.clone().unwrap_or_default();
-    assert!(why.contains("after step 2/2") && why.contains("nothing was rolled back"), "{why}");
+    assert!(
+        why.contains("after step 2/2") && why.contains("nothing was rolled back"),
+        "{why}"
+    );
     assert_eq!(h.current(), row.release_id, "the release stays live");
     wait_until("the after failure is told", || receiver.count() >= 1);
     let told = String::from_utf8_lossy(&receiver.all()[0].1).to_string();
     assert!(told.contains("AFTER STEP FAILED"), "{told}");
+}
+
+/// `shared`: files and directories under `<path>/shared/` linked into every release before `build`, kept
+/// across releases and rollbacks; a missing shared file fails the first deploy with what to create.
+#[test]
+fn shared_files_and_directories_outlive_every_release() {
+    let t = TempDir::new("shared");
+    let git = GitServer::start(t.path());
+    let app = "shared = [\".env\", \"storage/\"]\nbuild = [\"grep -q secret .env\", \"echo built >> storage/log\"]\n";
+    let mut h = Haul::configure(t.path(), &git, app);
+    h.start();
+    let c1 = git.commit(&[("v", "1"), ("storage/readme", "from the repository")], "one");
+    let row = push_and_wait(&h, &c1);
+    assert_eq!(row.state, State::Failed);
+    let why = row.reason.unwrap_or_default();
+    let env = h.path_of("blog").join("shared/.env");
+    assert!(
+        why.contains("shared file .env is missing") && why.contains(&env.display().to_string()),
+        "{why}"
+    );
+    assert_eq!(h.current(), None, "nothing went live");
+
+    std::fs::write(&env, "TOKEN=secret\n").expect("write .env");
+    let c2 = git.commit(&[("v", "2")], "two");
+    assert_eq!(push_and_wait(&h, &c2).state, State::Succeeded);
+    let live = h.path_of("blog").join("current");
+    assert!(std::fs::symlink_metadata(live.join(".env"))
+        .expect(".env")
+        .file_type()
+        .is_symlink());
+    assert!(
+        !live.join("storage/readme").exists(),
+        "the shared directory replaced the repository's"
+    );
+    let c3 = git.commit(&[("v", "3")], "three");
+    assert_eq!(push_and_wait(&h, &c3).state, State::Succeeded);
+    let log = std::fs::read_to_string(h.path_of("blog").join("shared/storage/log")).expect("log");
+    assert_eq!(
+        log.lines().count(),
+        2,
+        "one shared directory across both releases: {log}"
+    );
+    let out = h.cli(&["rollback", "blog"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let log = std::fs::read_to_string(live.join("storage/log")).expect("the rolled-back release sees it too");
+    assert_eq!(log.lines().count(), 2);
 }

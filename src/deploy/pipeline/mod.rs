@@ -282,6 +282,16 @@ impl Pipeline {
         }
 
         self.timed("checkout", t);
+        if !self.app.shared.is_empty() {
+            self.log
+                .stage(&format!("link shared {}", self.app.shared.join(", ")));
+            if let Err(e) = release::link_shared(&self.app.path, &dir, &self.app.shared) {
+                let _ = release::remove(&self.app.path, release_id);
+                outcome.release_id = None;
+                outcome.reason = format!("{e}; current still points at {live}");
+                return outcome;
+            }
+        }
         let t = Instant::now();
         let digest = artifact.as_ref().map(|a| a.digest.as_str());
         let env = self.step_env(job, git_ref, sha, &dir, previous, digest);
