@@ -31,6 +31,9 @@ pub struct AppConfig {
     pub after: Vec<String>,
     /// `shared`: files and directories (a trailing `/`) linked from `<path>/shared/` into every release.
     pub shared: Vec<String>,
+    /// A monorepo app: the globs (`services/blog/**`) of the files it is built from; a push that changes
+    /// none of them since the live release is ignored.
+    pub paths: Vec<String>,
     pub step_timeout: Duration,
     pub fetch_timeout: Duration,
     pub fetch_attempts: u32,
@@ -253,6 +256,12 @@ fn parse_app(name: &str, a: RawApp, dir: &ConfigDir) -> Result<AppConfig, String
         return Err("fetch_attempts must be between 1 and 10".into());
     }
     check_shared(&a.shared)?;
+    if a.paths.iter().any(|p| p.trim().is_empty() || p.starts_with('/')) {
+        return Err("paths are globs relative to the repository root, like \"services/blog/**\"".into());
+    }
+    if !a.paths.is_empty() && (a.image.is_some() || a.object.is_some() || a.url.is_some()) {
+        return Err("paths is for git apps (monorepos)".into());
+    }
     for (key, steps) in [
         ("build", &a.build),
         ("activate", &a.activate),
@@ -284,6 +293,7 @@ fn parse_app(name: &str, a: RawApp, dir: &ConfigDir) -> Result<AppConfig, String
         activate: a.activate,
         after: a.after,
         shared: a.shared,
+        paths: a.paths,
         step_timeout,
         fetch_timeout,
         fetch_attempts,

@@ -50,7 +50,7 @@ pub use preflight::Secrets;
 use raw::RawConfig;
 pub use source::{ImageKind, ImageSource, ObjectSource, Source, UrlSource};
 pub(crate) use track::glob_match;
-pub use track::Track;
+pub use track::{paths_match, Track};
 pub use verify::Verifier;
 pub(crate) use webhook::check_repository;
 pub use webhook::{Provider, WebhookConfig};

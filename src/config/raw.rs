@@ -139,6 +139,9 @@ pub(crate) struct RawApp {
     /// Files and directories (trailing `/`) linked from `<path>/shared/` into every release.
     #[serde(default)]
     pub(crate) shared: Vec<String>,
+    /// A monorepo app: globs of the files it is built from.
+    #[serde(default)]
+    pub(crate) paths: Vec<String>,
     pub(crate) step_timeout: Option<String>,
     pub(crate) fetch_timeout: Option<String>,
     pub(crate) fetch_attempts: Option<u32>,

@@ -36,6 +36,44 @@ impl Track {
     }
 }
 
+/// A monorepo app's `paths`: does `file` (a path from the repository root) match one of them? `**` matches
+/// any run of directories (`services/blog/**`, `**/*.proto`), `*` and `?` stay within one path segment, and a
+/// pattern without wildcards also matches everything under it (`libs/shared` as `libs/shared/**`).
+pub fn paths_match(patterns: &[String], file: &str) -> bool {
+    patterns.iter().any(|p| {
+        let p = p.trim_end_matches('/');
+        let plain = !p.contains(['*', '?']);
+        path_glob(p.as_bytes(), file.as_bytes())
+            || (plain && file.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')))
+    })
+}
+
+fn path_glob(p: &[u8], t: &[u8]) -> bool {
+    if p.is_empty() {
+        return t.is_empty();
+    }
+    if let Some(rest) = p.strip_prefix(b"**") {
+        let rest = rest.strip_prefix(b"/").unwrap_or(rest);
+        return (0..=t.len())
+            .any(|i| (i == 0 || t[i - 1] == b'/' || rest.is_empty()) && path_glob(rest, &t[i..]));
+    }
+    match p[0] {
+        b'*' => {
+            for i in 0..=t.len() {
+                if path_glob(&p[1..], &t[i..]) {
+                    return true;
+                }
+                if i < t.len() && t[i] == b'/' {
+                    break;
+                }
+            }
+            false
+        }
+        b'?' => !t.is_empty() && t[0] != b'/' && path_glob(&p[1..], &t[1..]),
+        c => !t.is_empty() && t[0] == c && path_glob(&p[1..], &t[1..]),
+    }
+}
+
 /// Shell-style glob with `*` (any run of characters) and `?` (one character), as `git for-each-ref` uses.
 pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
@@ -107,6 +145,26 @@ fn is_tag_glob(glob: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn monorepo_paths() {
+        let p = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let blog = p(&["services/blog/**", "libs/shared"]);
+        assert!(paths_match(&blog, "services/blog/src/main.rs"));
+        assert!(paths_match(&blog, "libs/shared/x.go"));
+        assert!(!paths_match(&blog, "libs/shared2/x.go"));
+        assert!(!paths_match(&blog, "services/shop/main.rs"));
+        assert!(!paths_match(&blog, "services/blogger/main.rs"));
+        let protos = p(&["**/*.proto", "docs/*.md"]);
+        assert!(paths_match(&protos, "api/v1/user.proto"));
+        assert!(paths_match(&protos, "user.proto"));
+        assert!(paths_match(&protos, "docs/index.md"));
+        assert!(
+            !paths_match(&protos, "docs/deep/index.md"),
+            "* stays in one segment"
+        );
+        assert!(!paths_match(&protos, "api/v1/user.proto.bak"));
+    }
 
     #[test]
     fn globs() {

@@ -523,6 +523,31 @@ impl Git {
         }
     }
 
+    /// The files that differ between `from` and `to` (both in the mirror): `git diff --name-only`.
+    pub async fn changed_files(&self, from: &str, to: &str) -> Result<Vec<String>, Failure> {
+        let cmd = self
+            .git("git diff --name-only")
+            .args([
+                "diff",
+                "--name-only",
+                "-z",
+                "--no-renames",
+                "--end-of-options",
+                from,
+                to,
+            ])
+            .capture();
+        let out = runner::run(&cmd, self.log.as_ref())
+            .await
+            .map_err(|e| self.local_failure(e))?;
+        Ok(out
+            .stdout
+            .split(|b| *b == 0)
+            .filter(|p| !p.is_empty())
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect())
+    }
+
     /// Is `ancestor` reachable from `descendant` (both in the mirror)?
     pub async fn is_ancestor(&self, ancestor: &str, descendant: &str) -> Result<bool, Failure> {
         let cmd = self

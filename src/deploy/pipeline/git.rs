@@ -43,6 +43,29 @@ impl Pipeline {
         if let Some(mirror) = &report.mirror {
             self.vouch_for_mirror(&git, job, mirror, &git_ref, &sha).await?;
         }
+        // A monorepo app: a push that changed nothing under its `paths` since the live release needs no deploy.
+        if let (false, Some(live)) = (self.app.paths.is_empty(), previous.sha.as_deref()) {
+            if matches!(job.trigger, Trigger::Webhook | Trigger::Poll) && live != sha {
+                let changed = git
+                    .changed_files(live, &sha)
+                    .await
+                    .map_err(|f| fail("cannot compare with the live release", &f))?;
+                if !changed
+                    .iter()
+                    .any(|f| crate::config::paths_match(&self.app.paths, f))
+                {
+                    return Err(Outcome::new(
+                        State::Ignored,
+                        format!(
+                            "no change under paths ({}) since the live {} ({} file(s) changed elsewhere); nothing built",
+                            self.app.paths.join(", "),
+                            model::short_sha(live),
+                            changed.len()
+                        ),
+                    ));
+                }
+            }
+        }
         // Signed by an allowed key, or refused for good before anything is built; the audit names the key.
         let mut fetch_note = fetch_note;
         if let Some(signers) = &self.app.verify_commits {
