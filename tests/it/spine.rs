@@ -899,16 +899,26 @@ fn shared_files_and_directories_outlive_every_release() {
 fn a_monorepo_app_deploys_only_pushes_that_touch_its_paths() {
     let t = TempDir::new("paths");
     let git = GitServer::start(t.path());
-    let mut h = Haul::configure(t.path(), &git, "paths = [\"services/blog/**\", \"libs/shared\"]\n");
+    let mut h = Haul::configure(
+        t.path(),
+        &git,
+        "paths = [\"services/blog/**\", \"libs/shared\"]\n",
+    );
     h.start();
     let c1 = git.commit(&[("services/blog/index.html", "v1")], "blog one");
     assert_eq!(push_and_wait(&h, &c1).state, State::Succeeded);
     let live = h.current();
-    let c2 = git.commit(&[("services/shop/index.html", "v1"), ("README", "x")], "shop only");
+    let c2 = git.commit(
+        &[("services/shop/index.html", "v1"), ("README", "x")],
+        "shop only",
+    );
     let row = push_and_wait(&h, &c2);
     assert_eq!(row.state, State::Ignored, "{:?}", row.reason);
     let why = row.reason.unwrap_or_default();
-    assert!(why.contains("no change under paths") && why.contains("2 file(s)"), "{why}");
+    assert!(
+        why.contains("no change under paths") && why.contains("2 file(s)"),
+        "{why}"
+    );
     assert_eq!(h.current(), live);
     // Counted from the live release, not from the last push: c2's files plus one under libs/shared.
     let c3 = git.commit(&[("libs/shared/util.js", "v1")], "shared lib");

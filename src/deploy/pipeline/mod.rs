@@ -228,7 +228,6 @@ impl Pipeline {
             git_ref,
             sha,
             release_id,
-            fetch_note,
             ..
         } = target;
         let short = &sha[..sha.len().min(7)];
@@ -328,6 +327,21 @@ impl Pipeline {
             self.timed("health", t);
         }
 
+        self.live_now(outcome, target, previous, &dir, &env).await
+    }
+
+    /// The release is live and healthy: old releases pruned, the outcome `succeeded`, then the `after`
+    /// steps, whose failure is said in the reason (and told) but never rolls back.
+    async fn live_now(
+        &self,
+        mut outcome: Outcome,
+        target: &Target,
+        previous: &Previous,
+        dir: &Path,
+        env: &[(String, OsString)],
+    ) -> Outcome {
+        let (release_id, fetch_note) = (&target.release_id, &target.fetch_note);
+        let short = &target.sha[..target.sha.len().min(7)];
         let protect: Vec<&str> = [Some(release_id.as_str()), previous.release_id.as_deref()]
             .into_iter()
             .flatten()
@@ -348,7 +362,7 @@ impl Pipeline {
         // After the health gate: a failure here never rolls back; the deploy stays succeeded and says so.
         if !self.app.after.is_empty() {
             let t = Instant::now();
-            if let Err(e) = self.run_steps("after", &self.app.after, &dir, &env).await {
+            if let Err(e) = self.run_steps("after", &self.app.after, dir, env).await {
                 let why =
                     format!("{e} (after the health gate: the release stays live, nothing was rolled back)");
                 outcome.reason = format!("{}; {why}", outcome.reason);
