@@ -57,18 +57,9 @@ impl Queue {
             .await?;
         tracing::info!(app = %app, "CI on {}: {what}; {} request(s) {}", model::short_sha(sha), ids.len(), if passed { "released" } else { "failed" });
         if !passed {
+            let why = format!("CI failed on this commit ({what}); nothing deployed");
             for id in &ids {
-                crate::infra::metrics::deploy_finished(app, "ci_failed", None);
-                if let Some(n) = &self.env().notifier {
-                    let mut e = model::event::Event::new(
-                        EventKind::CiFailed,
-                        app,
-                        format!("CI failed on this commit ({what}); nothing deployed"),
-                    );
-                    e.deploy_id = Some(id.clone());
-                    e.sha = Some(sha.to_string());
-                    n.send(e);
-                }
+                self.tell_ci_failed(app, id, Some(sha), &why);
             }
         }
         if let Some(n) = self.wake_of(app) {
@@ -176,6 +167,17 @@ impl Queue {
             tracing::info!(app = %app, "{} request(s) rejected by {}", ids.len(), model::clean_actor(actor));
         }
         Ok(ids)
+    }
+
+    /// A request CI failed on: counted, and the people told; it will never run.
+    pub(super) fn tell_ci_failed(&self, app: &str, id: &str, sha: Option<&str>, why: &str) {
+        crate::infra::metrics::deploy_finished(app, "ci_failed", None);
+        if let Some(n) = &self.env().notifier {
+            let mut e = model::event::Event::new(EventKind::CiFailed, app, why);
+            e.deploy_id = Some(id.to_string());
+            e.sha = sha.map(str::to_string);
+            n.send(e);
+        }
     }
 
     /// A request that now waits for an approval: the people who can give it are told.

@@ -199,8 +199,13 @@ impl Queue {
             for s in superseded {
                 tracing::debug!(deploy_id = %s, app = %app, superseded_by = %id, "superseded before it started");
             }
-            if let Some((State::AwaitingApproval, why)) = held {
-                self.tell_waiting(&app, id.as_str(), sha.as_deref(), why);
+            match held {
+                Some((State::AwaitingApproval, why)) => {
+                    self.tell_waiting(&app, id.as_str(), sha.as_deref(), why)
+                }
+                // CI had already failed on this commit: told like a verdict that came after its push.
+                Some((State::CiFailed, why)) => self.tell_ci_failed(&app, id.as_str(), sha.as_deref(), why),
+                _ => {}
             }
         }
         // Woken either way: a duplicate queued nothing, and the worker, finding the queue empty, marks the app

@@ -696,9 +696,24 @@ fn a_ci_gated_app_deploys_only_what_ci_passed() {
     let third = reply["deploy_id"].as_str().unwrap_or_default().to_string();
     assert_eq!(h.wait_final(&third).state, State::Succeeded);
     assert_ne!(h.current(), live);
+    // CI failed first: the push is recorded ci_failed at once, and told like a verdict that came after it.
+    let c4 = git.commit(&[("v", "4")], "four");
+    let (_, reply) = send(workflow_run("CI", &c4, "failure"));
+    assert_eq!(reply["status"], "ci_failed", "{reply}");
+    let (code, reply) = h.deliver(&github_push_from("refs/heads/main", &c3, &c4), &delivery());
+    assert_eq!(
+        (code, reply["status"].as_str()),
+        (202, Some("ci_failed")),
+        "{reply}"
+    );
+    wait_until("that CI failure is told too", || receiver.count() >= 2);
     let (_, metrics) = http_get(&h.addr(), "/metrics");
     assert!(
         metrics.contains("haul_deploys_total{app=\"blog\",outcome=\"succeeded\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("haul_deploys_total{app=\"blog\",outcome=\"ci_failed\"} 2"),
         "{metrics}"
     );
 }
