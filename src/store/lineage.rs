@@ -39,6 +39,8 @@ struct Current {
     id: DeployId,
     sha: String,
     state: State,
+    /// A fleet host's other lanes (`fleet` assignments, `local` deploys): a webhook never supersedes them.
+    other_lane: bool,
 }
 
 pub(super) fn order(conn: &Connection, req: &DeployRequest) -> Result<Order, StoreError> {
@@ -82,10 +84,11 @@ pub(super) fn order(conn: &Connection, req: &DeployRequest) -> Result<Order, Sto
     }
     let mut from = Vec::new();
     for c in current.iter().filter(|c| {
-        matches!(
-            c.state,
-            State::Queued | State::Deferred | State::AwaitingApproval | State::AwaitingCi
-        )
+        !c.other_lane
+            && matches!(
+                c.state,
+                State::Queued | State::Deferred | State::AwaitingApproval | State::AwaitingCi
+            )
     }) {
         if c.sha == *parent || chain.has_ancestor(parent, &c.sha)? {
             from.push(c.id.clone());
@@ -162,7 +165,8 @@ pub(crate) fn rollback_pin(conn: &Connection, app: &str, sha: &str) -> Result<Op
 fn current(conn: &Connection, app: &str) -> Result<Vec<Current>, StoreError> {
     let mut out = Vec::new();
     let mut stmt = conn.prepare_cached(
-        "SELECT id, sha, state FROM deploys WHERE app = ?1 AND state IN ('queued', 'deferred', 'awaiting_approval', 'awaiting_ci', 'running')
+        "SELECT id, sha, state, trigger IN ('fleet', 'local') FROM deploys
+         WHERE app = ?1 AND state IN ('queued', 'deferred', 'awaiting_approval', 'awaiting_ci', 'running')
            AND sha IS NOT NULL AND trigger != 'rollback'",
     )?;
     let rows = stmt.query_map(params![app], |r| {
@@ -170,12 +174,18 @@ fn current(conn: &Connection, app: &str) -> Result<Vec<Current>, StoreError> {
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,
             r.get::<_, String>(2)?,
+            r.get::<_, bool>(3)?,
         ))
     })?;
     for r in rows {
-        let (id, sha, state) = r?;
+        let (id, sha, state, other_lane) = r?;
         if let (Some(id), Some(state)) = (DeployId::parse(&id), State::parse(&state)) {
-            out.push(Current { id, sha, state });
+            out.push(Current {
+                id,
+                sha,
+                state,
+                other_lane,
+            });
         }
     }
     let live: Option<(String, String)> = conn
@@ -195,6 +205,7 @@ fn current(conn: &Connection, app: &str) -> Result<Vec<Current>, StoreError> {
                 id,
                 sha,
                 state: State::Succeeded,
+                other_lane: false,
             });
         }
     }
@@ -311,6 +322,23 @@ mod tests {
             .expect("claim")
             .expect("something pending");
         finish(c, &row.id, &Outcome::new(State::Succeeded, "live"), 0).expect("finish");
+    }
+
+    /// A fleet host's lanes: a webhook that descends from a queued `fleet` assignment (or `local` deploy)
+    /// leaves it queued; only pushes of its own lane are superseded by history.
+    #[test]
+    fn a_push_never_supersedes_another_lane_by_history() {
+        let c = memory();
+        let mut assignment = push(1, 0);
+        assignment.trigger = Trigger::Fleet;
+        assignment.parent = None;
+        enqueue(&c, &assignment, 0).expect("the assignment");
+        let webhook = enqueue(&c, &push(2, 1), 0).expect("the push");
+        let Enqueued::Recorded { superseded, .. } = webhook else {
+            panic!("{webhook:?}")
+        };
+        assert!(superseded.is_empty(), "{superseded:?}");
+        assert_eq!(state_of(&c, 1), ["queued"]);
     }
 
     #[test]
