@@ -83,7 +83,8 @@ pub(crate) fn parse(raw: Option<RawAllow>, key: &str) -> Result<Allow, String> {
 
 impl Allow {
     fn list(&self, a: Action) -> Option<&Vec<String>> {
-        self.lists[Action::ALL.iter().position(|x| *x == a).unwrap_or(0)].as_ref()
+        // `Action::ALL` is in declaration order, so the discriminant is the index.
+        self.lists[a as usize].as_ref()
     }
 
     /// The list that decides `action` for an app with these lists over the top level's `default`.

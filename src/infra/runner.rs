@@ -393,11 +393,19 @@ fn spawn(cmd: &Cmd) -> Result<tokio::process::Child, RunError> {
         (None, Some(f)) => Stdio::from(std::fs::File::open(f).map_err(spawn_err)?),
         (None, None) => Stdio::null(),
     };
+    command(cmd, stdin, Stdio::piped(), Stdio::piped())
+        .spawn()
+        .map_err(spawn_err)
+}
+
+/// `cmd` as a process to start: argv, its environment and directory, its own process group, killed if
+/// the handle is dropped.
+fn command(cmd: &Cmd, stdin: Stdio, stdout: Stdio, stderr: Stdio) -> tokio::process::Command {
     let mut c = tokio::process::Command::new(&cmd.program);
     c.args(&cmd.args)
         .stdin(stdin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(stdout)
+        .stderr(stderr)
         .process_group(0)
         .kill_on_drop(true);
     for (k, v) in &cmd.env {
@@ -406,7 +414,7 @@ fn spawn(cmd: &Cmd) -> Result<tokio::process::Child, RunError> {
     if let Some(d) = &cmd.cwd {
         c.current_dir(d);
     }
-    c.spawn().map_err(spawn_err)
+    c
 }
 
 /// A long-running process (the fleet demo's engine nodes and hosts): started as a step is (argv, the
@@ -428,20 +436,10 @@ pub fn start_service(cmd: &Cmd, log_file: &std::path::Path) -> Result<Service, R
         .append(true)
         .open(log_file)
         .map_err(spawn_err)?;
-    let mut c = tokio::process::Command::new(&cmd.program);
-    c.args(&cmd.args)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(spawn_err)?)
-        .stderr(log)
-        .process_group(0)
-        .kill_on_drop(true);
-    for (k, v) in &cmd.env {
-        c.env(k, v);
-    }
-    if let Some(d) = &cmd.cwd {
-        c.current_dir(d);
-    }
-    let child = c.spawn().map_err(spawn_err)?;
+    let stdout = Stdio::from(log.try_clone().map_err(spawn_err)?);
+    let child = command(cmd, Stdio::null(), stdout, Stdio::from(log))
+        .spawn()
+        .map_err(spawn_err)?;
     let group = GroupGuard(child.id().and_then(|p| i32::try_from(p).ok()));
     Ok(Service {
         _child: child,

@@ -45,6 +45,16 @@ impl Hold {
     }
 }
 
+/// One `holds` row, selected as `app, actor, reason, since`.
+fn hold_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Hold> {
+    Ok(Hold {
+        app: r.get(0)?,
+        actor: r.get(1)?,
+        reason: r.get(2)?,
+        since_ms: r.get(3)?,
+    })
+}
+
 /// The hold on `app`, if any: its own, else the one on every app. (A database a daemon of before v12 still
 /// has open, read by a newer `haul status`, has no holds.)
 pub(crate) fn hold_of(conn: &Connection, app: &str) -> Result<Option<Hold>, StoreError> {
@@ -55,30 +65,14 @@ pub(crate) fn hold_of(conn: &Connection, app: &str) -> Result<Option<Hold>, Stor
         Err(e) if e.to_string().contains("no such table") => return Ok(None),
         other => other?,
     };
-    Ok(stmt
-        .query_row(params![app], |r| {
-            Ok(Hold {
-                app: r.get(0)?,
-                actor: r.get(1)?,
-                reason: r.get(2)?,
-                since_ms: r.get(3)?,
-            })
-        })
-        .optional()?)
+    Ok(stmt.query_row(params![app], hold_row).optional()?)
 }
 
 /// Every hold, `*` first.
 pub fn holds(conn: &Connection) -> Result<Vec<Hold>, StoreError> {
     let mut stmt =
         conn.prepare_cached("SELECT app, actor, reason, since FROM holds ORDER BY app != '*', app")?;
-    let rows = stmt.query_map([], |r| {
-        Ok(Hold {
-            app: r.get(0)?,
-            actor: r.get(1)?,
-            reason: r.get(2)?,
-            since_ms: r.get(3)?,
-        })
-    })?;
+    let rows = stmt.query_map([], hold_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -92,14 +86,7 @@ pub(crate) fn pause(
 ) -> Result<(Hold, bool), StoreError> {
     if let Some(h) = conn
         .prepare_cached("SELECT app, actor, reason, since FROM holds WHERE app = ?1")?
-        .query_row(params![app], |r| {
-            Ok(Hold {
-                app: r.get(0)?,
-                actor: r.get(1)?,
-                reason: r.get(2)?,
-                since_ms: r.get(3)?,
-            })
-        })
+        .query_row(params![app], hold_row)
         .optional()?
     {
         return Ok((h, false));
@@ -142,14 +129,7 @@ pub(crate) fn release_deferred(conn: &Conn, app: &str) -> Result<usize, StoreErr
 pub(crate) fn resume(conn: &Conn, app: &str) -> Result<(Option<Hold>, Vec<String>), StoreError> {
     let lifted = conn
         .prepare_cached("DELETE FROM holds WHERE app = ?1 RETURNING app, actor, reason, since")?
-        .query_row(params![app], |r| {
-            Ok(Hold {
-                app: r.get(0)?,
-                actor: r.get(1)?,
-                reason: r.get(2)?,
-                since_ms: r.get(3)?,
-            })
-        })
+        .query_row(params![app], hold_row)
         .optional()?;
     let mut stmt = conn.prepare_cached(
         "UPDATE deploys SET state = 'queued', reason = NULL
