@@ -70,6 +70,8 @@ pub struct AppConfig {
     /// `gate = "ci"`: automatic triggers wait for the forge's signed word that this workflow passed on the
     /// commit (GitHub `workflow_run`).
     pub ci_gate: Option<String>,
+    /// `[apps.NAME.report]`: deploys told back to the forge as commit statuses.
+    pub report: Option<super::ReportConfig>,
 }
 
 /// Who may sign what a git app deploys.
@@ -105,6 +107,11 @@ impl AppConfig {
             Source::Url(u) => out.extend(u.token_file.as_deref().map(|p| ("url_token_file", p))),
             Source::Git => {}
         }
+        out.extend(
+            self.report
+                .as_ref()
+                .map(|r| ("report.token_file", r.token_file.as_path())),
+        );
         out
     }
 
@@ -277,6 +284,15 @@ fn parse_app(name: &str, a: RawApp, dir: &ConfigDir) -> Result<AppConfig, String
         .transpose()?;
     let fleet = fleet::parse_app(name, a.fleet, a.rollout)?;
     let allow = super::allow::parse(a.allow.clone(), "allow")?;
+    let report = match a.report.clone() {
+        Some(_) if origin.source.is_artifact() => {
+            return Err(
+                "report is for git apps (a commit status goes on the commit that was deployed)".into(),
+            )
+        }
+        Some(r) => Some(super::report::parse(r, name, dir)?),
+        None => None,
+    };
     if fleet.is_some() && origin.source.is_artifact() {
         return Err("fleet = true is for git apps for now (artifact rollouts are not built yet)".into());
     }
@@ -316,6 +332,7 @@ fn parse_app(name: &str, a: RawApp, dir: &ConfigDir) -> Result<AppConfig, String
         allow,
         verify_commits,
         ci_gate,
+        report,
     })
 }
 

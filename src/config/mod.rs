@@ -29,6 +29,7 @@ mod health;
 mod notify;
 mod preflight;
 mod raw;
+mod report;
 mod server;
 mod source;
 mod track;
@@ -48,6 +49,7 @@ pub use notify::{NotifyKind, NotifyTarget};
 pub(crate) use preflight::preflight;
 pub use preflight::Secrets;
 use raw::RawConfig;
+pub use report::{ReportConfig, StatusApi};
 pub use source::{ImageKind, ImageSource, ObjectSource, Source, UrlSource};
 pub(crate) use track::glob_match;
 pub use track::{paths_match, Track};
@@ -90,6 +92,8 @@ pub struct Config {
     pub notify: Vec<NotifyTarget>,
     /// Serve the status page at `/`.
     pub status_page: bool,
+    /// `public_url`: where people reach the status page (commit statuses link to `<public_url>/deploys/<id>`).
+    pub public_url: Option<String>,
     pub apps: BTreeMap<String, AppConfig>,
     /// `[fleet]`: this host is one of many, through NATS JetStream (`None`: haul never touches NATS).
     pub fleet: Option<FleetConfig>,
@@ -126,6 +130,14 @@ impl Config {
             .map(|f| fleet::parse(f, &dir))
             .transpose()
             .map_err(invalid)?;
+        if let Some(app) = apps.values().find(|a| {
+            a.report.as_ref().is_some_and(|r| r.api == StatusApi::Bitbucket) && server.public_url.is_none()
+        }) {
+            return Err(invalid(format!(
+                "[apps.{}.report] bitbucket's build statuses must link somewhere: set public_url at the top level (where people reach haul's status page)",
+                app.name
+            )));
+        }
         if fleet.is_none() {
             if let Some(app) = apps.values().find(|a| a.fleet.is_some()) {
                 return Err(invalid(format!(
@@ -148,6 +160,7 @@ impl Config {
             client_ip_header: server.client_ip_header,
             notify,
             status_page: server.status_page,
+            public_url: server.public_url,
             apps,
             fleet,
             allow,

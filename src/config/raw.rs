@@ -28,6 +28,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) notify: Vec<RawNotify>,
     pub(crate) status_page: Option<bool>,
+    /// Where people reach the status page (links in commit statuses).
+    pub(crate) public_url: Option<String>,
     pub(crate) fleet: Option<RawFleet>,
     /// Deploy windows for every app that sets none of its own.
     #[serde(default)]
@@ -168,6 +170,7 @@ pub(crate) struct RawApp {
     pub(crate) verify_commits: Option<RawVerifyCommits>,
     pub(crate) gate: Option<String>,
     pub(crate) gate_workflow: Option<String>,
+    pub(crate) report: Option<super::report::RawReport>,
 }
 
 /// `verify_commits = { ssh_allowed_signers = "..." }` or `{ gpg_keyring = "..." }`.

@@ -26,6 +26,7 @@ pub(crate) struct ServerSettings {
     pub(crate) allow_ips: Vec<IpNet>,
     pub(crate) client_ip_header: Option<String>,
     pub(crate) status_page: bool,
+    pub(crate) public_url: Option<String>,
 }
 
 pub(crate) fn parse(raw: &RawConfig, dir: &ConfigDir) -> Result<ServerSettings, String> {
@@ -67,7 +68,27 @@ pub(crate) fn parse(raw: &RawConfig, dir: &ConfigDir) -> Result<ServerSettings, 
         allow_ips,
         client_ip_header: raw.client_ip_header.clone(),
         status_page: raw.status_page.unwrap_or(true),
+        public_url: raw.public_url.as_deref().map(parse_public_url).transpose()?,
     })
+}
+
+/// `public_url`: an http(s) URL without credentials, query or fragment; kept without a trailing `/`.
+fn parse_public_url(u: &str) -> Result<String, String> {
+    let rest = u
+        .strip_prefix("https://")
+        .or_else(|| u.strip_prefix("http://"))
+        .ok_or_else(|| format!("public_url: {u:?} is not an http(s) URL"))?;
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty()
+        || host.contains('@')
+        || u.contains(['?', '#'])
+        || u.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "public_url: {u:?} must be where people reach haul (\"https://deploy.example.com\"), without credentials, query or fragment"
+        ));
+    }
+    Ok(u.trim_end_matches('/').to_string())
 }
 
 /// 90 days unless set; `"forever"` keeps every log.

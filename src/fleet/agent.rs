@@ -53,8 +53,10 @@ struct Shared {
 }
 
 impl Shared {
-    fn set(&self, up: bool, error: Option<&FleetError>) {
-        if self.up.swap(up, Ordering::SeqCst) != up {
+    /// Records whether the engine answered; true when it just came back (after having been away).
+    fn set(&self, up: bool, error: Option<&FleetError>) -> bool {
+        let changed = self.up.swap(up, Ordering::SeqCst) != up;
+        if changed {
             self.since_ms.store(crate::model::now_ms(), Ordering::SeqCst);
             match error {
                 Some(e) => {
@@ -74,6 +76,7 @@ impl Shared {
                 host: self.host.clone(),
             })
             .set(i64::from(up));
+        changed && up
     }
 
     fn conduct(&self, app: &str, epoch: Option<u64>) {
@@ -200,7 +203,7 @@ pub fn spawn(cfg: FleetConfig, parts: AgentParts) -> AgentHandle {
         engine: Mutex::new(None),
         poke: tokio::sync::Notify::new(),
     });
-    shared.set(false, None);
+    let _ = shared.set(false, None);
     let (stop, stop_rx) = watch::channel(false);
     let (done_tx, done) = watch::channel(false);
     let s = shared.clone();
@@ -271,11 +274,18 @@ async fn run(cfg: FleetConfig, parts: AgentParts, shared: Arc<Shared>, mut stop:
             };
             match engine.heartbeat(&record).await {
                 Ok(()) => {
-                    shared.set(true, None);
+                    // Back from an outage: what waited on the engine is tried at once, not after the
+                    // backoff it grew while the engine was away.
+                    if shared.set(true, None) {
+                        apply_retry.clear();
+                        conductors.iter_mut().for_each(Conductor::engine_back);
+                    }
                     last_beat = Some(std::time::Instant::now());
                     last_report = apps;
                 }
-                Err(e) => shared.set(false, Some(&e)),
+                Err(e) => {
+                    shared.set(false, Some(&e));
+                }
             }
         }
         if last_campaign.is_none_or(|t| t.elapsed() >= campaign_every) {
@@ -347,7 +357,7 @@ async fn connect_until_up(
 type Retries = std::collections::HashMap<String, (u32, Option<std::time::Instant>)>;
 
 /// This host's side of every fleet app's rollout; a failed download or hand-over is tried again after a
-/// backoff (1 s doubling to a minute).
+/// backoff (1 s doubling to 30 s; at once when the engine comes back).
 async fn apply_all(engine: &Engine, host: &str, parts: &AgentParts, retry: &mut Retries) {
     for app in &parts.apps {
         let (tries, not_before) = retry.get(&app.name).copied().unwrap_or((0, None));
@@ -370,7 +380,7 @@ async fn apply_all(engine: &Engine, host: &str, parts: &AgentParts, retry: &mut 
             Err(e) => {
                 let tries = tries + 1;
                 let wait =
-                    crate::model::failure::backoff(tries, Duration::from_secs(1), Duration::from_secs(60))
+                    crate::model::failure::backoff(tries, Duration::from_secs(1), Duration::from_secs(30))
                         .max(Duration::from_secs(1));
                 tracing::warn!(app = %app.name, "fleet: applying the rollout: {e}; trying again in {:.0}s", wait.as_secs_f64());
                 retry.insert(app.name.clone(), (tries, Some(std::time::Instant::now() + wait)));

@@ -124,6 +124,21 @@ impl Lease {
         }
         let expected = match Lease::read(engine, &self.app).await? {
             LeaseState::Free { revision } => revision,
+            // Still this process's, though its deadline passed (the engine was away): renewed by
+            // compare-and-set under the same epoch, so nobody waits out the TTL of a holder that is alive.
+            LeaseState::Held {
+                instance,
+                epoch,
+                revision,
+                ..
+            } if instance == self.instance => {
+                let h = Holding {
+                    revision,
+                    epoch,
+                    deadline: Instant::now(),
+                };
+                return self.renew(engine, h).await;
+            }
             LeaseState::Held { .. } => return Ok(false),
         };
         let started = Instant::now();

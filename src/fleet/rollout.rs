@@ -282,7 +282,9 @@ pub(super) struct Conductor {
     pub(super) dirs: StateDir,
     /// After a fetch that failed transiently: not before then.
     retry_at: Option<Instant>,
+    /// Failures in a row of the forge (a fetch), and of the engine (an upload, a write).
     failures: u32,
+    engine_failures: u32,
     notifier: Option<model::event::Notifier>,
     verify: Verifier,
 }
@@ -305,6 +307,7 @@ impl Conductor {
             dirs,
             retry_at: None,
             failures: 0,
+            engine_failures: 0,
         }
     }
 
@@ -404,31 +407,55 @@ impl Conductor {
                     }
                     return Ok(());
                 }
-                self.back_off(&format!("the conductor's fetch failed ({f})"));
+                self.back_off(&format!("the conductor's fetch failed ({f})"), false);
                 return Ok(());
             }
         }
         match self.roll_out(engine, epoch, &git, &fresh, current.as_ref()).await {
             Ok(()) => {
-                self.failures = 0;
+                (self.failures, self.engine_failures) = (0, 0);
                 self.retry_at = None;
                 self.close_proposals(engine, &proposals).await;
                 Ok(())
             }
             Err(e) => {
-                self.back_off(&format!("cannot start the rollout ({e})"));
+                let engine = matches!(e, FleetError::Unreachable(_) | FleetError::Unknown(_));
+                self.back_off(&format!("cannot start the rollout ({e})"), engine);
                 Err(e)
             }
         }
     }
 
-    /// After a failure: not again before a backoff (5 s doubling to 5 min, jittered).
-    fn back_off(&mut self, what: &str) {
-        self.failures += 1;
-        let wait = model::failure::backoff(self.failures, Duration::from_secs(5), Duration::from_secs(300))
-            .max(Duration::from_secs(5));
+    /// After a failure: not again before a backoff, jittered: 5 s doubling to 5 min when the forge failed
+    /// (its rate limits are the deploy key's), 1 s doubling to 15 s when the engine did (it costs the forge
+    /// nothing, and the engine's own recovery takes seconds).
+    fn back_off(&mut self, what: &str, engine: bool) {
+        let wait = if engine {
+            self.engine_failures += 1;
+            model::failure::backoff(
+                self.engine_failures,
+                Duration::from_secs(1),
+                Duration::from_secs(15),
+            )
+            .max(Duration::from_secs(1))
+        } else {
+            self.failures += 1;
+            model::failure::backoff(self.failures, Duration::from_secs(5), Duration::from_secs(300))
+                .max(Duration::from_secs(5))
+        };
         tracing::warn!(app = %self.app.name, "fleet: {what}; trying again in {:.0}s", wait.as_secs_f64());
         self.retry_at = Some(Instant::now() + wait);
+    }
+
+    /// The engine is back after an outage: a rollout that waited on it is tried at once. A forge backoff
+    /// stands.
+    pub(super) fn engine_back(&mut self) {
+        if self.engine_failures > 0 {
+            self.engine_failures = 0;
+            if self.failures == 0 {
+                self.retry_at = None;
+            }
+        }
     }
 
     /// Picks the newest proposal and, if there is one, puts its bundle in the object store and writes the

@@ -408,7 +408,7 @@ const FORMAT_CHARS: [(char, char); 21] = [
 /// control character (C0, DEL, C1), a format character (Cf, above: what a "Trojan Source" name hides
 /// behind), or the line and paragraph separators U+2028 and U+2029, which end a line where a reader does
 /// not expect one.
-fn is_hidden(c: char) -> bool {
+pub(crate) fn is_hidden(c: char) -> bool {
     c.is_control()
         || matches!(c, '\u{2028}' | '\u{2029}')
         || FORMAT_CHARS.iter().any(|&(lo, hi)| (lo..=hi).contains(&c))

@@ -3,4 +3,5 @@
 
 pub mod notify;
 pub mod page;
+pub mod report;
 pub mod systemd;

@@ -113,6 +113,9 @@ impl Daemon {
             ),
             None => Vec::new(),
         };
+        // Commit statuses: read from the audit log, so they need nothing from the workers.
+        let report_task =
+            crate::ops::report::spawn(&self.cfg, self.queue.env().store.clone(), stop_rx.clone());
         let mut workers = self.queue.spawn_workers(stop_rx.clone());
         workers.extend(crate::server::poll::spawn(self.queue.clone(), stop_rx.clone()));
         let control = tokio::spawn(control::serve(self.control, self.queue.clone(), stop_rx.clone()));
@@ -162,7 +165,7 @@ impl Daemon {
             f.stop().await;
         }
         // Let notifications already on their way go out (bounded: a target that hangs is not waited for).
-        for t in notify_tasks {
+        for t in notify_tasks.into_iter().chain(report_task) {
             let _ = tokio::time::timeout(Duration::from_secs(6), t).await;
         }
         tracing::info!("stopped");

@@ -131,7 +131,7 @@ pub async fn within<T>(
 }
 
 /// rustls needs its crypto chosen once per process: ring (no C toolchain, no cmake).
-fn tls() {
+pub(crate) fn tls() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // Err means another part of the process installed one first: that one is used.

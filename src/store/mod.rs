@@ -21,6 +21,7 @@ mod deploys;
 mod holds;
 mod lineage;
 mod memory;
+mod reports;
 mod schema;
 
 pub(crate) use alerts::*;
@@ -31,6 +32,7 @@ pub(crate) use holds::{
 };
 pub use holds::{holds, Hold};
 pub(crate) use lineage::{queued_pushes, rollback_pin, supersede};
+pub(crate) use reports::{mark_reported, report_floor, report_rows, ReportRow};
 use schema::{configure, migrate};
 
 /// Replay protection keeps delivery ids and body digests at least 7 days; 8 to be safe.

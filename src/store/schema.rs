@@ -138,6 +138,13 @@ pub(super) const SCHEMA: &[&str] = &[
         at INTEGER NOT NULL,
         PRIMARY KEY (app, sha)
      ) WITHOUT ROWID;",
+    // v15: `[apps.NAME.report]`: the state each deploy was last told to the forge in, so a restart neither
+    // repeats a commit status nor loses one.
+    "CREATE TABLE reports (
+        deploy_id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        at INTEGER NOT NULL
+     ) WITHOUT ROWID;",
 ];
 
 pub(super) fn configure(conn: &Connection) -> rusqlite::Result<()> {
