@@ -239,8 +239,20 @@ async fn pass(
             (Some(t), Some(sha)) if model::is_full_sha(sha) => match phase(row.state, row.reported) {
                 Some(p) => {
                     let url = public_url.map(|u| format!("{u}/deploys/{}", row.id));
-                    let status = request(&t.cfg, &t.context, sha, p, &description(&row, p), url.as_deref());
-                    send(&row, t, client, &status).await;
+                    // A deploy that started and ended between two looks was still pending once: said so
+                    // first, so the commit shows when it started.
+                    let missed_start =
+                        row.started && row.reported != Some(State::Running) && matches!(p, Phase::Live | Phase::Failed);
+                    let phases: &[Phase] = if missed_start {
+                        &[Phase::Deploying, p]
+                    } else {
+                        &[p]
+                    };
+                    for &p in phases {
+                        let status =
+                            request(&t.cfg, &t.context, sha, p, &description(&row, p), url.as_deref());
+                        send(&row, t, client, &status).await;
+                    }
                     let (id, state, now) = (row.id.clone(), row.state, model::now_ms());
                     if let Err(e) = store
                         .call(move |c| store::mark_reported(c, &id, state, now))
@@ -501,6 +513,7 @@ mod tests {
             state: State::Failed,
             reason: Some(format!("build failed\u{202E} {}\nsecond line", "y".repeat(300))),
             reported: None,
+            started: true,
         };
         let d = description(&row, Phase::Failed);
         assert!(d.starts_with("failed: build failed"), "{d}");

@@ -16,6 +16,8 @@ pub(crate) struct ReportRow {
     pub(crate) reason: Option<String>,
     /// The state last told (none: nothing yet).
     pub(crate) reported: Option<State>,
+    /// It ran (a pipeline started), whatever its state now.
+    pub(crate) started: bool,
 }
 
 /// Where a reporter starting now begins: after the newest deploy requested before `before` (a restart
@@ -34,7 +36,7 @@ pub(crate) fn report_floor(conn: &Connection, before: i64) -> Result<i64, StoreE
 /// Up to `limit` deploys after `floor`, oldest first, with what was last told of each.
 pub(crate) fn report_rows(conn: &Connection, floor: i64, limit: usize) -> Result<Vec<ReportRow>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT d.seq, d.id, d.app, d.sha, d.state, d.reason, r.state FROM deploys d
+        "SELECT d.seq, d.id, d.app, d.sha, d.state, d.reason, r.state, d.started_at IS NOT NULL FROM deploys d
          LEFT JOIN reports r ON r.deploy_id = d.id
          WHERE d.seq > ?1 ORDER BY d.seq LIMIT ?2",
     )?;
@@ -47,6 +49,7 @@ pub(crate) fn report_rows(conn: &Connection, floor: i64, limit: usize) -> Result
             state: State::parse(&r.get::<_, String>(4)?).unwrap_or(State::Interrupted),
             reason: r.get(5)?,
             reported: r.get::<_, Option<String>>(6)?.as_deref().and_then(State::parse),
+            started: r.get(7)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)

@@ -11,6 +11,7 @@ mod fuzz;
 mod nats;
 mod ops;
 mod replays;
+mod report;
 mod spine;
 mod support;
 mod tidy;
