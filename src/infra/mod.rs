@@ -10,3 +10,4 @@ pub mod metrics;
 pub mod runner;
 pub mod scratch;
 pub mod state_dir;
+pub mod upstream;

@@ -241,8 +241,9 @@ async fn pass(
                     let url = public_url.map(|u| format!("{u}/deploys/{}", row.id));
                     // A deploy that started and ended between two looks was still pending once: said so
                     // first, so the commit shows when it started.
-                    let missed_start =
-                        row.started && row.reported != Some(State::Running) && matches!(p, Phase::Live | Phase::Failed);
+                    let missed_start = row.started
+                        && row.reported != Some(State::Running)
+                        && matches!(p, Phase::Live | Phase::Failed);
                     let phases: &[Phase] = if missed_start {
                         &[Phase::Deploying, p]
                     } else {
@@ -275,7 +276,7 @@ async fn pass(
 }
 
 fn client() -> Result<reqwest::Client, String> {
-    crate::sources::artifact::tls();
+    crate::infra::upstream::tls();
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(20))
@@ -298,7 +299,7 @@ async fn send(row: &ReportRow, t: &Target, client: &reqwest::Client, status: &St
         .unwrap_or("")
         .to_string();
     let note = |_: &str| {};
-    let (result, report) = crate::sources::upstream::guarded(&host, PER_MINUTE, ATTEMPTS, &note, || {
+    let (result, report) = crate::infra::upstream::guarded(&host, PER_MINUTE, ATTEMPTS, &note, || {
         attempt(client, &t.cfg, &url, &status.body)
     })
     .await;
@@ -367,7 +368,7 @@ async fn attempt(
     let retry_after = header("retry-after")
         .map(|v| format!("Retry-After: {v}"))
         .or_else(|| header("x-ratelimit-reset").map(|v| format!("x-ratelimit-reset: {v}")))
-        .and_then(|l| crate::sources::upstream::retry_after(&[l]));
+        .and_then(|l| crate::infra::upstream::retry_after(&[l]));
     // GitHub answers its rate limits 403 (or 429) with no requests left, or a Retry-After.
     let limited = code == 429
         || (code == 403

@@ -81,7 +81,7 @@ async fn poll_artifact(
     // An upstream that rate-limited us is left alone until it said we may come back; a 429 to a poll opens
     // the same circuit a deploy's would.
     let upstream = app.upstream();
-    if let Some(open) = crate::sources::upstream::global().open_for(&upstream) {
+    if let Some(open) = crate::infra::upstream::global().open_for(&upstream) {
         tracing::debug!(
             "poll: {upstream} is rate-limiting us; not asking for {}s",
             open.as_secs()
@@ -90,9 +90,9 @@ async fn poll_artifact(
     }
     match look(app).await {
         Err(f) if f.kind == Kind::RateLimited => {
-            crate::sources::upstream::global().open(
+            crate::infra::upstream::global().open(
                 &upstream,
-                f.retry_after.unwrap_or(crate::sources::upstream::DEFAULT_OPEN),
+                f.retry_after.unwrap_or(crate::infra::upstream::DEFAULT_OPEN),
             );
             Err(f)
         }

@@ -130,15 +130,6 @@ pub async fn within<T>(
     })
 }
 
-/// rustls needs its crypto chosen once per process: ring (no C toolchain, no cmake).
-pub(crate) fn tls() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // Err means another part of the process installed one first: that one is used.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
-
 fn permanent(m: String) -> Failure {
     Failure::permanent(m)
 }
@@ -305,7 +296,7 @@ const IMAGE_MANIFESTS: [&str; 2] = [
 /// The OCI client for layers: plain HTTP only when configured, bounded connect and read times.
 fn oci(app: &AppConfig, img: &ImageSource) -> Result<oci_client::Client, Failure> {
     use oci_client::client::{ClientConfig, ClientProtocol};
-    tls();
+    crate::infra::upstream::tls();
     let config = ClientConfig {
         protocol: if img.plain_http {
             ClientProtocol::Http
@@ -570,7 +561,7 @@ where
 fn s3(app: &AppConfig, o: &ObjectSource) -> Result<object_store::aws::AmazonS3, Failure> {
     use object_store::aws::AmazonS3Builder;
     use object_store::{ClientOptions, RetryConfig};
-    tls();
+    crate::infra::upstream::tls();
     let mut options = ClientOptions::new()
         .with_timeout(app.fetch_timeout)
         .with_connect_timeout(Duration::from_secs(10));
@@ -704,7 +695,7 @@ pub async fn object_etag(app: &AppConfig, o: &ObjectSource) -> Result<String, Fa
 
 /// The HTTP client for artifacts. Configured for HTTPS, it never follows a redirect to plain HTTP.
 pub(crate) fn http_client(app: &AppConfig) -> Result<reqwest::Client, Failure> {
-    tls();
+    crate::infra::upstream::tls();
     let https = match &app.source {
         Source::Image(i) => !i.plain_http,
         Source::Url(u) => u.url.starts_with("https://"),
@@ -741,7 +732,7 @@ pub(crate) fn http_status_failure(app: &AppConfig, url: &str, r: &reqwest::Respo
                 .headers()
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| crate::sources::upstream::retry_after(&[format!("Retry-After: {v}")])),
+                .and_then(|v| crate::infra::upstream::retry_after(&[format!("Retry-After: {v}")])),
         },
         s if s >= 500 => Failure::transient(format!("{shown} answered {status}")),
         _ => permanent(format!("{shown} answered {status}")),

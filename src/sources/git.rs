@@ -14,8 +14,8 @@ use std::time::Duration;
 use crate::config::{AppConfig, MirrorMode, Track};
 use crate::infra::deploylog::DeployLog;
 use crate::infra::runner::{self, Cmd, LineUse, RunError};
+use crate::infra::upstream;
 use crate::model::failure::{Failure, Kind};
-use crate::sources::upstream;
 
 const LOCAL_TIMEOUT: Duration = Duration::from_secs(600);
 

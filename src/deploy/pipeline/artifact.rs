@@ -188,12 +188,12 @@ impl Pipeline {
         &self,
         what: &str,
         op: impl Fn() -> Fut,
-    ) -> (Result<T, Failure>, crate::sources::upstream::Report)
+    ) -> (Result<T, Failure>, crate::infra::upstream::Report)
     where
         Fut: std::future::Future<Output = Result<T, Failure>>,
     {
         let note = |m: &str| self.log.line(m);
-        crate::sources::upstream::guarded(
+        crate::infra::upstream::guarded(
             &self.app.upstream(),
             self.app.max_fetches_per_minute,
             self.app.fetch_attempts,

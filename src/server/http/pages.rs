@@ -191,7 +191,7 @@ pub(super) async fn metrics(State(st): State<Arc<HttpState>>) -> Response {
         }
     }
     for (_, upstream) in apps {
-        let open = crate::sources::upstream::global().open_for(&upstream).is_some();
+        let open = crate::infra::upstream::global().open_for(&upstream).is_some();
         m.circuit_open
             .get_or_create(&crate::infra::metrics::UpstreamLabel { upstream })
             .set(i64::from(open));

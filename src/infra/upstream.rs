@@ -180,6 +180,16 @@ where
     }
 }
 
+/// rustls needs its crypto chosen once per process: ring (no C toolchain, no cmake), for the HTTP clients
+/// of artifacts and commit statuses.
+pub fn tls() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err means another part of the process installed one first: that one is used.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// `Retry-After` (seconds or an HTTP date) or GitHub's `x-ratelimit-reset` (epoch seconds), from lines of a git
 /// HTTP trace.
 pub fn retry_after(lines: &[String]) -> Option<Duration> {
