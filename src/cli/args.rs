@@ -110,6 +110,10 @@ pub enum Command {
         /// The haul binary's installed path (default: this binary).
         #[arg(long)]
         exe: Option<PathBuf>,
+        /// The Debian package's unit: /usr/bin/haul, /etc/haul/haul.toml, user haul, writable
+        /// /var/lib/haul and /srv (no configuration needed).
+        #[arg(long, conflicts_with_all = ["user", "exe"])]
+        package: bool,
     },
     /// Set up a new app on this server: deploy key, webhook secret, config; prints what to paste where.
     Init {

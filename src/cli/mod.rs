@@ -121,6 +121,10 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
             return crate::cli::docs::man_page(&mut std::io::stdout())
                 .map_err(|e| Exit::failed(e.to_string()))
         }
+        Command::SystemdUnit { package: true, .. } => {
+            print!("{}", crate::ops::systemd::package_unit());
+            return Ok(());
+        }
         Command::Init {
             app,
             repo,
@@ -201,7 +205,7 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
                 manual::fleet_deploy(&cfg, app, sha, no_follow).await
             }
         },
-        Command::SystemdUnit { user, exe } => {
+        Command::SystemdUnit { user, exe, .. } => {
             let exe = exe
                 .or_else(|| std::env::current_exe().ok())
                 .unwrap_or_else(|| PathBuf::from("/usr/local/bin/haul"));
