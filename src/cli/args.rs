@@ -116,35 +116,7 @@ pub enum Command {
         package: bool,
     },
     /// Set up a new app on this server: deploy key, webhook secret, config; prints what to paste where.
-    Init {
-        /// The app's name (letters, digits, '-', '_', '.'); its webhook URL is /hooks/APP.
-        app: String,
-        /// The repository, e.g. git@github.com:acme/blog.git.
-        #[arg(long)]
-        repo: String,
-        /// The only branch deployed.
-        #[arg(long, default_value = "main")]
-        branch: String,
-        /// The app's directory: releases/ and the `current` symlink [default: /srv/APP].
-        #[arg(long)]
-        path: Option<PathBuf>,
-        /// Where the deploy key goes, as KEYS_DIR/APP [default: <config dir>/keys].
-        #[arg(long)]
-        keys_dir: Option<PathBuf>,
-        /// Where the webhook secret goes, as SECRETS_DIR/APP [default: <config dir>/secrets].
-        #[arg(long)]
-        secrets_dir: Option<PathBuf>,
-        /// haul's state directory (used only when a new config is written).
-        #[arg(long, default_value = "/var/lib/haul")]
-        state_dir: PathBuf,
-        /// The address your forge reaches haul at (through your TLS proxy), e.g. https://deploy.example.com.
-        #[arg(long)]
-        public_url: String,
-        /// How webhooks are signed.
-        #[arg(long, default_value = "github",
-              value_parser = ["github", "gitlab", "gitea", "forgejo", "bitbucket", "standard"])]
-        provider: String,
-    },
+    Init(Box<InitArgs>),
     /// The fleet (with `[fleet]`): each fleet app's conductor and rollout, and every host's live release.
     Fleet {
         #[command(subcommand)]
@@ -207,4 +179,57 @@ pub enum FleetCommand {
         #[arg(long)]
         no_follow: bool,
     },
+}
+
+/// `haul init`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    /// The app's name (letters, digits, '-', '_', '.'); its webhook URL is /hooks/APP.
+    pub app: String,
+    /// The repository, e.g. git@github.com:acme/blog.git.
+    #[arg(long, group = "source")]
+    pub repo: Option<String>,
+    /// Or an OCI artifact CI pushes: registry.example.com/acme/blog.
+    #[arg(long, group = "source")]
+    pub image: Option<String>,
+    /// Or a tarball CI uploads to S3: s3://bucket/blog-{sha}.tar.gz.
+    #[arg(long, group = "source")]
+    pub object: Option<String>,
+    /// Or a tarball CI publishes: https://artifacts.example.com/blog-{sha}.tar.gz.
+    #[arg(long, group = "source")]
+    pub url: Option<String>,
+    /// The image's tag (or glob) [default: main].
+    #[arg(long, requires = "image")]
+    pub tag: Option<String>,
+    /// A pull-only registry account (else a token file).
+    #[arg(long, requires = "image")]
+    pub registry_username: Option<String>,
+    /// An S3-compatible endpoint (omit for AWS).
+    #[arg(long, requires = "object")]
+    pub s3_endpoint: Option<String>,
+    /// The bucket's region.
+    #[arg(long, requires = "object")]
+    pub s3_region: Option<String>,
+    /// The only branch deployed.
+    #[arg(long, default_value = "main")]
+    pub branch: String,
+    /// The app's directory: releases/ and the `current` symlink [default: /srv/APP].
+    #[arg(long)]
+    pub path: Option<PathBuf>,
+    /// Where the deploy key goes, as KEYS_DIR/APP [default: <config dir>/keys].
+    #[arg(long)]
+    pub keys_dir: Option<PathBuf>,
+    /// Where the webhook secret goes, as SECRETS_DIR/APP [default: <config dir>/secrets].
+    #[arg(long)]
+    pub secrets_dir: Option<PathBuf>,
+    /// haul's state directory (used only when a new config is written).
+    #[arg(long, default_value = "/var/lib/haul")]
+    pub state_dir: PathBuf,
+    /// The address your forge reaches haul at (through your TLS proxy), e.g. https://deploy.example.com.
+    #[arg(long)]
+    pub public_url: String,
+    /// How webhooks are signed [default: github; for an artifact: standard].
+    #[arg(long,
+          value_parser = ["github", "gitlab", "gitea", "forgejo", "bitbucket", "standard", "distribution"])]
+    pub provider: Option<String>,
 }

@@ -21,14 +21,67 @@ use crate::model;
 pub struct InitOptions {
     pub config: PathBuf,
     pub app: String,
-    pub repo: String,
+    /// A git repository, or (with `artifact`) none.
+    pub repo: Option<String>,
+    /// `--image`, `--object`, `--url` and their settings.
+    pub artifact: super::init_source::ArtifactArgs,
     pub branch: String,
     pub path: PathBuf,
     pub keys_dir: PathBuf,
     pub secrets_dir: PathBuf,
     pub state_dir: PathBuf,
     pub public_url: String,
-    pub provider: String,
+    /// Default: github for a repository, standard (CI tells haul) for an artifact.
+    pub provider: Option<String>,
+}
+
+impl InitOptions {
+    /// The CLI's arguments with their defaults: the app under /srv, keys and secrets beside the config.
+    pub fn from_args(a: super::args::InitArgs, config: PathBuf) -> InitOptions {
+        let crate::cli::args::InitArgs {
+            app,
+            repo,
+            image,
+            object,
+            url,
+            tag,
+            registry_username,
+            s3_endpoint,
+            s3_region,
+            branch,
+            path,
+            keys_dir,
+            secrets_dir,
+            state_dir,
+            public_url,
+            provider,
+        } = a;
+        let cfg_dir = config
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
+        InitOptions {
+            path: path.unwrap_or_else(|| PathBuf::from("/srv").join(&app)),
+            keys_dir: keys_dir.unwrap_or_else(|| cfg_dir.join("keys")),
+            secrets_dir: secrets_dir.unwrap_or_else(|| cfg_dir.join("secrets")),
+            config,
+            app,
+            repo,
+            artifact: super::init_source::ArtifactArgs {
+                image,
+                object,
+                url,
+                tag,
+                registry_username,
+                s3_endpoint,
+                s3_region,
+            },
+            branch,
+            state_dir,
+            public_url,
+            provider,
+        }
+    }
 }
 
 /// Sets up one app and prints the manual steps. Nothing is left half-done: if a step fails, the files this run
@@ -68,6 +121,8 @@ struct Plan {
     path: PathBuf,
     /// The deploy key and the pinned host keys, for an SSH repo only.
     ssh: Option<SshPlan>,
+    /// An app built in CI: its source, credentials' places, signature key.
+    artifact: Option<super::init_source::ArtifactPlan>,
     secret: PathBuf,
     hook_url: String,
 }
@@ -178,22 +233,47 @@ fn plan(opts: &InitOptions) -> anyhow::Result<Plan> {
              at most 64 characters (it becomes the webhook URL /hooks/NAME)"
         );
     }
+    let artifact = match (&opts.repo, opts.artifact.is_set()) {
+        (Some(_), true) => bail!("give one source: --repo, --image, --object or --url"),
+        (None, false) => bail!(
+            "give the app's source: --repo git@github.com:acme/{app}.git, or one built in CI: --image, --object or --url"
+        ),
+        (_, true) => Some(super::init_source::plan(&opts.artifact, &app, &opts.keys_dir)?),
+        (Some(_), false) => None,
+    };
+    let repo = match &artifact {
+        Some(a) => a.location.clone(),
+        None => opts.repo.clone().unwrap_or_default(),
+    };
     // The same rule `Config::parse` applies: nothing git could read as an option.
-    let repo = opts.repo.clone();
-    if repo.is_empty() || repo.starts_with('-') || repo.chars().any(char::is_control) {
+    if artifact.is_none() && (repo.is_empty() || repo.starts_with('-') || repo.chars().any(char::is_control))
+    {
         bail!("repo {repo:?} is not a git URL or path; give one like git@github.com:acme/{app}.git");
     }
     if !model::is_valid_branch(&opts.branch) {
         bail!("branch {:?} is not a valid branch name", opts.branch);
     }
-    let provider = Provider::parse(&opts.provider).ok_or_else(|| {
+    let asked = opts
+        .provider
+        .clone()
+        .unwrap_or_else(|| if artifact.is_some() { "standard" } else { "github" }.into());
+    let provider = Provider::parse(&asked).ok_or_else(|| {
         let known: Vec<&str> = Provider::ALL.iter().map(|p| p.as_str()).collect();
         anyhow!(
-            "provider {:?} is not supported; use one of: {}",
-            opts.provider,
+            "provider {asked:?} is not supported; use one of: {}",
             known.join(", ")
         )
     })?;
+    match (&artifact, provider) {
+        (Some(a), Provider::Distribution) if a.kind == super::init_source::ArtifactKind::Image => {}
+        (Some(_), Provider::Standard) => {}
+        (Some(_), p) => bail!(
+            "an app built in CI is told of new builds by CI (--provider standard) or, for --image, by the registry (--provider distribution), not {}",
+            p.as_str()
+        ),
+        (None, Provider::Distribution) => bail!("--provider distribution is for --image apps"),
+        (None, _) => {}
+    }
     let base = opts.public_url.trim_end_matches('/');
     let authority = base
         .strip_prefix("https://")
@@ -210,7 +290,7 @@ fn plan(opts: &InitOptions) -> anyhow::Result<Plan> {
     let absolute =
         |p: &Path| std::path::absolute(p).with_context(|| format!("cannot make {} absolute", p.display()));
     let config = absolute(&opts.config)?;
-    let ssh = if crate::model::url::is_ssh_url(&repo) {
+    let ssh = if artifact.is_none() && crate::model::url::is_ssh_url(&repo) {
         let (host, port) = ssh_host(&repo).ok_or_else(|| {
             anyhow!("cannot tell the SSH host in repo {repo:?}; give it as git@HOST:OWNER/REPO.git or ssh://git@HOST[:PORT]/PATH")
         })?;
@@ -230,7 +310,12 @@ fn plan(opts: &InitOptions) -> anyhow::Result<Plan> {
         state_dir: absolute(&opts.state_dir)?,
         path: absolute(&opts.path)?,
         branch: opts.branch.clone(),
-        repository: repository_of(&repo, provider),
+        repository: if artifact.is_none() {
+            repository_of(&repo, provider)
+        } else {
+            None
+        },
+        artifact,
         app,
         repo,
         provider,
@@ -294,15 +379,21 @@ known_hosts = {}
         }
         None => String::new(),
     };
+    let source = match &plan.artifact {
+        Some(a) => a.section(&|s: &str| toml_str(s)),
+        None => format!(
+            "# The repository haul fetches from. haul only ever reads it.\nrepo = {}\n\
+             # The only branch deployed. Pushes to other branches, tags and deletions are recorded as ignored.\n\
+             branch = {}\n{ssh}",
+            toml_str(&plan.repo),
+            toml_str(&plan.branch)
+        ),
+    };
     let section = format!(
         r#"
 # The webhook URL of this app is /hooks/{app}.
 [apps.{key}]
-# The repository haul fetches from. haul only ever reads it.
-repo = {repo}
-# The only branch deployed. Pushes to other branches, tags and deletions are recorded as ignored.
-branch = {branch}
-{ssh}# The app's directory: releases/<id>/ and the `current` symlink. Point your web server or unit at current.
+{source}# The app's directory: releases/<id>/ and the `current` symlink. Point your web server or unit at current.
 path = {path}
 # Releases kept on disk (at least 2); the live one and the one before it are never removed.
 keep_releases = 5
@@ -322,8 +413,6 @@ provider = "{provider}"
 # The file holding the shared secret (mode 0600). The secret itself never goes in this file.
 secret_file = {secret}
 {repository}"#,
-        repo = toml_str(&plan.repo),
-        branch = toml_str(&plan.branch),
         path = q(&plan.path)?,
         provider = plan.provider.as_str(),
         secret = q(&plan.secret)?,
@@ -485,7 +574,7 @@ impl Drop for Created {
 }
 
 /// Quotes a path for a command line a person copies, only when it needs it.
-fn sh(p: &Path) -> String {
+pub(super) fn sh(p: &Path) -> String {
     let s = p.to_string_lossy();
     if !s.is_empty()
         && s.chars()
@@ -579,8 +668,24 @@ impl Done {
             step += 1;
             write_host_key_step(t, step, ssh)?;
         }
-        step += 1;
-        self.write_webhook_step(t, step)?;
+        if let Some(a) = &self.plan.artifact {
+            let ci_notifies = self.plan.provider == Provider::Standard;
+            step = a.write_steps(
+                t,
+                step,
+                &self.plan.app,
+                &self.plan.hook_url,
+                &self.plan.secret,
+                ci_notifies,
+            )?;
+            if !ci_notifies {
+                step += 1;
+                self.write_registry_step(t, step)?;
+            }
+        } else {
+            step += 1;
+            self.write_webhook_step(t, step)?;
+        }
         step += 1;
         self.write_start_step(t, step)
     }
@@ -603,7 +708,7 @@ impl Done {
                 section.trim_end()
             )?,
         }
-        if plan.ssh.is_none() {
+        if plan.ssh.is_none() && plan.artifact.is_none() {
             writeln!(
                 t,
                 "\n{} is not an SSH URL, so no deploy key or known_hosts was made. For a private repository on\n\
@@ -671,20 +776,39 @@ impl Done {
         Ok(())
     }
 
+    /// `--provider distribution`: the registry's own notifications, with the secret as their bearer token.
+    fn write_registry_step(&self, t: &mut String, step: u32) -> std::fmt::Result {
+        let secret = sh(&self.plan.secret);
+        writeln!(
+            t,
+            "\n{step}. In the registry's config.yml (Docker Distribution), with the contents of {secret}:\n\n     \
+             notifications:\n       endpoints:\n         - name: haul\n           url: {}\n           \
+             headers: {{Authorization: [\"Bearer <the contents of {secret}>\"]}}\n           \
+             timeout: 5s\n           threshold: 5\n           backoff: 10s\n           \
+             ignoredmediatypes: [application/octet-stream]\n\n   \
+             The registry cannot sign its body: keep haul's endpoint on a private network or behind allow_ips.",
+            self.plan.hook_url
+        )
+    }
+
     /// `haul check`, then the daemon under a user that can read what this run wrote.
     fn write_start_step(&self, t: &mut String, step: u32) -> std::fmt::Result {
         let plan = &self.plan;
         let (config, secret) = (sh(&plan.config), sh(&plan.secret));
-        let chown = match &plan.ssh {
+        let mut chown = match &plan.ssh {
             Some(ssh) => format!("{} {secret}", sh(&ssh.key)),
             None => secret.clone(),
         };
+        for (_, file, _) in plan.artifact.iter().flat_map(|a| a.credentials.iter()) {
+            chown.push(' ');
+            chown.push_str(&sh(file));
+        }
         writeln!(
             t,
             "\n{}. Check the configuration and files, then start the daemon:\n\n     \
              haul check --config {config}\n     \
              haul serve --config {config}\n\n   \
-             Run haul serve under systemd (`haul systemd-unit` prints a unit) as a user that can read the key\n   \
+             Run haul serve under systemd (`haul systemd-unit` prints a unit) as a user that can read the keys\n   \
              and the secret and owns {} and {}; for a user named haul:\n\n     \
              chown haul: {chown}\n\n   \
              Then `haul deploy {} --config {config}` deploys now.",
@@ -754,14 +878,15 @@ mod tests {
         InitOptions {
             config: root.join("etc/haul.toml"),
             app: app.into(),
-            repo: "git@github.com:acme/blog.git".into(),
+            repo: Some("git@github.com:acme/blog.git".into()),
+            artifact: Default::default(),
             branch: "main".into(),
             path: root.join("srv").join(app),
             keys_dir: root.join("etc/keys"),
             secrets_dir: root.join("etc/secrets"),
             state_dir: root.join("state"),
             public_url: "https://deploy.example.com/".into(),
-            provider: "github".into(),
+            provider: Some("github".into()),
         }
     }
 
@@ -888,10 +1013,10 @@ mod tests {
         type Change = fn(&mut InitOptions);
         let cases: [(Change, &str); 7] = [
             (|o| o.app = "../x".into(), "not a valid app name"),
-            (|o| o.repo = "--upload-pack=evil".into(), "not a git URL"),
-            (|o| o.repo = String::new(), "not a git URL"),
+            (|o| o.repo = Some("--upload-pack=evil".into()), "not a git URL"),
+            (|o| o.repo = Some(String::new()), "not a git URL"),
             (|o| o.branch = "-x".into(), "branch"),
-            (|o| o.provider = "svn".into(), "github, gitlab"),
+            (|o| o.provider = Some("svn".into()), "github, gitlab"),
             (|o| o.public_url = "deploy.example.com".into(), "http(s) URL"),
             (|o| o.public_url = "https://".into(), "http(s) URL"),
         ];
@@ -935,8 +1060,8 @@ mod tests {
         let tmp = TempDir::new();
         let root = &tmp.0;
         let mut o = options(root, "www.example");
-        o.repo = root.join("repo.git").display().to_string();
-        o.provider = "standard".into();
+        o.repo = Some(root.join("repo.git").display().to_string());
+        o.provider = Some("standard".into());
         let text = init(&o).await.expect("init").instructions();
         let cfg = Config::load(&o.config).expect("loads");
         let app = cfg.app("www.example").expect("one app, not a nested table");
@@ -948,6 +1073,86 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("ssh-keyscan"), "{text}");
+    }
+
+    /// `--image`, `--object`, `--url`: a config that loads with the source, its credentials' places (not
+    /// created: only the person has them) and the signature key; and the exact CI commands.
+    #[tokio::test]
+    async fn an_app_built_in_ci_gets_its_source_credentials_signature_and_ci_commands() {
+        use super::super::init_source::ArtifactArgs;
+        let cases: [(ArtifactArgs, Option<&str>, &[&str]); 4] = [
+            (
+                ArtifactArgs { image: Some("ghcr.io/acme/api".into()), tag: Some("v*".into()), ..Default::default() },
+                None,
+                &["oras push ghcr.io/acme/api:v*", "minisign -S -s ci.key -m manifest.json", "webhook-signature: v1,", "registry_token_file"],
+            ),
+            (
+                ArtifactArgs { image: Some("registry.example.com/acme/api".into()), registry_username: Some("deploy".into()), ..Default::default() },
+                Some("distribution"),
+                &["notifications:", "Bearer <the contents of", "registry_password_file"],
+            ),
+            (
+                ArtifactArgs {
+                    object: Some("s3://builds/api/api-{sha}.tar.gz".into()),
+                    s3_endpoint: Some("https://minio.internal:9000".into()),
+                    ..Default::default()
+                },
+                None,
+                &["aws s3 cp --endpoint-url https://minio.internal:9000 api-$GIT_SHA.tar.gz s3://builds/api/api-$GIT_SHA.tar.gz", "sha256sum api-$GIT_SHA.tar.gz", "s3-secret"],
+            ),
+            (
+                ArtifactArgs { url: Some("https://artifacts.example.com/api-{sha}.tar.gz".into()), ..Default::default() },
+                None,
+                &["minisign -S -s ci.key -m api-$GIT_SHA.tar.gz", "api-$GIT_SHA.tar.gz.minisig", "https://deploy.example.com/hooks/api"],
+            ),
+        ];
+        for (artifact, provider, says) in cases {
+            let tmp = TempDir::new();
+            let root = &tmp.0;
+            let mut o = options(root, "api");
+            o.repo = None;
+            o.artifact = artifact;
+            o.provider = provider.map(str::to_string);
+            let text = init(&o).await.expect("init").instructions();
+            let cfg = Config::load(&o.config).expect("the written config loads");
+            let app = cfg.app("api").expect("app");
+            assert!(app.source.is_artifact(), "{:?}", app.source);
+            assert!(app.verify.is_some(), "signed by default");
+            assert_eq!(app.deploy_key, None);
+            let creds = app.credential_files();
+            assert!(
+                creds
+                    .iter()
+                    .all(|(_, p)| p.starts_with(root.join("etc/keys")) && !p.exists()),
+                "{creds:?}"
+            );
+            assert_eq!(mode(&root.join("etc/secrets/api")), 0o600);
+            assert!(text.contains("minisign -G -W -p ci.pub -s ci.key"), "{text}");
+            for want in says {
+                let in_config = std::fs::read_to_string(&o.config).unwrap_or_default();
+                assert!(
+                    text.contains(want) || in_config.contains(want),
+                    "missing {want}:\n{text}\n{in_config}"
+                );
+            }
+        }
+        // Refused: two sources, none, and a provider an artifact cannot be told by.
+        let tmp = TempDir::new();
+        let mut o = options(&tmp.0, "api");
+        o.artifact.url = Some("https://a.example/x.tgz".into());
+        assert!(init(&o)
+            .await
+            .is_err_and(|e| e.to_string().contains("one source")));
+        o.repo = None;
+        o.provider = Some("github".into());
+        assert!(init(&o)
+            .await
+            .is_err_and(|e| e.to_string().contains("--provider standard")));
+        o.artifact.url = None;
+        assert!(init(&o)
+            .await
+            .is_err_and(|e| e.to_string().contains("give the app's source")));
+        assert!(!tmp.0.join("etc").exists(), "nothing written");
     }
 
     #[test]
@@ -985,8 +1190,8 @@ mod tests {
         let tmp = TempDir::new();
         let root = &tmp.0;
         let mut o = options(root, "blog");
-        o.repo = "https://git.example.com/gitea/acme/blog.git".into();
-        o.provider = "gitea".into();
+        o.repo = Some("https://git.example.com/gitea/acme/blog.git".into());
+        o.provider = Some("gitea".into());
         init(&o).await.expect("init");
         let text = std::fs::read_to_string(&o.config).expect("config");
         assert!(text.contains("\n# repository = \"owner/name\"\n"), "{text}");

@@ -7,6 +7,7 @@ mod demo_fleet;
 pub(crate) mod docs;
 mod follow;
 pub(crate) mod init;
+pub(crate) mod init_source;
 mod manual;
 mod tables;
 
@@ -125,34 +126,8 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
             print!("{}", crate::ops::systemd::package_unit());
             return Ok(());
         }
-        Command::Init {
-            app,
-            repo,
-            branch,
-            path,
-            keys_dir,
-            secrets_dir,
-            state_dir,
-            public_url,
-            provider,
-        } => {
-            let cfg_dir = cli
-                .config
-                .parent()
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("."));
-            let opts = crate::cli::init::InitOptions {
-                path: path.unwrap_or_else(|| PathBuf::from("/srv").join(&app)),
-                keys_dir: keys_dir.unwrap_or_else(|| cfg_dir.join("keys")),
-                secrets_dir: secrets_dir.unwrap_or_else(|| cfg_dir.join("secrets")),
-                config: cli.config,
-                app,
-                repo,
-                branch,
-                state_dir,
-                public_url,
-                provider,
-            };
+        Command::Init(init) => {
+            let opts = crate::cli::init::InitOptions::from_args(*init, cli.config);
             return crate::cli::init::run(opts).await.map_err(Exit::from);
         }
         _ => {}
@@ -212,7 +187,7 @@ async fn dispatch(cli: Cli) -> Result<(), Exit> {
             print!("{}", crate::ops::systemd::unit(&cfg, &exe, user.as_deref()));
             Ok(())
         }
-        Command::Demo { .. } | Command::Init { .. } | Command::Completions { .. } | Command::Man => Ok(()),
+        Command::Demo { .. } | Command::Init(_) | Command::Completions { .. } | Command::Man => Ok(()),
     }
 }
 
