@@ -199,11 +199,22 @@ fn fleet_status_or_null(h: &Haul) -> serde_json::Value {
 
 /// Waits until `n` hosts report in the fleet's status (a cluster just started may still be electing).
 fn wait_reporting(h: &Haul, n: usize) {
-    wait_until("all hosts reporting", || {
-        fleet_status_or_null(h)["apps"][0]["hosts"]
-            .as_array()
-            .is_some_and(|hs| hs.len() == n)
-    });
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let out = h.cli(&["fleet", "status", "--json"]);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let hosts = status["apps"][0]["hosts"].as_array().map_or(0, Vec::len);
+        if out.status.success() && hosts == n {
+            return;
+        }
+        // On a timeout, what the last look said: which hosts were missing, or why the engine did not answer.
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for all {n} hosts reporting ({hosts} did): {}\n{status}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn conductor(status: &serde_json::Value) -> Option<(String, u64)> {

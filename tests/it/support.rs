@@ -607,21 +607,57 @@ impl Haul {
         self.start_with_env(&[]);
     }
 
+    /// Starts the daemon and waits until it says it listens. A port taken since [`free_port`] chose it (by
+    /// another test's server, between the choice and the bind) is chosen again, so a test never talks to
+    /// someone else's server while its own daemon died.
     pub fn start_with_env(&mut self, env: &[(&str, &str)]) {
-        self.starts += 1;
-        let log = std::fs::File::create(self.dir.join(format!("daemon-{}.log", self.starts))).expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_haul"))
-            .arg("--config")
-            .arg(&self.config)
-            .arg("serve")
-            .env("HAUL_LOG", "debug")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start haul");
-        self.child = Some(child);
-        wait_for_port(self.port, "haul");
+        for _ in 0..5 {
+            self.starts += 1;
+            let log_path = self.dir.join(format!("daemon-{}.log", self.starts));
+            let log = std::fs::File::create(&log_path).expect("log");
+            let mut child = Command::new(env!("CARGO_BIN_EXE_haul"))
+                .arg("--config")
+                .arg(&self.config)
+                .arg("serve")
+                .env("HAUL_LOG", "debug")
+                .envs(env.iter().copied())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start haul");
+            let listening = format!("listening on http://127.0.0.1:{} ", self.port);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+                if text.contains(&listening) {
+                    self.child = Some(child);
+                    return;
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    assert!(
+                        text.contains("in use"),
+                        "haul exited ({status}) before listening:\n{text}"
+                    );
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "haul did not start listening on port {}:\n{text}",
+                    self.port
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // Taken: another port, and the config says so.
+            let old = format!("listen = \"127.0.0.1:{}\"", self.port);
+            self.port = free_port();
+            let text = std::fs::read_to_string(&self.config).expect("config");
+            std::fs::write(
+                &self.config,
+                text.replace(&old, &format!("listen = \"127.0.0.1:{}\"", self.port)),
+            )
+            .expect("config");
+        }
+        panic!("haul found no free port in 5 tries");
     }
 
     pub fn daemon_log(&self) -> String {
