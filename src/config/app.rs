@@ -400,9 +400,16 @@ fn controls(a: &RawApp, origin: &Origin, dir: &ConfigDir) -> Result<Controls, St
                 }
                 // GitLab: any pipeline of the branch, or only the one named so (`workflow:name`).
                 ("gitlab", name) => Some(name.unwrap_or_default().to_string()),
+                ("gitea" | "forgejo", Some(name)) if !name.is_empty() => Some(name.to_string()),
+                ("gitea" | "forgejo", _) => {
+                    return Err(
+                        "gate = \"ci\" needs gate_workflow: the workflow's file (\"ci.yml\", or its path \".forgejo/workflows/ci.yml\"; Gitea also takes its name)"
+                            .into(),
+                    )
+                }
                 _ => {
                     return Err(format!(
-                        "gate = \"ci\" needs a github or gitlab webhook for now (workflow_run, Pipeline Hook; see PROVIDERS.md), not {:?}",
+                        "gate = \"ci\" needs a github, gitlab, gitea or forgejo webhook (workflow_run, Pipeline Hook, action_run_*; see PROVIDERS.md), not {:?}",
                         if provider.is_empty() { "none" } else { provider }
                     ))
                 }

@@ -81,6 +81,8 @@ struct WorkflowRunEvent {
 #[derive(Deserialize)]
 struct WorkflowRun {
     name: Option<String>,
+    /// `.github/workflows/ci.yml`.
+    path: Option<String>,
     head_branch: Option<String>,
     head_sha: Option<String>,
     conclusion: Option<String>,
@@ -107,7 +109,7 @@ fn workflow_run(app: &AppConfig, body: &[u8]) -> Result<Accepted, Rejected> {
             ev.action.as_deref().unwrap_or("event")
         ));
     }
-    if name != wanted {
+    if !super::payload::workflow_matches(Some(wanted), Some(&name), &[run.path.as_deref()]) {
         return other(format!("workflow_run of {name:?}, not the gate's {wanted:?}"));
     }
     if run.head_branch.as_deref() != Some(app.branch.as_str()) {
@@ -351,6 +353,15 @@ mod tests {
         );
         let failed = body(&|v| v["workflow_run"]["conclusion"] = "failure".into());
         assert_eq!(verdict(run(&gated, failed)), "bbbb false workflow \"CI\" failure");
+        // gate_workflow may name the workflow's file path instead of its name.
+        for file in [".github/workflows/test.yml", "test.yml"] {
+            let by_path = app_with(&format!("gate = \"ci\"\ngate_workflow = \"{file}\"\n[apps.blog.webhook]\nprovider = \"github\"\nsecret_file = \"s\""));
+            assert_eq!(
+                verdict(run(&by_path, body(&|_| {}))),
+                "bbbb true workflow \"CI\" success",
+                "{file}"
+            );
+        }
         for (edit, says) in [
             (
                 &(|v: &mut serde_json::Value| v["workflow_run"]["name"] = "Lint".into())

@@ -44,3 +44,17 @@ pub(super) fn required_ref(r: Option<String>) -> Result<String, Rejected> {
 pub(super) fn required_sha(s: Option<String>) -> Result<String, Rejected> {
     s.ok_or_else(|| Rejected::Malformed("push payload has no \"after\" sha".into()))
 }
+
+/// `gate_workflow` is the workflow's name, its file (`ci.yml`) or its path (`.github/workflows/ci.yml`, `.gitea/workflows/ci.yml`).
+pub(super) fn workflow_matches(wanted: Option<&str>, name: Option<&str>, files: &[Option<&str>]) -> bool {
+    let wanted = wanted.unwrap_or_default();
+    if wanted.is_empty() {
+        return false;
+    }
+    name == Some(wanted)
+        || files.iter().flatten().any(|f| {
+            // Gitea's run path carries the ref: `ci.yml@refs/heads/main`.
+            let f = f.split('@').next().unwrap_or(f);
+            f == wanted || f.ends_with(&format!("/{wanted}")) || wanted.ends_with(&format!("/{f}"))
+        })
+}

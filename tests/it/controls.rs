@@ -717,3 +717,86 @@ fn a_ci_gated_app_deploys_only_what_ci_passed() {
         "{metrics}"
     );
 }
+
+/// `gate = "ci"` on Gitea (its `workflow_run`, 1.25+) and Forgejo (its `action_run_success` /
+/// `action_run_failure`, 12+), each from the fixture built from that forge's payload structs: a push waits
+/// as `awaiting_ci`, the forge's signed word on a run of the gate's workflow file releases it or records
+/// `ci_failed`.
+#[test]
+fn gitea_and_forgejo_ci_runs_release_or_fail_a_push() {
+    for provider in ["gitea", "forgejo"] {
+        let t = TempDir::new(&format!("ci-gate-{provider}"));
+        let git = GitServer::start(t.path());
+        let mut h = Haul::configure_apps(
+            t.path(),
+            &git,
+            "",
+            &[("blog", provider, "gate = \"ci\"\ngate_workflow = \"ci.yml\"\n")],
+        );
+        h.start();
+        let ci = |sha: &str, passed: bool| {
+            let (file, event) = if provider == "gitea" {
+                ("gitea/workflow_run.json", "workflow_run")
+            } else if passed {
+                ("forgejo/action_run_success.json", "action_run_success")
+            } else {
+                ("forgejo/action_run_success.json", "action_run_failure")
+            };
+            let mut v: serde_json::Value = serde_json::from_str(&fixture(file)).expect("json");
+            let outcome = if passed { "success" } else { "failure" };
+            if provider == "gitea" {
+                v["workflow_run"]["head_sha"] = sha.into();
+                v["workflow_run"]["conclusion"] = outcome.into();
+            } else {
+                v["run"]["commit_sha"] = sha.into();
+                v["run"]["status"] = outcome.into();
+                v["action"] = outcome.into();
+            }
+            let body = v.to_string();
+            let sig = haul::intake::sign_github(SECRET.as_bytes(), body.as_bytes());
+            let prefix = if provider == "gitea" {
+                "X-Gitea"
+            } else {
+                "X-Forgejo"
+            };
+            let hs = vec![
+                (format!("{prefix}-Event"), event.to_string()),
+                (
+                    format!("{prefix}-Signature"),
+                    sig.trim_start_matches("sha256=").to_string(),
+                ),
+                (format!("{prefix}-Delivery"), delivery()),
+            ];
+            h.post("/hooks/blog", &hs, body.as_bytes())
+        };
+        let c1 = git.commit(&[("v", "1")], "one");
+        let (hs, body, _) = crate::forges::documented_push(provider, &c1);
+        let (code, reply) = h.post("/hooks/blog", &hs, body.as_bytes());
+        assert_eq!(
+            (code, reply["status"].as_str()),
+            (202, Some("awaiting_ci")),
+            "{provider}: {reply}"
+        );
+        let first = reply["deploy_id"].as_str().unwrap_or_default().to_string();
+        assert_eq!(git.fetches(), 0, "{provider}: nothing fetched before CI passed");
+        let (code, reply) = ci(&c1, true);
+        assert_eq!(
+            (code, reply["status"].as_str()),
+            (202, Some("ci_passed")),
+            "{provider}: {reply}"
+        );
+        assert_eq!(h.wait_final(&first).state, State::Succeeded, "{provider}");
+
+        let c2 = git.commit(&[("v", "2")], "two");
+        let (hs, body, _) = crate::forges::documented_push(provider, &c2);
+        let (_, reply) = h.post("/hooks/blog", &hs, body.as_bytes());
+        let second = reply["deploy_id"].as_str().unwrap_or_default().to_string();
+        let (code, reply) = ci(&c2, false);
+        assert_eq!(
+            (code, reply["status"].as_str()),
+            (202, Some("ci_failed")),
+            "{provider}: {reply}"
+        );
+        assert_eq!(h.row(&second).state, State::CiFailed, "{provider}");
+    }
+}

@@ -16,7 +16,10 @@ fn json_fixture(name: &str) -> Value {
 }
 
 /// A provider's own documented payload, pointed at `sha` on `main`, and signed the way that provider signs.
-fn documented_push(provider: &str, sha: &str) -> (Vec<(&'static str, String)>, String, &'static str) {
+pub(crate) fn documented_push(
+    provider: &str,
+    sha: &str,
+) -> (Vec<(&'static str, String)>, String, &'static str) {
     let hmac = |b: &str| haul::intake::sign_github(SECRET.as_bytes(), b.as_bytes());
     let bare = |b: &str| hmac(b).trim_start_matches("sha256=").to_string();
     match provider {
