@@ -196,12 +196,21 @@ async fn run(
     store: Store,
     mut stop: watch::Receiver<bool>,
 ) {
-    // A restart tells what changed in the last quarter of an hour, not the whole history.
+    // A restart tells what changed in the last quarter of an hour, not the whole history, and keeps
+    // watching every request of a reporting app still waiting or running, however old.
     let since = model::now_ms() - 15 * 60 * 1000;
-    let mut floor = store
-        .call(move |c| store::report_floor(c, since))
-        .await
-        .unwrap_or(0);
+    let apps: Vec<String> = targets.keys().cloned().collect();
+    let start = store
+        .call(move |c| Ok((store::report_floor(c, since)?, store::report_open(c, &apps)?)))
+        .await;
+    let Ok((floor, open)) = start else {
+        tracing::error!("commit statuses are off: the audit log cannot be read");
+        return;
+    };
+    let mut cursor = Cursor {
+        after: targets.keys().map(|a| (a.clone(), floor)).collect(),
+        open: open.into_iter().collect(),
+    };
     let client = match client() {
         Ok(c) => c,
         Err(e) => {
@@ -210,7 +219,7 @@ async fn run(
         }
     };
     loop {
-        floor = pass(&targets, public_url.as_deref(), &store, &client, floor).await;
+        pass(&targets, public_url.as_deref(), &store, &client, &mut cursor).await;
         tokio::select! {
             _ = tokio::time::sleep(EVERY) => {}
             _ = stop.changed() => return,
@@ -218,61 +227,90 @@ async fn run(
     }
 }
 
-/// Tells what changed after `floor`; returns the new floor (every deploy up to it is final and told).
+/// Where the reporter is in the audit log: per reporting app, every deploy after `after` is new to it;
+/// `open` are the deploys before that which may still change (waiting, queued, running).
+struct Cursor {
+    after: HashMap<String, i64>,
+    open: std::collections::BTreeSet<i64>,
+}
+
+/// Reads the deploys that are new or still open, and tells what changed of each.
 async fn pass(
     targets: &HashMap<String, Target>,
     public_url: Option<&str>,
     store: &Store,
     client: &reqwest::Client,
-    floor: i64,
-) -> i64 {
-    let rows = match store.call(move |c| store::report_rows(c, floor, 500)).await {
+    cursor: &mut Cursor,
+) {
+    let after: Vec<(String, i64)> = cursor.after.iter().map(|(a, s)| (a.clone(), *s)).collect();
+    let open: Vec<i64> = cursor.open.iter().copied().collect();
+    let rows = store
+        .call(move |c| {
+            let mut rows = store::report_rows_at(c, &open)?;
+            for (app, seq) in &after {
+                rows.extend(store::report_rows(c, app, *seq, 500)?);
+            }
+            Ok(rows)
+        })
+        .await;
+    let rows = match rows {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!("commit statuses: cannot read the audit log: {e}");
-            return floor;
+            return;
         }
     };
-    let (mut next, mut settled) = (floor, true);
     for row in rows {
-        let told = match (targets.get(&row.app), row.sha.as_deref()) {
-            (Some(t), Some(sha)) if model::is_full_sha(sha) => match phase(row.state, row.reported) {
-                Some(p) => {
-                    let url = public_url.map(|u| format!("{u}/deploys/{}", row.id));
-                    // A deploy that started and ended between two looks was still pending once: said so
-                    // first, so the commit shows when it started.
-                    let missed_start = row.started
-                        && row.reported != Some(State::Running)
-                        && matches!(p, Phase::Live | Phase::Failed);
-                    let phases: &[Phase] = if missed_start {
-                        &[Phase::Deploying, p]
-                    } else {
-                        &[p]
-                    };
-                    for &p in phases {
-                        let status =
-                            request(&t.cfg, &t.context, sha, p, &description(&row, p), url.as_deref());
-                        send(&row, t, client, &status).await;
-                    }
-                    let (id, state, now) = (row.id.clone(), row.state, model::now_ms());
-                    if let Err(e) = store
-                        .call(move |c| store::mark_reported(c, &id, state, now))
-                        .await
-                    {
-                        tracing::warn!(app = %row.app, deploy_id = %row.id, "commit statuses: cannot record what was told: {e}");
-                    }
-                    true
-                }
-                None => row.reported == Some(row.state) || phase(row.state, None).is_none(),
-            },
-            _ => true,
+        let Some(t) = targets.get(&row.app) else {
+            continue;
         };
-        settled &= told && row.state.is_final();
-        if settled {
-            next = row.seq;
+        if let Some(a) = cursor.after.get_mut(&row.app) {
+            *a = (*a).max(row.seq);
+        }
+        tell(t, &row, public_url, store, client).await;
+        if row.state.is_final() {
+            cursor.open.remove(&row.seq);
+        } else {
+            cursor.open.insert(row.seq);
         }
     }
-    next
+}
+
+/// Sets the status the deploy's state calls for, if it changed since it was last told, and records it.
+async fn tell(
+    t: &Target,
+    row: &ReportRow,
+    public_url: Option<&str>,
+    store: &Store,
+    client: &reqwest::Client,
+) {
+    let (Some(sha), Some(p)) = (row.sha.as_deref(), phase(row.state, row.reported)) else {
+        return;
+    };
+    if !model::is_full_sha(sha) {
+        return;
+    }
+    let url = public_url.map(|u| format!("{u}/deploys/{}", row.id));
+    // A deploy that started and ended between two looks was still pending once: said so first, so the
+    // commit shows when it started.
+    let missed_start =
+        row.started && row.reported != Some(State::Running) && matches!(p, Phase::Live | Phase::Failed);
+    let phases: &[Phase] = if missed_start {
+        &[Phase::Deploying, p]
+    } else {
+        &[p]
+    };
+    for &p in phases {
+        let status = request(&t.cfg, &t.context, sha, p, &description(row, p), url.as_deref());
+        send(row, t, client, &status).await;
+    }
+    let (id, state, now) = (row.id.clone(), row.state, model::now_ms());
+    if let Err(e) = store
+        .call(move |c| store::mark_reported(c, &id, state, now))
+        .await
+    {
+        tracing::warn!(app = %row.app, deploy_id = %row.id, "commit statuses: cannot record what was told: {e}");
+    }
 }
 
 fn client() -> Result<reqwest::Client, String> {

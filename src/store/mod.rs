@@ -32,7 +32,7 @@ pub(crate) use holds::{
 };
 pub use holds::{holds, Hold};
 pub(crate) use lineage::{queued_pushes, rollback_pin, supersede};
-pub(crate) use reports::{mark_reported, report_floor, report_rows, ReportRow};
+pub(crate) use reports::{mark_reported, report_floor, report_open, report_rows, report_rows_at, ReportRow};
 use schema::{configure, migrate};
 
 /// Replay protection keeps delivery ids and body digests at least 7 days; 8 to be safe.

@@ -33,26 +33,63 @@ pub(crate) fn report_floor(conn: &Connection, before: i64) -> Result<i64, StoreE
         .unwrap_or(0))
 }
 
-/// Up to `limit` deploys after `floor`, oldest first, with what was last told of each.
-pub(crate) fn report_rows(conn: &Connection, floor: i64, limit: usize) -> Result<Vec<ReportRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT d.seq, d.id, d.app, d.sha, d.state, d.reason, r.state, d.started_at IS NOT NULL FROM deploys d
-         LEFT JOIN reports r ON r.deploy_id = d.id
-         WHERE d.seq > ?1 ORDER BY d.seq LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(params![floor, limit as i64], |r| {
-        Ok(ReportRow {
-            seq: r.get(0)?,
-            id: r.get(1)?,
-            app: r.get(2)?,
-            sha: r.get(3)?,
-            state: State::parse(&r.get::<_, String>(4)?).unwrap_or(State::Interrupted),
-            reason: r.get(5)?,
-            reported: r.get::<_, Option<String>>(6)?.as_deref().and_then(State::parse),
-            started: r.get(7)?,
-        })
-    })?;
+/// Up to `limit` of `app`'s deploys after `floor`, oldest first, with what was last told of each.
+pub(crate) fn report_rows(
+    conn: &Connection,
+    app: &str,
+    floor: i64,
+    limit: usize,
+) -> Result<Vec<ReportRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "{SELECT} WHERE d.app = ?1 AND d.seq > ?2 ORDER BY d.seq LIMIT ?3"
+    ))?;
+    let rows = stmt.query_map(params![app, floor, limit as i64], row)?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+const SELECT: &str = "SELECT d.seq, d.id, d.app, d.sha, d.state, d.reason, r.state, d.started_at IS NOT NULL
+     FROM deploys d LEFT JOIN reports r ON r.deploy_id = d.id";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReportRow> {
+    Ok(ReportRow {
+        seq: r.get(0)?,
+        id: r.get(1)?,
+        app: r.get(2)?,
+        sha: r.get(3)?,
+        state: State::parse(&r.get::<_, String>(4)?).unwrap_or(State::Interrupted),
+        reason: r.get(5)?,
+        reported: r.get::<_, Option<String>>(6)?.as_deref().and_then(State::parse),
+        started: r.get(7)?,
+    })
+}
+
+/// The given deploys (by `seq`), with what was last told of each.
+pub(crate) fn report_rows_at(conn: &Connection, seqs: &[i64]) -> Result<Vec<ReportRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!("{SELECT} WHERE d.seq = ?1"))?;
+    let mut out = Vec::with_capacity(seqs.len());
+    for seq in seqs {
+        out.extend(
+            stmt.query_map(params![seq], row)?
+                .collect::<Result<Vec<_>, _>>()?,
+        );
+    }
+    Ok(out)
+}
+
+/// The deploys of `apps` that may still change (waiting, queued, running), oldest first.
+pub(crate) fn report_open(conn: &Connection, apps: &[String]) -> Result<Vec<i64>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq FROM deploys WHERE app = ?1 AND state IN
+         ('queued', 'running', 'deferred', 'awaiting_approval', 'awaiting_ci') ORDER BY seq",
+    )?;
+    let mut out = Vec::new();
+    for app in apps {
+        out.extend(
+            stmt.query_map(params![app], |r| r.get::<_, i64>(0))?
+                .collect::<Result<Vec<_>, _>>()?,
+        );
+    }
+    Ok(out)
 }
 
 /// Records that deploy `id`'s status was told (or given up on) for `state`.
