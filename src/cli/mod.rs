@@ -430,6 +430,20 @@ fn check(cfg: &Config) -> Result<(), Exit> {
                 })
                 .unwrap_or_default()
         );
+        if let Some(r) = &app.report {
+            println!(
+                "    reports commit statuses to {} {} as {:?} ({}){}",
+                r.provider,
+                r.repository,
+                r.context,
+                r.api_url,
+                if cfg.public_url.is_none() {
+                    "; set public_url to link them to the status page"
+                } else {
+                    ""
+                }
+            );
+        }
         // Who may do what to it over the control socket (root always may).
         for line in app.allow.describe(&cfg.allow) {
             println!("    may {line}");
