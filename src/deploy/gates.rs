@@ -36,25 +36,31 @@ impl Queue {
     }
 
     /// The forge's signed word on CI for `sha`: what waited on it runs (passed) or is recorded `ci_failed`.
-    /// The requests it decided.
+    /// The requests it decided; `None` when this body (`digest`, its sha256) was recorded before: a replay.
     pub async fn ci_result(
         &self,
         app: &str,
         sha: &str,
         passed: bool,
         what: &str,
-    ) -> Result<Vec<String>, StoreError> {
-        let (name, sha2, what2, now) = (
+        digest: &str,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let (name, sha2, what2, digest2, now) = (
             app.to_string(),
             sha.to_string(),
             what.to_string(),
+            digest.to_string(),
             model::now_ms(),
         );
-        let ids = self
+        let Some(ids) = self
             .env()
             .store
-            .call(move |c| store::record_ci(c, &name, &sha2, passed, &what2, now))
-            .await?;
+            .call(move |c| store::record_ci(c, &name, &sha2, passed, &what2, &digest2, now))
+            .await?
+        else {
+            tracing::info!(app = %app, "CI on {}: {what}, a body recorded before: a duplicate, nothing changed", model::short_sha(sha));
+            return Ok(None);
+        };
         tracing::info!(app = %app, "CI on {}: {what}; {} request(s) {}", model::short_sha(sha), ids.len(), if passed { "released" } else { "failed" });
         if !passed {
             let why = format!("CI failed on this commit ({what}); nothing deployed");
@@ -65,7 +71,7 @@ impl Queue {
         if let Some(n) = self.wake_of(app) {
             n.notify_one();
         }
-        Ok(ids)
+        Ok(Some(ids))
     }
 
     /// For an app with `approve = true`: why a request waits, and until when.

@@ -623,6 +623,8 @@ pub(crate) fn sha_attempted(conn: &Connection, app: &str, sha: &str) -> Result<b
 /// Forgets delivery ids and body digests first seen more than `keep_ms` ago (replay protection keeps them
 /// at least 7 days); returns how many went.
 pub(crate) fn prune_deliveries(conn: &Conn, now: i64, keep_ms: i64) -> Result<usize, StoreError> {
+    conn.prepare_cached("DELETE FROM ci_seen WHERE at < ?1")?
+        .execute(rusqlite::params![now - keep_ms])?;
     Ok(conn.memory.borrow_mut().forget(conn, now, keep_ms)?)
 }
 

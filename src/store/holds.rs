@@ -252,14 +252,22 @@ pub(crate) fn ci_verdict(
 
 /// The forge's word on CI for `sha`: kept, and the requests waiting on it are queued (passed) or recorded
 /// `ci_failed`. Their ids.
+/// `None`: this very body was recorded before (a replay, or the forge's redelivery), and nothing changed.
 pub(crate) fn record_ci(
     conn: &Conn,
     app: &str,
     sha: &str,
     passed: bool,
     what: &str,
+    digest: &str,
     now: i64,
-) -> Result<Vec<String>, StoreError> {
+) -> Result<Option<Vec<String>>, StoreError> {
+    let fresh = conn
+        .prepare_cached("INSERT OR IGNORE INTO ci_seen (app, digest, at) VALUES (?1, ?2, ?3)")?
+        .execute(params![app, digest, now])?;
+    if fresh == 0 {
+        return Ok(None);
+    }
     conn.prepare_cached(
         "INSERT INTO ci_results (app, sha, passed, what, at) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (app, sha) DO UPDATE SET passed = excluded.passed, what = excluded.what, at = excluded.at",
@@ -285,7 +293,7 @@ pub(crate) fn record_ci(
             .collect::<Result<Vec<String>, _>>()?;
         ids
     };
-    Ok(ids)
+    Ok(Some(ids))
 }
 
 /// `gate = "ci"`: queued automatic requests whose commit CI has not passed (a pause or a window released

@@ -145,6 +145,14 @@ pub(super) const SCHEMA: &[&str] = &[
         state TEXT NOT NULL,
         at INTEGER NOT NULL
      ) WITHOUT ROWID;",
+    // v16: `gate = "ci"`: the digests of the CI verdicts' bodies of the last 8 days, so a replayed verdict
+    // (the same signed body, under any delivery id) is a duplicate and changes nothing.
+    "CREATE TABLE ci_seen (
+        app TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        PRIMARY KEY (app, digest)
+     ) WITHOUT ROWID;",
 ];
 
 pub(super) fn configure(conn: &Connection) -> rusqlite::Result<()> {

@@ -658,7 +658,8 @@ fn a_ci_gated_app_deploys_only_what_ci_passed() {
     let (_, page) = http_get(&h.addr(), "/");
     assert!(page.contains("awaiting CI"), "{page}");
 
-    let (code, reply) = send(workflow_run("CI", &c1, "success"));
+    let verdict = workflow_run("CI", &c1, "success");
+    let (code, reply) = send(verdict.clone());
     assert_eq!(
         (code, reply["status"].as_str()),
         (202, Some("ci_passed")),
@@ -669,6 +670,15 @@ fn a_ci_gated_app_deploys_only_what_ci_passed() {
         "{reply}"
     );
     assert_eq!(h.wait_final(&first).state, State::Succeeded);
+    // The same signed verdict again, under a fresh delivery id: a duplicate, nothing changes.
+    let rows = h.rows().len();
+    let (code, reply) = send(verdict);
+    assert_eq!(
+        (code, reply["status"].as_str()),
+        (200, Some("duplicate")),
+        "{reply}"
+    );
+    assert_eq!(h.rows().len(), rows, "nothing recorded");
 
     let c2 = git.commit(&[("v", "2")], "two");
     let (_, reply) = h.deliver(&github_push_from("refs/heads/main", &c1, &c2), &delivery());
@@ -798,5 +808,12 @@ fn gitea_and_forgejo_ci_runs_release_or_fail_a_push() {
             "{provider}: {reply}"
         );
         assert_eq!(h.row(&second).state, State::CiFailed, "{provider}");
+        // A replay of the first verdict (c1 passed) changes nothing, and says so.
+        let (code, reply) = ci(&c1, true);
+        assert_eq!(
+            (code, reply["status"].as_str()),
+            (200, Some("duplicate")),
+            "{provider}: {reply}"
+        );
     }
 }

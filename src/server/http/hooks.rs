@@ -112,7 +112,7 @@ async fn hook_inner(
         }
         other => other,
     };
-    let (response, result) = decide(st, app, accepted).await;
+    let (response, result) = decide(st, app, accepted, &body).await;
     (response, provider, result)
 }
 
@@ -136,7 +136,7 @@ fn signed_before_malformed(provider: Provider, headers: &HeaderMap) -> bool {
 
 /// What a verified request becomes: a pong, an ignored event, or a row in the audit (queued or ignored),
 /// answered only once that row is committed.
-async fn decide(st: &HttpState, app: &str, accepted: Accepted) -> (Response, &'static str) {
+async fn decide(st: &HttpState, app: &str, accepted: Accepted, body: &[u8]) -> (Response, &'static str) {
     let recorded = match accepted {
         Accepted::Ping => {
             return (
@@ -151,8 +151,17 @@ async fn decide(st: &HttpState, app: &str, accepted: Accepted) -> (Response, &'s
         }
         // `gate = "ci"`: the forge's word on a commit, recorded; what waited on it runs or fails.
         Accepted::CiResult { sha, passed, what } => {
-            return match st.queue.ci_result(app, &sha, passed, &what).await {
-                Ok(ids) => {
+            let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body));
+            return match st.queue.ci_result(app, &sha, passed, &what, &digest).await {
+                Ok(None) => {
+                    let mut r = HookReply::new("duplicate");
+                    r.reason = Some(format!(
+                        "this {what} on {} was received before (kept 8 days); nothing changed",
+                        crate::model::short_sha(&sha)
+                    ));
+                    ((StatusCode::OK, Json(r)).into_response(), "duplicate")
+                }
+                Ok(Some(ids)) => {
                     let mut r = HookReply::new(if passed { "ci_passed" } else { "ci_failed" });
                     r.reason = Some(match ids.len() {
                         0 => format!(
