@@ -392,11 +392,13 @@ fn who_may_deploy_is_decided_by_the_peer_s_user_and_groups() {
     let t = TempDir::new("allow");
     let git = GitServer::start(t.path());
     let extra = "[apps.blog.allow]\ndeploy = [\"alice\"]\nrollback = [\"@nogroup\"]\n";
+    // shop: nobody may deploy it (by its group), but neither approve nor override a window.
+    let shop = "approve = true\n[apps.shop.allow]\ndeploy = [\"@nogroup\"]\napprove = [\"bob\"]\noverride = [\"bob\"]\n";
     let mut h = Haul::configure_apps(
         t.path(),
         &git,
         "[allow]\npause = [\"@deployers\"]\n",
-        &[("blog", "github", extra)],
+        &[("blog", "github", extra), ("shop", "github", shop)],
     );
     h.start();
     // The operator lets everyone reach the socket; the lists decide.
@@ -438,6 +440,29 @@ fn who_may_deploy_is_decided_by_the_peer_s_user_and_groups() {
     // permission).
     let out = as_nobody(&h, &["rollback", "blog", "--no-follow"]);
     assert!(!said(&out).contains("may not"), "{}", said(&out));
+
+    // Approving, rejecting and overriding a window are permissions of their own, refused and audited alike.
+    for (args, says) in [
+        (&["approve", "shop"][..], "nobody may not approve shop"),
+        (&["reject", "shop"][..], "nobody may not approve shop"),
+        (
+            &["deploy", "shop", "--override-window", "--no-follow"][..],
+            "nobody may not override",
+        ),
+    ] {
+        let out = as_nobody(&h, args);
+        assert!(
+            !out.status.success() && said(&out).contains(says),
+            "{args:?}: {}",
+            said(&out)
+        );
+    }
+    let refused: Vec<_> = h
+        .rows()
+        .into_iter()
+        .filter(|r| r.app == "shop" && r.actor == "nobody" && r.state == State::Ignored)
+        .collect();
+    assert_eq!(refused.len(), 3, "each refusal is an audit row: {refused:?}");
 
     let sha = git.commit(&[("v", "1")], "one");
     let out = h.cli(&["deploy", "blog", "--sha", &sha]);

@@ -135,7 +135,10 @@ impl GitServer {
             format!(
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {dir}/sshd.pid\nAuthorizedKeysFile {dir}/authorized_keys\n\
                  UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\nLogLevel VERBOSE\n",
+                 KbdInteractiveAuthentication no\nLogLevel VERBOSE\n\
+                 # A login shell's rc that runs `pyenv rehash` waits up to a minute on a lock a killed session\n\
+                 # left behind (this machine's root .bashrc does): with 0 it gives up at once.\n\
+                 SetEnv PYENV_REHASH_TIMEOUT=0\n",
                 hk = dir.join("host_key").display(),
                 dir = dir.display()
             ),

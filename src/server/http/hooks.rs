@@ -151,43 +151,7 @@ async fn decide(st: &HttpState, app: &str, accepted: Accepted, body: &[u8]) -> (
         }
         // `gate = "ci"`: the forge's word on a commit, recorded; what waited on it runs or fails.
         Accepted::CiResult { sha, passed, what } => {
-            let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body));
-            return match st.queue.ci_result(app, &sha, passed, &what, &digest).await {
-                Ok(None) => {
-                    let mut r = HookReply::new("duplicate");
-                    r.reason = Some(format!(
-                        "this {what} on {} was received before (kept 8 days); nothing changed",
-                        crate::model::short_sha(&sha)
-                    ));
-                    ((StatusCode::OK, Json(r)).into_response(), "duplicate")
-                }
-                Ok(Some(ids)) => {
-                    let mut r = HookReply::new(if passed { "ci_passed" } else { "ci_failed" });
-                    r.reason = Some(match ids.len() {
-                        0 => format!(
-                            "{what} on {}; nothing was waiting for it (a push of it will be decided at once)",
-                            crate::model::short_sha(&sha)
-                        ),
-                        _ => format!(
-                            "{what} on {}: {} {}",
-                            crate::model::short_sha(&sha),
-                            ids.join(", "),
-                            if passed { "released" } else { "recorded ci_failed" }
-                        ),
-                    });
-                    ((StatusCode::ACCEPTED, Json(r)).into_response(), "ci_result")
-                }
-                Err(e) => {
-                    tracing::error!(app = %app, "cannot record a CI result: {e}");
-                    (
-                        error(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "the audit database cannot be written",
-                        ),
-                        "unavailable",
-                    )
-                }
-            };
+            return ci_verdict(st, app, &sha, passed, &what, body).await
         }
         Accepted::Ignore(req, reason) => st
             .queue
@@ -257,6 +221,55 @@ async fn decide(st: &HttpState, app: &str, accepted: Accepted, body: &[u8]) -> (
                 "haul could not record this request, so nothing was queued; the forge may redeliver it",
             );
             (resp, "error")
+        }
+    }
+}
+
+/// `gate = "ci"`: the forge's verdict on `sha`, recorded (a body seen before is a duplicate), and the reply
+/// naming what it released or failed.
+async fn ci_verdict(
+    st: &HttpState,
+    app: &str,
+    sha: &str,
+    passed: bool,
+    what: &str,
+    body: &[u8],
+) -> (Response, &'static str) {
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body));
+    match st.queue.ci_result(app, sha, passed, what, &digest).await {
+        Ok(None) => {
+            let mut r = HookReply::new("duplicate");
+            r.reason = Some(format!(
+                "this {what} on {} was received before (kept 8 days); nothing changed",
+                crate::model::short_sha(sha)
+            ));
+            ((StatusCode::OK, Json(r)).into_response(), "duplicate")
+        }
+        Ok(Some(ids)) => {
+            let mut r = HookReply::new(if passed { "ci_passed" } else { "ci_failed" });
+            r.reason = Some(match ids.len() {
+                0 => format!(
+                    "{what} on {}; nothing was waiting for it (a push of it will be decided at once)",
+                    crate::model::short_sha(sha)
+                ),
+                _ => format!(
+                    "{what} on {}: {} {}",
+                    crate::model::short_sha(sha),
+                    ids.join(", "),
+                    if passed { "released" } else { "recorded ci_failed" }
+                ),
+            });
+            ((StatusCode::ACCEPTED, Json(r)).into_response(), "ci_result")
+        }
+        Err(e) => {
+            tracing::error!(app = %app, "cannot record a CI result: {e}");
+            (
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the audit database cannot be written",
+                ),
+                "unavailable",
+            )
         }
     }
 }
