@@ -517,7 +517,12 @@ impl Git {
                 let why = said(e.stderr_tail());
                 Err(Failure::permanent(format!(
                     "{what} is not signed by a key verify_commits allows: {}; nothing was built (sign it with an allowed key, or add the signer)",
-                    if why.is_empty() { "it carries no signature".to_string() } else { why }
+                    // `verify-commit` says nothing of a missing signature; `verify-tag` says "no signature found".
+                    if why.is_empty() || why.contains("no signature found") {
+                        "it carries no signature".to_string()
+                    } else {
+                        why
+                    }
                 )))
             }
         }

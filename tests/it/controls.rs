@@ -538,6 +538,65 @@ fn only_commits_signed_by_an_allowed_key_deploy() {
     assert_eq!(h.releases().len(), 1, "nothing was built for either refusal");
 }
 
+/// `verify_commits` on a tag app checks the tag, not the commit: a tag signed by an allowed key deploys; an
+/// unsigned tag and one signed by an unknown key are refused for good, each with one fetch, `current` alone.
+#[test]
+fn a_tag_app_deploys_only_tags_signed_by_an_allowed_key() {
+    let t = TempDir::new("signed-tags");
+    let git = GitServer::start(t.path());
+    let keys = t.path().join("keys");
+    std::fs::create_dir_all(&keys).expect("mkdir");
+    for (name, who) in [("alice", "alice@example.com"), ("mallory", "mallory@example.com")] {
+        let out = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", who, "-f"])
+            .arg(keys.join(name))
+            .output()
+            .expect("ssh-keygen");
+        assert!(out.status.success());
+    }
+    let alice_pub = std::fs::read_to_string(keys.join("alice.pub")).expect("pub");
+    let signers = keys.join("allowed_signers");
+    std::fs::write(
+        &signers,
+        format!("alice@example.com namespaces=\"git\" {alice_pub}"),
+    )
+    .expect("write");
+    let extra = format!(
+        "tags = \"v*\"\nverify_commits = {{ ssh_allowed_signers = \"{}\" }}\n",
+        signers.display()
+    );
+    let mut h = Haul::configure(t.path(), &git, &extra);
+    h.start();
+    let push_tag = |name: &str, object: &str| {
+        let (code, reply) = h.push(&format!("refs/tags/{name}"), object, &delivery());
+        assert_eq!(code, 202, "{reply}");
+        h.wait_final(reply["deploy_id"].as_str().expect("id"))
+    };
+
+    let c1 = git.commit(&[("v", "1")], "one");
+    let good = git.tag_signed("v1.0.0", Some(&keys.join("alice")));
+    let row = push_tag("v1.0.0", &good);
+    assert_eq!(row.state, State::Succeeded, "{:?}", row.reason);
+    assert_eq!(row.sha.as_deref(), Some(c1.as_str()));
+    assert!(row.reason.unwrap_or_default().contains("alice@example.com"));
+    let live = h.current();
+
+    git.commit(&[("v", "2")], "two");
+    for (name, key, says) in [
+        ("v1.1.0", None, "carries no signature"),
+        ("v1.2.0", Some(keys.join("mallory")), "No principal matched"),
+    ] {
+        let object = git.tag_signed(name, key.as_deref());
+        let fetches = git.fetches();
+        let row = push_tag(name, &object);
+        assert_eq!(row.state, State::Failed, "{name}");
+        let why = row.reason.unwrap_or_default();
+        assert!(why.contains("permanent") && why.contains(says), "{name}: {why}");
+        assert_eq!(git.fetches() - fetches, 1, "{name}: one attempt, never retried");
+        assert_eq!(h.current(), live, "{name}: nothing changed");
+    }
+}
+
 /// `verify_commits = { gpg_keyring = ... }`: a commit signed by a key in the keyring deploys; one signed by
 /// another GPG key is refused, and an SSH-signed one cannot verify against a GPG keyring at all.
 #[test]

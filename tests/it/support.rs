@@ -285,6 +285,39 @@ impl GitServer {
         ]));
     }
 
+    /// An annotated tag `name` of the current commit, signed with the SSH key `key` (or not signed: `None`),
+    /// pushed; its tag object's sha.
+    pub fn tag_signed(&self, name: &str, key: Option<&Path>) -> String {
+        match key {
+            Some(k) => {
+                let signing = format!("user.signingkey={}", k.display());
+                sh(git(&self.work).args([
+                    "-c",
+                    "gpg.format=ssh",
+                    "-c",
+                    &signing,
+                    "tag",
+                    "-f",
+                    "-s",
+                    "-m",
+                    name,
+                    name,
+                ]));
+            }
+            None => {
+                sh(git(&self.work).args(["tag", "-f", "-a", "-m", name, name]));
+            }
+        }
+        sh(git(&self.work).args([
+            "push",
+            "--quiet",
+            "--force",
+            "origin",
+            &format!("refs/tags/{name}"),
+        ]));
+        sh(git(&self.work).args(["rev-parse", &format!("refs/tags/{name}")]))
+    }
+
     /// From now on, every git request waits on the server until [`GitServer::speed_up`] (10 minutes at most).
     pub fn slow_down(&self) {
         std::fs::write(self.dir.join("slow"), "").expect("slow marker");
