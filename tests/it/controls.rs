@@ -476,13 +476,9 @@ fn who_may_deploy_is_decided_by_the_peer_s_user_and_groups() {
     );
 }
 
-/// `verify_commits`: a commit signed by an allowed SSH key deploys (the audit names the key); an unsigned
-/// one, and one signed by a key not allowed, are refused for good before anything is built, with why.
-#[test]
-fn only_commits_signed_by_an_allowed_key_deploy() {
-    let t = TempDir::new("signed");
-    let git = GitServer::start(t.path());
-    let keys = t.path().join("keys");
+/// Two SSH signing keys under `dir/keys` (alice, mallory), and an allowed-signers file naming alice only.
+fn alice_and_mallory(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let keys = dir.join("keys");
     std::fs::create_dir_all(&keys).expect("mkdir");
     for (name, who) in [("alice", "alice@example.com"), ("mallory", "mallory@example.com")] {
         let out = std::process::Command::new("ssh-keygen")
@@ -499,6 +495,16 @@ fn only_commits_signed_by_an_allowed_key_deploy() {
         format!("alice@example.com namespaces=\"git\" {alice_pub}"),
     )
     .expect("write");
+    (keys, signers)
+}
+
+/// `verify_commits`: a commit signed by an allowed SSH key deploys (the audit names the key); an unsigned
+/// one, and one signed by a key not allowed, are refused for good before anything is built, with why.
+#[test]
+fn only_commits_signed_by_an_allowed_key_deploy() {
+    let t = TempDir::new("signed");
+    let git = GitServer::start(t.path());
+    let (keys, signers) = alice_and_mallory(t.path());
     let extra = format!(
         "build = [\"test ! -e marker\", \"touch marker\"]\nverify_commits = {{ ssh_allowed_signers = \"{}\" }}\n",
         signers.display()
@@ -544,23 +550,7 @@ fn only_commits_signed_by_an_allowed_key_deploy() {
 fn a_tag_app_deploys_only_tags_signed_by_an_allowed_key() {
     let t = TempDir::new("signed-tags");
     let git = GitServer::start(t.path());
-    let keys = t.path().join("keys");
-    std::fs::create_dir_all(&keys).expect("mkdir");
-    for (name, who) in [("alice", "alice@example.com"), ("mallory", "mallory@example.com")] {
-        let out = std::process::Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", who, "-f"])
-            .arg(keys.join(name))
-            .output()
-            .expect("ssh-keygen");
-        assert!(out.status.success());
-    }
-    let alice_pub = std::fs::read_to_string(keys.join("alice.pub")).expect("pub");
-    let signers = keys.join("allowed_signers");
-    std::fs::write(
-        &signers,
-        format!("alice@example.com namespaces=\"git\" {alice_pub}"),
-    )
-    .expect("write");
+    let (keys, signers) = alice_and_mallory(t.path());
     let extra = format!(
         "tags = \"v*\"\nverify_commits = {{ ssh_allowed_signers = \"{}\" }}\n",
         signers.display()
