@@ -189,27 +189,8 @@ pub struct InitArgs {
     /// The repository, e.g. git@github.com:acme/blog.git.
     #[arg(long, group = "source")]
     pub repo: Option<String>,
-    /// Or an OCI artifact CI pushes: registry.example.com/acme/blog.
-    #[arg(long, group = "source")]
-    pub image: Option<String>,
-    /// Or a tarball CI uploads to S3: s3://bucket/blog-{sha}.tar.gz.
-    #[arg(long, group = "source")]
-    pub object: Option<String>,
-    /// Or a tarball CI publishes: https://artifacts.example.com/blog-{sha}.tar.gz.
-    #[arg(long, group = "source")]
-    pub url: Option<String>,
-    /// The image's tag (or glob) [default: main].
-    #[arg(long, requires = "image")]
-    pub tag: Option<String>,
-    /// A pull-only registry account (else a token file).
-    #[arg(long, requires = "image")]
-    pub registry_username: Option<String>,
-    /// An S3-compatible endpoint (omit for AWS).
-    #[arg(long, requires = "object")]
-    pub s3_endpoint: Option<String>,
-    /// The bucket's region.
-    #[arg(long, requires = "object")]
-    pub s3_region: Option<String>,
+    #[command(flatten)]
+    pub artifact: super::init_source::ArtifactArgs,
     /// The only branch deployed.
     #[arg(long, default_value = "main")]
     pub branch: String,

@@ -38,48 +38,22 @@ pub struct InitOptions {
 impl InitOptions {
     /// The CLI's arguments with their defaults: the app under /srv, keys and secrets beside the config.
     pub fn from_args(a: super::args::InitArgs, config: PathBuf) -> InitOptions {
-        let crate::cli::args::InitArgs {
-            app,
-            repo,
-            image,
-            object,
-            url,
-            tag,
-            registry_username,
-            s3_endpoint,
-            s3_region,
-            branch,
-            path,
-            keys_dir,
-            secrets_dir,
-            state_dir,
-            public_url,
-            provider,
-        } = a;
         let cfg_dir = config
             .parent()
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("."));
         InitOptions {
-            path: path.unwrap_or_else(|| PathBuf::from("/srv").join(&app)),
-            keys_dir: keys_dir.unwrap_or_else(|| cfg_dir.join("keys")),
-            secrets_dir: secrets_dir.unwrap_or_else(|| cfg_dir.join("secrets")),
+            path: a.path.unwrap_or_else(|| PathBuf::from("/srv").join(&a.app)),
+            keys_dir: a.keys_dir.unwrap_or_else(|| cfg_dir.join("keys")),
+            secrets_dir: a.secrets_dir.unwrap_or_else(|| cfg_dir.join("secrets")),
             config,
-            app,
-            repo,
-            artifact: super::init_source::ArtifactArgs {
-                image,
-                object,
-                url,
-                tag,
-                registry_username,
-                s3_endpoint,
-                s3_region,
-            },
-            branch,
-            state_dir,
-            public_url,
-            provider,
+            app: a.app,
+            repo: a.repo,
+            artifact: a.artifact,
+            branch: a.branch,
+            state_dir: a.state_dir,
+            public_url: a.public_url,
+            provider: a.provider,
         }
     }
 }

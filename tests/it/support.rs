@@ -288,26 +288,23 @@ impl GitServer {
     /// An annotated tag `name` of the current commit, signed with the SSH key `key` (or not signed: `None`),
     /// pushed; its tag object's sha.
     pub fn tag_signed(&self, name: &str, key: Option<&Path>) -> String {
-        match key {
-            Some(k) => {
-                let signing = format!("user.signingkey={}", k.display());
-                sh(git(&self.work).args([
-                    "-c",
-                    "gpg.format=ssh",
-                    "-c",
-                    &signing,
-                    "tag",
-                    "-f",
-                    "-s",
-                    "-m",
-                    name,
-                    name,
-                ]));
-            }
-            None => {
-                sh(git(&self.work).args(["tag", "-f", "-a", "-m", name, name]));
-            }
-        }
+        let Some(k) = key else {
+            self.tag(name);
+            return sh(git(&self.work).args(["rev-parse", &format!("refs/tags/{name}")]));
+        };
+        let signing = format!("user.signingkey={}", k.display());
+        sh(git(&self.work).args([
+            "-c",
+            "gpg.format=ssh",
+            "-c",
+            &signing,
+            "tag",
+            "-f",
+            "-s",
+            "-m",
+            name,
+            name,
+        ]));
         sh(git(&self.work).args([
             "push",
             "--quiet",
