@@ -293,9 +293,6 @@ fn parse_app(name: &str, a: RawApp, dir: &ConfigDir) -> Result<AppConfig, String
         Some(r) => Some(super::report::parse(r, name, dir)?),
         None => None,
     };
-    if fleet.is_some() && origin.source.is_artifact() {
-        return Err("fleet = true is for git apps for now (artifact rollouts are not built yet)".into());
-    }
     Ok(AppConfig {
         repo: shown_repo(&origin.source, a.repo, dir),
         branch: a.branch,

@@ -364,15 +364,7 @@ async fn apply_all(engine: &Engine, host: &str, parts: &AgentParts, retry: &mut 
         if not_before.is_some_and(|t: std::time::Instant| std::time::Instant::now() < t) {
             continue;
         }
-        match super::assigned::apply(
-            engine,
-            &app.name,
-            host,
-            &parts.dirs,
-            &parts.submitter,
-            &parts.verifier,
-        )
-        .await
+        match super::assigned::apply(engine, app, host, &parts.dirs, &parts.submitter, &parts.verifier).await
         {
             Ok(()) => {
                 retry.remove(&app.name);

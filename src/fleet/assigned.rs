@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::engine::{chain, Engine, FleetError};
 use super::rollout::{assign_key, refused, Assignment, Submitter, Verifier};
+use crate::config::AppConfig;
 use crate::infra::state_dir::StateDir;
 use crate::model;
 
@@ -21,12 +22,13 @@ struct Applied {
 /// The host's side: deploys a new assignment (once), unless a newer conductor has been seen.
 pub(super) async fn apply(
     engine: &Engine,
-    app: &str,
+    config: &AppConfig,
     host: &str,
     dirs: &StateDir,
     submit: &Submitter,
     verify: &Verifier,
 ) -> Result<(), FleetError> {
+    let app = config.name.as_str();
     let Some(a) = engine.get_json::<Assignment>(&assign_key(app, host)).await? else {
         return Ok(());
     };
@@ -42,8 +44,18 @@ pub(super) async fn apply(
         tracing::warn!(app = %app, "fleet: refusing rollout {} from epoch {} (a conductor of epoch {} has been seen)", a.rollout, a.epoch, applied.max_epoch);
         return Ok(());
     }
-    if !model::is_full_sha(&a.sha) {
-        return Err(refused(format!("assignment {} names no full sha", a.rollout)));
+    let artifact = !matches!(config.source, crate::config::Source::Git);
+    let sha_ok = if artifact {
+        model::is_sha_prefix(&a.sha) && a.digest.as_deref().is_some_and(model::is_sha256_digest)
+    } else {
+        model::is_full_sha(&a.sha)
+    };
+    if !sha_ok {
+        return Err(refused(format!(
+            "assignment {} names no full sha{}",
+            a.rollout,
+            if artifact { " and sha256 digest" } else { "" }
+        )));
     }
     // A host deploys only what it can check itself: the trigger's claim (a forge's signature, verified again
     // here with this host's own secret, over a body that names this very sha). A revert puts back a
@@ -58,8 +70,15 @@ pub(super) async fn apply(
     // this host has seen: a forged one of a huge epoch must not fence the real conductor out.
     let max_epoch = match claim {
         Ok(()) => {
-            let bundle = dirs.fleet_bundle(app, &a.sha);
-            download(engine, &a.bundle, &bundle).await?;
+            if a.revert {
+                // Nothing to download: the host's previous release is on its disk.
+            } else if artifact {
+                let dir = dirs.fleet_package(app, &a.sha);
+                super::artifact::download_package(engine, config, &a.bundle, &dir).await?;
+            } else {
+                let bundle = dirs.fleet_bundle(app, &a.sha);
+                download(engine, &a.bundle, &bundle).await?;
+            }
             let id = submit(app.to_string(), a.clone(), None).await.map_err(refused)?;
             tracing::info!(app = %app, deploy_id = %id, "fleet: deploying rollout {} ({})", a.rollout, model::short_sha(&a.sha));
             a.epoch.max(applied.max_epoch)
@@ -94,7 +113,7 @@ pub(super) async fn apply(
         })
 }
 
-async fn download(engine: &Engine, name: &str, to: &Path) -> Result<(), FleetError> {
+pub(super) async fn download(engine: &Engine, name: &str, to: &Path) -> Result<(), FleetError> {
     if let Some(parent) = to.parent() {
         std::fs::create_dir_all(parent).map_err(refused)?;
     }

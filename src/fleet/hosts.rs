@@ -158,6 +158,7 @@ impl Engine {
             if let Some(r) = self.rollout(&app).await? {
                 rollout.id = Some(r.id).filter(|_| !r.sha.is_empty());
                 rollout.release = Some(r.bundle).filter(|_| !r.sha.is_empty());
+                rollout.digest = r.digest.clone().filter(|_| !r.sha.is_empty());
                 rollout.sha = Some(r.sha).filter(|s| !s.is_empty());
                 rollout.phase = Some(r.phase);
                 rollout.failures = r

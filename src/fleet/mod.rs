@@ -21,6 +21,7 @@
 //! A write that timed out may have landed, so it is read back before anything is concluded.
 
 mod agent;
+mod artifact;
 mod assigned;
 mod engine;
 mod hosts;

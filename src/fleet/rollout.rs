@@ -41,6 +41,9 @@ pub struct Proposal {
     pub git_ref: Option<String>,
     /// A full sha, a prefix (`haul deploy --sha`), or none for the branch tip.
     pub sha: Option<String>,
+    /// An artifact's digest the trigger pinned (`sha256:<hex>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
     pub actor: String,
     pub provider: Option<String>,
     pub delivery_id: Option<String>,
@@ -65,8 +68,11 @@ pub(super) struct RolloutState {
     pub(super) id: String,
     pub(super) sha: String,
     pub(super) git_ref: String,
-    /// The release bundle's object name.
+    /// The release bundle's object name (an artifact: its package's descriptor).
     pub(super) bundle: String,
+    /// An artifact's digest (`sha256:<hex>`), which every host checks its package against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) digest: Option<String>,
     pub(super) epoch: u64,
     pub(super) conductor: String,
     /// `canary`, `waves`, `halted` or `done`.
@@ -111,6 +117,10 @@ pub struct Assignment {
     pub sha: String,
     pub git_ref: String,
     pub bundle: String,
+    /// An artifact's digest (`sha256:<hex>`): the host checks the package against it, and its signature
+    /// against its own key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
     pub epoch: u64,
     pub actor: String,
     /// Put the release from before this rollout back (the hosts of a halted rollout's failing wave).
@@ -281,10 +291,10 @@ pub(super) struct Conductor {
     pub(super) host: String,
     pub(super) dirs: StateDir,
     /// After a fetch that failed transiently: not before then.
-    retry_at: Option<Instant>,
+    pub(super) retry_at: Option<Instant>,
     /// Failures in a row of the forge (a fetch), and of the engine (an upload, a write).
-    failures: u32,
-    engine_failures: u32,
+    pub(super) failures: u32,
+    pub(super) engine_failures: u32,
     notifier: Option<model::event::Notifier>,
     verify: Verifier,
 }
@@ -340,6 +350,11 @@ impl Conductor {
             return Ok(());
         }
         let current = engine.rollout(&name).await?;
+        if !matches!(self.app.source, crate::config::Source::Git) {
+            return self
+                .decide_artifact(engine, epoch, proposals, current.as_ref())
+                .await;
+        }
         let git = Git::new(self.app.clone(), self.dirs.conductor_mirror_of(&name), None);
         // A rollback goes first, alone: the others wait for the next tick, judged against what it put back.
         let (rollbacks, proposals): (Vec<Proposal>, Vec<Proposal>) =
@@ -429,7 +444,7 @@ impl Conductor {
     /// After a failure: not again before a backoff, jittered: 5 s doubling to 5 min when the forge failed
     /// (its rate limits are the deploy key's), 1 s doubling to 15 s when the engine did (it costs the forge
     /// nothing, and the engine's own recovery takes seconds).
-    fn back_off(&mut self, what: &str, engine: bool) {
+    pub(super) fn back_off(&mut self, what: &str, engine: bool) {
         let wait = if engine {
             self.engine_failures += 1;
             model::failure::backoff(
@@ -503,7 +518,7 @@ impl Conductor {
         put
     }
 
-    fn tell_halted(&self, reason: &str, sha: Option<&str>, rollout: Option<&str>) {
+    pub(super) fn tell_halted(&self, reason: &str, sha: Option<&str>, rollout: Option<&str>) {
         if let Some(n) = &self.notifier {
             let mut e = model::event::Event::new(model::event::EventKind::Halted, &self.app.name, reason);
             e.sha = sha.map(str::to_string);
@@ -588,6 +603,7 @@ impl Conductor {
             trigger: String::new(),
             git_ref: None,
             sha: None,
+            digest: None,
             actor: String::new(),
             provider: None,
             delivery_id: None,
@@ -600,6 +616,7 @@ impl Conductor {
             sha: sha.to_string(),
             git_ref: git_ref.to_string(),
             bundle: format!("{}/{sha}.bundle", self.app.name),
+            digest: None,
             epoch,
             conductor: self.host.clone(),
             phase: if self.rollout.canary > 0 {
@@ -821,6 +838,7 @@ impl Conductor {
             sha: r.sha.clone(),
             git_ref: r.git_ref.clone(),
             bundle: r.bundle.clone(),
+            digest: r.digest.clone(),
             epoch: r.epoch,
             from: Some(r.from.clone()),
             actor: format!(
@@ -876,7 +894,7 @@ pub(super) fn plan(hosts: &[String], cfg: &RolloutConfig) -> Vec<Vec<String>> {
     waves
 }
 
-async fn upload(engine: &Engine, name: &str, file: &Path) -> Result<(), FleetError> {
+pub(super) async fn upload(engine: &Engine, name: &str, file: &Path) -> Result<(), FleetError> {
     let mut f = tokio::fs::File::open(file).await.map_err(refused)?;
     engine.releases.put(name, &mut f).await.map(|_| ()).map_err(|e| {
         FleetError::Unreachable(format!("cannot store the release bundle {name}: {}", chain(&e)))

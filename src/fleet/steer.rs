@@ -131,6 +131,7 @@ impl Engine {
             trigger: model::Trigger::Rollback.as_str().into(),
             git_ref: Some(r.git_ref.clone()),
             sha: Some(to.clone()),
+            digest: None,
             actor: model::clean_actor(who),
             provider: None,
             delivery_id: None,

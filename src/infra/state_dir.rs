@@ -68,6 +68,12 @@ impl StateDir {
         self.root.join("fleet").join(app).join(format!("{sha}.bundle"))
     }
 
+    /// The artifact package of `sha` a fleet host downloaded from the engine (a directory of the files the
+    /// conductor downloaded and verified), checked again and unpacked by the deploy.
+    pub fn fleet_package(&self, app: &str, sha: &str) -> PathBuf {
+        self.root.join("fleet").join(app).join(format!("{sha}.package"))
+    }
+
     /// What this host last applied of a fleet app's rollouts (the highest epoch seen, the rollout id).
     pub fn fleet_applied(&self, app: &str) -> PathBuf {
         self.root.join("fleet").join(app).join("applied.json")

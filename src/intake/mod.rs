@@ -147,9 +147,12 @@ pub const CARRIED_HEADERS: &[&str] = &[
 ];
 
 /// The delivery as the other hosts of a fleet can verify it again, or `None` where they cannot: GitLab's
-/// plain token signs nothing of the body (and is the secret itself, which is never carried).
+/// plain token signs nothing of the body (and is the secret itself, which is never carried), nor does a
+/// registry's bearer token (Distribution).
 pub fn carried(provider: Provider, headers: &HeaderMap, body: &[u8]) -> Option<crate::model::SignedDelivery> {
-    if provider == Provider::Gitlab && !headers.contains_key("webhook-signature") {
+    if provider == Provider::Distribution
+        || (provider == Provider::Gitlab && !headers.contains_key("webhook-signature"))
+    {
         return None;
     }
     let kept = CARRIED_HEADERS
@@ -196,8 +199,17 @@ pub fn reverify(
         headers.append(n, v);
     }
     let what = webhook.provider.as_str();
+    // For an artifact the delivery's sha names the release only where it is the image's digest or fills a
+    // location's `{sha}`; a delivery that names a tag alone leaves the digest to the conductor's resolve,
+    // which each host checks against the package and its own signature key.
+    let names_release = match &app.source {
+        crate::config::Source::Git | crate::config::Source::Image(_) => true,
+        other => other.is_templated(),
+    };
+    let git = matches!(app.source, crate::config::Source::Git);
     match evaluate(app, webhook.provider, secrets, &headers, &body, received_secs) {
         Ok(Accepted::Deploy(r)) if r.sha.as_deref() == Some(sha) => Ok(()),
+        Ok(Accepted::Deploy(r)) if !git && (!names_release || r.sha.is_none()) => Ok(()),
         Ok(Accepted::Deploy(r)) => Err(format!(
             "the signed {what} delivery asks for {}, not {}",
             r.sha.as_deref().map_or("the branch tip", crate::model::short_sha),

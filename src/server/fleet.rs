@@ -62,6 +62,7 @@ impl FleetLink for Link {
             trigger: row.trigger.as_str().into(),
             git_ref: row.git_ref.clone(),
             sha: row.sha.clone(),
+            digest: row.digest.clone(),
             actor: row.actor.clone(),
             provider: row.provider.clone(),
             delivery_id: row.delivery_id.clone(),
@@ -96,7 +97,8 @@ fn verifier(apps: &[Arc<AppConfig>], secrets: &HashMap<String, Vec<Vec<u8>>>) ->
                 let secrets = secrets.get(&p.app).map(Vec::as_slice).unwrap_or_default();
                 crate::intake::reverify(app, secrets, d, p.requested_ms.div_euclid(1000), sha)
             }
-            None if provider == Some(Provider::Gitlab) => Ok(()),
+            // Tokens in clear sign nothing: GitLab's, and a registry's own notifications.
+            None if matches!(provider, Some(Provider::Gitlab | Provider::Distribution)) => Ok(()),
             None => Err(format!(
                 "it claims a {} webhook (handed over by {}) but carries no signed delivery to verify",
                 p.provider.as_deref().unwrap_or("forge"),
@@ -119,6 +121,7 @@ fn submitter(queue: Arc<OnceLock<Arc<Queue>>>, me: Arc<OnceLock<AgentHandle>>) -
                 let mut r = DeployRequest::new(app, Trigger::Fleet, a.actor);
                 r.sha = Some(a.sha);
                 r.git_ref = Some(a.git_ref);
+                r.digest = a.digest;
                 r
             };
             // The rollout's id is the delivery: the same assignment twice is a duplicate, never two deploys.

@@ -3,7 +3,7 @@
 //! release id is recorded) unpack it safely into the release directory.
 
 use super::*;
-use crate::sources::artifact::{self, Fetched, Resolved, Wanted};
+use crate::sources::artifact;
 
 fn failed(what: &str, f: Failure) -> Outcome {
     fail(&format!("{what} ({})", f.kind.as_str()), &f)
@@ -23,15 +23,29 @@ impl Pipeline {
     /// An artifact: decide what to deploy (for an image, one `HEAD` for the tag's digest), skip it if it is
     /// already live, else download and verify it. Nothing on the app's `path` is touched yet.
     pub(super) async fn prepare_artifact(&self, job: &Job, previous: &Previous) -> Result<Target, Outcome> {
+        if job.trigger == Trigger::Fleet {
+            return self.prepare_fleet_artifact(job).await;
+        }
         let started = Instant::now();
-        let wanted = self.wanted(job).map_err(|why| Outcome::new(State::Failed, why))?;
+        let wanted = artifact::wanted(
+            &self.app,
+            job.sha.as_deref(),
+            job.git_ref.as_deref(),
+            job.digest.as_deref(),
+        )
+        .map_err(|why| Outcome::new(State::Failed, why))?;
         self.log.stage(&format!("resolve {}", self.app.repo));
         let (resolved, report) = self
             .guarded("resolving", || artifact::resolve(&self.app, &wanted))
             .await;
         let mut resolved = resolved.map_err(|f| failed("resolve failed", f))?;
         if matches!(self.app.source, Source::Image(_)) {
-            self.image_moves_forward(job, previous, &wanted, &mut resolved)
+            let live = artifact::Live {
+                git_ref: previous.git_ref.as_deref(),
+                sha: previous.sha.as_deref(),
+                what: previous.release_id.as_deref().unwrap_or(""),
+            };
+            artifact::image_moves_forward(&self.app, is_automatic(job), &live, &wanted, &mut resolved)
                 .map_err(|why| Outcome::new(State::Ignored, why))?;
         }
         self.log.line(&format!("    {}", resolved.location));
@@ -50,7 +64,7 @@ impl Pipeline {
             self.log.line(&format!("    {n}"));
         }
         self.timed("fetch", started);
-        let sha = self.audit_sha(&wanted, &fetched);
+        let sha = artifact::audit_sha(&self.app, &wanted, &fetched);
         if is_automatic(job)
             && Some(&sha) == previous.sha.as_ref()
             && Some(&fetched.digest) == previous.digest.as_ref()
@@ -93,93 +107,62 @@ impl Pipeline {
         })
     }
 
-    /// Which version the trigger names: an image's tag or pinned digest, a templated location's `{sha}`.
-    /// An error is why the deploy fails.
-    fn wanted(&self, job: &Job) -> Result<Wanted, String> {
-        let is_image = matches!(self.app.source, Source::Image(_));
-        let wanted = Wanted {
-            tag: job
-                .git_ref
-                .as_deref()
-                .and_then(|r| r.strip_prefix("refs/tags/"))
-                .map(String::from),
-            version: if is_image { None } else { job.sha.clone() },
-            digest: match (is_image, &job.sha, &job.digest) {
-                (true, Some(sha), _) if model::is_full_sha(sha) && sha.len() == 64 => {
-                    Some(format!("sha256:{sha}"))
-                }
-                (_, _, d) => d.clone(),
-            },
-        };
-        if let (true, Some(s)) = (is_image, &job.sha) {
-            if wanted.digest.is_none() {
-                return Err(format!("{s:?} is not a manifest digest: an image is deployed by its full sha256 (64 hex digits), or by its tag"));
-            }
-        }
-        Ok(wanted)
-    }
-
-    /// An error is why the trigger is ignored. An image never goes back on an automatic trigger: not to an older tag than the live one (a tag
-    /// glob), not to a digest the tag no longer points at, and what is live already is not pulled again. A
-    /// person may deploy any digest of the repository (`resolved` then takes the pinned one).
-    fn image_moves_forward(
-        &self,
-        job: &Job,
-        previous: &Previous,
-        wanted: &Wanted,
-        resolved: &mut Resolved,
-    ) -> Result<(), String> {
-        let automatic = is_automatic(job);
-        let live_tag = previous
-            .git_ref
-            .as_deref()
-            .and_then(|r| r.strip_prefix("refs/tags/"));
-        if let (true, true, Some(live)) = (automatic, self.app.track.is_glob(), live_tag) {
-            if crate::sources::git::version_cmp(&resolved.name, live).is_lt() {
-                return Err(format!(
-                        "tag {} is older than the live {live}: a replayed or out-of-order trigger; nothing deployed",
-                        resolved.name
-                    ));
-            }
-        }
-        let current = resolved.digest.clone().unwrap_or_default();
-        match &wanted.digest {
-            // A trigger's digest must still be what the tag points at: an old delivery never rolls back.
-            Some(pinned) if *pinned != current && automatic => {
-                return Err(format!(
-                        "the trigger named {pinned}, but tag {} now points at {current}: a replayed or out-of-order trigger; nothing deployed",
-                        resolved.name
-                    ))
-            }
-            Some(pinned) => resolved.digest = Some(pinned.clone()),
-            None => {}
-        }
-        let hex = resolved
+    /// A fleet rollout's assignment: the artifact comes in the package the host downloaded from the engine
+    /// (never from the upstream), checked again here as if it had just been downloaded: its digest, each
+    /// layer, and this host's own `verify` key. The conductor already decided that it moves forward.
+    async fn prepare_fleet_artifact(&self, job: &Job) -> Result<Target, Outcome> {
+        let started = Instant::now();
+        let failed = |m: String| Outcome::new(State::Failed, m);
+        let sha = job
+            .sha
+            .clone()
+            .filter(|s| model::is_sha_prefix(s))
+            .ok_or_else(|| failed("a fleet assignment without a sha".into()))?;
+        let digest = job
             .digest
-            .as_deref()
-            .map(|d| d.trim_start_matches("sha256:").to_string());
-        if automatic && hex.is_some() && hex == previous.sha {
-            return Err(format!(
-                "{} is already live as {}; nothing downloaded",
-                resolved.location,
-                previous.release_id.as_deref().unwrap_or("")
-            ));
+            .clone()
+            .filter(|d| model::is_sha256_digest(d))
+            .ok_or_else(|| failed(format!("the fleet's assignment of {sha} names no sha256 digest")))?;
+        let templated = self.app.source.is_templated() && !matches!(self.app.source, Source::Image(_));
+        if !templated && digest.trim_start_matches("sha256:") != sha {
+            return Err(failed(format!(
+                "the fleet's assignment names {sha} but digest {digest}: they must be the same; refusing it"
+            )));
         }
-        Ok(())
-    }
-
-    /// What the audit calls the sha: the digest, unless a templated location is named by a version.
-    fn audit_sha(&self, wanted: &Wanted, fetched: &Fetched) -> String {
-        let hex = fetched.digest.trim_start_matches("sha256:").to_string();
-        if !matches!(self.app.source, Source::Image(_)) && self.app.source.is_templated() {
-            wanted
-                .version
-                .clone()
-                .map(|v| v.to_ascii_lowercase())
-                .unwrap_or(hex)
-        } else {
-            hex
+        self.log
+            .stage(&format!("check {digest} from the fleet's package"));
+        let dir = self.downloads_dir(job);
+        let package = self.dirs.fleet_package(&self.app.name, &sha);
+        let _ = std::fs::remove_dir_all(&dir);
+        if let Some(parent) = dir.parent() {
+            let _ = std::fs::create_dir_all(parent);
         }
+        std::fs::rename(&package, &dir).map_err(|e| {
+            failed(format!(
+                "the fleet's package of {} is not on this host ({e}); the rollout assigns it again",
+                model::short_sha(&sha)
+            ))
+        })?;
+        let version = templated.then_some(sha.as_str());
+        let fetched = artifact::verify_local(&self.app, &dir, &digest, version)
+            .await
+            .map_err(|f| {
+                let _ = std::fs::remove_dir_all(&dir);
+                fail("the fleet's package was refused", &f)
+            })?;
+        for n in &fetched.notes {
+            self.log.line(&format!("    {n}"));
+        }
+        self.timed("fetch", started);
+        let git_ref = job.git_ref.clone().unwrap_or_default();
+        self.log.line(&format!("    deploying {digest} ({sha})"));
+        Ok(Target {
+            release_id: release::new_release_id(&self.app.path, model::now_ms(), &sha),
+            git_ref,
+            sha,
+            fetch_note: None,
+            artifact: Some(fetched),
+        })
     }
 
     /// One network operation of this app's artifact source: within its upstream's circuit and budget, with

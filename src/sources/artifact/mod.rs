@@ -24,6 +24,11 @@ use crate::config::{self, AppConfig, ImageKind, ImageSource, ObjectSource, Sourc
 use crate::model::failure::{Failure, Kind};
 use crate::sources::signature::SigError;
 
+mod pick;
+mod verify;
+pub use pick::{audit_sha, image_moves_forward, wanted, Live};
+pub use verify::{verify_local, SIGNATURE_FILE};
+
 /// What a deploy will fetch, decided before anything is downloaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {
@@ -130,7 +135,7 @@ pub async fn within<T>(
     })
 }
 
-fn permanent(m: String) -> Failure {
+pub(super) fn permanent(m: String) -> Failure {
     Failure::permanent(m)
 }
 
@@ -169,7 +174,7 @@ pub fn secrets(app: &AppConfig) -> Vec<String> {
 }
 
 /// `{sha}` filled in with a validated version.
-fn fill(template: &str, version: Option<&str>) -> Result<String, Failure> {
+pub(super) fn fill(template: &str, version: Option<&str>) -> Result<String, Failure> {
     if !template.contains("{sha}") {
         return Ok(template.to_string());
     }
@@ -410,6 +415,7 @@ async fn download_image(
         // The signature covers the manifest, which pins every layer by digest.
         let sig_tag = format!("{}-{}{}", "sha256", hex_of(&digest), v.suffix());
         let sig = image_signature(app, img, &mut session, &sig_tag).await?;
+        keep_signature(dir, &sig).await?;
         notes.push(check_signature(v, &manifest_file, &sig, &digest, None).await?);
     }
     let mut files = Vec::new();
@@ -422,34 +428,8 @@ async fn download_image(
         client
             .store_auth_if_needed(by_digest.resolve_registry(), &auth)
             .await;
-        let parsed: oci_client::manifest::OciImageManifest = serde_json::from_slice(&manifest)
-            .map_err(|e| permanent(format!("the manifest {digest} is not an image manifest: {e}")))?;
-        if parsed.layers.is_empty() {
-            return Err(permanent(format!("the artifact {digest} has no layers")));
-        }
-        if parsed.layers.iter().any(|l| l.size < 0) {
-            return Err(permanent(format!(
-                "the manifest {digest} declares a negative layer size"
-            )));
-        }
-        let total = parsed
-            .layers
-            .iter()
-            .fold(0u64, |t, l| t.saturating_add(l.size as u64));
-        if total > app.max_artifact_bytes {
-            return Err(permanent(format!(
-                "the artifact's layers add up to {total} bytes, over max_artifact_size ({} bytes)",
-                app.max_artifact_bytes
-            )));
-        }
-        for (i, layer) in parsed.layers.iter().enumerate() {
-            if !(layer.media_type.contains("tar") || layer.media_type.ends_with("octet-stream")) {
-                return Err(permanent(format!(
-                    "layer {} of {digest} is {}, not a tarball: an artifact's layers must be tar or tar+gzip",
-                    i + 1,
-                    layer.media_type
-                )));
-            }
+        let layers = layers_of(app, &digest, &manifest)?;
+        for (i, layer) in layers.iter().enumerate() {
             let path = dir.join(format!("layer-{i}"));
             let file = tokio::fs::File::create(&path)
                 .await
@@ -469,6 +449,45 @@ async fn download_image(
         }
     }
     Ok(Fetched { digest, files, notes })
+}
+
+/// An artifact's layers, as its manifest declares them: at least one, each a tarball, all together within
+/// `max_artifact_size`.
+pub(super) fn layers_of(
+    app: &AppConfig,
+    digest: &str,
+    manifest: &[u8],
+) -> Result<Vec<oci_client::manifest::OciDescriptor>, Failure> {
+    let parsed: oci_client::manifest::OciImageManifest = serde_json::from_slice(manifest)
+        .map_err(|e| permanent(format!("the manifest {digest} is not an image manifest: {e}")))?;
+    if parsed.layers.is_empty() {
+        return Err(permanent(format!("the artifact {digest} has no layers")));
+    }
+    if parsed.layers.iter().any(|l| l.size < 0) {
+        return Err(permanent(format!(
+            "the manifest {digest} declares a negative layer size"
+        )));
+    }
+    let total = parsed
+        .layers
+        .iter()
+        .fold(0u64, |t, l| t.saturating_add(l.size as u64));
+    if total > app.max_artifact_bytes {
+        return Err(permanent(format!(
+            "the artifact's layers add up to {total} bytes, over max_artifact_size ({} bytes)",
+            app.max_artifact_bytes
+        )));
+    }
+    for (i, layer) in parsed.layers.iter().enumerate() {
+        if !(layer.media_type.contains("tar") || layer.media_type.ends_with("octet-stream")) {
+            return Err(permanent(format!(
+                "layer {} of {digest} is {}, not a tarball: an artifact's layers must be tar or tar+gzip",
+                i + 1,
+                layer.media_type
+            )));
+        }
+    }
+    Ok(parsed.layers)
 }
 
 /// The detached signature of an image: the first layer of the artifact tagged `sha256-<hex>.minisig` (or
@@ -501,9 +520,18 @@ async fn image_signature(
     session.small_blob(&layer.digest, SMALL_MAX).await
 }
 
+/// Keeps the detached signature beside what it signs, so that what was downloaded can be checked again
+/// elsewhere (a fleet's hosts, from the conductor's package).
+async fn keep_signature(dir: &Path, sig: &[u8]) -> Result<(), Failure> {
+    let path = dir.join(SIGNATURE_FILE);
+    tokio::fs::write(&path, sig)
+        .await
+        .map_err(|e| permanent(format!("cannot write {}: {e}", path.display())))
+}
+
 /// Checks `sig` over `data`; `name` is the artifact's file name, which a minisign signature's signed comment
 /// must match when it names one.
-async fn check_signature(
+pub(super) async fn check_signature(
     v: &crate::sources::signature::Verifier,
     data: &Path,
     sig: &[u8],
@@ -669,6 +697,7 @@ async fn download_object(
                 o.bucket
             )));
         }
+        keep_signature(dir, &sig).await?;
         let name = key.rsplit('/').next();
         notes.push(check_signature(v, &file, &sig, &digest, name).await?);
     }
@@ -780,6 +809,7 @@ async fn download_url(app: &AppConfig, u: &UrlSource, url: &str, dir: &Path) -> 
             }
             Err(f) => return Err(f),
         };
+        keep_signature(dir, &sig).await?;
         let name = url.split(['?', '#']).next().and_then(|p| p.rsplit('/').next());
         notes.push(check_signature(v, &file, &sig, &digest, name).await?);
     }
