@@ -15,7 +15,7 @@ use crate::artifact_servers::*;
 use crate::support::*;
 
 /// A Standard Webhooks delivery, as a CI job sends it after the upload.
-fn ci_hook(h: &Haul, app: &str, body: &Value) -> (u16, Value) {
+pub(crate) fn ci_hook(h: &Haul, app: &str, body: &Value) -> (u16, Value) {
     let body = body.to_string();
     h.post(
         &format!("/hooks/{app}"),
@@ -29,7 +29,7 @@ fn deploy_id(reply: &(u16, Value)) -> String {
     reply.1["deploy_id"].as_str().expect("deploy id").to_string()
 }
 
-fn read(h: &Haul, file: &str) -> Option<String> {
+pub(crate) fn read(h: &Haul, file: &str) -> Option<String> {
     std::fs::read_to_string(h.app_path.join("current").join(file)).ok()
 }
 
@@ -55,7 +55,7 @@ fn assert_untouched(h: &Haul, live: Option<&str>, releases: usize) {
     }
 }
 
-fn minisign_keys(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+pub(crate) fn minisign_keys(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let (pub_key, sec_key) = (dir.join(format!("{name}.pub")), dir.join(format!("{name}.key")));
     sh(Command::new("minisign")
         .args(["-G", "-W", "-p"])
@@ -65,7 +65,7 @@ fn minisign_keys(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::Path
     (pub_key, sec_key)
 }
 
-fn minisign_sign(sec_key: &Path, file: &Path) {
+pub(crate) fn minisign_sign(sec_key: &Path, file: &Path) {
     sh(Command::new("minisign")
         .args(["-S", "-W", "-s"])
         .arg(sec_key)
@@ -94,7 +94,7 @@ fn web_deploy_fails(h: &Haul, sha: &str) -> (String, String) {
     (id, row.reason.unwrap_or_default())
 }
 
-fn publish(root: &Path, sha: &str, files: &[(&str, &[u8])]) -> (Vec<u8>, String) {
+pub(crate) fn publish(root: &Path, sha: &str, files: &[(&str, &[u8])]) -> (Vec<u8>, String) {
     let bytes = tar_gz(files);
     std::fs::create_dir_all(root.join("builds")).expect("mkdir");
     std::fs::write(root.join(format!("builds/web-{sha}.tar.gz")), &bytes).expect("publish");

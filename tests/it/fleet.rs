@@ -11,6 +11,8 @@ use haul::fleet::{Engine, Lease, LeaseState};
 use super::nats::NatsCluster;
 use super::support::*;
 
+mod artifacts;
+
 fn fleet_config(cluster: &NatsCluster, host: &str) -> FleetConfig {
     FleetConfig {
         servers: cluster.urls(),
@@ -1180,6 +1182,7 @@ fn webhook_proposal(
         trigger: "webhook".into(),
         git_ref: Some("refs/heads/main".into()),
         sha: Some(sha.into()),
+        digest: None,
         actor: "octocat".into(),
         provider: Some("github".into()),
         delivery_id: Some(delivery()),
@@ -1253,6 +1256,7 @@ fn hosts_deploy_only_triggers_they_can_verify_themselves() {
             sha: c3.clone(),
             git_ref: "refs/heads/main".into(),
             bundle: format!("blog/{c3}.bundle"),
+            digest: None,
             epoch: 1 << 40,
             actor: "mallory".into(),
             revert: false,
