@@ -69,17 +69,21 @@ impl Conductor {
         let name = self.app.name.clone();
         let live = current.map(|r| r.sha.as_str()).filter(|s| !s.is_empty());
         let taken_away = current.map(|r| r.taken_away.as_slice()).unwrap_or_default();
-        // A replay of the fleet's release or of one a rollback took away costs no upstream request.
+        let history = current.map(|r| r.history.as_slice()).unwrap_or_default();
+        // A replay of the fleet's release, of one it had before and replaced, or of one a rollback took
+        // away costs no upstream request (a person's `--sha` may go back, on purpose).
         let mut fresh: Vec<Proposal> = proposals
             .iter()
             .filter(|p| {
                 let old = match p.sha.as_deref() {
                     Some(s) if Some(s) == live => true,
-                    Some(s) => automatic(&p.trigger) && taken_away.iter().any(|t| t == s),
+                    Some(s) => {
+                        automatic(&p.trigger) && taken_away.iter().chain(history).any(|t| t == s)
+                    }
                     None => false,
                 };
                 if old {
-                    tracing::info!(app = %name, deploy_id = %p.deploy_id, "fleet: {} is the fleet's release or taken away by a rollback; nothing downloaded or rolled out", model::short_sha(p.sha.as_deref().unwrap_or("")));
+                    tracing::info!(app = %name, deploy_id = %p.deploy_id, "fleet: {} is the fleet's release, one it had before, or one a rollback took away; nothing resolved, downloaded or rolled out", model::short_sha(p.sha.as_deref().unwrap_or("")));
                 }
                 !old
             })

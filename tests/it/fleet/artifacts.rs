@@ -5,6 +5,7 @@
 use serde_json::json;
 
 use super::*;
+use crate::artifact_servers::{push_artifact, sha256_digest, tar_gz, Registry, DEPLOYER};
 use crate::artifacts::{ci_hook, minisign_keys, minisign_sign, publish, read};
 
 /// Host `host` of a fleet whose app `web` is a signed tarball on `server`, named by the commit CI built.
@@ -237,12 +238,12 @@ fn a_signed_tarball_rolls_out_from_one_download_and_every_host_checks_the_packag
         .as_u64()
         .expect("epoch");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let evil = crate::artifact_servers::tar_gz(&[("index.html", b"evil")]);
+    let evil = tar_gz(&[("index.html", b"evil")]);
     let evil_file = dir.path().join("evil.tar.gz");
     std::fs::write(&evil_file, &evil).expect("write");
     minisign_sign(&other_key, &evil_file);
     let evil_sig = std::fs::read(dir.path().join("evil.tar.gz.minisig")).expect("sig");
-    let evil_digest = crate::artifact_servers::sha256_digest(&evil);
+    let evil_digest = sha256_digest(&evil);
     let sha3 = "3".repeat(40);
     forge_package(
         &rt,
@@ -308,4 +309,129 @@ fn a_signed_tarball_rolls_out_from_one_download_and_every_host_checks_the_packag
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert!(all_live(&fleet_status(&hosts[0]), 3, &sha1, "done"));
     assert_eq!(gets(&server, "web-"), 4);
+}
+
+/// Host `host` of a fleet whose app `site` is an OCI artifact tagged `main`, told of pushes by the
+/// registry's own notifications (a bearer token, which signs nothing and never leaves the host it reached).
+fn image_host(
+    dir: &std::path::Path,
+    cluster: &NatsCluster,
+    reg: &Registry,
+    host: &str,
+    port: Option<u16>,
+) -> Haul {
+    let pw = dir.join("registry.pw");
+    write_private(&pw, DEPLOYER.1);
+    let text = format!(
+        "[fleet]\nnats = {}\nhost = \"{host}\"\nlease_ttl = \"10s\"\n\n\
+         [apps.site]\nimage = \"{}/acme/site\"\ntag = \"main\"\nregistry_username = \"{}\"\n\
+         registry_password_file = \"{}\"\nplain_http = true\npath = \"{{SRV}}/site\"\nfleet = true\n\n\
+         [apps.site.webhook]\nprovider = \"distribution\"\nsecret_file = \"{{SECRET}}\"\n\n\
+         [apps.site.rollout]\ncanary = 1\nmax_parallel = 2\n",
+        cluster.toml_list(),
+        reg.addr(),
+        DEPLOYER.0,
+        pw.display()
+    );
+    let mut h = Haul::configure_raw(&dir.join(host), "site", &text);
+    if let Some(port) = port {
+        let text = std::fs::read_to_string(&h.config).expect("config");
+        let text = text.replace(&format!("127.0.0.1:{}", h.port), &format!("127.0.0.1:{port}"));
+        std::fs::write(&h.config, text).expect("config");
+        h.port = port;
+    }
+    h.start();
+    h
+}
+
+fn blob_gets(reg: &Registry) -> usize {
+    reg.log()
+        .lines()
+        .filter(|l| l.contains("GET /v2/acme/site/blobs/"))
+        .count()
+}
+
+/// A registry's push notification for `digest` of tag `main`, as the registry sends it.
+fn notification(digest: &str) -> String {
+    json!({"events": [{
+        "id": format!("replayed-{}", delivery()),
+        "action": "push",
+        "target": {
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest,
+            "repository": "acme/site",
+            "tag": "main"
+        },
+        "actor": {"name": "ci"}
+    }]})
+    .to_string()
+}
+
+#[test]
+fn an_image_rolls_out_from_one_pull_and_an_old_notification_changes_nothing() {
+    let dir = TempDir::new("fleet-image");
+    let cluster = NatsCluster::start(&dir.path().join("nats"));
+    let port = free_port();
+    let reg = Registry::start_with_notify(dir.path(), &format!("http://127.0.0.1:{port}/hooks/site"), SECRET);
+    let hosts: Vec<Haul> = ["h1", "h2", "h3"]
+        .iter()
+        .map(|h| image_host(dir.path(), &cluster, &reg, h, (*h == "h2").then_some(port)))
+        .collect();
+    wait_reporting(&hosts[0], 3);
+
+    // The registry tells h2; the conductor pulls the manifest and the layer once; every host checks the
+    // package against the digest and the manifest's layer digest, and is live on it.
+    let d1 = push_artifact(&reg, "acme/site", "main", &[("index.html", b"one")]);
+    let hex1 = d1.trim_start_matches("sha256:").to_string();
+    wait_until("v1 on every host", || {
+        all_live(&fleet_status(&hosts[0]), 3, &hex1, "done")
+    });
+    assert_eq!(
+        blob_gets(&reg),
+        1,
+        "one layer pull for three hosts: {}",
+        reg.log()
+    );
+    for h in &hosts {
+        assert_eq!(read(h, "index.html").as_deref(), Some("one"));
+        let row = h
+            .rows()
+            .into_iter()
+            .find(|r| r.trigger == haul::model::Trigger::Fleet)
+            .expect("row");
+        assert_eq!(row.digest.as_deref(), Some(d1.as_str()));
+        assert_eq!(row.git_ref.as_deref(), Some("refs/tags/main"));
+        let log = String::from_utf8_lossy(&h.cli(&["logs", row.id.as_str()]).stdout).to_string();
+        assert!(log.contains("1 layer(s) match the manifest"), "{log}");
+    }
+
+    let d2 = push_artifact(&reg, "acme/site", "main", &[("index.html", b"two")]);
+    let hex2 = d2.trim_start_matches("sha256:").to_string();
+    wait_until("v2 on every host", || {
+        all_live(&fleet_status(&hosts[0]), 3, &hex2, "done")
+    });
+    assert_eq!(blob_gets(&reg), 2, "{}", reg.log());
+    let rollout = fleet_status(&hosts[0])["apps"][0]["rollout"]["id"].clone();
+    let manifests = reg.log().lines().filter(|l| l.contains("/manifests/")).count();
+
+    // v1's notification again, with a fresh id, to another host: the tag no longer points at it. Nothing
+    // pulled, nothing rolled out.
+    let body = notification(&d1);
+    let auth = format!("Bearer {SECRET}");
+    let (code, reply) = hosts[0].post(
+        "/hooks/site",
+        &[("authorization", auth.as_str())],
+        body.as_bytes(),
+    );
+    assert!(code == 200 || code == 202, "{code} {reply}");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let status = fleet_status(&hosts[0]);
+    assert_eq!(status["apps"][0]["rollout"]["id"], rollout, "{status}");
+    assert!(all_live(&status, 3, &hex2, "done"), "{status}");
+    assert_eq!(
+        blob_gets(&reg),
+        2,
+        "an old notification pulls nothing: {}",
+        reg.log()
+    );
 }
