@@ -434,4 +434,6 @@ fn an_image_rolls_out_from_one_pull_and_an_old_notification_changes_nothing() {
         "an old notification pulls nothing: {}",
         reg.log()
     );
+    let looks = reg.log().lines().filter(|l| l.contains("/manifests/")).count();
+    assert_eq!(looks, manifests, "nor asks the registry anything: {}", reg.log());
 }
