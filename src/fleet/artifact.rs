@@ -116,18 +116,9 @@ impl Conductor {
             .download_and_roll_out(engine, epoch, &p, &resolved, &wanted, current)
             .await;
         match result {
-            Ok(true) => {
-                (self.failures, self.engine_failures) = (0, 0);
-                self.retry_at = None;
-                self.close_proposals(engine, &proposals).await;
-                Ok(())
-            }
             Ok(false) => Ok(()),
-            Err(e) => {
-                let engine = matches!(e, FleetError::Unreachable(_) | FleetError::Unknown(_));
-                self.back_off(&format!("cannot start the rollout ({e})"), engine);
-                Err(e)
-            }
+            Ok(true) => self.settled(engine, &proposals, Ok(())).await,
+            Err(e) => self.settled(engine, &proposals, Err(e)).await,
         }
     }
 
@@ -243,18 +234,9 @@ impl Conductor {
         current: Option<&RolloutState>,
     ) -> Result<(), FleetError> {
         let name = &self.app.name;
-        let plan = current
-            .filter(|c| Some(&c.id) == p.rolls_back.as_ref())
-            .and_then(|c| c.rolled_back().map(|plan| (c, plan)));
-        let Some((c, (to, history, taken_away))) = plan.filter(|(_, (to, _, _))| Some(to) == p.sha.as_ref())
-        else {
-            let why = format!(
-                "the rollback asked by {} takes back rollout {}, which is no longer the fleet's (now {}); nothing rolled back: ask again (`haul fleet status {name}`)",
-                p.actor,
-                p.rolls_back.as_deref().unwrap_or("-"),
-                current.map_or("none", |c| c.id.as_str())
-            );
-            return self.note_refused(engine, p, why).await;
+        let (c, (to, history, taken_away)) = match self.rollback_plan(p, current) {
+            Ok(plan) => plan,
+            Err(why) => return self.note_refused(engine, p, why).await,
         };
         let Some(package) = read_package(engine, &descriptor(name, &to)).await? else {
             let why = format!(

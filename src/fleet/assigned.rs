@@ -70,6 +70,9 @@ pub(super) async fn apply(
     // this host has seen: a forged one of a huge epoch must not fence the real conductor out.
     let max_epoch = match claim {
         Ok(()) => {
+            // What earlier assignments left here and no deploy took (a duplicate, a superseded one) goes:
+            // a newer assignment supersedes them, and a running deploy has moved its own away already.
+            forget_downloads(dirs, app);
             if a.revert {
                 // Nothing to download: the host's previous release is on its disk.
             } else if artifact {
@@ -111,6 +114,21 @@ pub(super) async fn apply(
                 path.display()
             ))
         })
+}
+
+fn forget_downloads(dirs: &StateDir, app: &str) {
+    let Some(dir) = dirs.fleet_applied(app).parent().map(Path::to_path_buf) else {
+        return;
+    };
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let path = entry.path();
+        if name.ends_with(".package") || name.ends_with(".package.part") {
+            let _ = std::fs::remove_dir_all(&path);
+        } else if (name.ends_with(".bundle") && !name.starts_with("out-")) || name.ends_with(".part") {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 pub(super) async fn download(engine: &Engine, name: &str, to: &Path) -> Result<(), FleetError> {

@@ -266,3 +266,34 @@ impl FleetStatus {
         out
     }
 }
+
+/// The rollout's phase and how many of the app's hosts are live on it, deploying, lost or elsewhere.
+pub(super) fn rollout_metrics(
+    name: &str,
+    r: &super::rollout::RolloutState,
+    beats: &BTreeMap<String, (Duration, HostRecord)>,
+) {
+    let (mut live, mut deploying, mut lost, mut other) = (0, 0, 0, 0);
+    for (age, rec) in beats.values() {
+        let Some(a) = rec.apps.get(name) else { continue };
+        if *age > LOST_AFTER {
+            lost += 1;
+        } else if a.live_sha.as_deref() == Some(r.sha.as_str()) {
+            live += 1;
+        } else if a.phase == "deploying" {
+            deploying += 1;
+        } else {
+            other += 1;
+        }
+    }
+    crate::infra::metrics::fleet_rollout(
+        name,
+        &r.phase,
+        &[
+            ("live", live),
+            ("deploying", deploying),
+            ("lost", lost),
+            ("other", other),
+        ],
+    );
+}

@@ -291,10 +291,10 @@ pub(super) struct Conductor {
     pub(super) host: String,
     pub(super) dirs: StateDir,
     /// After a fetch that failed transiently: not before then.
-    pub(super) retry_at: Option<Instant>,
+    retry_at: Option<Instant>,
     /// Failures in a row of the forge (a fetch), and of the engine (an upload, a write).
-    pub(super) failures: u32,
-    pub(super) engine_failures: u32,
+    failures: u32,
+    engine_failures: u32,
     notifier: Option<model::event::Notifier>,
     verify: Verifier,
 }
@@ -426,11 +426,23 @@ impl Conductor {
                 return Ok(());
             }
         }
-        match self.roll_out(engine, epoch, &git, &fresh, current.as_ref()).await {
+        let result = self.roll_out(engine, epoch, &git, &fresh, current.as_ref()).await;
+        self.settled(engine, &proposals, result).await
+    }
+
+    /// After a decision on `proposals`: done (the backoffs reset, the proposals closed), or not (a backoff
+    /// set; they stay for the next try).
+    pub(super) async fn settled(
+        &mut self,
+        engine: &Engine,
+        proposals: &[Proposal],
+        result: Result<(), FleetError>,
+    ) -> Result<(), FleetError> {
+        match result {
             Ok(()) => {
                 (self.failures, self.engine_failures) = (0, 0);
                 self.retry_at = None;
-                self.close_proposals(engine, &proposals).await;
+                self.close_proposals(engine, proposals).await;
                 Ok(())
             }
             Err(e) => {
@@ -750,7 +762,7 @@ impl Conductor {
         if r != before {
             engine.write_rollout(&name, &r).await?;
         }
-        rollout_metrics(&name, &r, &beats);
+        super::hosts::rollout_metrics(&name, &r, &beats);
         Ok(())
     }
 
@@ -850,33 +862,6 @@ impl Conductor {
         };
         engine.put_json(&key, &a).await
     }
-}
-
-/// The rollout's phase and how many of the app's hosts are live on it, deploying, lost or elsewhere.
-fn rollout_metrics(name: &str, r: &RolloutState, beats: &BTreeMap<String, (Duration, HostRecord)>) {
-    let (mut live, mut deploying, mut lost, mut other) = (0, 0, 0, 0);
-    for (age, rec) in beats.values() {
-        let Some(a) = rec.apps.get(name) else { continue };
-        if *age > LOST_AFTER {
-            lost += 1;
-        } else if a.live_sha.as_deref() == Some(r.sha.as_str()) {
-            live += 1;
-        } else if a.phase == "deploying" {
-            deploying += 1;
-        } else {
-            other += 1;
-        }
-    }
-    crate::infra::metrics::fleet_rollout(
-        name,
-        &r.phase,
-        &[
-            ("live", live),
-            ("deploying", deploying),
-            ("lost", lost),
-            ("other", other),
-        ],
-    );
 }
 
 /// The waves: the canary alone, then groups of at most `max_parallel`, in host-name order.

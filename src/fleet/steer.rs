@@ -162,18 +162,9 @@ impl Conductor {
         current: Option<&RolloutState>,
     ) -> Result<(), FleetError> {
         let name = &self.app.name;
-        let plan = current
-            .filter(|c| Some(&c.id) == p.rolls_back.as_ref())
-            .and_then(|c| c.rolled_back().map(|plan| (c, plan)));
-        let Some((c, (to, history, taken_away))) = plan.filter(|(_, (to, _, _))| Some(to) == p.sha.as_ref())
-        else {
-            let why = format!(
-                "the rollback asked by {} takes back rollout {}, which is no longer the fleet's (now {}); nothing rolled back: ask again (`haul fleet status {name}`)",
-                p.actor,
-                p.rolls_back.as_deref().unwrap_or("-"),
-                current.map_or("none", |c| c.id.as_str())
-            );
-            return self.note_refused(engine, p, why).await;
+        let (c, (to, history, taken_away)) = match self.rollback_plan(p, current) {
+            Ok(plan) => plan,
+            Err(why) => return self.note_refused(engine, p, why).await,
         };
         if !matches!(git.resolve_commit(&to).await, Ok(Some(_))) {
             let fetched = match git.ensure_mirror().await {
@@ -201,6 +192,29 @@ impl Conductor {
         state.taken_away = taken_away;
         tracing::warn!(app = %name, rollout = %state.id, "fleet: rolling back from {} (rollout {}) to {}, asked by {} on {}", model::short_sha(&c.sha), c.id, model::short_sha(&to), p.actor, p.origin);
         engine.write_rollout(name, &state).await
+    }
+
+    /// What the rollback `p` asks for, if the rollout it takes back is still the fleet's: that rollout, and
+    /// the sha, history and taken-away shas of the rollout that puts the release before back. Why not, if not.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn rollback_plan<'c>(
+        &self,
+        p: &Proposal,
+        current: Option<&'c RolloutState>,
+    ) -> Result<(&'c RolloutState, (String, Vec<String>, Vec<String>)), String> {
+        let plan = current
+            .filter(|c| Some(&c.id) == p.rolls_back.as_ref())
+            .and_then(|c| c.rolled_back().map(|plan| (c, plan)));
+        plan.filter(|(_, (to, _, _))| Some(to) == p.sha.as_ref())
+            .ok_or_else(|| {
+                format!(
+                    "the rollback asked by {} takes back rollout {}, which is no longer the fleet's (now {}); nothing rolled back: ask again (`haul fleet status {}`)",
+                    p.actor,
+                    p.rolls_back.as_deref().unwrap_or("-"),
+                    current.map_or("none", |c| c.id.as_str()),
+                    self.app.name
+                )
+            })
     }
 
     /// A trigger the conductor will not act on: logged, and shown in `haul fleet status`.

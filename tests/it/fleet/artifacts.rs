@@ -309,6 +309,30 @@ fn a_signed_tarball_rolls_out_from_one_download_and_every_host_checks_the_packag
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert!(all_live(&fleet_status(&hosts[0]), 3, &sha1, "done"));
     assert_eq!(gets(&server, "web-"), 4);
+
+    // An unsigned build: the conductor refuses it after its one download (never retried), says why in the
+    // status, and no host is touched.
+    let sha5 = "5".repeat(40);
+    publish(&root, &sha5, &[("index.html", b"unsigned")]);
+    let (code, reply) = ci_hook(&hosts[0], "web", &json!({"ref": "refs/heads/main", "sha": sha5}));
+    assert_eq!(code, 202, "{reply}");
+    let mut status = serde_json::Value::Null;
+    wait_until("the conductor refused the unsigned build", || {
+        status = fleet_status(&hosts[1]);
+        status["apps"][0]["rollout"]["refused"]
+            .as_str()
+            .is_some_and(|r| r.contains("not signed"))
+    });
+    assert!(all_live(&status, 3, &sha1, "done"), "{status}");
+    assert_eq!(
+        gets(&server, &format!("web-{sha5}.tar.gz ")),
+        1,
+        "{:?}",
+        server.requests()
+    );
+    for h in &hosts {
+        assert_eq!(read(h, "index.html").as_deref(), Some("v1"));
+    }
 }
 
 /// Host `host` of a fleet whose app `site` is an OCI artifact tagged `main`, told of pushes by the
