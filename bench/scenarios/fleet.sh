@@ -5,7 +5,9 @@
 # commit in the same run, the forge fetches, the release bundle's size (what each host downloads through the
 # engine), and the conductor's and the hosts' peak RSS. Sizes and waves: BENCH_FLEET ("20:5 20:20 50:20",
 # hosts:max_parallel, canary 1). Target: 20 hosts, all in one wave after the canary, all live within 3x one
-# host's deploy time.
+# host's deploy time. Then the same for an artifact app (BENCH_FLEET_ARTIFACT, "20:20"): a 1 MiB tarball named
+# by `{sha}` on a plain HTTP server, rolled out by `haul fleet deploy --sha` (one host: `haul deploy --sha`),
+# with the upstream's downloads counted and the package's bytes through the engine.
 
 FLEET_NATS_VERSION=2.15.1
 
@@ -182,4 +184,114 @@ scenario_fleet() {
     row fleet "  peak RSS MB: conductor; host median" "$(mb "$crss"); $(mb "$hrss")" "-" "-" "-" "-"
   done
   stop_pid "$SSHD_PID"
+  fleet_artifact_rounds "$dir" "$bin"
+}
+
+# fleet_artifact_config DIR NAME PORT MAXPAR URL [fleet]
+fleet_artifact_config() {
+  local dir=$1 name=$2 port=$3 maxpar=$4 url=$5 fleet=${6:-}
+  mkdir -p "$dir"
+  {
+    printf 'listen = "127.0.0.1:%s"\nstate_dir = "%s/state"\n' "$port" "$dir"
+    [ -z "$fleet" ] || printf '\n[fleet]\nnats = %s\nhost = "%s"\nlease_ttl = "10s"\n' "$FLEET_NATS" "$name"
+    printf '\n[apps.app01]\nurl = "%s/app-{sha}.tar.gz"\npath = "%s/srv"\nkeep_releases = 3\n' "$url" "$dir"
+    [ -z "$fleet" ] || printf 'fleet = true\n\n[apps.app01.rollout]\ncanary = 1\nmax_parallel = %s\n' "$maxpar"
+  } >"$dir/haul.toml"
+}
+
+# fleet_artifact_build ROOT: a new 1 MiB tarball (incompressible) named by a fresh sha; prints the sha.
+fleet_artifact_build() {
+  local root=$1 sha tmp
+  sha=$(head -c 20 /dev/urandom | od -An -tx1 | tr -d ' \n')
+  tmp=$(mktemp -d)
+  head -c 1048576 /dev/urandom >"$tmp/blob.bin"
+  echo "$sha" >"$tmp/index.html"
+  tar -C "$tmp" -czf "$root/app-$sha.tar.gz" blob.bin index.html
+  rm -rf "$tmp"
+  echo "$sha"
+}
+
+fleet_artifact_rounds() {
+  local dir=$1 bin=$2 spec n mp i port sha t0 t1 ms g0
+  local root="$dir/artifacts" wport
+  mkdir -p "$root"
+  wport=$(free_port)
+  start_bg "$dir/artifacts.log" python3 -u -m http.server --bind 127.0.0.1 --directory "$root" "$wport"
+  local web_pid=$BG_PID
+  wait_port "$wport" 30 || die "the artifact server did not start"
+  local url="http://127.0.0.1:$wport"
+  gets() { grep -c '"GET /app-' "$dir/artifacts.log" || true; }
+
+  port=$(free_port)
+  fleet_artifact_config "$dir/aone" one "$port" 1 "$url"
+  start_haul "$dir/aone/haul.toml" "$dir/aone/daemon.log" "$port"
+  local one_pid=$HAUL_PID one_ms
+  for i in 1 2; do
+    sha=$(fleet_artifact_build "$root")
+    t0=$EPOCHREALTIME
+    "$HAUL_BIN" --config "$dir/aone/haul.toml" deploy app01 --sha "$sha" >/dev/null 2>&1 || die "haul deploy failed"
+    for _ in $(seq 1 2000); do
+      case "$(readlink "$dir/aone/srv/current" 2>/dev/null)" in *"${sha:0:7}"*) break ;; esac
+      sleep 0.02
+    done
+    t1=$EPOCHREALTIME
+  done
+  one_ms=$(ms_since "$t0" "$t1")
+  stop_pid "$one_pid"
+  result fleet artifact_one_host_ms "$one_ms"
+  note "artifact, one host: $one_ms ms from haul deploy to live"
+
+  for spec in ${BENCH_FLEET_ARTIFACT:-20:20}; do
+    n=${spec%:*} mp=${spec#*:}
+    local fd="$dir/a$n-p$mp"
+    mkdir -p "$fd"
+    fleet_cluster "$fd/nats" "$bin"
+    local -a ports=() pids=()
+    local first
+    first=$(seq -w 1 "$n" | head -n1)
+    for i in $(seq -w 1 "$n"); do
+      local try
+      for try in 1 2 3; do
+        port=$(free_port)
+        fleet_artifact_config "$fd/h$i" "h$i" "$port" "$mp" "$url" fleet
+        start_bg "$fd/h$i/daemon.log" env HAUL_LOG=info "$HAUL_BIN" --config "$fd/h$i/haul.toml" serve
+        wait_http "http://127.0.0.1:$port/healthz" 60 && break
+        stop_pid "$BG_PID"
+        [ "$try" -lt 3 ] || die "fleet host h$i did not start: $(tail -n 3 "$fd/h$i/daemon.log")"
+      done
+      ports+=("$port")
+      pids+=("$BG_PID")
+    done
+    for _ in $(seq 1 600); do
+      [ "$("$HAUL_BIN" --config "$fd/h$first/haul.toml" fleet status --json 2>/dev/null | jq '.apps[0].hosts | length' 2>/dev/null)" = "$n" ] && break
+      sleep 0.2
+    done
+    sha=$(fleet_artifact_build "$root")
+    g0=$(gets)
+    t0=$EPOCHREALTIME
+    "$HAUL_BIN" --config "$fd/h$first/haul.toml" fleet deploy app01 --sha "$sha" >/dev/null 2>&1 || die "haul fleet deploy failed"
+    for _ in $(seq 1 6000); do
+      [ "$(fleet_live_count "$fd" "$n" "$sha")" = "$n" ] && break
+      sleep 0.05
+    done
+    t1=$EPOCHREALTIME
+    [ "$(fleet_live_count "$fd" "$n" "$sha")" = "$n" ] || die "not every artifact host went live ($(fleet_live_count "$fd" "$n" "$sha") of $n)"
+    ms=$(ms_since "$t0" "$t1")
+    local downloads=$(($(gets) - g0)) status conductor bytes crss hrss
+    status=$("$HAUL_BIN" --config "$fd/h$first/haul.toml" fleet status --json) || die "haul fleet status failed"
+    conductor=$(jq -r '.apps[0].rollout.conductor' <<<"$status")
+    bytes=$(curl -s "http://$FLEET_MON/jsz?streams=true" | jq '[.account_details[]?.stream_detail[]? | select(.name == "OBJ_haul_releases") | .state.bytes] | max // 0')
+    crss=$(proc_kb "${pids[$((10#${conductor#h} - 1))]}" VmHWM)
+    hrss=$(for p in "${pids[@]}"; do proc_kb "$p" VmHWM; done | median)
+    for p in "${pids[@]}"; do stop_pid "$p"; done
+    pkill -f "$fd/nats/n" 2>/dev/null || true
+    result fleet "artifact_n${n}_p${mp}_ms" "$ms"
+    result fleet "artifact_n${n}_p${mp}_downloads" "$downloads"
+    result fleet "artifact_n${n}_p${mp}_package_bytes" "$bytes"
+    note "artifact, $n hosts, max_parallel $mp: $ms ms to all live, $downloads download(s), package $bytes bytes, conductor $(mb "$crss") MB, host median $(mb "$hrss") MB"
+    row fleet "artifact, $n hosts, max_parallel $mp: fleet deploy to all live, ms" "$ms" "$one_ms (one host)" "$(ratio "$ms" "$one_ms")" "-" "-"
+    row fleet "  upstream downloads; bytes through the engine per host" "$downloads; $bytes" "-" "-" "1 download" "$(verdict "$downloads == 1")"
+    row fleet "  peak RSS MB: conductor; host median" "$(mb "$crss"); $(mb "$hrss")" "-" "-" "-" "-"
+  done
+  stop_pid "$web_pid"
 }
