@@ -351,15 +351,26 @@ impl Conductor {
     }
 }
 
+/// The descriptor `key`, or `None` if the engine has none. A replica may lag the write the conductor made
+/// before its rollout: not there is asked again twice, a second apart, before it counts.
 async fn read_package(engine: &Engine, key: &str) -> Result<Option<Package>, FleetError> {
-    let mut obj = match engine.releases.get(key).await {
-        Ok(o) => o,
-        Err(e) if e.kind() == async_nats::jetstream::object_store::GetErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(FleetError::Unreachable(format!(
-                "cannot get the package {key}: {}",
-                chain(&e)
-            )))
+    let mut tries = 0;
+    let mut obj = loop {
+        match engine.releases.get(key).await {
+            Ok(o) => break o,
+            Err(e) if e.kind() == async_nats::jetstream::object_store::GetErrorKind::NotFound => {
+                tries += 1;
+                if tries > 2 {
+                    return Ok(None);
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                return Err(FleetError::Unreachable(format!(
+                    "cannot get the package {key}: {}",
+                    chain(&e)
+                )))
+            }
         }
     };
     let mut bytes = Vec::new();

@@ -68,30 +68,33 @@ pub(super) async fn apply(
     };
     // A refused assignment is recorded as applied (so it is not tried again) but does not raise the epoch
     // this host has seen: a forged one of a huge epoch must not fence the real conductor out.
+    // A bundle or package the engine refuses to give (missing, or a descriptor haul never writes) is refused
+    // like a claim, once: never fetched again in a loop.
+    let (claim, fetched) = match claim {
+        Ok(()) => match fetch_release(engine, config, dirs, &a, artifact).await {
+            Ok(()) => (Ok(()), true),
+            Err(FleetError::Refused(why)) => (Err(why), true),
+            Err(e) => return Err(e),
+        },
+        Err(why) => (Err(why), false),
+    };
     let max_epoch = match claim {
         Ok(()) => {
-            // What earlier assignments left here and no deploy took (a duplicate, a superseded one) goes:
-            // a newer assignment supersedes them, and a running deploy has moved its own away already.
-            forget_downloads(dirs, app);
-            if a.revert {
-                // Nothing to download: the host's previous release is on its disk.
-            } else if artifact {
-                let dir = dirs.fleet_package(app, &a.sha);
-                super::artifact::download_package(engine, config, &a.bundle, &dir).await?;
-            } else {
-                let bundle = dirs.fleet_bundle(app, &a.sha);
-                download(engine, &a.bundle, &bundle).await?;
-            }
             let id = submit(app.to_string(), a.clone(), None).await.map_err(refused)?;
             tracing::info!(app = %app, deploy_id = %id, "fleet: deploying rollout {} ({})", a.rollout, model::short_sha(&a.sha));
             a.epoch.max(applied.max_epoch)
         }
         Err(why) => {
             let why = format!(
-                "refused rollout {} of {} (epoch {}): {why}; nothing was downloaded or deployed, and what is live stays",
+                "refused rollout {} of {} (epoch {}): {why}; nothing was {}, and what is live stays",
                 a.rollout,
                 model::short_sha(&a.sha),
-                a.epoch
+                a.epoch,
+                if fetched {
+                    "deployed"
+                } else {
+                    "downloaded or deployed"
+                }
             );
             tracing::warn!(app = %app, "fleet: {why}");
             submit(app.to_string(), a.clone(), Some(why))
@@ -114,6 +117,28 @@ pub(super) async fn apply(
                 path.display()
             ))
         })
+}
+
+/// What the deploy of `a` needs from the engine, downloaded: a git bundle, or an artifact's package (a
+/// revert needs nothing: the previous release is on this host's disk).
+async fn fetch_release(
+    engine: &Engine,
+    config: &AppConfig,
+    dirs: &StateDir,
+    a: &Assignment,
+    artifact: bool,
+) -> Result<(), FleetError> {
+    let app = config.name.as_str();
+    // What earlier assignments left here and no deploy took (a duplicate, a superseded one) goes: a newer
+    // assignment supersedes them, and a running deploy has moved its own away already.
+    forget_downloads(dirs, app);
+    if a.revert {
+        Ok(())
+    } else if artifact {
+        super::artifact::download_package(engine, config, &a.bundle, &dirs.fleet_package(app, &a.sha)).await
+    } else {
+        download(engine, &a.bundle, &dirs.fleet_bundle(app, &a.sha)).await
+    }
 }
 
 fn forget_downloads(dirs: &StateDir, app: &str) {

@@ -271,6 +271,11 @@ fn a_signed_tarball_rolls_out_from_one_download_and_every_host_checks_the_packag
     for why in refused_everywhere(&rt, &cluster, &hosts, "forged-2", &sha4, &digest1, epoch) {
         assert!(why.contains("hashes to") && why.contains("tampered"), "{why}");
     }
+    // An assignment naming a package the engine does not have: refused once, never fetched in a loop.
+    let sha6 = "6".repeat(40);
+    for why in refused_everywhere(&rt, &cluster, &hosts, "forged-3", &sha6, &digest1, epoch) {
+        assert!(why.contains("not in the fleet's engine"), "{why}");
+    }
     for h in &hosts {
         assert_eq!(read(h, "index.html").as_deref(), Some("v1"), "v1 stays live");
     }
