@@ -129,9 +129,9 @@ async fn fetch_release(
     artifact: bool,
 ) -> Result<(), FleetError> {
     let app = config.name.as_str();
-    // What earlier assignments left here and no deploy took (a duplicate, a superseded one) goes: a newer
-    // assignment supersedes them, and a running deploy has moved its own away already.
-    forget_downloads(dirs, app);
+    // What earlier assignments left here and no deploy took (a duplicate, a refused one) goes once it is
+    // old: one still queued behind a long deploy keeps its own.
+    forget_downloads(dirs, app, std::time::Duration::from_secs(6 * 3600));
     if a.revert {
         Ok(())
     } else if artifact {
@@ -141,13 +141,22 @@ async fn fetch_release(
     }
 }
 
-fn forget_downloads(dirs: &StateDir, app: &str) {
+fn forget_downloads(dirs: &StateDir, app: &str, older_than: std::time::Duration) {
     let Some(dir) = dirs.fleet_applied(app).parent().map(Path::to_path_buf) else {
         return;
     };
     for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
         let path = entry.path();
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > older_than);
+        if !old {
+            continue;
+        }
         if name.ends_with(".package") || name.ends_with(".package.part") {
             let _ = std::fs::remove_dir_all(&path);
         } else if (name.ends_with(".bundle") && !name.starts_with("out-")) || name.ends_with(".part") {
@@ -171,4 +180,45 @@ pub(super) async fn download(engine: &Engine, name: &str, to: &Path) -> Result<(
         .map_err(|e| FleetError::Unreachable(format!("cannot read the release bundle {name}: {e}")))?;
     f.sync_all().await.map_err(refused)?;
     std::fs::rename(&tmp, to).map_err(refused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_leftover_bundles_and_packages_go_and_the_conductors_files_stay() {
+        let root = std::env::temp_dir().join(format!("haul-forget-{}", std::process::id()));
+        let dirs = StateDir::new(&root);
+        let dir = dirs
+            .fleet_applied("web")
+            .parent()
+            .map(Path::to_path_buf)
+            .expect("dir");
+        std::fs::create_dir_all(dir.join("aa.package")).expect("mkdir");
+        std::fs::create_dir_all(dir.join("bb.package.part")).expect("mkdir");
+        std::fs::create_dir_all(dir.join("conductor.git")).expect("mkdir");
+        std::fs::create_dir_all(dir.join("out-artifact")).expect("mkdir");
+        for f in ["cc.bundle", "dd.part", "out-ee.bundle", "applied.json"] {
+            std::fs::write(dir.join(f), b"x").expect("write");
+        }
+        let names = || {
+            let mut n: Vec<String> = std::fs::read_dir(&dir)
+                .expect("read")
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect();
+            n.sort();
+            n
+        };
+        // Young: everything stays (a deploy still queued keeps its own).
+        forget_downloads(&dirs, "web", std::time::Duration::from_secs(3600));
+        assert_eq!(names().len(), 8);
+        forget_downloads(&dirs, "web", std::time::Duration::ZERO);
+        assert_eq!(
+            names(),
+            vec!["applied.json", "conductor.git", "out-artifact", "out-ee.bundle"]
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

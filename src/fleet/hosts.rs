@@ -229,6 +229,11 @@ impl FleetStatus {
             if let Some(t) = &a.rollout.trigger {
                 out.push_str(&format!("  from: {t}\n"));
             }
+            if let Some(d) = &a.rollout.digest {
+                out.push_str(&format!(
+                    "  artifact: {d} (every host checks its package against it)\n"
+                ));
+            }
             if !a.rollout.taken_away.is_empty() {
                 let shas: Vec<&str> = a
                     .rollout

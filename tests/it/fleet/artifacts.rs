@@ -190,6 +190,8 @@ fn a_signed_tarball_rolls_out_from_one_download_and_every_host_checks_the_packag
         format!("sha256:{hex1}"),
         "{status}"
     );
+    let text = String::from_utf8_lossy(&hosts[2].cli(&["fleet", "status"]).stdout).to_string();
+    assert!(text.contains(&format!("artifact: sha256:{hex1}")), "{text}");
     for h in &hosts {
         assert_eq!(read(h, "index.html").as_deref(), Some("v1"));
     }
