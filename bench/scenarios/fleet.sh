@@ -25,10 +25,17 @@ fleet_nats_bin() {
 fleet_cluster() {
   local dir=$1 bin=$2 i routes="" c r m
   local -a cp rp mp
+  # Nine ports, all different: free_port looks at what is bound now, and none of these is bound yet.
+  local -a picked=()
+  local p
+  while [ "${#picked[@]}" -lt 9 ]; do
+    p=$(free_port)
+    case " ${picked[*]} " in *" $p "*) ;; *) picked+=("$p") ;; esac
+  done
   for i in 0 1 2; do
-    cp[i]=$(free_port)
-    rp[i]=$(free_port)
-    mp[i]=$(free_port)
+    cp[i]=${picked[i]}
+    rp[i]=${picked[i + 3]}
+    mp[i]=${picked[i + 6]}
     routes="$routes nats-route://127.0.0.1:${rp[i]}"
   done
   FLEET_NATS="["
@@ -65,6 +72,33 @@ fleet_host_config() {
     printf '\n[apps.app01.webhook]\nprovider = "github"\nsecret_file = "%s/webhook.secret"\n' "$dir"
   } >"$dir/haul.toml"
 }
+
+# fleet_start_hosts FD N CONFIG: starts hosts h01..hN under FD, each configured by `CONFIG DIR NAME PORT`; a
+# port free when picked can be taken before the daemon binds it (the hosts' own outgoing connections): then
+# the host starts again on another. Sets FLEET_PORTS and FLEET_PIDS; returns once all N report.
+fleet_start_hosts() {
+  local fd=$1 n=$2 cfg=$3 i try port first
+  FLEET_PORTS=() FLEET_PIDS=()
+  for i in $(seq -w 1 "$n"); do
+    for try in 1 2 3; do
+      port=$(free_port)
+      "$cfg" "$fd/h$i" "h$i" "$port"
+      start_bg "$fd/h$i/daemon.log" env HAUL_LOG=info "$HAUL_BIN" --config "$fd/h$i/haul.toml" serve
+      wait_http "http://127.0.0.1:$port/healthz" 60 && break
+      stop_pid "$BG_PID"
+      [ "$try" -lt 3 ] || die "fleet host h$i did not start: $(tail -n 3 "$fd/h$i/daemon.log")"
+    done
+    FLEET_PORTS+=("$port")
+    FLEET_PIDS+=("$BG_PID")
+  done
+  first=$(seq -w 1 "$n" | head -n1)
+  for _ in $(seq 1 600); do
+    [ "$("$HAUL_BIN" --config "$fd/h$first/haul.toml" fleet status --json 2>/dev/null | jq '.apps[0].hosts | length' 2>/dev/null)" = "$n" ] && break
+    sleep 0.2
+  done
+}
+fleet_git_config() { fleet_host_config "$1" "$2" "$3" "$FLEET_MP" fleet; }
+fleet_artifact_host_config() { fleet_artifact_config "$1" "$2" "$3" "$FLEET_MP" "$FLEET_URL" fleet; }
 
 # fleet_commit WORK: a new commit pushed to the served repository; prints its sha.
 fleet_commit() {
@@ -130,28 +164,11 @@ scenario_fleet() {
     local fd="$dir/n$n-p$mp"
     mkdir -p "$fd"
     fleet_cluster "$fd/nats" "$bin"
-    local -a ports=() pids=()
     local first
     first=$(seq -w 1 "$n" | head -n1)
-    for i in $(seq -w 1 "$n"); do
-      # A port free when picked can be taken before the daemon binds it (the hosts' own outgoing
-      # connections): then the host starts again on another.
-      local try
-      for try in 1 2 3; do
-        port=$(free_port)
-        fleet_host_config "$fd/h$i" "h$i" "$port" "$mp" fleet
-        start_bg "$fd/h$i/daemon.log" env HAUL_LOG=info "$HAUL_BIN" --config "$fd/h$i/haul.toml" serve
-        wait_http "http://127.0.0.1:$port/healthz" 60 && break
-        stop_pid "$BG_PID"
-        [ "$try" -lt 3 ] || die "fleet host h$i did not start: $(tail -n 3 "$fd/h$i/daemon.log")"
-      done
-      ports+=("$port")
-      pids+=("$BG_PID")
-    done
-    for _ in $(seq 1 600); do
-      [ "$("$HAUL_BIN" --config "$fd/h$first/haul.toml" fleet status --json 2>/dev/null | jq '.apps[0].hosts | length' 2>/dev/null)" = "$n" ] && break
-      sleep 0.2
-    done
+    FLEET_MP=$mp
+    fleet_start_hosts "$fd" "$n" fleet_git_config
+    local -a ports=("${FLEET_PORTS[@]}") pids=("${FLEET_PIDS[@]}")
     sha=$(fleet_commit "$dir/work")
     f0=$(wc -l <"$FLEET_SRV/ssh/fetches.log")
     t0=$EPOCHREALTIME
@@ -246,26 +263,11 @@ fleet_artifact_rounds() {
     local fd="$dir/a$n-p$mp"
     mkdir -p "$fd"
     fleet_cluster "$fd/nats" "$bin"
-    local -a ports=() pids=()
     local first
     first=$(seq -w 1 "$n" | head -n1)
-    for i in $(seq -w 1 "$n"); do
-      local try
-      for try in 1 2 3; do
-        port=$(free_port)
-        fleet_artifact_config "$fd/h$i" "h$i" "$port" "$mp" "$url" fleet
-        start_bg "$fd/h$i/daemon.log" env HAUL_LOG=info "$HAUL_BIN" --config "$fd/h$i/haul.toml" serve
-        wait_http "http://127.0.0.1:$port/healthz" 60 && break
-        stop_pid "$BG_PID"
-        [ "$try" -lt 3 ] || die "fleet host h$i did not start: $(tail -n 3 "$fd/h$i/daemon.log")"
-      done
-      ports+=("$port")
-      pids+=("$BG_PID")
-    done
-    for _ in $(seq 1 600); do
-      [ "$("$HAUL_BIN" --config "$fd/h$first/haul.toml" fleet status --json 2>/dev/null | jq '.apps[0].hosts | length' 2>/dev/null)" = "$n" ] && break
-      sleep 0.2
-    done
+    FLEET_MP=$mp FLEET_URL=$url
+    fleet_start_hosts "$fd" "$n" fleet_artifact_host_config
+    local -a pids=("${FLEET_PIDS[@]}")
     sha=$(fleet_artifact_build "$root")
     g0=$(gets)
     t0=$EPOCHREALTIME

@@ -328,8 +328,7 @@ impl Conductor {
         }
     }
 
-    /// One network operation of this app's artifact source, as a deploy runs it: within its upstream's
-    /// circuit and budget, with bounded retries.
+    /// One network operation of this app's artifact source, as a deploy runs it, its waits logged.
     async fn guarded<T, Fut>(
         &self,
         what: &str,
@@ -338,16 +337,9 @@ impl Conductor {
     where
         Fut: std::future::Future<Output = Result<T, Failure>>,
     {
-        let app = &self.app;
-        let note = |m: &str| tracing::info!(app = %app.name, "fleet: {}", m.trim());
-        crate::infra::upstream::guarded(
-            &app.upstream(),
-            app.max_fetches_per_minute,
-            app.fetch_attempts,
-            &note,
-            || artifact::within(app.fetch_timeout, what, op()),
-        )
-        .await
+        let name = &self.app.name;
+        let note = |m: &str| tracing::info!(app = %name, "fleet: {}", m.trim());
+        artifact::guarded(&self.app, what, &note, op).await
     }
 }
 

@@ -176,14 +176,7 @@ impl Pipeline {
         Fut: std::future::Future<Output = Result<T, Failure>>,
     {
         let note = |m: &str| self.log.line(m);
-        crate::infra::upstream::guarded(
-            &self.app.upstream(),
-            self.app.max_fetches_per_minute,
-            self.app.fetch_attempts,
-            &note,
-            || crate::sources::artifact::within(self.app.fetch_timeout, what, op()),
-        )
-        .await
+        artifact::guarded(&self.app, what, &note, op).await
     }
 
     /// Puts a verified artifact into `dir`: its tarballs unpacked safely, or (a container image) a note of

@@ -520,6 +520,27 @@ async fn image_signature(
     session.small_blob(&layer.digest, SMALL_MAX).await
 }
 
+/// One network operation of `app`'s artifact source: within its upstream's circuit and budget, with
+/// `fetch_attempts` bounded retries, each attempt within `fetch_timeout`; `note` hears of waits and retries.
+pub async fn guarded<T, Fut>(
+    app: &AppConfig,
+    what: &str,
+    note: &(dyn Fn(&str) + Sync),
+    op: impl Fn() -> Fut,
+) -> (Result<T, Failure>, crate::infra::upstream::Report)
+where
+    Fut: std::future::Future<Output = Result<T, Failure>>,
+{
+    crate::infra::upstream::guarded(
+        &app.upstream(),
+        app.max_fetches_per_minute,
+        app.fetch_attempts,
+        note,
+        || within(app.fetch_timeout, what, op()),
+    )
+    .await
+}
+
 /// Keeps the detached signature beside what it signs, so that what was downloaded can be checked again
 /// elsewhere (a fleet's hosts, from the conductor's package).
 async fn keep_signature(dir: &Path, sig: &[u8]) -> Result<(), Failure> {
